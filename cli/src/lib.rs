@@ -1,0 +1,1 @@
+//! vswitch CLI and daemon library (in progress).

@@ -1,0 +1,2 @@
+//! IP address management (in progress).
+#![deny(unsafe_code)]
