@@ -1,0 +1,1 @@
+//! Sandboxes for `vswitch run` (in progress).
