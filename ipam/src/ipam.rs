@@ -411,3 +411,519 @@ fn not_allocated(ip: IpAddr, network: Option<String>, subnets: Vec<IpNet>) -> Er
         subnets,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::AddressPool;
+    use crate::subnet::Reserved;
+    use proptest::prelude::*;
+    use rstest::rstest;
+    use std::collections::BTreeSet;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn fixed(s: &str) -> SubnetRequest {
+        SubnetRequest::fixed(net(s))
+    }
+
+    /// `db` on 10.1.0.0/16 and `web` on 10.2.0.0/24 + fd00:2::/64.
+    fn two_networks() -> Ipam {
+        let mut ipam = Ipam::new();
+        ipam.add_network("db".into(), &[fixed("10.1.0.0/16")], &[])
+            .unwrap();
+        ipam.add_network(
+            "web".into(),
+            &[fixed("10.2.0.0/24"), fixed("fd00:2::/64")],
+            &[],
+        )
+        .unwrap();
+        ipam
+    }
+
+    #[rstest]
+    #[case::overlaps_other_network(vec![fixed("10.1.0.0/24")], Error::Overlap { subnet: net("10.1.0.0/24"), network: "db".into(), other: net("10.1.0.0/16") })]
+    #[case::contains_other_network(vec![fixed("10.0.0.0/8")], Error::Overlap { subnet: net("10.0.0.0/8"), network: "db".into(), other: net("10.1.0.0/16") })]
+    #[case::overlaps_v6(vec![fixed("fd00:2::/48")], Error::Overlap { subnet: net("fd00:2::/48"), network: "web".into(), other: net("fd00:2::/64") })]
+    #[case::overlaps_itself(vec![fixed("10.9.0.0/16"), fixed("10.9.1.0/24")], Error::Overlap { subnet: net("10.9.1.0/24"), network: "new".into(), other: net("10.9.0.0/16") })]
+    #[case::slash_31(vec![fixed("10.9.0.0/31")], Error::SubnetTooSmall { subnet: net("10.9.0.0/31") })]
+    #[case::slash_32(vec![fixed("10.9.0.0/32")], Error::SubnetTooSmall { subnet: net("10.9.0.0/32") })]
+    #[case::gateway_outside(vec![fixed("10.9.0.0/24").with_gateway(ip("10.9.1.1"))], Error::GatewayOutsideSubnet { gateway: ip("10.9.1.1"), subnet: net("10.9.0.0/24") })]
+    #[case::range_outside(vec![fixed("10.9.0.0/24").with_ip_range(net("10.9.1.0/25"))], Error::RangeOutsideSubnet { ip_range: net("10.9.1.0/25"), subnet: net("10.9.0.0/24") })]
+    #[case::gateway_without_subnet(vec![SubnetRequest::auto(Family::V4).with_gateway(ip("10.9.0.1"))], Error::NeedsSubnet)]
+    #[case::range_without_subnet(vec![SubnetRequest::default().with_ip_range(net("10.9.0.0/25"))], Error::NeedsSubnet)]
+    #[case::family_mismatch(vec![SubnetRequest { family: Some(Family::V6), ..fixed("10.9.0.0/24") }], Error::FamilyMismatch { subnet: net("10.9.0.0/24"), family: Family::V6 })]
+    fn add_network_refuses(#[case] requests: Vec<SubnetRequest>, #[case] expected: Error) {
+        let mut ipam = two_networks();
+        assert_eq!(
+            ipam.add_network("new".into(), &requests, &[]).unwrap_err(),
+            expected
+        );
+        assert!(
+            !ipam.contains_network("new"),
+            "a refused network must leave no state"
+        );
+        assert_eq!(ipam.networks().count(), 2);
+    }
+
+    #[rstest]
+    #[case::overlap(
+        Error::Overlap { subnet: net("10.1.0.0/24"), network: "db".into(), other: net("10.1.0.0/16") },
+        "subnet 10.1.0.0/24 overlaps network `db` (10.1.0.0/16); pick a --subnet that overlaps no other network"
+    )]
+    #[case::exhausted(
+        Error::Exhausted { network: Some("web".into()), pools: vec![net("10.1.0.0/30")] },
+        "network `web` has no free address in 10.1.0.0/30; widen --subnet or --ip-range, or free an endpoint"
+    )]
+    #[case::exhausted_two(
+        Error::Exhausted { network: Some("web".into()), pools: vec![net("10.1.0.0/30"), net("10.2.0.0/30")] },
+        "network `web` has no free address in 10.1.0.0/30, 10.2.0.0/30; widen --subnet or --ip-range, or free an endpoint"
+    )]
+    #[case::in_use(
+        Error::AddressInUse { ip: ip("10.2.0.9"), network: Some("web".into()), subnets: vec![net("10.2.0.0/24")] },
+        "address 10.2.0.9 is already in use in network `web` (10.2.0.0/24); pick another --ip or disconnect the endpoint that holds it"
+    )]
+    #[case::outside(
+        Error::AddressOutside { ip: ip("10.3.0.9"), network: Some("web".into()), subnets: vec![net("10.2.0.0/24"), net("fd00:2::/64")] },
+        "address 10.3.0.9 is outside network `web` (10.2.0.0/24, fd00:2::/64); pick an --ip inside it"
+    )]
+    #[case::no_family(
+        Error::NoSubnetForFamily { network: "db".into(), family: Family::V6 },
+        "network `db` has no IPv6 subnet; create it with an IPv6 --subnet or --ipv6"
+    )]
+    #[case::no_family_v4(
+        Error::NoSubnetForFamily { network: "db".into(), family: Family::V4 },
+        "network `db` has no IPv4 subnet; create it with an IPv4 --subnet"
+    )]
+    #[case::pools(
+        Error::PoolsExhausted { family: Family::V4 },
+        "no IPv4 subnet is left in the default address pools that overlaps neither an existing network nor a host route; pass --subnet, or remove a network"
+    )]
+    #[case::exists(Error::NetworkExists { network: "db".into() }, "network `db` already exists; remove it first or pick another name")]
+    #[case::missing(Error::NoSuchNetwork { network: "x".into() }, "network `x` does not exist; create it first")]
+    #[case::not_allocated(
+        Error::NotAllocated { ip: ip("10.2.0.7"), network: Some("web".into()), subnets: vec![net("10.2.0.0/24")] },
+        "address 10.2.0.7 is not allocated in network `web` (10.2.0.0/24); there is nothing to release"
+    )]
+    #[case::needs_subnet(
+        Error::NeedsSubnet,
+        "--gateway and --ip-range need a --subnet to go with them; add --subnet"
+    )]
+    fn messages(#[case] err: Error, #[case] expected: &str) {
+        assert_eq!(err.to_string(), expected);
+    }
+
+    #[test]
+    fn network_exists_and_missing_network() {
+        let mut ipam = two_networks();
+        assert_eq!(
+            ipam.add_network("db".into(), &[fixed("10.50.0.0/16")], &[]),
+            Err(Error::NetworkExists {
+                network: "db".into()
+            })
+        );
+        let missing = Error::NoSuchNetwork {
+            network: "nope".into(),
+        };
+        assert_eq!(ipam.allocate("nope", Family::V4), Err(missing.clone()));
+        assert_eq!(
+            ipam.allocate_static("nope", ip("10.1.0.5")),
+            Err(missing.clone())
+        );
+        assert_eq!(ipam.release("nope", ip("10.1.0.5")), Err(missing.clone()));
+        assert_eq!(ipam.remove_network("nope"), Err(missing));
+        assert!(!ipam.is_allocated("nope", ip("10.1.0.5")));
+    }
+
+    #[test]
+    fn automatic_subnets_follow_dockers_pools() {
+        let mut ipam: Ipam = Ipam::new();
+        let first = ipam.add_network("a".into(), &[], &[]).unwrap();
+        assert_eq!(
+            first,
+            [SubnetConfig {
+                subnet: net("172.17.0.0/16"),
+                ip_range: None,
+                gateway: ip("172.17.0.1")
+            }]
+        );
+        // A host route in the way, and an explicit subnet in the same request.
+        let second = ipam
+            .add_network(
+                "b".into(),
+                &[SubnetRequest::auto(Family::V4), fixed("172.19.0.0/16")],
+                &[net("172.18.5.0/24")],
+            )
+            .unwrap();
+        assert_eq!(second[0].subnet, net("172.20.0.0/16"));
+        assert_eq!(second[1].subnet, net("172.19.0.0/16"));
+        // Dual stack: the IPv6 subnet is the seeded ULA /64.
+        let third = ipam
+            .add_network(
+                "web".into(),
+                &[
+                    SubnetRequest::auto(Family::V4),
+                    SubnetRequest::auto(Family::V6),
+                ],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(third[0].subnet, net("172.18.0.0/16"));
+        assert_eq!(third[1].subnet, net("fd50:f03f:92a3:75f3::/64"));
+        assert_eq!(third[1].gateway, ip("fd50:f03f:92a3:75f3::1"));
+        assert_eq!(
+            ipam.allocate("web", Family::V6),
+            Ok(ip("fd50:f03f:92a3:75f3::2"))
+        );
+        assert_eq!(ipam.allocate("web", Family::V4), Ok(ip("172.18.0.2")));
+    }
+
+    #[test]
+    fn pools_exhausted_leaves_no_state() {
+        let pool = AddressPool::new(net("10.0.0.0/29"), 30).unwrap();
+        let mut ipam: Ipam = Ipam::with_pools(DefaultPools::new(vec![pool]));
+        assert_eq!(
+            ipam.add_network("a".into(), &[], &[]).unwrap()[0].subnet,
+            net("10.0.0.0/30")
+        );
+        assert_eq!(
+            ipam.add_network("b".into(), &[], &[net("10.0.0.4/32")]),
+            Err(Error::PoolsExhausted { family: Family::V4 })
+        );
+        assert_eq!(
+            ipam.add_network("c".into(), &[SubnetRequest::auto(Family::V6)], &[]),
+            Err(Error::PoolsExhausted { family: Family::V6 })
+        );
+        assert_eq!(ipam.networks().count(), 1);
+        assert_eq!(
+            ipam.add_network("b".into(), &[], &[]).unwrap()[0].subnet,
+            net("10.0.0.4/30")
+        );
+    }
+
+    #[test]
+    fn allocation_across_subnets_and_families() {
+        let mut ipam: Ipam = Ipam::new();
+        ipam.add_network(
+            "web".into(),
+            &[fixed("10.1.0.0/30"), fixed("10.2.0.0/30")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ipam.allocate("web", Family::V4), Ok(ip("10.1.0.2")));
+        assert_eq!(ipam.allocate("web", Family::V4), Ok(ip("10.2.0.2")));
+        assert_eq!(
+            ipam.allocate("web", Family::V4),
+            Err(Error::Exhausted {
+                network: Some("web".into()),
+                pools: vec![net("10.1.0.0/30"), net("10.2.0.0/30")]
+            })
+        );
+        assert_eq!(
+            ipam.allocate("web", Family::V6),
+            Err(Error::NoSubnetForFamily {
+                network: "web".into(),
+                family: Family::V6
+            })
+        );
+        ipam.release("web", ip("10.1.0.2")).unwrap();
+        assert!(!ipam.is_allocated("web", ip("10.1.0.2")));
+        assert_eq!(ipam.allocate("web", Family::V4), Ok(ip("10.1.0.2")));
+        assert!(ipam.is_allocated("web", ip("10.1.0.2")));
+    }
+
+    #[test]
+    fn static_addresses_name_the_network() {
+        let mut ipam = two_networks();
+        assert_eq!(
+            ipam.allocate_static("web", ip("fd00:2::99")),
+            Ok(ip("fd00:2::99"))
+        );
+        assert_eq!(
+            ipam.allocate_static("web", ip("10.2.0.9")),
+            Ok(ip("10.2.0.9"))
+        );
+        assert_eq!(
+            ipam.allocate_static("web", ip("10.2.0.9")),
+            Err(Error::AddressInUse {
+                ip: ip("10.2.0.9"),
+                network: Some("web".into()),
+                subnets: vec![net("10.2.0.0/24")]
+            })
+        );
+        assert_eq!(
+            ipam.allocate_static("web", ip("10.2.0.1")),
+            Err(Error::AddressReserved {
+                ip: ip("10.2.0.1"),
+                what: Reserved::Gateway,
+                network: Some("web".into()),
+                subnets: vec![net("10.2.0.0/24")]
+            })
+        );
+        // The address of another network is outside this one.
+        assert_eq!(
+            ipam.allocate_static("web", ip("10.1.0.9")),
+            Err(Error::AddressOutside {
+                ip: ip("10.1.0.9"),
+                network: Some("web".into()),
+                subnets: vec![net("10.2.0.0/24"), net("fd00:2::/64")]
+            })
+        );
+        // Networks are independent: the same host part is free in `db`.
+        assert_eq!(
+            ipam.allocate_static("db", ip("10.1.0.9")),
+            Ok(ip("10.1.0.9"))
+        );
+        assert_eq!(
+            ipam.release("web", ip("10.1.0.9")),
+            Err(Error::NotAllocated {
+                ip: ip("10.1.0.9"),
+                network: Some("web".into()),
+                subnets: vec![net("10.2.0.0/24"), net("fd00:2::/64")]
+            })
+        );
+    }
+
+    #[test]
+    fn allocate_within_for_owned_ranges() {
+        let mut ipam = two_networks();
+        let owned = [AddrRange::new(ip("10.2.0.200"), ip("10.2.0.200")).unwrap()];
+        assert_eq!(
+            ipam.allocate_within("web", Family::V4, &owned),
+            Ok(ip("10.2.0.200"))
+        );
+        assert_eq!(
+            ipam.allocate_within("web", Family::V4, &owned),
+            Err(Error::ExhaustedOwned {
+                network: Some("web".into()),
+                pools: vec![net("10.2.0.0/24")]
+            })
+        );
+        assert_eq!(
+            ipam.allocate_within("db", Family::V6, &owned),
+            Err(Error::NoSubnetForFamily {
+                network: "db".into(),
+                family: Family::V6
+            })
+        );
+    }
+
+    #[test]
+    fn removing_a_network_frees_its_subnets() {
+        let mut ipam = two_networks();
+        ipam.allocate("db", Family::V4).unwrap();
+        let removed = ipam.remove_network("db").unwrap();
+        assert_eq!(removed[0].subnet, net("10.1.0.0/16"));
+        assert!(!ipam.contains_network("db"));
+        ipam.add_network("db2".into(), &[fixed("10.1.0.0/24")], &[])
+            .unwrap();
+        assert_eq!(ipam.allocate("db2", Family::V4), Ok(ip("10.1.0.2")));
+    }
+
+    #[test]
+    fn rebuild_state_at_daemon_start() {
+        let mut before = two_networks();
+        before
+            .add_network(
+                "app".into(),
+                &[fixed("10.3.0.0/24")
+                    .with_gateway(ip("10.3.0.254"))
+                    .with_ip_range(net("10.3.0.0/25"))],
+                &[],
+            )
+            .unwrap();
+        let a1 = before.allocate("app", Family::V4).unwrap();
+        let a2 = before.allocate("app", Family::V4).unwrap();
+        let s1 = before.allocate_static("app", ip("10.3.0.200")).unwrap();
+        let w6 = before.allocate("web", Family::V6).unwrap();
+
+        // What the daemon stores: the configs (as JSON here) and endpoint addresses.
+        let stored: Vec<(String, String)> = before
+            .networks()
+            .map(|(k, subnets)| {
+                let configs: Vec<&SubnetConfig> = subnets.iter().map(Subnet::config).collect();
+                (k.clone(), serde_json::to_string(&configs).unwrap())
+            })
+            .collect();
+        let endpoints = [("app", a1), ("app", a2), ("app", s1), ("web", w6)];
+
+        let mut after: Ipam = Ipam::new();
+        for (key, json) in &stored {
+            let configs: Vec<SubnetConfig> = serde_json::from_str(json).unwrap();
+            after.restore_network(key.clone(), &configs).unwrap();
+        }
+        for (key, addr) in endpoints {
+            after.restore_address(key, addr).unwrap();
+        }
+        for (key, subnets) in before.networks() {
+            let restored = after.subnets(key.as_str()).unwrap();
+            let a: Vec<_> = subnets
+                .iter()
+                .map(|s| (s.config().clone(), s.allocations().collect::<Vec<_>>()))
+                .collect();
+            let b: Vec<_> = restored
+                .iter()
+                .map(|s| (s.config().clone(), s.allocations().collect::<Vec<_>>()))
+                .collect();
+            assert_eq!(a, b);
+        }
+        // Allocation resumes where it left off, in both.
+        assert_eq!(
+            after.allocate("app", Family::V4),
+            before.allocate("app", Family::V4)
+        );
+        assert_eq!(
+            after.restore_address("app", a1),
+            Err(Error::AddressInUse {
+                ip: a1,
+                network: Some("app".into()),
+                subnets: vec![net("10.3.0.0/24")]
+            })
+        );
+        assert!(matches!(
+            after.restore_address("app", ip("10.4.0.1")),
+            Err(Error::AddressOutside { .. })
+        ));
+    }
+
+    #[test]
+    fn restore_refuses_conflicting_state() {
+        let mut ipam = two_networks();
+        let clash = SubnetConfig {
+            subnet: net("10.1.2.0/24"),
+            ip_range: None,
+            gateway: ip("10.1.2.1"),
+        };
+        assert_eq!(
+            ipam.restore_network("other".into(), &[clash]),
+            Err(Error::Overlap {
+                subnet: net("10.1.2.0/24"),
+                network: "db".into(),
+                other: net("10.1.0.0/16")
+            })
+        );
+        let bad_gateway = SubnetConfig {
+            subnet: net("10.7.0.0/24"),
+            ip_range: None,
+            gateway: ip("10.7.0.255"),
+        };
+        assert!(matches!(
+            ipam.restore_network("other".into(), &[bad_gateway]),
+            Err(Error::GatewayReserved {
+                what: Reserved::Broadcast,
+                ..
+            })
+        ));
+        assert_eq!(
+            ipam.restore_network("db".into(), &[]),
+            Err(Error::NetworkExists {
+                network: "db".into()
+            })
+        );
+        assert!(!ipam.contains_network("other"));
+    }
+
+    #[test]
+    fn generic_keys() {
+        let mut ipam: Ipam<u32> = Ipam::default();
+        ipam.add_network(7, &[fixed("10.7.0.0/30")], &[]).unwrap();
+        assert_eq!(ipam.allocate(&7, Family::V4), Ok(ip("10.7.0.2")));
+        assert_eq!(
+            ipam.allocate(&7, Family::V4).unwrap_err().to_string(),
+            "network `7` has no free address in 10.7.0.0/30; widen --subnet or --ip-range, or free an endpoint"
+        );
+    }
+
+    #[test]
+    fn request_serde() {
+        let req = fixed("10.9.0.0/24").with_gateway(ip("10.9.0.254"));
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(json, r#"{"Subnet":"10.9.0.0/24","Gateway":"10.9.0.254"}"#);
+        assert_eq!(serde_json::from_str::<SubnetRequest>(&json).unwrap(), req);
+        let auto: SubnetRequest = serde_json::from_str(r#"{"Family":"ipv6"}"#).unwrap();
+        assert_eq!(auto, SubnetRequest::auto(Family::V6));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Allocate(bool, Family),
+        Static(bool, u16),
+        Release(bool, u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let family = prop_oneof![Just(Family::V4), Just(Family::V6)];
+        prop_oneof![
+            (any::<bool>(), family).prop_map(|(n, f)| Op::Allocate(n, f)),
+            (any::<bool>(), any::<u16>()).prop_map(|(n, o)| Op::Static(n, o)),
+            (any::<bool>(), any::<u16>()).prop_map(|(n, o)| Op::Release(n, o)),
+        ]
+    }
+
+    /// Address `offset` (mod 64) of one of the network's subnets.
+    fn addr_in(ipam: &Ipam, key: &str, offset: u16) -> IpAddr {
+        let subnets = ipam.subnets(key).unwrap();
+        let s = &subnets[usize::from(offset) % subnets.len()];
+        let base = crate::addr::to_u128(s.subnet().network());
+        crate::addr::from_u128(s.family(), base + u128::from(offset % 64))
+    }
+
+    proptest! {
+        #[test]
+        fn networks_never_hand_out_an_address_twice(
+            ops in proptest::collection::vec(op(), 1..150),
+        ) {
+            let mut ipam: Ipam = Ipam::new();
+            ipam.add_network("a".into(), &[fixed("10.0.0.0/27").with_ip_range(net("10.0.0.8/29")), fixed("fd00:a::/122")], &[]).unwrap();
+            ipam.add_network("b".into(), &[fixed("10.0.0.32/28"), fixed("10.0.0.48/29")], &[]).unwrap();
+            let mut live: BTreeSet<(String, IpAddr)> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Allocate(n, family) => {
+                        let key = if n { "a" } else { "b" };
+                        if let Ok(a) = ipam.allocate(key, family) {
+                            prop_assert!(live.insert((key.into(), a)), "{a} twice in {key}");
+                            let s = ipam.subnets(key).unwrap().iter().find(|s| s.contains(a)).unwrap();
+                            prop_assert!(s.pool().contains(&a));
+                            prop_assert_eq!(s.reserved(a), None);
+                        }
+                    }
+                    Op::Static(n, offset) => {
+                        let key = if n { "a" } else { "b" };
+                        let a = addr_in(&ipam, key, offset);
+                        let ok = ipam.allocate_static(key, a).is_ok();
+                        let subnets = ipam.subnets(key).unwrap();
+                        let inside = subnets.iter().any(|s| s.contains(a));
+                        let reserved = subnets.iter().any(|s| s.reserved(a).is_some());
+                        let was = live.contains(&(key.to_string(), a));
+                        prop_assert_eq!(ok, inside && !reserved && !was);
+                        if ok {
+                            live.insert((key.into(), a));
+                        }
+                    }
+                    Op::Release(n, offset) => {
+                        let key = if n { "a" } else { "b" };
+                        let a = addr_in(&ipam, key, offset);
+                        let was = live.remove(&(key.to_string(), a));
+                        prop_assert_eq!(ipam.release(key, a).is_ok(), was);
+                        if was {
+                            prop_assert_eq!(ipam.allocate_static(key, a), Ok(a));
+                            ipam.release(key, a).unwrap();
+                        }
+                    }
+                }
+            }
+            let held: BTreeSet<(String, IpAddr)> = ipam
+                .networks()
+                .flat_map(|(k, subnets)| subnets.iter().flat_map(move |s| s.allocations().map(move |a| (k.clone(), a))))
+                .collect();
+            prop_assert_eq!(held, live);
+        }
+    }
+}

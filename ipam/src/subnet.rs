@@ -131,7 +131,7 @@ impl Subnet {
                 net_bounds(&range)
             }
         };
-        let subnet_ = Subnet {
+        let allocator = Subnet {
             config: SubnetConfig {
                 subnet,
                 ip_range,
@@ -164,7 +164,7 @@ impl Subnet {
                 });
             }
         }
-        Ok(subnet_)
+        Ok(allocator)
     }
 
     /// A subnet allocator from a stored configuration, with nothing allocated.
@@ -418,4 +418,483 @@ pub(crate) fn check_prefix(net: IpNet) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rstest::rstest;
+    use std::collections::BTreeSet;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn subnet(s: &str) -> Subnet {
+        Subnet::new(net(s), None, None).unwrap()
+    }
+
+    fn exhausted(pool: &str) -> Error {
+        Error::Exhausted {
+            network: None,
+            pools: vec![net(pool)],
+        }
+    }
+
+    #[rstest]
+    #[case::host_bits("10.1.0.5/24", None, None, Error::HostBitsSet { given: net("10.1.0.5/24"), expected: net("10.1.0.0/24") })]
+    #[case::v4_31("10.1.0.0/31", None, None, Error::SubnetTooSmall { subnet: net("10.1.0.0/31") })]
+    #[case::v4_32("10.1.0.7/32", None, None, Error::SubnetTooSmall { subnet: net("10.1.0.7/32") })]
+    #[case::v6_127("fd00::/127", None, None, Error::SubnetTooSmall { subnet: net("fd00::/127") })]
+    #[case::v6_128("fd00::1/128", None, None, Error::SubnetTooSmall { subnet: net("fd00::1/128") })]
+    #[case::gateway_outside("10.1.0.0/24", Some("10.1.1.1"), None, Error::GatewayOutsideSubnet { gateway: ip("10.1.1.1"), subnet: net("10.1.0.0/24") })]
+    #[case::gateway_other_family("10.1.0.0/24", Some("::a01:1"), None, Error::GatewayOutsideSubnet { gateway: ip("::a01:1"), subnet: net("10.1.0.0/24") })]
+    #[case::gateway_network("10.1.0.0/24", Some("10.1.0.0"), None, Error::GatewayReserved { gateway: ip("10.1.0.0"), subnet: net("10.1.0.0/24"), what: Reserved::NetworkAddress })]
+    #[case::gateway_broadcast("10.1.0.0/24", Some("10.1.0.255"), None, Error::GatewayReserved { gateway: ip("10.1.0.255"), subnet: net("10.1.0.0/24"), what: Reserved::Broadcast })]
+    #[case::gateway_v6_network("fd00::/64", Some("fd00::"), None, Error::GatewayReserved { gateway: ip("fd00::"), subnet: net("fd00::/64"), what: Reserved::NetworkAddress })]
+    #[case::range_outside("10.1.0.0/24", None, Some("10.2.0.0/25"), Error::RangeOutsideSubnet { ip_range: net("10.2.0.0/25"), subnet: net("10.1.0.0/24") })]
+    #[case::range_wider("10.1.0.0/24", None, Some("10.1.0.0/23"), Error::RangeOutsideSubnet { ip_range: net("10.1.0.0/23"), subnet: net("10.1.0.0/24") })]
+    #[case::range_other_family("10.1.0.0/24", None, Some("fd00::/120"), Error::RangeOutsideSubnet { ip_range: net("fd00::/120"), subnet: net("10.1.0.0/24") })]
+    #[case::range_host_bits("10.1.0.0/24", None, Some("10.1.0.130/25"), Error::HostBitsSet { given: net("10.1.0.130/25"), expected: net("10.1.0.128/25") })]
+    #[case::range_network_and_gateway("10.1.0.0/24", None, Some("10.1.0.0/31"), Error::RangeHasNoFreeAddress { ip_range: net("10.1.0.0/31"), subnet: net("10.1.0.0/24") })]
+    #[case::range_gateway_only("10.1.0.0/24", None, Some("10.1.0.1/32"), Error::RangeHasNoFreeAddress { ip_range: net("10.1.0.1/32"), subnet: net("10.1.0.0/24") })]
+    #[case::range_gateway_and_broadcast("10.1.0.0/24", Some("10.1.0.254"), Some("10.1.0.254/31"), Error::RangeHasNoFreeAddress { ip_range: net("10.1.0.254/31"), subnet: net("10.1.0.0/24") })]
+    #[case::range_v6_network_and_gateway("fd00::/64", None, Some("fd00::/127"), Error::RangeHasNoFreeAddress { ip_range: net("fd00::/127"), subnet: net("fd00::/64") })]
+    fn new_refuses(
+        #[case] subnet: &str,
+        #[case] gateway: Option<&str>,
+        #[case] range: Option<&str>,
+        #[case] expected: Error,
+    ) {
+        let err = Subnet::new(net(subnet), gateway.map(ip), range.map(net)).unwrap_err();
+        assert_eq!(err, expected);
+    }
+
+    #[rstest]
+    #[case::v4_30("10.1.0.0/30", None, None, "10.1.0.1", 1)]
+    #[case::v4_29("10.1.0.0/29", None, None, "10.1.0.1", 5)]
+    #[case::v4_gateway_last_host("10.1.0.0/29", Some("10.1.0.6"), None, "10.1.0.6", 5)]
+    #[case::v6_126("fd00::/126", None, None, "fd00::1", 2)]
+    #[case::v6_gateway_last("fd00::/126", Some("fd00::3"), None, "fd00::3", 2)]
+    #[case::range_31_off_the_reserved("10.1.0.0/24", None, Some("10.1.0.2/31"), "10.1.0.1", 2)]
+    #[case::range_32_free("10.1.0.0/24", None, Some("10.1.0.9/32"), "10.1.0.1", 1)]
+    #[case::range_with_gateway("10.1.0.0/24", None, Some("10.1.0.0/30"), "10.1.0.1", 2)]
+    #[case::range_whole_subnet("10.1.0.0/29", None, Some("10.1.0.0/29"), "10.1.0.1", 5)]
+    #[case::v6_range_at_top("fd00::/64", None, Some("fd00::ffff:ffff:ffff:fffc/126"), "fd00::1", 4)]
+    fn new_accepts_and_counts_dynamic_addresses(
+        #[case] subnet: &str,
+        #[case] gateway: Option<&str>,
+        #[case] range: Option<&str>,
+        #[case] expected_gateway: &str,
+        #[case] dynamic: usize,
+    ) {
+        let mut s = Subnet::new(net(subnet), gateway.map(ip), range.map(net)).unwrap();
+        assert_eq!(s.gateway(), ip(expected_gateway));
+        let mut got = BTreeSet::new();
+        for _ in 0..dynamic {
+            let a = s.allocate().unwrap();
+            assert!(got.insert(a), "{a} handed out twice");
+            assert_eq!(s.reserved(a), None);
+        }
+        assert_eq!(s.allocate().unwrap_err(), exhausted(&s.pool().to_string()));
+        assert_eq!(s.len(), dynamic);
+    }
+
+    #[test]
+    fn next_fit_does_not_reuse_a_released_address_at_once() {
+        let mut s = subnet("10.1.0.0/29");
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.2"));
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.3"));
+        s.release(ip("10.1.0.2")).unwrap();
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.4"));
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.5"));
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.6"));
+        // End of the range: wrap around to the released address.
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.2"));
+        assert_eq!(s.allocate().unwrap_err(), exhausted("10.1.0.0/29"));
+        s.release(ip("10.1.0.4")).unwrap();
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.4"));
+    }
+
+    #[test]
+    fn dynamic_allocation_skips_static_and_reserved_addresses() {
+        let mut s = Subnet::new(net("10.1.0.0/28"), Some(ip("10.1.0.3")), None).unwrap();
+        s.allocate_static(ip("10.1.0.2")).unwrap();
+        s.allocate_static(ip("10.1.0.5")).unwrap();
+        let got: Vec<IpAddr> = (0..3).map(|_| s.allocate().unwrap()).collect();
+        assert_eq!(got, [ip("10.1.0.1"), ip("10.1.0.4"), ip("10.1.0.6")]);
+        assert_eq!(
+            s.allocations().collect::<Vec<_>>(),
+            [
+                ip("10.1.0.1"),
+                ip("10.1.0.2"),
+                ip("10.1.0.4"),
+                ip("10.1.0.5"),
+                ip("10.1.0.6")
+            ]
+        );
+    }
+
+    #[test]
+    fn ip_range_bounds_dynamic_but_not_static_addresses() {
+        let mut s = Subnet::new(net("10.1.0.0/24"), None, Some(net("10.1.0.128/30"))).unwrap();
+        let got: Vec<IpAddr> = (0..4).map(|_| s.allocate().unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                ip("10.1.0.128"),
+                ip("10.1.0.129"),
+                ip("10.1.0.130"),
+                ip("10.1.0.131")
+            ]
+        );
+        assert_eq!(s.allocate().unwrap_err(), exhausted("10.1.0.128/30"));
+        assert_eq!(s.allocate_static(ip("10.1.0.7")), Ok(ip("10.1.0.7")));
+        assert_eq!(s.allocate_static(ip("10.1.0.254")), Ok(ip("10.1.0.254")));
+        assert_eq!(s.allocate().unwrap_err(), exhausted("10.1.0.128/30"));
+    }
+
+    #[rstest]
+    #[case::outside("10.1.1.2", Error::AddressOutside { ip: ip("10.1.1.2"), network: None, subnets: vec![net("10.1.0.0/24")] })]
+    #[case::other_family("fd00::2", Error::AddressOutside { ip: ip("fd00::2"), network: None, subnets: vec![net("10.1.0.0/24")] })]
+    #[case::network("10.1.0.0", Error::AddressReserved { ip: ip("10.1.0.0"), what: Reserved::NetworkAddress, network: None, subnets: vec![net("10.1.0.0/24")] })]
+    #[case::gateway("10.1.0.1", Error::AddressReserved { ip: ip("10.1.0.1"), what: Reserved::Gateway, network: None, subnets: vec![net("10.1.0.0/24")] })]
+    #[case::broadcast("10.1.0.255", Error::AddressReserved { ip: ip("10.1.0.255"), what: Reserved::Broadcast, network: None, subnets: vec![net("10.1.0.0/24")] })]
+    #[case::taken("10.1.0.9", Error::AddressInUse { ip: ip("10.1.0.9"), network: None, subnets: vec![net("10.1.0.0/24")] })]
+    fn allocate_static_refuses(#[case] addr: &str, #[case] expected: Error) {
+        let mut s = subnet("10.1.0.0/24");
+        s.allocate_static(ip("10.1.0.9")).unwrap();
+        assert_eq!(s.allocate_static(ip(addr)).unwrap_err(), expected);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[rstest]
+    #[case::never_allocated("10.1.0.7")]
+    #[case::gateway("10.1.0.1")]
+    #[case::network("10.1.0.0")]
+    #[case::outside("10.9.0.1")]
+    #[case::other_family("fd00::7")]
+    fn release_refuses_what_is_not_allocated(#[case] addr: &str) {
+        let mut s = subnet("10.1.0.0/24");
+        s.allocate_static(ip("10.1.0.9")).unwrap();
+        assert_eq!(
+            s.release(ip(addr)).unwrap_err(),
+            Error::NotAllocated {
+                ip: ip(addr),
+                network: None,
+                subnets: vec![net("10.1.0.0/24")]
+            }
+        );
+        assert!(s.is_allocated(ip("10.1.0.9")));
+    }
+
+    #[test]
+    fn double_release_is_refused_and_static_reuse_after_release_works() {
+        let mut s = subnet("10.1.0.0/30");
+        let a = s.allocate().unwrap();
+        s.release(a).unwrap();
+        assert!(!s.is_allocated(a));
+        assert!(matches!(s.release(a), Err(Error::NotAllocated { .. })));
+        assert_eq!(s.allocate_static(a), Ok(a));
+        assert!(s.is_allocated(a));
+    }
+
+    #[test]
+    fn v6_slash_64_allocates_without_sizing_by_the_subnet() {
+        let mut s = subnet("fd12:3456:789a:1::/64");
+        assert_eq!(s.gateway(), ip("fd12:3456:789a:1::1"));
+        assert_eq!(s.allocate().unwrap(), ip("fd12:3456:789a:1::2"));
+        assert_eq!(s.allocate().unwrap(), ip("fd12:3456:789a:1::3"));
+        let top = ip("fd12:3456:789a:1:ffff:ffff:ffff:ffff");
+        assert_eq!(s.reserved(top), None, "IPv6 has no broadcast address");
+        assert_eq!(s.allocate_static(top), Ok(top));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn wraps_at_the_top_of_the_ipv6_space() {
+        // The last address is u128::MAX: the next-fit position cannot go past it.
+        let mut s = subnet("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/124");
+        let mut got = BTreeSet::new();
+        for _ in 0..14 {
+            assert!(got.insert(s.allocate().unwrap()));
+        }
+        assert!(got.contains(&ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
+        assert!(matches!(s.allocate(), Err(Error::Exhausted { .. })));
+        s.release(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff5"))
+            .unwrap();
+        assert_eq!(
+            s.allocate().unwrap(),
+            ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff5")
+        );
+    }
+
+    #[test]
+    fn restore_resumes_after_the_highest_restored_dynamic_address() {
+        let mut s = Subnet::new(net("10.1.0.0/24"), None, Some(net("10.1.0.0/25"))).unwrap();
+        s.restore(ip("10.1.0.9")).unwrap();
+        s.restore(ip("10.1.0.4")).unwrap();
+        // Outside the range: restored, but does not move the position.
+        s.restore(ip("10.1.0.200")).unwrap();
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.10"));
+        assert_eq!(
+            s.restore(ip("10.1.0.4")).unwrap_err(),
+            Error::AddressInUse {
+                ip: ip("10.1.0.4"),
+                network: None,
+                subnets: vec![net("10.1.0.0/24")]
+            }
+        );
+        assert!(matches!(
+            s.restore(ip("10.1.0.1")),
+            Err(Error::AddressReserved {
+                what: Reserved::Gateway,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn allocate_within_stays_inside_the_allowed_ranges() {
+        let mut s = Subnet::new(net("10.1.0.0/24"), None, Some(net("10.1.0.0/25"))).unwrap();
+        let allowed = [
+            AddrRange::new(ip("10.1.0.100"), ip("10.1.0.101")).unwrap(),
+            // Mostly outside the IP range: only .126 and .127 are usable.
+            AddrRange::new(ip("10.1.0.126"), ip("10.1.0.140")).unwrap(),
+            // Other family: ignored.
+            AddrRange::from(net("fd00::/64")),
+        ];
+        let got: Vec<IpAddr> = (0..4)
+            .map(|_| s.allocate_within(&allowed).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ip("10.1.0.100"),
+                ip("10.1.0.101"),
+                ip("10.1.0.126"),
+                ip("10.1.0.127")
+            ]
+        );
+        assert_eq!(
+            s.allocate_within(&allowed).unwrap_err(),
+            Error::ExhaustedOwned {
+                network: None,
+                pools: vec![net("10.1.0.0/25")]
+            }
+        );
+        assert!(matches!(
+            s.allocate_within(&[]),
+            Err(Error::ExhaustedOwned { .. })
+        ));
+        // The unrestricted allocator continues after the last address handed out.
+        assert_eq!(s.allocate().unwrap(), ip("10.1.0.2"));
+    }
+
+    #[test]
+    fn allocate_within_merges_overlapping_ranges() {
+        let mut s = subnet("10.1.0.0/24");
+        let allowed = [
+            AddrRange::new(ip("10.1.0.10"), ip("10.1.0.12")).unwrap(),
+            AddrRange::new(ip("10.1.0.11"), ip("10.1.0.13")).unwrap(),
+            AddrRange::new(ip("10.1.0.5"), ip("10.1.0.5")).unwrap(),
+        ];
+        let got: BTreeSet<IpAddr> = (0..5)
+            .map(|_| s.allocate_within(&allowed).unwrap())
+            .collect();
+        assert_eq!(got.len(), 5);
+        assert!(s.allocate_within(&allowed).is_err());
+    }
+
+    #[rstest]
+    #[case::exhausted(exhausted("10.1.0.0/30"), "the subnet has no free address in 10.1.0.0/30; widen --subnet or --ip-range, or free an endpoint")]
+    #[case::reserved(
+        Error::AddressReserved { ip: ip("10.1.0.1"), what: Reserved::Gateway, network: None, subnets: vec![net("10.1.0.0/24")] },
+        "address 10.1.0.1 is the gateway of subnet 10.1.0.0/24 and is never handed out; pick another --ip"
+    )]
+    #[case::too_small(Error::SubnetTooSmall { subnet: net("10.1.0.0/31") }, "subnet 10.1.0.0/31 is too small to hold a container; use a prefix of /30 or shorter")]
+    #[case::too_small_v6(Error::SubnetTooSmall { subnet: net("fd00::/127") }, "subnet fd00::/127 is too small to hold a container; use a prefix of /126 or shorter")]
+    #[case::host_bits(
+        Error::HostBitsSet { given: net("10.1.0.5/24"), expected: net("10.1.0.0/24") },
+        "10.1.0.5/24 is not a network prefix (host bits are set); write it as 10.1.0.0/24"
+    )]
+    #[case::gateway(
+        Error::GatewayOutsideSubnet { gateway: ip("10.2.0.1"), subnet: net("10.1.0.0/24") },
+        "gateway 10.2.0.1 is outside subnet 10.1.0.0/24; pick a --gateway inside it"
+    )]
+    fn messages(#[case] err: Error, #[case] expected: &str) {
+        assert_eq!(err.to_string(), expected);
+    }
+
+    #[test]
+    fn config_serde_uses_docker_names() {
+        let s = Subnet::new(
+            net("10.1.0.0/24"),
+            Some(ip("10.1.0.254")),
+            Some(net("10.1.0.0/25")),
+        )
+        .unwrap();
+        let json = serde_json::to_string(s.config()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"Subnet":"10.1.0.0/24","IPRange":"10.1.0.0/25","Gateway":"10.1.0.254"}"#
+        );
+        let back: SubnetConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, s.config());
+        let plain: SubnetConfig =
+            serde_json::from_str(r#"{"Subnet":"fd00::/64","Gateway":"fd00::1"}"#).unwrap();
+        assert_eq!(plain.ip_range, None);
+        assert_eq!(
+            Subnet::from_config(&plain).unwrap().gateway(),
+            ip("fd00::1")
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Allocate,
+        /// An offset from the subnet's first address (may run past the subnet).
+        Static(u32),
+        /// Release the n-th allocated address (modulo their number), or, when
+        /// none is allocated, an arbitrary offset.
+        Release(u32),
+        Within(u32, u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Allocate),
+            2 => any::<u32>().prop_map(Op::Static),
+            3 => any::<u32>().prop_map(Op::Release),
+            1 => (any::<u32>(), 0u32..8).prop_map(|(a, b)| Op::Within(a, b)),
+        ]
+    }
+
+    /// A valid subnet with an optional gateway and IP range, IPv4 or IPv6.
+    fn subnet_case() -> impl Strategy<Value = Subnet> {
+        let v4 = (24u8..=30, any::<u32>(), any::<u32>(), any::<u32>(), 0u8..=2).prop_map(
+            |(len, base, gw, range, range_extra)| {
+                let sub = IpNet::new(IpAddr::from(std::net::Ipv4Addr::from(base)), len)
+                    .unwrap()
+                    .trunc();
+                (sub, gw, range, range_extra)
+            },
+        );
+        let v6 = (
+            118u8..=126,
+            any::<u128>(),
+            any::<u32>(),
+            any::<u32>(),
+            0u8..=2,
+        )
+            .prop_map(|(len, base, gw, range, range_extra)| {
+                let sub = IpNet::new(IpAddr::from(std::net::Ipv6Addr::from(base)), len)
+                    .unwrap()
+                    .trunc();
+                (sub, gw, range, range_extra)
+            });
+        prop_oneof![v4, v6].prop_filter_map("no dynamic address", |(sub, gw, range, extra)| {
+            let (first, last) = net_bounds(&sub);
+            let size = last - first + 1;
+            let family = Family::of_net(&sub);
+            let gateway = (gw % 2 == 0).then(|| from_u128(family, first + u128::from(gw) % size));
+            let ip_range = (extra > 0).then(|| {
+                let len = sub.prefix_len() + extra;
+                let at = from_u128(family, first + u128::from(range) % size);
+                IpNet::new(at, len).unwrap().trunc()
+            });
+            Subnet::new(sub, gateway, ip_range).ok()
+        })
+    }
+
+    /// The addresses dynamic allocation may hand out, computed from the
+    /// public API (`reserved`, `pool`) rather than the allocator's internals.
+    fn usable_dynamic(s: &Subnet) -> BTreeSet<IpAddr> {
+        let (first, last) = net_bounds(&s.pool());
+        (first..=last)
+            .map(|v| from_u128(s.family(), v))
+            .filter(|&a| s.reserved(a).is_none())
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn random_operations_keep_the_invariants(
+            mut s in subnet_case(),
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let family = s.family();
+            let dynamic = usable_dynamic(&s);
+            let mut model: BTreeSet<IpAddr> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Allocate => match s.allocate() {
+                        Ok(a) => {
+                            prop_assert!(dynamic.contains(&a), "{a} outside range or reserved");
+                            prop_assert!(model.insert(a), "{a} handed out twice");
+                        }
+                        Err(e) => {
+                            prop_assert!(matches!(e, Error::Exhausted { .. }), "{:?}", e);
+                            prop_assert!(dynamic.is_subset(&model), "exhausted with a free address");
+                        }
+                    },
+                    Op::Within(offset, len) => {
+                        let lo = s.first + u128::from(offset) % (s.last - s.first + 1);
+                        let hi = (lo + u128::from(len)).min(s.last);
+                        let allowed = AddrRange::new(from_u128(family, lo), from_u128(family, hi)).unwrap();
+                        match s.allocate_within(&[allowed]) {
+                            Ok(a) => {
+                                prop_assert!(dynamic.contains(&a) && allowed.contains(a));
+                                prop_assert!(model.insert(a), "{a} handed out twice");
+                            }
+                            Err(e) => {
+                                prop_assert!(matches!(e, Error::ExhaustedOwned { .. }), "{:?}", e);
+                                prop_assert!(dynamic.iter().filter(|a| allowed.contains(**a)).all(|a| model.contains(a)));
+                            }
+                        }
+                    }
+                    Op::Static(offset) => {
+                        let a = from_u128(family, s.first + u128::from(offset % 1024));
+                        let expect_ok = s.contains(a) && s.reserved(a).is_none() && !model.contains(&a);
+                        let got = s.allocate_static(a);
+                        prop_assert_eq!(got.is_ok(), expect_ok, "static {} -> {:?}", a, got);
+                        if expect_ok {
+                            model.insert(a);
+                        }
+                    }
+                    Op::Release(n) => {
+                        let a = if model.is_empty() {
+                            from_u128(family, s.first + u128::from(n % 1024))
+                        } else {
+                            *model.iter().nth(n as usize % model.len()).unwrap()
+                        };
+                        let was = model.remove(&a);
+                        prop_assert_eq!(s.release(a).is_ok(), was);
+                        prop_assert!(!s.is_allocated(a));
+                        // A released address can be taken again at once, statically.
+                        if was && s.reserved(a).is_none() {
+                            let mut probe = s.clone();
+                            prop_assert_eq!(probe.allocate_static(a), Ok(a));
+                        }
+                    }
+                }
+                prop_assert_eq!(s.allocations().collect::<BTreeSet<_>>(), model.clone());
+            }
+            // Release everything: every dynamic address comes back, once each.
+            for a in model {
+                s.release(a).unwrap();
+            }
+            let mut again = BTreeSet::new();
+            while let Ok(a) = s.allocate() {
+                prop_assert!(again.insert(a), "{a} handed out twice");
+                prop_assert!(again.len() <= dynamic.len());
+            }
+            prop_assert_eq!(again, dynamic);
+        }
+    }
 }
