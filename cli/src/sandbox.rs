@@ -147,7 +147,7 @@ pub fn create_netns(name: &str) -> Result<PathBuf, SandboxError> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)
     {
         Ok(file) => drop(file),
