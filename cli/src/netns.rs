@@ -330,6 +330,13 @@ pub fn next_ifname(netns: &Path) -> Result<String, NetnsError> {
     })
 }
 
+/// Bring the loopback interface of the namespace up, as a container runtime
+/// does for a sandbox without other interfaces (`--network none`).
+pub fn loopback_up(netns: &Path) -> Result<(), NetnsError> {
+    let path = netns.to_path_buf();
+    in_netns(netns, move || Rtnl::new()?.loopback_up(&path))
+}
+
 /// Prefixes of all routes in the caller's current network namespace, IPv4
 /// and IPv6, so IPAM can avoid subnets the host already reaches. Default
 /// routes and the local table (the host's own addresses) are left out. Sorted,
@@ -582,17 +589,26 @@ impl Rtnl {
                 )
             })?;
 
+        self.loopback_up(netns)?;
+
+        self.sync_addresses(netns, index, cfg)?;
+        self.sync_default_route(netns, index, cfg)
+    }
+
+    /// Bring `lo` up (a fresh namespace has it down).
+    fn loopback_up(&self, netns: &Path) -> Result<(), NetnsError> {
+        let ns = netns.display();
         match self.link_index("lo", netns)? {
             Some(lo) => {
                 let up = LinkUnspec::new_with_index(lo).up().build();
                 self.block_on(self.handle.link().set(up).execute())
-                    .map_err(|e| netlink_error(format!("bring up lo in {ns}"), e))?;
+                    .map_err(|e| netlink_error(format!("bring up lo in {ns}"), e))
             }
-            None => tracing::warn!(netns = %ns, "namespace has no loopback interface"),
+            None => {
+                tracing::warn!(netns = %ns, "namespace has no loopback interface");
+                Ok(())
+            }
         }
-
-        self.sync_addresses(netns, index, cfg)?;
-        self.sync_default_route(netns, index, cfg)
     }
 
     /// Make the interface's addresses exactly `cfg.addrs` (IPv6 link-local

@@ -78,6 +78,9 @@ pub enum SandboxError {
         #[source]
         source: Errno,
     },
+    /// Configuring the namespace's interfaces failed.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
     /// Deleting a namespace left something behind; every step was tried.
     #[error("network namespace {name} was not fully deleted: {}", join(failures))]
     DeleteIncomplete {
@@ -227,6 +230,19 @@ fn make_run_dir_shared() -> Result<(), SandboxError> {
             Err(e) => return Err(sys_err(format!("make {NETNS_RUN_DIR} a shared mount"))(e)),
         }
     }
+}
+
+/// Bring `lo` up inside the named namespace (`ip netns add` leaves it down),
+/// for sandboxes that get no other interface.
+pub fn loopback_up(name: &str) -> Result<(), SandboxError> {
+    validate_name(name)?;
+    let path = netns_path(name);
+    crate::netns::loopback_up(&path).map_err(|e| match e {
+        crate::netns::NetnsError::NamespaceNotFound { .. } => SandboxError::NotFound {
+            name: name.to_string(),
+        },
+        other => SandboxError::Netns(other),
+    })
 }
 
 /// Delete a named namespace as `ip netns delete` does: lazily unmount

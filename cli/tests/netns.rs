@@ -444,6 +444,14 @@ fn sandbox_works_with_ip_netns_and_gets_its_own_resolv_conf() {
     // namespace's own /sys.
     let links = stdout_in(&ns, &["ip", "-o", "link"]);
     assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(!links.contains("UP"), "lo starts down: {links}");
+    assert!(!ping(&ns, IpAddr::V4(Ipv4Addr::LOCALHOST), 1));
+    sandbox::loopback_up(&ns.name).unwrap();
+    assert!(stdout_in(&ns, &["ip", "-o", "link"]).contains("UP"));
+    assert!(
+        ping(&ns, IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+        "loopback answers once up"
+    );
     let sys = stdout_in(&ns, &["ls", "/sys/class/net"]);
     assert_eq!(sys.split_whitespace().collect::<Vec<_>>(), ["lo"], "{sys}");
 
@@ -477,6 +485,8 @@ fn sandbox_works_with_ip_netns_and_gets_its_own_resolv_conf() {
     let err = sandbox::delete_netns(&name).unwrap_err();
     assert!(matches!(err, SandboxError::NotFound { .. }), "{err}");
     let err = sandbox::command_in_netns(&name, &["true".to_string()]).unwrap_err();
+    assert!(matches!(err, SandboxError::NotFound { .. }), "{err}");
+    let err = sandbox::loopback_up(&name).unwrap_err();
     assert!(matches!(err, SandboxError::NotFound { .. }), "{err}");
 }
 
