@@ -31,6 +31,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use hickory_proto::op::{
     emit_message_parts, Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
@@ -89,7 +92,16 @@ pub struct Zone {
     ptr: HashMap<IpAddr, Name>,
 }
 
+/// A network's zone as the control plane publishes it and every gateway of
+/// the network reads it: replaced whole with `store`, read without a lock.
+pub type SharedZone = Arc<ArcSwap<Zone>>;
+
 impl Zone {
+    /// Wraps the zone for publishing ([`SharedZone`]).
+    pub fn into_shared(self) -> SharedZone {
+        Arc::new(ArcSwap::from_pointee(self))
+    }
+
     /// Builds the zone of a network from its endpoints. Names and aliases are
     /// case-insensitive; an empty name is skipped. When two endpoints claim
     /// the same address, the first one answers its PTR.

@@ -54,10 +54,8 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use etherparse::{
     EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type,
     IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, LinkSlice, NetSlice, SlicedPacket,
@@ -68,7 +66,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-use crate::dns::{self, ErrorReply, Outcome, Responder, Transport, Zone};
+use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport, Zone};
 use crate::MacAddr;
 
 /// The DNS port, UDP and TCP.
@@ -122,7 +120,7 @@ pub struct GatewayConfig {
     /// IPv6.
     pub mtu: usize,
     /// DNS records, replaced atomically by the control plane.
-    pub zone: Arc<ArcSwap<Zone>>,
+    pub zone: SharedZone,
     /// Upstream resolvers, tried in order. Empty: nothing is forwarded and
     /// names outside the zone get REFUSED (internal networks).
     pub upstreams: Vec<SocketAddr>,
@@ -432,7 +430,7 @@ pub struct Gateway {
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
     mtu: usize,
-    zone: Arc<ArcSwap<Zone>>,
+    zone: SharedZone,
     upstreams: Vec<SocketAddr>,
     upstream_timeout: Duration,
     epoch: Instant,
@@ -1444,7 +1442,7 @@ mod tests {
             ipv4: Some((GW4, 24)),
             ipv6: Some((GW6, 64)),
             mtu: 1500,
-            zone: Arc::new(ArcSwap::from_pointee(zone())),
+            zone: zone().into_shared(),
             upstreams,
             upstream_timeout: TIMEOUT,
             random_seed: 42,
@@ -1776,7 +1774,11 @@ mod tests {
         let mut gw = Gateway::new(cfg, now).unwrap();
         let msg = ask(&mut gw, false, 1, "db.", RecordType::A);
         assert_eq!(msg.metadata.response_code, ResponseCode::Refused);
-        zone.store(Arc::new(Zone::new([entry("db", &[], &["10.0.0.9"])])));
+        zone.store(std::sync::Arc::new(Zone::new([entry(
+            "db",
+            &[],
+            &["10.0.0.9"],
+        )])));
         let msg = ask(&mut gw, false, 2, "db.", RecordType::A);
         assert_eq!(answer_addrs(&msg), ["10.0.0.9"]);
     }
