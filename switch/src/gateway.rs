@@ -30,7 +30,7 @@
 //!   (smoltcp drops a reply whose neighbour it first has to resolve, and its
 //!   cache holds 8 entries), copies nothing but the answer, and keeps the
 //!   per-query cost to a parse, a lookup and an emit.
-//! - DNS answers come from [`Responder`] over the network's [`Zone`], loaded
+//! - DNS answers come from [`Responder`] over the network's [`Zone`](crate::dns::Zone), loaded
 //!   from an `ArcSwap` per query so the control plane replaces it without a
 //!   lock. Other names are forwarded to the upstream resolvers: the
 //!   gateway picks a fresh random transaction id, sends the query to the
@@ -66,7 +66,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport, Zone};
+use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport};
 use crate::MacAddr;
 
 /// The DNS port, UDP and TCP.
@@ -1400,7 +1400,7 @@ fn write_udp_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::DnsEntry;
+    use crate::dns::{DnsEntry, Zone};
     use etherparse::{ArpEthIpv4Packet, ArpHardwareId, ArpOperation, PacketBuilder};
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::{Name, RData, RecordType};
