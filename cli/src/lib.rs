@@ -4,5 +4,8 @@
 //! The daemon owns every file descriptor; the cores in `switch` and `ipam`
 //! only decide.
 
+pub mod api;
+pub mod client;
+pub mod daemon;
 pub mod netns;
 pub mod sandbox;

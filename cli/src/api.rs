@@ -1,0 +1,508 @@
+//! The control API shared by `vswitch` and `vswitchd`: versioned JSON over
+//! HTTP/1.1 on a Unix socket.
+//!
+//! Every request the daemon accepts is decoded by [`Request::decode`], a pure
+//! function of method, path and body, so that the decoding of untrusted API
+//! input is one place to test and fuzz. Field names are explicit (`serde`
+//! renames) and follow Docker's where Docker has one.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The path prefix of this API version.
+pub const PREFIX: &str = "/v1";
+
+/// Largest request body the daemon reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A network driver, as `docker network create --driver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A local bridge domain with a gateway, DNS and IPAM.
+    #[default]
+    Bridge,
+    /// A cluster-wide network (issue 3); refused until overlays exist.
+    Overlay,
+    /// The host's own network namespace.
+    Host,
+    /// Loopback only.
+    None,
+}
+
+impl Driver {
+    /// The name users type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Bridge => "bridge",
+            Driver::Overlay => "overlay",
+            Driver::Host => "host",
+            Driver::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bridge" => Ok(Driver::Bridge),
+            "overlay" => Ok(Driver::Overlay),
+            "host" => Ok(Driver::Host),
+            "none" => Ok(Driver::None),
+            other => Err(format!(
+                "unknown driver `{other}`; use bridge, overlay, host or none"
+            )),
+        }
+    }
+}
+
+/// One `--subnet` with its optional `--gateway` and `--ip-range`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SubnetSpec {
+    #[serde(rename = "Subnet", default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<IpNet>,
+    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<IpNet>,
+}
+
+/// `vswitch network create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Driver", default)]
+    pub driver: Driver,
+    #[serde(rename = "Subnets", default)]
+    pub subnets: Vec<SubnetSpec>,
+    #[serde(rename = "EnableIPv6", default)]
+    pub ipv6: bool,
+    #[serde(rename = "Internal", default)]
+    pub internal: bool,
+    #[serde(rename = "MTU", default)]
+    pub mtu: Option<u32>,
+    #[serde(rename = "Options", default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "Labels", default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `vswitch network connect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Connect {
+    #[serde(rename = "Container")]
+    pub container: String,
+    /// Path of the container's network namespace (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`). Optional when the container is already known.
+    #[serde(rename = "NetNs", default)]
+    pub netns: Option<PathBuf>,
+    #[serde(rename = "IPv4Address", default)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(rename = "IPv6Address", default)]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(rename = "MacAddress", default)]
+    pub mac: Option<String>,
+    #[serde(rename = "Aliases", default)]
+    pub aliases: Vec<String>,
+}
+
+/// `vswitch network disconnect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnect {
+    #[serde(rename = "Container")]
+    pub container: String,
+}
+
+/// Registers a sandbox made by `vswitch run` (its namespace and process).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerCreate {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "NetNs", default)]
+    pub netns: Option<PathBuf>,
+    /// True when the daemon should delete the namespace on `vswitch rm`.
+    #[serde(rename = "OwnsNetNs", default)]
+    pub owns_netns: bool,
+    #[serde(rename = "Pid", default)]
+    pub pid: Option<u32>,
+}
+
+/// Sets the process of a container after `run -d` started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerUpdate {
+    #[serde(rename = "Pid", default)]
+    pub pid: Option<u32>,
+}
+
+/// A row of `vswitch network ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Driver")]
+    pub driver: Driver,
+    #[serde(rename = "Scope")]
+    pub scope: String,
+}
+
+/// `IPAM` in `network inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamInspect {
+    #[serde(rename = "Driver")]
+    pub driver: String,
+    #[serde(rename = "Config")]
+    pub config: Vec<SubnetSpec>,
+}
+
+/// One entry of `Containers` in `network inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkContainer {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "MacAddress")]
+    pub mac: String,
+    /// `10.0.0.2/24`, or empty.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6: String,
+    #[serde(rename = "Host")]
+    pub host: String,
+}
+
+/// `vswitch network inspect`, with Docker's field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInspect {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// RFC 3339.
+    #[serde(rename = "Created")]
+    pub created: String,
+    #[serde(rename = "Scope")]
+    pub scope: String,
+    #[serde(rename = "Driver")]
+    pub driver: Driver,
+    #[serde(rename = "EnableIPv6")]
+    pub ipv6: bool,
+    #[serde(rename = "Internal")]
+    pub internal: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamInspect,
+    #[serde(rename = "Options")]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "Labels")]
+    pub labels: BTreeMap<String, String>,
+    /// Keyed by container (sandbox) id.
+    #[serde(rename = "Containers")]
+    pub containers: BTreeMap<String, NetworkContainer>,
+    #[serde(rename = "MTU")]
+    pub mtu: u32,
+}
+
+/// One endpoint of a container, in `vswitch inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInspect {
+    #[serde(rename = "Network")]
+    pub network: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface")]
+    pub interface: String,
+    #[serde(rename = "MacAddress")]
+    pub mac: String,
+    #[serde(rename = "IPAddress", skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(rename = "IPPrefixLen", skip_serializing_if = "Option::is_none")]
+    pub ipv4_prefix: Option<u8>,
+    #[serde(rename = "GlobalIPv6Address", skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(
+        rename = "GlobalIPv6PrefixLen",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefix: Option<u8>,
+    #[serde(rename = "Gateway", skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(rename = "IPv6Gateway", skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+    #[serde(rename = "Aliases")]
+    pub aliases: Vec<String>,
+}
+
+/// `vswitch inspect CONTAINER`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInspect {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "NetNs", skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    #[serde(rename = "Pid", skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(rename = "Host")]
+    pub host: String,
+    #[serde(rename = "Networks")]
+    pub networks: BTreeMap<String, EndpointInspect>,
+}
+
+/// One port's counters in `vswitch stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PortStats {
+    #[serde(rename = "Network")]
+    pub network: String,
+    /// The container, or `(gateway)`.
+    #[serde(rename = "Container")]
+    pub container: String,
+    #[serde(rename = "Interface")]
+    pub interface: String,
+    #[serde(rename = "RxPackets")]
+    pub rx_packets: u64,
+    #[serde(rename = "RxBytes")]
+    pub rx_bytes: u64,
+    #[serde(rename = "TxPackets")]
+    pub tx_packets: u64,
+    #[serde(rename = "TxBytes")]
+    pub tx_bytes: u64,
+    /// Frames from this port refused by the switch (port security, malformed...).
+    #[serde(rename = "Drops")]
+    pub drops: u64,
+    /// Frames to this port lost because the device queue was full.
+    #[serde(rename = "TxDrops")]
+    pub tx_drops: u64,
+}
+
+/// `vswitch stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Stats {
+    #[serde(rename = "Ports")]
+    pub ports: Vec<PortStats>,
+    /// Switch drops by reason.
+    #[serde(rename = "Drops")]
+    pub drops: BTreeMap<String, u64>,
+    /// Control API requests refused as malformed.
+    #[serde(rename = "BadRequests")]
+    pub bad_requests: u64,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "message")]
+    pub message: String,
+}
+
+/// A decoded API request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Ping,
+    NetworkList,
+    NetworkCreate(NetworkCreate),
+    NetworkInspect(String),
+    NetworkRemove(String),
+    NetworkConnect(String, Connect),
+    NetworkDisconnect(String, Disconnect),
+    ContainerList,
+    ContainerCreate(ContainerCreate),
+    ContainerUpdate(String, ContainerUpdate),
+    ContainerInspect(String),
+    ContainerRemove(String),
+    Stats,
+}
+
+/// Why a request was refused before it reached the daemon's logic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// No such endpoint.
+    #[error("no API endpoint {method} {path}; this daemon speaks {PREFIX}")]
+    NotFound { method: String, path: String },
+    /// The body is not the JSON this endpoint takes.
+    #[error("bad request body for {endpoint}: {reason}")]
+    BadBody {
+        endpoint: &'static str,
+        reason: String,
+    },
+    /// A name in the path is not a valid name.
+    #[error("{0}")]
+    BadName(String),
+}
+
+impl DecodeError {
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            DecodeError::NotFound { .. } => 404,
+            DecodeError::BadBody { .. } | DecodeError::BadName(_) => 400,
+        }
+    }
+}
+
+/// Checks a network or container name: what Docker accepts,
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63 bytes (it is also a DNS label).
+pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_rest = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
+        return Err(format!(
+            "invalid {kind} name `{}`: use 1 to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+fn body<T: for<'de> Deserialize<'de>>(
+    endpoint: &'static str,
+    body: &[u8],
+) -> Result<T, DecodeError> {
+    serde_json::from_slice(body).map_err(|e| DecodeError::BadBody {
+        endpoint,
+        reason: e.to_string(),
+    })
+}
+
+fn name_segment(kind: &str, seg: &str) -> Result<String, DecodeError> {
+    validate_name(kind, seg).map_err(DecodeError::BadName)?;
+    Ok(seg.to_owned())
+}
+
+impl Request {
+    /// Decodes a request from its method, path (query string ignored) and
+    /// body. Never panics, whatever the bytes.
+    pub fn decode(method: &str, path: &str, body_bytes: &[u8]) -> Result<Request, DecodeError> {
+        let not_found = || DecodeError::NotFound {
+            method: method.chars().take(16).collect(),
+            path: path.chars().take(128).collect(),
+        };
+        let path = path.split('?').next().unwrap_or("");
+        let rest = path.strip_prefix(PREFIX).ok_or_else(not_found)?;
+        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let req = match (method, segs.as_slice()) {
+            ("GET", ["_ping"]) => Request::Ping,
+            ("GET", ["networks"]) => Request::NetworkList,
+            ("POST", ["networks"]) => {
+                let create: NetworkCreate = body("POST /v1/networks", body_bytes)?;
+                validate_name("network", &create.name).map_err(DecodeError::BadName)?;
+                Request::NetworkCreate(create)
+            }
+            ("GET", ["networks", name]) => Request::NetworkInspect(name_segment("network", name)?),
+            ("DELETE", ["networks", name]) => {
+                Request::NetworkRemove(name_segment("network", name)?)
+            }
+            ("POST", ["networks", name, "connect"]) => {
+                let name = name_segment("network", name)?;
+                let c: Connect = body("POST /v1/networks/NAME/connect", body_bytes)?;
+                validate_name("container", &c.container).map_err(DecodeError::BadName)?;
+                for a in &c.aliases {
+                    validate_name("alias", a).map_err(DecodeError::BadName)?;
+                }
+                Request::NetworkConnect(name, c)
+            }
+            ("POST", ["networks", name, "disconnect"]) => {
+                let name = name_segment("network", name)?;
+                let d: Disconnect = body("POST /v1/networks/NAME/disconnect", body_bytes)?;
+                validate_name("container", &d.container).map_err(DecodeError::BadName)?;
+                Request::NetworkDisconnect(name, d)
+            }
+            ("GET", ["containers"]) => Request::ContainerList,
+            ("POST", ["containers"]) => {
+                let c: ContainerCreate = body("POST /v1/containers", body_bytes)?;
+                validate_name("container", &c.name).map_err(DecodeError::BadName)?;
+                Request::ContainerCreate(c)
+            }
+            ("POST", ["containers", name]) => {
+                let name = name_segment("container", name)?;
+                Request::ContainerUpdate(name, body("POST /v1/containers/NAME", body_bytes)?)
+            }
+            ("GET", ["containers", name]) => {
+                Request::ContainerInspect(name_segment("container", name)?)
+            }
+            ("DELETE", ["containers", name]) => {
+                Request::ContainerRemove(name_segment("container", name)?)
+            }
+            ("GET", ["stats"]) => Request::Stats,
+            _ => return Err(not_found()),
+        };
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn decodes_create() {
+        let r = Request::decode(
+            "POST",
+            "/v1/networks",
+            br#"{"Name":"web","Subnets":[{"Subnet":"10.9.0.0/24"}],"Internal":true}"#,
+        )
+        .unwrap();
+        let Request::NetworkCreate(c) = r else {
+            panic!("wrong request {r:?}")
+        };
+        assert_eq!(c.name, "web");
+        assert!(c.internal);
+        assert_eq!(c.subnets[0].subnet, Some("10.9.0.0/24".parse().unwrap()));
+    }
+
+    #[rstest]
+    #[case("GET", "/v2/networks", b"", 404)]
+    #[case("PUT", "/v1/networks", b"", 404)]
+    #[case("POST", "/v1/networks", b"{", 400)]
+    #[case("POST", "/v1/networks", br#"{"Name":"-bad"}"#, 400)]
+    #[case("POST", "/v1/networks", br#"{"Name":"ok","Bogus":1}"#, 400)]
+    #[case("POST", "/v1/networks", br#"{"Name":"ok","Driver":"weird"}"#, 400)]
+    #[case("POST", "/v1/networks/web/connect", br#"{"Container":"a b"}"#, 400)]
+    #[case("GET", "/v1/networks/..", b"", 400)]
+    fn refuses_bad_requests(
+        #[case] method: &str,
+        #[case] path: &str,
+        #[case] body: &[u8],
+        #[case] status: u16,
+    ) {
+        let err = Request::decode(method, path, body).unwrap_err();
+        assert_eq!(err.status(), status, "{err}");
+    }
+
+    #[rstest]
+    #[case("web", true)]
+    #[case("web-1.prod_x", true)]
+    #[case("", false)]
+    #[case(".hidden", false)]
+    #[case("a/b", false)]
+    #[case("ümlaut", false)]
+    fn names(#[case] name: &str, #[case] ok: bool) {
+        assert_eq!(validate_name("network", name).is_ok(), ok);
+    }
+
+    #[test]
+    fn name_too_long() {
+        assert!(validate_name("network", &"a".repeat(64)).is_err());
+        assert!(validate_name("network", &"a".repeat(63)).is_ok());
+    }
+}

@@ -1,0 +1,207 @@
+//! `vswitch demo`: a self-contained tour on real namespaces.
+//!
+//! It starts a private vswitchd inside a network namespace of its own (so
+//! nothing it does can reach beyond this machine), makes a network, runs
+//! two containers, pings one from the other by name, resolves names through
+//! the embedded DNS, shows `inspect` and `stats`, then removes everything,
+//! also when a step fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::sandbox;
+
+struct Demo {
+    exe: PathBuf,
+    host_ns: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    daemon: Option<Child>,
+    containers: Vec<String>,
+    network: Option<String>,
+}
+
+impl Demo {
+    fn vswitch(&self, args: &[&str]) -> Result<String> {
+        println!("$ vswitch {}", args.join(" "));
+        let out = Command::new(&self.exe)
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running vswitch")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        if !out.status.success() {
+            bail!("`vswitch {}` failed", args.join(" "));
+        }
+        Ok(text)
+    }
+
+    fn in_container(&self, name: &str, argv: &[&str]) -> Result<bool> {
+        println!("$ ip netns exec {name} {}", argv.join(" "));
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let status = sandbox::command_in_netns(name, &argv)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .status()
+            .with_context(|| format!("running {}", argv[0]))?;
+        Ok(status.success())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        println!("\n# cleaning up");
+        for c in std::mem::take(&mut self.containers) {
+            let _ = self.vswitch(&["rm", &c]);
+        }
+        if let Some(n) = self.network.take() {
+            let _ = self.vswitch(&["network", "rm", &n]);
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = d.wait();
+        }
+        let _ = sandbox::delete_netns(&self.host_ns);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        println!("done: no namespace, device or file of the demo is left");
+    }
+}
+
+fn wait_for_socket(path: &Path, daemon: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!("vswitchd exited at start ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("vswitchd did not open {} within 10 s", path.display())
+}
+
+/// Runs the tour.
+pub async fn run(vswitchd: Option<PathBuf>) -> Result<()> {
+    tokio::task::spawn_blocking(move || tour(vswitchd)).await?
+}
+
+fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the demo makes network namespaces and TAP devices, which needs root; run it with sudo"
+        );
+    }
+    let exe = std::env::current_exe().context("finding this program")?;
+    let daemon_exe = vswitchd.unwrap_or_else(|| exe.with_file_name("vswitchd"));
+    if !daemon_exe.exists() {
+        bail!(
+            "vswitchd not found at {}; build it (`cargo build --release`) or pass --vswitchd PATH",
+            daemon_exe.display()
+        );
+    }
+    let tag = std::process::id();
+    let dir = std::env::temp_dir().join(format!("vswitch-demo-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut demo = Demo {
+        exe,
+        host_ns: format!("vsdemo-host-{tag}"),
+        socket: dir.join("vswitchd.sock"),
+        dir,
+        daemon: None,
+        containers: Vec::new(),
+        network: None,
+    };
+    println!(
+        "# a private vswitchd in namespace {} (nothing leaves this machine)",
+        demo.host_ns
+    );
+    sandbox::create_netns(&demo.host_ns).map_err(|e| anyhow::anyhow!("{e}"))?;
+    sandbox::loopback_up(&demo.host_ns).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let argv: Vec<String> = vec![
+        daemon_exe.display().to_string(),
+        "--state-dir".into(),
+        demo.dir.join("state").display().to_string(),
+        "--socket".into(),
+        demo.socket.display().to_string(),
+        "--node-name".into(),
+        "demo-host".into(),
+        // Upstream DNS on the demo namespace's own loopback: nothing leaves.
+        "--dns".into(),
+        "127.0.0.1".into(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let mut daemon = sandbox::command_in_netns(&demo.host_ns, &argv)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .spawn()
+        .context("starting vswitchd")?;
+    let started = wait_for_socket(&demo.socket, &mut daemon);
+    demo.daemon = Some(daemon);
+    started?;
+
+    let net = format!("demo{tag}");
+    let (a, b) = (format!("web-{tag}"), format!("db-{tag}"));
+    println!("\n# a network, with a subnet chosen by IPAM");
+    demo.vswitch(&["network", "create", "--ipv6", &net])?;
+    demo.network = Some(net.clone());
+    demo.vswitch(&["network", "ls"])?;
+
+    println!("\n# two containers: each is a network namespace with a TAP the daemon holds");
+    demo.vswitch(&[
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        &net,
+        "--",
+        "sleep",
+        "600",
+    ])?;
+    demo.containers.push(a.clone());
+    demo.vswitch(&[
+        "run",
+        "-d",
+        "--name",
+        &b,
+        "--network",
+        &net,
+        "--alias",
+        "database",
+        "--",
+        "sleep",
+        "600",
+    ])?;
+    demo.containers.push(b.clone());
+    demo.vswitch(&["network", "inspect", &net])?;
+
+    println!("\n# ping by name, through the userspace switch and the embedded DNS");
+    if !demo.in_container(&a, &["ping", "-c", "3", "-i", "0.2", &b])? {
+        bail!("ping from {a} to {b} failed");
+    }
+    if !demo.in_container(&a, &["ping", "-6", "-c", "2", "-i", "0.2", "database"])? {
+        bail!("ping -6 from {a} to the alias `database` failed");
+    }
+    if which("dig") {
+        demo.in_container(&a, &["dig", "+short", &b])?;
+        demo.in_container(&a, &["dig", "+short", "AAAA", "database"])?;
+    }
+    println!("\n# per-port counters");
+    demo.vswitch(&["stats"])?;
+    println!("\nthe tour worked.");
+    Ok(())
+}
+
+fn which(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).exists()))
+}

@@ -1,0 +1,120 @@
+//! The `vswitch` client: finds the daemon's socket and speaks the control API.
+
+pub mod commands;
+pub mod demo;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+use crate::api::ErrorBody;
+
+/// The default socket: `/run/vswitch/vswitchd.sock` as root,
+/// `$XDG_RUNTIME_DIR/vswitch/vswitchd.sock` otherwise.
+pub fn default_socket() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/vswitch/vswitchd.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => Path::new(&dir).join("vswitch/vswitchd.sock"),
+        None => PathBuf::from(format!(
+            "/run/user/{}/vswitch/vswitchd.sock",
+            nix::unistd::geteuid()
+        )),
+    }
+}
+
+/// Resolves `--host unix://PATH`, then `VSWITCH_HOST`, then the default.
+pub fn resolve_socket(host: Option<&str>) -> Result<PathBuf> {
+    let from_env = std::env::var("VSWITCH_HOST").ok();
+    match host.map(str::to_owned).or(from_env) {
+        Some(h) => match h.strip_prefix("unix://") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => bail!("--host must look like unix:///run/vswitch/vswitchd.sock, not `{h}`"),
+        },
+        None => Ok(default_socket()),
+    }
+}
+
+/// A connection-per-request client of the control API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Client {
+        Client { socket }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request; returns the status and body.
+    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>)> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            anyhow!(
+                "cannot reach vswitchd at {}: {e}; is it running? (start it with `vswitchd`, or point --host/VSWITCH_HOST at its socket)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("control API handshake")?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://vswitchd{path}"))
+            .header("host", "vswitchd")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .context("building request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("control API request")?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading control API response")?
+            .to_bytes();
+        drop(sender);
+        let _ = conn.await;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Sends a request and decodes a JSON answer, turning an error status
+    /// into the daemon's message.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        let body = match body {
+            Some(b) => serde_json::to_vec(b)?,
+            None => Vec::new(),
+        };
+        let (status, bytes) = self.raw(method, path, body).await?;
+        if !(200..300).contains(&status) {
+            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{msg}");
+        }
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "vswitchd answered {method} {path} with something this client does not understand"
+            )
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! `vswitchd`: wiring of the control API, the durable state, the controller
+//! and the datapath thread.
+
+pub mod controller;
+pub mod datapath;
+pub mod server;
+pub mod state;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tokio::net::UnixListener;
+
+/// An error the API returns: an HTTP status and a sentence a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    /// 400: the request cannot be done as asked.
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, message)
+    }
+    /// 404: no such network or container.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, message)
+    }
+    /// 409: conflicts with what exists.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(409, message)
+    }
+    /// 500: the daemon failed.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// `vswitchd` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "vswitchd",
+    version,
+    about = "The vswitch daemon: a userspace virtual switch for containers"
+)]
+pub struct DaemonArgs {
+    /// Where networks, endpoints and allocations are kept.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The control API socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// This host's name in the cluster (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Gossip listen address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7946")]
+    pub bind: SocketAddr,
+    /// Address other hosts reach this one at.
+    #[arg(long, value_name = "IP")]
+    pub advertise_addr: Option<IpAddr>,
+    /// UDP port of the VXLAN tunnel.
+    #[arg(long, value_name = "PORT", default_value_t = 4789)]
+    pub tunnel_port: u16,
+    /// File holding the cluster key.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Run as an ordinary user in user namespaces.
+    #[arg(long)]
+    pub rootless: bool,
+    /// Upstream DNS servers for names that are not containers' (default: the
+    /// nameservers of /etc/resolv.conf). Repeatable; IP or IP:PORT.
+    #[arg(long = "dns", value_name = "IP[:PORT]")]
+    pub dns: Vec<String>,
+    /// trace, debug, info, warn or error (or a tracing filter).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/var/lib/vswitch")
+    } else {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        base.join("vswitch")
+    }
+}
+
+/// Parses `IP` or `IP:PORT` (port 53 by default).
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    s.parse::<SocketAddr>()
+        .with_context(|| format!("--dns `{s}` is neither an IP address nor IP:PORT"))
+}
+
+/// The nameservers of a resolv.conf.
+pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver"))
+                .then(|| w.next())
+                .flatten()
+                .and_then(|ip| ip.split('%').next()?.parse::<IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+fn init_logging(args: &DaemonArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Binds the control socket, refusing to steal one a live daemon answers on.
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another vswitchd already answers on {}; stop it or pass --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: DaemonArgs) -> Result<()> {
+    init_logging(&args);
+    if args.rootless && nix::unistd::geteuid().is_root() {
+        tracing::warn!("--rootless given while running as root");
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(crate::client::default_socket);
+    let upstreams = if args.dns.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        resolv_conf_servers(&text)
+    } else {
+        args.dns
+            .iter()
+            .map(|s| parse_dns_server(s))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+    };
+    let config = controller::ControllerConfig {
+        state_dir: state_dir.clone(),
+        node_name,
+        upstreams,
+        rootless: args.rootless,
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = bind_socket(&socket)?;
+        let ctrl = tokio::task::spawn_blocking(move || controller::Controller::start(config))
+            .await
+            .context("controller start")??;
+        let ctrl = Arc::new(Mutex::new(ctrl));
+        tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "vswitchd ready");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(server::serve(listener, ctrl.clone(), stop_rx));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        let _ = std::fs::remove_file(&socket);
+        tokio::task::spawn_blocking(move || {
+            ctrl.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        })
+        .await?;
+        tracing::info!("vswitchd stopped");
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_resolv_conf() {
+        let t = "# c\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\nsearch x\nnameserver bogus\n";
+        let s = resolv_conf_servers(t);
+        assert_eq!(
+            s,
+            vec![
+                "10.0.0.53:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_flag() {
+        assert_eq!(
+            parse_dns_server("1.2.3.4").unwrap(),
+            "1.2.3.4:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("1.2.3.4:5353").unwrap(),
+            "1.2.3.4:5353".parse().unwrap()
+        );
+        assert!(parse_dns_server("nope").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The control API server: HTTP/1.1 on a Unix socket, one task per
+//! connection, requests decoded by [`Request::decode`] and executed by the
+//! [`Controller`] on a blocking thread (it does netlink and namespace work).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use super::controller::Controller;
+use super::ApiError;
+use crate::api::{ErrorBody, Request, MAX_BODY};
+
+fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&ErrorBody {
+        message: e.message.clone(),
+    })
+    .unwrap_or_default();
+    json_response(e.status, body)
+}
+
+async fn handle(
+    ctrl: Arc<Mutex<Controller>>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            count_bad(&ctrl);
+            return Ok(error_response(&ApiError::new(
+                413,
+                format!("request body too large or cut short (at most {MAX_BODY} bytes)"),
+            )));
+        }
+    };
+    let request = match Request::decode(&method, &path, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            count_bad(&ctrl);
+            tracing::debug!(%method, %path, error = %e, "refused API request");
+            return Ok(error_response(&ApiError::new(e.status(), e.to_string())));
+        }
+    };
+    let ctrl2 = ctrl.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut c = ctrl2.lock().unwrap_or_else(|p| p.into_inner());
+        c.handle(request)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
+    Ok(match result {
+        Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(%method, %path, error = %e.message, "API request failed");
+            }
+            error_response(&e)
+        }
+    })
+}
+
+fn count_bad(ctrl: &Arc<Mutex<Controller>>) {
+    if let Ok(mut c) = ctrl.lock() {
+        c.count_bad_request();
+    }
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: UnixListener,
+    ctrl: Arc<Mutex<Controller>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let ctrl = ctrl.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(ctrl.clone(), req));
+                    let conn = http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "control connection");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}

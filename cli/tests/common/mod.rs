@@ -1,0 +1,330 @@
+//! Harness for end-to-end tests on real namespaces.
+//!
+//! A "host" is a network namespace running its own vswitchd (own state
+//! directory and socket); containers are namespaces made by `vswitch run`.
+//! Every name carries the test's process id and a counter, so tests run in
+//! parallel; every guard cleans up in `Drop`, so a failing test leaves
+//! nothing behind. Traffic goes only to addresses inside these namespaces.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// True when the test can build namespaces; otherwise it says it skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: needs root (network namespaces and TAP devices)");
+    false
+}
+
+/// A short unique name: `PREFIX` + pid + counter (fits a 15-byte ifname).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() & 0xfffff)
+}
+
+/// Runs a command, returning its output (never panics on failure).
+pub fn cmd(argv: &[&str]) -> Output {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+}
+
+/// Runs a command and panics with its stderr unless it succeeds.
+pub fn ok(argv: &[&str]) -> String {
+    let out = cmd(argv);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip netns exec NS argv...`
+pub fn ns_exec(ns: &str, argv: &[&str]) -> Output {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(argv);
+    cmd(&full)
+}
+
+/// A network namespace made by the test.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        ok(&["ip", "netns", "add", &name]);
+        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        ns_exec(&self.name, argv)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = cmd(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair between two namespaces, with addresses.
+pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
+    let (ia, ib) = (unique("va"), unique("vb"));
+    ok(&[
+        "ip", "link", "add", &ia, "netns", &a.name, "type", "veth", "peer", "name", &ib, "netns",
+        &b.name,
+    ]);
+    ok(&["ip", "-n", &a.name, "addr", "add", a_addr, "dev", &ia]);
+    ok(&["ip", "-n", &b.name, "addr", "add", b_addr, "dev", &ib]);
+    ok(&["ip", "-n", &a.name, "link", "set", &ia, "up"]);
+    ok(&["ip", "-n", &b.name, "link", "set", &ib, "up"]);
+}
+
+/// A vswitchd in a namespace of its own.
+pub struct Host {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    daemon: Option<Child>,
+    extra_args: Vec<String>,
+    /// Containers made through [`Host::run`], removed on drop.
+    pub containers: Vec<String>,
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "vswitch" => PathBuf::from(env!("CARGO_BIN_EXE_vswitch")),
+        "vswitchd" => PathBuf::from(env!("CARGO_BIN_EXE_vswitchd")),
+        _ => unreachable!(),
+    }
+}
+
+impl Host {
+    /// Starts a daemon; `extra` are more vswitchd flags (e.g. `--dns`).
+    pub fn start(extra: &[&str]) -> Host {
+        let ns = Netns::new("vsh");
+        Host::start_in(ns, extra)
+    }
+
+    pub fn start_in(ns: Netns, extra: &[&str]) -> Host {
+        let dir = std::env::temp_dir().join(format!("vstest-{}", ns.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = Host {
+            socket: dir.join("vswitchd.sock"),
+            dir,
+            ns,
+            daemon: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            containers: Vec::new(),
+        };
+        h.spawn_daemon();
+        h
+    }
+
+    fn spawn_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("vswitchd.log"))
+            .unwrap();
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.ns.name.clone(),
+            bin("vswitchd").display().to_string(),
+            "--state-dir".into(),
+            self.dir.join("state").display().to_string(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--node-name".into(),
+            self.ns.name.clone(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        if !self.extra_args.iter().any(|a| a == "--dns") {
+            // Never the real host's resolvers: the namespace's own loopback.
+            args.extend(["--dns".into(), "127.0.0.1".into()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting vswitchd");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vswitchd exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vswitchd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut d = self.daemon.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = d.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = d.kill();
+                return d.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn_daemon();
+    }
+
+    /// `vswitch --host unix://SOCKET args...`
+    pub fn vs(&self, args: &[&str]) -> Output {
+        Command::new(bin("vswitch"))
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running vswitch")
+    }
+
+    /// Like [`Host::vs`], panicking with stderr and the daemon log on failure.
+    pub fn vs_ok(&self, args: &[&str]) -> String {
+        let out = self.vs(args);
+        assert!(
+            out.status.success(),
+            "vswitch {args:?} failed: {}\nstdout: {}\nstderr: {}\ndaemon log (tail):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn vs_json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.vs_ok(args)).expect("JSON output")
+    }
+
+    /// `vswitch run -d --name NAME --network NET extra... -- sleep 600`;
+    /// returns the container name (also its namespace's name).
+    pub fn run(&mut self, prefix: &str, network: &str, extra: &[&str]) -> String {
+        let name = unique(prefix);
+        let mut args = vec!["run", "-d", "--name", &name, "--network", network];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sleep", "600"]);
+        self.containers.push(name.clone());
+        self.vs_ok(&args);
+        name
+    }
+
+    /// The IPv4 address of a container on a network.
+    pub fn ip_of(&self, container: &str, network: &str) -> String {
+        let v = self.vs_json(&["inspect", container]);
+        v[0]["Networks"][network]["IPAddress"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{container} has no IPv4 on {network}: {v}"))
+            .to_string()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            for c in std::mem::take(&mut self.containers) {
+                let _ = self.vs(&["rm", &c]);
+            }
+        }
+        self.kill9();
+        // Whatever `vswitch rm` could not remove.
+        for c in std::mem::take(&mut self.containers) {
+            let _ = cmd(&["ip", "netns", "del", &c]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&c));
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- vswitchd log ({}) ---\n{}",
+                self.ns.name,
+                tail(&self.log(), 80)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Pings until one answer comes or `within` passes; returns the time taken.
+pub fn ping_until(ns: &str, target: &str, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let o = ns_exec(ns, &["ping", "-c", "1", "-W", "1", target]);
+        if o.status.success() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
