@@ -206,8 +206,7 @@ fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
         "--listen-address=192.0.2.53",
         "--bind-interfaces",
         "--address=/example.test/198.51.100.7",
-        "--pid-file",
-        pidfile.to_str().unwrap(),
+        &format!("--pid-file={}", pidfile.display()),
     ]);
     assert!(dnsmasq.status.success(), "dnsmasq: {}", stderr(&dnsmasq));
     struct KillOnDrop(std::path::PathBuf);
@@ -384,26 +383,27 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
     let mut h = Host::start(&[]);
     let net = unique("n");
     h.vs_ok(&["network", "create", "--subnet", "10.236.0.0/30", &net]);
-    let expect_err = |args: &[&str], needle: &str| {
-        let out = h.vs(args);
-        assert!(!out.status.success(), "{args:?} should fail");
-        let err = stderr(&out);
-        assert!(
-            err.contains(needle),
-            "{args:?}: stderr {err:?} lacks {needle:?}"
-        );
-    };
     expect_err(
+        &h,
         &["network", "create", "--subnet", "10.236.0.0/24", "dup"],
         "overlaps",
     );
-    expect_err(&["network", "create", &net], "already exists");
-    expect_err(&["network", "create", "--subnet", "banana", "x"], "banana");
-    expect_err(&["network", "create", "--driver", "weird", "x"], "weird");
-    expect_err(&["network", "inspect", "nosuchnet"], "not found");
-    expect_err(&["network", "rm", "none"], "predefined");
-    expect_err(&["network", "connect", &net, "ghost"], "--netns");
+    expect_err(&h, &["network", "create", &net], "already exists");
     expect_err(
+        &h,
+        &["network", "create", "--subnet", "banana", "x"],
+        "banana",
+    );
+    expect_err(
+        &h,
+        &["network", "create", "--driver", "weird", "x"],
+        "weird",
+    );
+    expect_err(&h, &["network", "inspect", "nosuchnet"], "not found");
+    expect_err(&h, &["network", "rm", "none"], "predefined");
+    expect_err(&h, &["network", "connect", &net, "ghost"], "--netns");
+    expect_err(
+        &h,
         &[
             "network",
             "connect",
@@ -414,12 +414,13 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
         ],
         "does not exist",
     );
-    expect_err(&["--host", "tcp://x", "network", "ls"], "unix://");
+    expect_err(&h, &["--host", "tcp://x", "network", "ls"], "unix://");
     // A /30 has room for one container: the second gets a sentence.
     let _a = h.run("a", &net, &[]);
     let name = unique("b");
     h.containers.push(name.clone());
     expect_err(
+        &h,
         &[
             "run",
             "-d",
@@ -440,7 +441,7 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
             .any(|l| l.split_whitespace().next() == Some(name.as_str())),
         "{ns}"
     );
-    expect_err(&["network", "rm", &net], "active endpoints");
+    expect_err(&h, &["network", "rm", &net], "active endpoints");
 
     // Raw API: malformed requests get 4xx with a JSON message, and the
     // daemon keeps serving.
@@ -462,4 +463,14 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
     let stats = h.vs_json(&["stats", "--json"]);
     assert!(stats["BadRequests"].as_u64().unwrap() >= 2, "{stats}");
     h.vs_ok(&["network", "ls"]);
+}
+
+fn expect_err(h: &Host, args: &[&str], needle: &str) {
+    let out = h.vs(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = stderr(&out);
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr {err:?} lacks {needle:?}"
+    );
 }

@@ -14,6 +14,42 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::api::{Driver, SubnetSpec};
 
+/// A subnet as stored: every field present (postcard is not
+/// self-describing, so nothing may be skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredSubnet {
+    subnet: Option<ipnet::IpNet>,
+    gateway: Option<std::net::IpAddr>,
+    ip_range: Option<ipnet::IpNet>,
+}
+
+mod subnets_format {
+    use super::{StoredSubnet, SubnetSpec};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[SubnetSpec], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|x| StoredSubnet {
+                subnet: x.subnet,
+                gateway: x.gateway,
+                ip_range: x.ip_range,
+            })
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SubnetSpec>, D::Error> {
+        Ok(Vec::<StoredSubnet>::deserialize(d)?
+            .into_iter()
+            .map(|x| SubnetSpec {
+                subnet: x.subnet,
+                gateway: x.gateway,
+                ip_range: x.ip_range,
+            })
+            .collect())
+    }
+}
+
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
@@ -51,6 +87,7 @@ pub struct NetworkRecord {
     pub internal: bool,
     pub mtu: u32,
     /// Fully resolved: subnet, gateway and range are all known.
+    #[serde(with = "subnets_format")]
     pub subnets: Vec<SubnetSpec>,
     pub options: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
