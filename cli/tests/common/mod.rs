@@ -282,14 +282,16 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         if self.daemon.is_some() {
-            for c in std::mem::take(&mut self.containers) {
-                let _ = self.vs(&["rm", &c]);
+            for c in &self.containers {
+                let _ = self.vs(&["rm", c]);
             }
         }
         self.kill9();
-        // Whatever `vswitch rm` could not remove.
+        // Whatever `vswitch rm` could not remove (or a dead daemon left).
         for c in std::mem::take(&mut self.containers) {
-            let _ = cmd(&["ip", "netns", "del", &c]);
+            if Path::new("/run/netns").join(&c).exists() {
+                let _ = cmd(&["ip", "netns", "del", &c]);
+            }
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&c));
         }
         if std::thread::panicking() {
