@@ -429,6 +429,8 @@ pub struct Gateway {
     mac: MacAddr,
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
+    /// The EUI-64 link-local address, held when IPv6 is on.
+    ipv6_link_local: Option<Ipv6Addr>,
     mtu: usize,
     zone: SharedZone,
     upstreams: Vec<SocketAddr>,
@@ -530,6 +532,7 @@ impl Gateway {
             mac,
             ipv4: config.ipv4.map(|(a, _)| a),
             ipv6: config.ipv6.map(|(a, _)| a),
+            ipv6_link_local: config.ipv6.map(|_| link_local(mac)),
             mtu: config.mtu,
             zone: config.zone,
             upstreams: config.upstreams,
@@ -791,7 +794,8 @@ impl Gateway {
             }
             (Some(NetSlice::Ipv6(ip)), Some(transport)) => {
                 let h = ip.header();
-                if Some(h.destination_addr()) != self.ipv6 {
+                let dst = Some(h.destination_addr());
+                if dst != self.ipv6 && dst != self.ipv6_link_local {
                     return Direct::Pass;
                 }
                 let src = h.source_addr();
@@ -1247,8 +1251,9 @@ impl Gateway {
     fn tcp_query(&mut self, slot: usize, query: &[u8], now: Instant) {
         self.stats.dns_tcp_queries += 1;
         let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        buf.resize(MAX_TCP_MESSAGE, 0);
+        if buf.len() < MAX_TCP_MESSAGE {
+            buf.resize(MAX_TCP_MESSAGE, 0);
+        }
         let zone = self.zone.load();
         let before = self.responder.stats();
         let outcome = self
@@ -1669,6 +1674,30 @@ mod tests {
         gw.handle_frame(&bad, now);
         assert!(drain(&mut gw, now).is_empty());
         assert_eq!(gw.stats().frames_bad_checksum, 1);
+    }
+
+    #[test]
+    fn echo_to_the_link_local_address() {
+        let now = Instant::now();
+        let mut gw = gateway(vec![], now);
+        let ll: Ipv6Addr = "fe80::42:aff:fe00:1".parse().unwrap();
+        assert_eq!(link_local(GW_MAC), ll);
+        let src: Ipv6Addr = "fe80::42:aff:fe00:2".parse().unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(C_MAC, GW_MAC.0)
+            .ipv6(src.octets(), ll.octets(), 64)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut f, b"hello")
+            .unwrap();
+        gw.handle_frame(&f, now);
+        let frames = drain(&mut gw, now);
+        assert_eq!(frames.len(), 1);
+        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &pkt.net else {
+            panic!("not ipv6")
+        };
+        assert_eq!(ip.header().source_addr(), ll);
+        assert_eq!(ip.header().destination_addr(), src);
     }
 
     /// A neighbour solicitation for `target` from `src` (link-layer option
