@@ -355,10 +355,7 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 }
                 return Ok(());
             }
-            println!(
-                "{:<14}{:<24}{:<10}{}",
-                "NETWORK ID", "NAME", "DRIVER", "SCOPE"
-            );
+            println!("{:<14}{:<24}{:<10}SCOPE", "NETWORK ID", "NAME", "DRIVER");
             for n in &list {
                 println!(
                     "{:<14}{:<24}{:<10}{}",

@@ -1,0 +1,33 @@
+//! The control API's request decoding, fed arbitrary method, path and body.
+//! Input layout: first byte selects the method, then the path up to a NUL,
+//! then the body.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vswitch_cli::api::Request;
+
+const METHODS: [&str; 5] = ["GET", "POST", "DELETE", "PUT", "PATCH"];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&m, rest)) = data.split_first() else {
+        return;
+    };
+    let method = METHODS[m as usize % METHODS.len()];
+    let (path, body) = match rest.iter().position(|&b| b == 0) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let path = String::from_utf8_lossy(path);
+    if let Ok(req) = Request::decode(method, &path, body) {
+        // Whatever decodes names something valid.
+        match &req {
+            Request::NetworkCreate(c) => {
+                assert!(vswitch_cli::api::validate_name("network", &c.name).is_ok())
+            }
+            Request::NetworkInspect(n) | Request::NetworkRemove(n) => {
+                assert!(vswitch_cli::api::validate_name("network", n).is_ok())
+            }
+            _ => {}
+        }
+    }
+});
