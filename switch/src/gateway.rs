@@ -84,6 +84,9 @@ pub const TX_QUEUE_FRAMES: usize = 256;
 /// smaller; this bounds the memory of the pending table).
 pub const MAX_FORWARDED_QUERY: usize = 4096;
 
+/// Bounds of [`GatewayConfig::upstream_timeout`].
+const MIN_UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Listening sockets made up front, so two clients connecting at once are
 /// both accepted before the pool grows.
 const INITIAL_TCP_LISTENERS: usize = 2;
@@ -125,7 +128,7 @@ pub struct GatewayConfig {
     /// names outside the zone get REFUSED (internal networks).
     pub upstreams: Vec<SocketAddr>,
     /// How long one upstream has to answer before the next one is asked;
-    /// e.g. 2 s.
+    /// e.g. 2 s. Clamped to 1 ms..=1 h.
     pub upstream_timeout: Duration,
     /// Seeds the upstream transaction ids and smoltcp's TCP initial sequence
     /// numbers: pass a fresh random value (DNS spoofing resistance rests on
@@ -536,7 +539,9 @@ impl Gateway {
             mtu: config.mtu,
             zone: config.zone,
             upstreams: config.upstreams,
-            upstream_timeout: config.upstream_timeout,
+            upstream_timeout: config
+                .upstream_timeout
+                .clamp(MIN_UPSTREAM_TIMEOUT, MAX_UPSTREAM_TIMEOUT),
             epoch: now,
             caps,
             iface,
@@ -684,7 +689,10 @@ impl Gateway {
         let smol = self
             .iface
             .poll_at(smol_instant(self.epoch, now), &self.sockets)
-            .map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64));
+            .and_then(|t| {
+                self.epoch
+                    .checked_add(Duration::from_micros(t.total_micros().max(0) as u64))
+            });
         let upstream = self.deadlines.first().map(|(t, _)| *t);
         let tcp = self.tcp.iter().filter_map(TcpConn::deadline).min();
         [smol, upstream, tcp].into_iter().flatten().min()
