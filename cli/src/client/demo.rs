@@ -185,7 +185,7 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
     demo.vswitch(&["network", "inspect", &net])?;
 
     println!("\n# ping by name, through the userspace switch and the embedded DNS");
-    if !demo.in_container(&a, &["ping", "-c", "3", "-i", "0.2", &b])? {
+    if !demo.in_container(&a, &["ping", "-4", "-c", "3", "-i", "0.2", &b])? {
         bail!("ping from {a} to {b} failed");
     }
     if !demo.in_container(&a, &["ping", "-6", "-c", "2", "-i", "0.2", "database"])? {
