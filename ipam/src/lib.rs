@@ -26,7 +26,9 @@
 //!   names the network, the subnet and the flag to change.
 //! - **Ready for ownership.** [`Subnet::allocate_within`] and
 //!   [`Ipam::allocate_within`] restrict allocation to given address ranges,
-//!   so a cluster layer can make each host allocate only from ranges it owns.
+//!   so a cluster layer can make each host allocate only from ranges it owns;
+//!   [`cluster`] is that layer: ranges owned per host, moved between hosts by
+//!   messages, for overlay networks shared by several hosts.
 //!
 //! ```
 //! use ipam::{Family, Ipam, SubnetRequest};
@@ -46,6 +48,7 @@
 #![deny(unsafe_code)]
 
 mod addr;
+pub mod cluster;
 mod error;
 mod ipam;
 mod pool;
