@@ -1,2 +1,71 @@
-//! Overlay: VXLAN codec, tunnels, gossip membership (see issue 3).
+//! The overlay: VXLAN codec, gossip membership and the cluster directory.
+//!
+//! Everything here is sans-IO, in the way quinn-proto is: deterministic, no
+//! networking, no OS time. Functions take bytes and `now: Instant` and
+//! return what should happen (datagrams to send, when to be woken, events);
+//! the daemon owns the sockets and the clock and drives these cores.
+//! Randomness comes from a seed the caller gives.
+//!
+//! - [`vxlan`]: the RFC 7348 header, as views over byte buffers in the
+//!   style of smoltcp's `wire` module, and decapsulation of UDP payloads.
+//! - [`key`]: the cluster key (from a key file) and the XChaCha20-Poly1305
+//!   sealing of every gossip datagram.
+//! - [`gossip`]: [`Gossip`], SWIM membership through `foca`, carrying the
+//!   directory's changes in foca's custom broadcasts, with a periodic
+//!   anti-entropy exchange.
+//! - [`directory`]: the replicated state: overlay networks (global, with a
+//!   cluster-unique VNI each) and the endpoints every host publishes, with
+//!   versions and tombstones so that no late message brings back old state.
+//! - [`sim`]: a deterministic simulated network (seeded loss and delay, a
+//!   simulated clock) of many [`Gossip`] members, for tests and for
+//!   measuring convergence.
 #![deny(unsafe_code)]
+
+pub mod directory;
+pub mod gossip;
+pub mod key;
+pub mod sim;
+pub mod vxlan;
+
+pub use directory::{
+    Directory, DirectoryEvent, EndpointRecord, IpamConfig, NetVersion, NetworkSpec,
+};
+pub use gossip::{
+    Gossip, GossipConfig, GossipEvent, GossipStats, MemberInfo, MemberMeta, MemberState,
+};
+pub use key::ClusterKey;
+pub use vxlan::{Vni, VxlanPacket, VxlanRepr};
+
+/// Errors of this crate's control-plane operations. (The per-packet parsers
+/// return their own small `Copy` errors: [`vxlan::VxlanError`],
+/// [`key::AuthError`].)
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// The cluster key file could not be used.
+    #[error("cluster key: {0}")]
+    Key(#[source] key::KeyError),
+    /// A directory change was refused.
+    #[error("cluster directory: {0}")]
+    Directory(#[source] directory::DirectoryError),
+    /// The member's metadata is too large to travel in gossip headers.
+    #[error("member metadata is {0} bytes encoded; at most {max} fit (shorter node name or fewer tags)", max = gossip::MAX_META_LEN)]
+    MetaTooLarge(usize),
+    /// The member has no name.
+    #[error("a cluster member needs a node name (--node-name)")]
+    NoName,
+    /// The datagram size is too small for gossip.
+    #[error("gossip datagrams of {0} bytes are too small; use at least 512 (underlay MTU minus 28 for IPv4, 48 for IPv6)")]
+    DatagramTooSmall(usize),
+}
+
+impl From<key::KeyError> for OverlayError {
+    fn from(e: key::KeyError) -> Self {
+        OverlayError::Key(e)
+    }
+}
+
+impl From<directory::DirectoryError> for OverlayError {
+    fn from(e: directory::DirectoryError) -> Self {
+        OverlayError::Directory(e)
+    }
+}
