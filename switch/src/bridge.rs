@@ -355,6 +355,11 @@ impl Bridge {
         Ok(())
     }
 
+    /// Unpins (or forgets) `mac` in `network`; true if it was known.
+    pub fn remove_mac(&mut self, network: NetworkId, mac: MacAddr) -> bool {
+        self.fdb.remove(network, mac).is_some()
+    }
+
     /// Decides what to do with `frame`, which arrived on `ingress` at `now`,
     /// and learns its source address.
     pub fn process(&mut self, ingress: PortId, frame: &[u8], now: Instant) -> Action {

@@ -13,6 +13,7 @@
 //! - [`gateway`]: the per-network gateway (ARP, NDP, ICMP echo, DNS on port 53
 //!   over UDP and TCP) on a smoltcp interface.
 //! - [`dns`]: the embedded DNS responder (hickory-proto messages).
+//! - [`neighbor`]: ARP/ND answered locally for known remote endpoints.
 //! - [`tap`]: TAP device IO (the one module with `unsafe`, in `tap::sys`).
 #![deny(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod bridge;
 pub mod dns;
 pub mod fdb;
 pub mod gateway;
+pub mod neighbor;
 pub mod tap;
 mod types;
 pub mod wire;
