@@ -1,0 +1,470 @@
+//! Results, the machine they came from, the table a person reads and the
+//! JSON a script reads.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cpu::CpuReport;
+use crate::scenario::Endpoints;
+use crate::workload::{Better, Metric, METRICS};
+
+/// One workload on one scenario.
+#[derive(Debug, Default, Serialize)]
+pub struct WorkloadResult {
+    pub name: String,
+    pub tool: String,
+    pub values: BTreeMap<String, f64>,
+    pub detail: Value,
+    /// Why it did not run (a missing tool).
+    pub skipped: Option<String>,
+    /// What a reader of the figures should know (e.g. packet loss).
+    pub note: Option<String>,
+    pub error: Option<String>,
+    pub cpu: Option<CpuReport>,
+}
+
+/// Every workload on one scenario.
+#[derive(Debug, Default, Serialize)]
+pub struct ScenarioResult {
+    pub key: String,
+    pub title: String,
+    pub group: String,
+    pub baseline: bool,
+    pub description: String,
+    pub endpoints: Option<Endpoints>,
+    pub setup_error: Option<String>,
+    pub teardown_errors: Vec<String>,
+    pub workloads: Vec<WorkloadResult>,
+}
+
+impl ScenarioResult {
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.workloads
+            .iter()
+            .find_map(|w| w.values.get(key).copied())
+    }
+
+    /// Whether anything failed (skips are not failures).
+    pub fn failed(&self) -> bool {
+        self.setup_error.is_some()
+            || !self.teardown_errors.is_empty()
+            || self.workloads.iter().any(|w| w.error.is_some())
+    }
+}
+
+/// candidate ÷ baseline for one metric of one group.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Comparison {
+    pub group: String,
+    pub metric: &'static str,
+    pub unit: &'static str,
+    pub better: Better,
+    pub baseline: String,
+    pub baseline_value: f64,
+    pub candidate: String,
+    pub candidate_value: f64,
+    /// candidate / baseline.
+    pub ratio: f64,
+}
+
+/// Ratios of every non-baseline scenario to its group's baseline.
+pub fn comparisons(results: &[ScenarioResult]) -> Vec<Comparison> {
+    let mut out = Vec::new();
+    for base in results.iter().filter(|r| r.baseline) {
+        for cand in results
+            .iter()
+            .filter(|r| !r.baseline && r.group == base.group)
+        {
+            for m in METRICS {
+                if let (Some(b), Some(c)) = (base.value(m.key), cand.value(m.key)) {
+                    if b > 0.0 {
+                        out.push(Comparison {
+                            group: base.group.clone(),
+                            metric: m.key,
+                            unit: m.unit,
+                            better: m.better,
+                            baseline: base.key.clone(),
+                            baseline_value: b,
+                            candidate: cand.key.clone(),
+                            candidate_value: c,
+                            ratio: c / b,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The machine and the tools, for the record.
+#[derive(Debug, Serialize)]
+pub struct MachineInfo {
+    pub date: String,
+    pub hostname: String,
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub memory_total: String,
+    pub kernel: String,
+    pub kernel_version: String,
+    /// `/proc/loadavg` when the run started: the machine may be shared.
+    pub loadavg: String,
+    pub tools: BTreeMap<String, String>,
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The value after `key:` on the first line of a `/proc` file that has it.
+fn proc_field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+impl MachineInfo {
+    /// `tools` maps a tool name to its version line.
+    pub fn collect(tools: BTreeMap<String, String>) -> MachineInfo {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        MachineInfo {
+            date: rfc3339_utc(SystemTime::now()),
+            hostname: read_trim("/proc/sys/kernel/hostname"),
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model: proc_field(&cpuinfo, "model name"),
+            memory_total: proc_field(&meminfo, "MemTotal"),
+            kernel: read_trim("/proc/sys/kernel/osrelease"),
+            kernel_version: read_trim("/proc/sys/kernel/version"),
+            loadavg: read_trim("/proc/loadavg"),
+            tools,
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn fmt_value(m: &Metric, v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |v| format!("{v:.*}", m.decimals))
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+/// A Markdown table with padded columns; `right[i]` right-aligns column i.
+fn markdown(header: &[String], right: &[bool], rows: &[Vec<String>]) -> String {
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].chars().count(), 3])
+            .max()
+            .unwrap_or(3)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let line = |cells: &[String]| {
+        let mut s = String::from("|");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if right[i] {
+                let _ = write!(s, " {}{c} |", " ".repeat(pad));
+            } else {
+                let _ = write!(s, " {c}{} |", " ".repeat(pad));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header);
+    out.push('|');
+    for (i, w) in widths.iter().enumerate() {
+        if right[i] {
+            let _ = write!(out, " {}: |", "-".repeat(w - 1));
+        } else {
+            let _ = write!(out, " {} |", "-".repeat(*w));
+        }
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// The report a person reads: per group, one row per metric with every
+/// scenario's figure and each candidate's ratio to the baseline; then where
+/// the CPU went; then any errors.
+pub fn render(results: &[ScenarioResult], duration: u32) -> String {
+    let mut out = String::new();
+    let mut groups: Vec<&str> = Vec::new();
+    for r in results {
+        if !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+    }
+    for g in groups {
+        let members: Vec<&ScenarioResult> = results.iter().filter(|r| r.group == g).collect();
+        let base = members.iter().find(|r| r.baseline).copied();
+        let cands: Vec<&ScenarioResult> = members.iter().filter(|r| !r.baseline).copied().collect();
+        let titles: Vec<&str> = members.iter().map(|r| r.title.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "### {g}: {} ({duration} s per throughput/latency run)\n",
+            titles.join(" vs ")
+        );
+        let mut header: Vec<String> = vec!["workload".into(), "unit".into(), "better".into()];
+        header.extend(members.iter().map(|r| r.title.clone()));
+        if let Some(b) = base {
+            header.extend(cands.iter().map(|c| format!("{} / {}", c.title, b.title)));
+        }
+        let mut right = vec![false, false, false];
+        right.resize(header.len(), true);
+        let mut rows = Vec::new();
+        for m in METRICS {
+            let mut row = vec![
+                m.label.to_string(),
+                m.unit.to_string(),
+                match m.better {
+                    Better::Higher => "higher".into(),
+                    Better::Lower => "lower".into(),
+                },
+            ];
+            row.extend(members.iter().map(|r| fmt_value(m, r.value(m.key))));
+            if let Some(b) = base {
+                for c in &cands {
+                    row.push(match (b.value(m.key), c.value(m.key)) {
+                        (Some(bv), Some(cv)) if bv > 0.0 => fmt_ratio(cv / bv),
+                        _ => "—".into(),
+                    });
+                }
+            }
+            rows.push(row);
+        }
+        out.push_str(&markdown(&header, &right, &rows));
+        if let Some(b) = base {
+            for c in &cands {
+                let _ = writeln!(
+                    out,
+                    "\nRatio = {c} / {b}. Gbit/s rows: higher is better, below 1.00 {c} is slower. \
+                     µs rows: lower is better, above 1.00 {c} is slower.",
+                    c = c.title,
+                    b = b.title
+                );
+            }
+        }
+        out.push('\n');
+    }
+
+    // Where the CPU went.
+    let mut rows = Vec::new();
+    for r in results {
+        for w in &r.workloads {
+            let Some(cpu) = &w.cpu else { continue };
+            let threads: Vec<String> = cpu
+                .threads
+                .iter()
+                .filter(|t| t.cpu_percent >= 1.0)
+                .take(4)
+                .map(|t| {
+                    let n = if t.threads > 1 {
+                        format!(" ×{}", t.threads)
+                    } else {
+                        String::new()
+                    };
+                    format!("{} {}{n} {:.0}%", t.process, t.thread, t.cpu_percent)
+                })
+                .collect();
+            rows.push(vec![
+                r.title.clone(),
+                w.name.clone(),
+                format!("{:.0}", cpu.system.user),
+                format!("{:.0}", cpu.system.system),
+                format!("{:.0}", cpu.system.softirq + cpu.system.irq),
+                format!("{:.0}", cpu.system.idle),
+                if threads.is_empty() {
+                    "—".into()
+                } else {
+                    threads.join(", ")
+                },
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        out.push_str(
+            "### CPU during each workload (% of one core, 100 = one core busy; the machine total is 100 × nproc)\n\n",
+        );
+        let header: Vec<String> = [
+            "scenario",
+            "workload",
+            "user",
+            "system",
+            "softirq+irq",
+            "idle",
+            "switch threads ≥ 1%",
+        ]
+        .map(String::from)
+        .to_vec();
+        let right = [false, false, true, true, true, true, false];
+        out.push_str(&markdown(&header, &right, &rows));
+        out.push('\n');
+    }
+
+    let mut notes = Vec::new();
+    for r in results {
+        if let Some(e) = &r.setup_error {
+            notes.push(format!("{}: setup failed: {e}", r.title));
+        }
+        for w in &r.workloads {
+            if let Some(n) = &w.note {
+                notes.push(format!("{} / {}: {n}", r.title, w.name));
+            }
+            if let Some(s) = &w.skipped {
+                notes.push(format!("{} / {}: skipped: {s}", r.title, w.name));
+            }
+            if let Some(e) = &w.error {
+                notes.push(format!("{} / {}: failed: {e}", r.title, w.name));
+            }
+        }
+        for e in &r.teardown_errors {
+            notes.push(format!("{}: cleanup: {e}", r.title));
+        }
+    }
+    if !notes.is_empty() {
+        out.push_str("Notes:\n");
+        for n in notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use std::time::Duration;
+
+    #[rstest]
+    #[case(0, "1970-01-01T00:00:00Z")]
+    #[case(951_782_400, "2000-02-29T00:00:00Z")]
+    #[case(1_709_210_096, "2024-02-29T12:34:56Z")]
+    #[case(4_102_444_799, "2099-12-31T23:59:59Z")]
+    fn dates_are_rfc3339_utc(#[case] secs: u64, #[case] want: &str) {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(secs)), want);
+    }
+
+    fn scenario(key: &str, baseline: bool, values: &[(&str, f64)]) -> ScenarioResult {
+        ScenarioResult {
+            key: key.into(),
+            title: key.into(),
+            group: "local".into(),
+            baseline,
+            workloads: vec![WorkloadResult {
+                name: "w".into(),
+                values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ratios_are_candidate_over_baseline() {
+        let results = [
+            scenario(
+                "kernel",
+                true,
+                &[("tcp_1_gbps", 20.0), ("icmp_avg_us", 40.0)],
+            ),
+            scenario("vs", false, &[("tcp_1_gbps", 2.0), ("icmp_avg_us", 100.0)]),
+        ];
+        let c = comparisons(&results);
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].metric, c[0].ratio), ("tcp_1_gbps", 0.1));
+        assert_eq!((c[1].metric, c[1].ratio), ("icmp_avg_us", 2.5));
+        let table = render(&results, 5);
+        let row = table
+            .lines()
+            .find(|l| l.contains("TCP throughput, 1 stream"))
+            .unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[4..7], ["20.00", "2.00", "0.10"], "{row}");
+        let row = table
+            .lines()
+            .find(|l| l.contains("ICMP echo RTT avg"))
+            .unwrap();
+        assert!(row.trim_end().ends_with("2.50 |"), "{row}");
+        // Missing figures are shown as such, not as zero.
+        let row = table.lines().find(|l| l.contains("2 streams")).unwrap();
+        assert_eq!(row.matches('—').count(), 3, "{row}");
+    }
+
+    #[test]
+    fn markdown_columns_line_up() {
+        let t = markdown(
+            &["a".into(), "bb".into()],
+            &[false, true],
+            &[vec!["long cell".into(), "1".into()]],
+        );
+        let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+        assert!(t.lines().nth(1).unwrap().ends_with("--: |"), "{t}");
+    }
+
+    #[test]
+    fn errors_and_skips_become_notes() {
+        let mut r = scenario("vs", false, &[]);
+        r.workloads[0].error = Some("boom".into());
+        r.teardown_errors.push("left over".into());
+        assert!(r.failed());
+        let t = render(&[r], 5);
+        assert!(t.contains("vs / w: failed: boom"), "{t}");
+        assert!(t.contains("vs: cleanup: left over"), "{t}");
+    }
+
+    #[test]
+    fn proc_fields() {
+        let text = "processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\n";
+        assert_eq!(proc_field(text, "model name"), "Some CPU @ 2.0GHz");
+        assert_eq!(proc_field(text, "nope"), "");
+    }
+}
