@@ -24,9 +24,10 @@
 //!   the owner writes a range, two different entries with one version cannot
 //!   arise; if one is seen anyway it is counted ([`Stats::conflicts`]) and
 //!   resolved the same way everywhere.
-//! - A host's view of **its own** ranges is always exact (every message that
-//!   names a token also names the next one), so it never allocates outside
-//!   what it owns, even while its view of other hosts' ranges is stale.
+//! - A host's view of **its own** ranges is always exact (each entry carries
+//!   the exact last address of its range, written by the owner), so it never
+//!   allocates outside what it owns, even while its view of other hosts'
+//!   ranges is stale.
 //!
 //! ## Dead hosts, and the partition caveat
 //!

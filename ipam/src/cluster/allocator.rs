@@ -129,13 +129,23 @@ pub struct Stats {
     pub reclaims: u64,
 }
 
+/// A request for space in flight.
 #[derive(Debug, Clone)]
 struct Pending {
     asked: HostName,
     seq: u64,
     deadline: Instant,
+    round: Round,
+}
+
+/// The requests sent since an allocation first found no space.
+#[derive(Debug, Clone, Default)]
+struct Round {
     attempts: u32,
+    /// Hosts asked (timed out or declined).
     tried: BTreeSet<HostName>,
+    /// Hosts that declined: not asked again in this round.
+    declined: BTreeSet<HostName>,
 }
 
 /// One host's address allocator for one cluster-wide network.
@@ -185,25 +195,35 @@ impl ClusterAllocator {
         let subnets = build_subnets(&network, configs)?;
         let nets: Vec<_> = subnets.iter().map(Subnet::subnet).collect();
         let table = OwnershipTable::new(&network, &nets, members)?;
-        Ok(Self::with_table(me, network, subnets, table, BTreeMap::new(), config))
+        Ok(Self::with_table(
+            me,
+            network,
+            subnets,
+            table,
+            BTreeMap::new(),
+            config,
+        ))
     }
 
     /// The allocator rebuilt from a stored [`state`](Self::state); then
     /// [`restore_address`](Self::restore_address) marks the endpoints'
-    /// addresses.
+    /// addresses. Its first advert is due at `now`.
     pub fn restore(
         me: HostName,
         network: impl Into<String>,
         configs: &[SubnetConfig],
         state: &Update,
         config: ClusterConfig,
+        now: Instant,
     ) -> Result<Self, ClusterError> {
         let network = network.into();
         let subnets = build_subnets(&network, configs)?;
         let nets: Vec<_> = subnets.iter().map(Subnet::subnet).collect();
         let table = OwnershipTable::from_entries(&network, &nets, &state.entries)?;
         let adverts = state.adverts.iter().cloned().collect();
-        Ok(Self::with_table(me, network, subnets, table, adverts, config))
+        let mut restored = Self::with_table(me, network, subnets, table, adverts, config);
+        restored.advert_due = Some(now);
+        Ok(restored)
     }
 
     fn with_table(
@@ -310,23 +330,19 @@ impl ClusterAllocator {
         }
     }
 
-    /// The whole state in updates of at most `max_entries + 1` entries (each
-    /// chunk repeats the first token of the next, so every token travels
-    /// with its successor), for transports with a size limit. `max_entries`
-    /// below 1 counts as 1.
+    /// The whole state in updates of at most `max_entries` entries (at
+    /// least 1), for transports with a size limit; the first carries the
+    /// adverts. Entries describe themselves, so any subset is safe to send.
     pub fn state_chunks(&self, max_entries: usize) -> Vec<Update> {
-        let n = max_entries.max(1);
-        let entries = self.table.entries();
-        let mut chunks = Vec::new();
-        let mut i = 0;
-        while i < entries.len() {
-            let end = (i + n + 1).min(entries.len());
-            chunks.push(Update {
-                entries: entries[i..end].to_vec(),
+        let mut chunks: Vec<Update> = self
+            .table
+            .entries()
+            .chunks(max_entries.max(1))
+            .map(|c| Update {
+                entries: c.to_vec(),
                 adverts: Vec::new(),
-            });
-            i += n;
-        }
+            })
+            .collect();
         if let Some(first) = chunks.first_mut() {
             first.adverts = self.adverts.iter().map(|(h, a)| (h.clone(), *a)).collect();
         }
@@ -378,7 +394,9 @@ impl ClusterAllocator {
         }
         let network = self.network.clone();
         let subnet = self.subnet_mut(ip)?;
-        let got = subnet.allocate_static(ip).map_err(|e| e.in_network(&network))?;
+        let got = subnet
+            .allocate_static(ip)
+            .map_err(|e| e.in_network(&network))?;
         self.schedule_advert(now);
         Ok(got)
     }
@@ -433,6 +451,9 @@ impl ClusterAllocator {
                     .is_some_and(|p| p.asked == d.from && p.seq == d.seq);
                 if matches {
                     self.stats.declines_received += 1;
+                    if let Some(p) = self.pending.get_mut(&d.family) {
+                        p.round.declined.insert(d.from);
+                    }
                     self.retry_or_fail(d.family, now);
                 }
             }
@@ -605,7 +626,7 @@ impl ClusterAllocator {
                 asked: p.asked.clone(),
             });
         }
-        match self.ask(family, now, BTreeSet::new(), 0) {
+        match self.ask(family, now, Round::default()) {
             Some(asked) => Err(ClusterError::AwaitingSpace {
                 network: self.network.clone(),
                 family,
@@ -628,18 +649,12 @@ impl ClusterAllocator {
         }
     }
 
-    /// Sends a request to the best host not in `tried` (or, when all were
-    /// tried, the best of all), and records it as pending.
-    fn ask(
-        &mut self,
-        family: Family,
-        now: Instant,
-        tried: BTreeSet<HostName>,
-        attempts: u32,
-    ) -> Option<HostName> {
+    /// Sends a request to the best host not tried in this round (or, when
+    /// all were, the best that did not decline), and records it as pending.
+    fn ask(&mut self, family: Family, now: Instant, round: Round) -> Option<HostName> {
         let asked = self
-            .choose_donor(family, &tried)
-            .or_else(|| self.choose_donor(family, &BTreeSet::new()))?;
+            .choose_donor(family, &round.tried)
+            .or_else(|| self.choose_donor(family, &round.declined))?;
         let seq = self.bump_seq();
         self.stats.requests_sent += 1;
         self.outbox.push_back(Transmit {
@@ -657,8 +672,10 @@ impl ClusterAllocator {
                 asked: asked.clone(),
                 seq,
                 deadline: now + self.config.request_timeout,
-                attempts: attempts + 1,
-                tried,
+                round: Round {
+                    attempts: round.attempts + 1,
+                    ..round
+                },
             },
         );
         Some(asked)
@@ -667,22 +684,28 @@ impl ClusterAllocator {
     /// The pending request of `family` failed (declined or timed out): ask
     /// the next host, or give up.
     fn retry_or_fail(&mut self, family: Family, now: Instant) {
-        let Some(mut p) = self.pending.remove(&family) else {
+        let Some(p) = self.pending.remove(&family) else {
             return;
         };
-        p.tried.insert(p.asked.clone());
-        let error = if p.attempts >= self.config.request_attempts {
-            ClusterError::NoAnswer {
-                network: self.network.clone(),
-                family,
-                attempts: p.attempts,
+        let mut round = p.round;
+        round.tried.insert(p.asked);
+        let error = if round.attempts >= self.config.request_attempts {
+            if round.declined.len() == round.tried.len() {
+                self.no_free_address(family)
+            } else {
+                ClusterError::NoAnswer {
+                    network: self.network.clone(),
+                    family,
+                    attempts: round.attempts,
+                }
             }
-        } else if self.ask(family, now, p.tried, p.attempts).is_some() {
+        } else if self.ask(family, now, round).is_some() {
             return;
         } else {
             self.no_free_address(family)
         };
-        self.events.push_back(Event::RequestFailed { family, error });
+        self.events
+            .push_back(Event::RequestFailed { family, error });
     }
 
     /// The host to ask for `family` space: among the other hosts that own
@@ -808,7 +831,9 @@ impl ClusterAllocator {
                 };
                 for (a, b) in free_runs(s, lo, hi) {
                     let usable = usable_in(s, a, b);
-                    if usable > 0 && best.is_none_or(|(u, ba, _, _)| usable > u || (usable == u && a < ba)) {
+                    if usable > 0
+                        && best.is_none_or(|(u, ba, _, _)| usable > u || (usable == u && a < ba))
+                    {
                         best = Some((usable, a, b, si));
                     }
                 }
@@ -933,7 +958,9 @@ fn reserved(s: &Subnet) -> impl Iterator<Item = u128> {
     let (first, last) = net_bounds(&net);
     let gateway = to_u128(s.gateway());
     let broadcast = (s.family() == Family::V4).then_some(last);
-    [Some(first), Some(gateway), broadcast].into_iter().flatten()
+    [Some(first), Some(gateway), broadcast]
+        .into_iter()
+        .flatten()
 }
 
 /// Addresses in `lo..=hi` that are not reserved (allocated or not).
@@ -1004,8 +1031,307 @@ fn subtract(a: &[AddrRange], b: &[AddrRange]) -> Vec<AddrRange> {
         }
     }
     out.into_iter()
-        .map(|(f, lo, hi)| {
-            AddrRange::new(from_u128(f, lo), from_u128(f, hi)).expect("ordered")
-        })
+        .map(|(f, lo, hi)| AddrRange::new(from_u128(f, lo), from_u128(f, hi)).expect("ordered"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn host(s: &str) -> HostName {
+        HostName::new(s).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn configs(cidrs: &[&str]) -> Vec<SubnetConfig> {
+        cidrs
+            .iter()
+            .map(|c| {
+                Subnet::new(c.parse().unwrap(), None, None)
+                    .unwrap()
+                    .config()
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn node(me: &str, cidrs: &[&str], members: &[&str]) -> ClusterAllocator {
+        let members: Vec<HostName> = members.iter().map(|m| host(m)).collect();
+        ClusterAllocator::new(
+            host(me),
+            "ov",
+            &configs(cidrs),
+            &members,
+            ClusterConfig::default(),
+        )
+        .unwrap()
+    }
+
+    /// Delivers every transmit of `from` to `to` (and drops those for others).
+    fn pass(from: &mut ClusterAllocator, to: &mut ClusterAllocator, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(t) = from.poll_transmit() {
+            let for_to = match &t.to {
+                Destination::All => true,
+                Destination::Host(h) => h == to.me(),
+            };
+            if for_to {
+                to.handle_bytes(&t.message.encode(), now).unwrap();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn no_subnet_of_the_family() {
+        let mut a = node("a", &["10.0.0.0/24"], &["a"]);
+        let err = a.allocate(Family::V6, Instant::now()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "network `ov` has no IPv6 subnet; create it with an IPv6 --subnet or --ipv6"
+        );
+    }
+
+    #[test]
+    fn request_donate_and_duplicate() {
+        let now = Instant::now();
+        let mut a = node("a", &["10.0.0.0/24"], &["a"]);
+        let mut b = node("b", &["10.0.0.0/24"], &["a"]);
+        let err = b.allocate(Family::V4, now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "network `ov` has no free IPv4 address on this host yet; host `a` was asked for a \
+             range, retry in a moment"
+        );
+        // A second failure does not send a second request.
+        assert!(b.allocate(Family::V4, now).is_err());
+        let request = b.poll_transmit().unwrap();
+        assert!(b.poll_transmit().is_none());
+        a.handle_message(request.message.clone(), now);
+        // The same request again (a duplicate): answered, nothing more given.
+        a.handle_message(request.message, now);
+        assert_eq!(a.stats().donations, 1);
+        assert_eq!(a.stats().duplicate_requests, 1);
+        assert_eq!(pass(&mut a, &mut b, now), 3);
+        assert_eq!(
+            b.poll_event(),
+            Some(Event::SpaceArrived { family: Family::V4 })
+        );
+        // Half of the 253 usable addresses, from the top.
+        assert_eq!(
+            b.owned(),
+            [AddrRange::new(ip("10.0.0.129"), ip("10.0.0.255")).unwrap()]
+        );
+        assert_eq!(b.free(Family::V4), 126);
+        assert_eq!(a.free(Family::V4), 127);
+        assert_eq!(b.allocate(Family::V4, now).unwrap(), ip("10.0.0.129"));
+        assert_eq!(a.table(), b.table());
+    }
+
+    #[test]
+    fn declines_end_in_a_clear_error() {
+        let now = Instant::now();
+        // /29 split in two: `a` gets .0-.3 (2 usable), `b` .4-.7 (3 usable).
+        let mut a = node("a", &["10.0.0.0/29"], &["a", "b"]);
+        let mut b = node("b", &["10.0.0.0/29"], &["a", "b"]);
+        for _ in 0..3 {
+            b.allocate(Family::V4, now).unwrap();
+        }
+        b.handle_timeout(now);
+        pass(&mut b, &mut a, now);
+        for _ in 0..2 {
+            a.allocate(Family::V4, now).unwrap();
+        }
+        // `b` advertised zero free: nobody to ask.
+        let err = a.allocate(Family::V4, now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no host of the cluster has a free IPv4 address in network `ov` (10.0.0.0/29); widen \
+             --subnet or --ip-range, or free an endpoint"
+        );
+        // Without that advert, `a` asks `b`, which declines.
+        let mut a = node("a", &["10.0.0.0/29"], &["a", "b"]);
+        for _ in 0..2 {
+            a.allocate(Family::V4, now).unwrap();
+        }
+        assert!(matches!(
+            a.allocate(Family::V4, now),
+            Err(ClusterError::AwaitingSpace { .. })
+        ));
+        pass(&mut a, &mut b, now);
+        assert_eq!(b.stats().declines_sent, 1);
+        pass(&mut b, &mut a, now);
+        match a.poll_event() {
+            Some(Event::RequestFailed { family, error }) => {
+                assert_eq!(family, Family::V4);
+                assert!(
+                    matches!(error, ClusterError::NoFreeAddress { .. }),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(a.poll_transmit().is_none(), "no more requests");
+    }
+
+    #[test]
+    fn unanswered_requests_give_up_after_the_attempts() {
+        let start = Instant::now();
+        let mut b = node("b", &["10.0.0.0/24"], &["a"]);
+        assert!(b.allocate(Family::V4, start).is_err());
+        let mut now = start;
+        let mut sent = 0;
+        while let Some(t) = b.poll_timeout() {
+            now = t;
+            while b.poll_transmit().is_some() {
+                sent += 1;
+            }
+            b.handle_timeout(now);
+            if let Some(e) = b.poll_event() {
+                assert_eq!(
+                    e,
+                    Event::RequestFailed {
+                        family: Family::V4,
+                        error: ClusterError::NoAnswer {
+                            network: "ov".into(),
+                            family: Family::V4,
+                            attempts: 3
+                        }
+                    }
+                );
+                break;
+            }
+        }
+        assert_eq!(sent, 3);
+        assert_eq!(now - start, Duration::from_secs(6));
+        assert_eq!(b.stats().requests_sent, 3);
+    }
+
+    #[test]
+    fn adverts_are_rate_limited() {
+        let start = Instant::now();
+        let mut a = node("a", &["10.0.0.0/24"], &["a"]);
+        a.allocate(Family::V4, start).unwrap();
+        assert_eq!(a.poll_timeout(), Some(start));
+        a.handle_timeout(start);
+        assert!(matches!(
+            a.poll_transmit().map(|t| t.message),
+            Some(Message::Update(_))
+        ));
+        let later = start + Duration::from_millis(10);
+        a.allocate(Family::V4, later).unwrap();
+        assert_eq!(a.poll_timeout(), Some(start + Duration::from_secs(1)));
+        a.handle_timeout(later);
+        assert!(a.poll_transmit().is_none());
+        a.handle_timeout(start + Duration::from_secs(1));
+        let Some(Transmit {
+            to: Destination::All,
+            message: Message::Update(u),
+        }) = a.poll_transmit()
+        else {
+            panic!("an advert")
+        };
+        assert_eq!(u.adverts[0].1.free_v4, 251);
+    }
+
+    #[test]
+    fn state_restores_and_chunks() {
+        let now = Instant::now();
+        let mut a = node("a", &["10.0.0.0/24", "fd00::/64"], &["a", "b", "c"]);
+        let ip = a.allocate(Family::V6, now).unwrap();
+        a.handle_timeout(now);
+        let state = a.state();
+        let mut back = ClusterAllocator::restore(
+            host("a"),
+            "ov",
+            &configs(&["10.0.0.0/24", "fd00::/64"]),
+            &state,
+            ClusterConfig::default(),
+            now,
+        )
+        .unwrap();
+        back.restore_address(ip).unwrap();
+        assert_eq!(back.table(), a.table());
+        assert_eq!(back.allocations(), [ip]);
+        assert_eq!(back.free(Family::V6), a.free(Family::V6));
+        // The restored host continues its advert sequence.
+        back.handle_timeout(now);
+        let seq = back.adverts()[&host("a")].seq;
+        assert!(seq > state.adverts[0].1.seq, "{seq}");
+
+        let chunks = a.state_chunks(2);
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.entries.len() <= 2));
+        assert_eq!(chunks[0].adverts.len(), 1);
+        let mut fresh = node("x", &["10.0.0.0/24", "fd00::/64"], &["x"]);
+        for c in &chunks {
+            fresh.merge(c, now);
+        }
+        assert_eq!(fresh.table(), a.table());
+    }
+
+    #[rstest]
+    #[case::outside("10.9.0.0/24", "network")]
+    #[case::overlap("10.0.0.128/25", "overlap")]
+    fn restore_refuses_bad_state(#[case] extra: &str, #[case] word: &str) {
+        let a = node("a", &["10.0.0.0/24"], &["a"]);
+        let mut state = a.state();
+        state.entries[0].start = ip("10.9.0.0");
+        let err = ClusterAllocator::restore(
+            host("a"),
+            "ov",
+            &configs(&["10.0.0.0/24", extra]),
+            &state,
+            ClusterConfig::default(),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(word), "{err}");
+    }
+
+    #[test]
+    fn static_needs_ownership_and_release_frees() {
+        let now = Instant::now();
+        let mut a = node("a", &["10.0.0.0/24"], &["a", "b"]);
+        let err = a.allocate_static(ip("10.0.0.200"), now).unwrap_err();
+        assert_eq!(
+            err,
+            ClusterError::NotOwner {
+                ip: ip("10.0.0.200"),
+                network: "ov".into(),
+                owner: host("b")
+            }
+        );
+        let got = a.allocate_static(ip("10.0.0.100"), now).unwrap();
+        assert!(a.is_allocated(got));
+        a.release(got, now).unwrap();
+        assert!(!a.is_allocated(got));
+        let again = a.release(got, now).unwrap_err();
+        assert!(again.to_string().contains("not allocated"), "{again}");
+    }
+
+    #[test]
+    fn misdirected_and_garbage_are_counted() {
+        let now = Instant::now();
+        let mut a = node("a", &["10.0.0.0/24"], &["a"]);
+        a.handle_message(
+            Message::Request(Request {
+                from: host("b"),
+                to: host("c"),
+                family: Family::V4,
+                seq: 1,
+            }),
+            now,
+        );
+        assert_eq!(a.stats().misdirected, 1);
+        assert!(a.handle_bytes(&[0xff, 0xff], now).is_err());
+        assert_eq!(a.stats().decode_errors, 1);
+        assert!(a.poll_transmit().is_none());
+    }
 }

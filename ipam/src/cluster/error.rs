@@ -108,7 +108,9 @@ pub enum ClusterError {
     },
 
     /// A host asked to reclaim its own ranges.
-    #[error("host `{host}` cannot reclaim its own address ranges; run the reclaim on another host")]
+    #[error(
+        "host `{host}` cannot reclaim its own address ranges; run the reclaim on another host"
+    )]
     ReclaimSelf {
         /// This host.
         host: HostName,

@@ -41,7 +41,7 @@ impl Advert {
 /// for anti-entropy. Applying it is idempotent and order-free.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
-    /// Tokens, each with the token that follows it in the sender's view.
+    /// Tokens, each with the exact end of its range.
     pub entries: Vec<Entry>,
     /// Free-space adverts, by host.
     pub adverts: Vec<(HostName, Advert)>,
@@ -154,11 +154,13 @@ mod tests {
                 entries: vec![
                     Entry {
                         start: "10.0.0.0".parse().unwrap(),
+                        end: "10.0.0.63".parse().unwrap(),
                         owner: host("a"),
                         version: 3,
                     },
                     Entry {
                         start: "fd00::80".parse().unwrap(),
+                        end: "fd00::ff".parse().unwrap(),
                         owner: host("b"),
                         version: u64::MAX,
                     },

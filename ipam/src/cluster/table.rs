@@ -1,26 +1,30 @@
 //! The ownership table: who owns which range of a network's addresses.
 //!
 //! The table is a ring of *tokens*, as in Weave Net's IPAM ring: each token
-//! is an address; the range of a token runs from it up to the address before
-//! the next token of the same subnet (or the subnet's last address). Every
-//! token has an owner and a version.
+//! is an address with an owner, a version and the last address of its range.
+//! A token's range runs from it up to the address before the next token of
+//! the same subnet, and never past its own last address; an address past it
+//! and before the next known token has an owner this host has not heard of
+//! yet.
 //!
 //! The rules that make it conflict-free without a coordinator:
 //!
-//! - **Tokens are never removed.** The first address of each subnet is always
-//!   a token. Merging two tables is the union of their tokens.
-//! - **Single writer.** Only a token range's owner changes it: it splits it by
-//!   adding tokens inside it ([`OwnershipTable::donate`]), or hands the token
-//!   over with its version bumped. So, for a token, a higher version is a
-//!   later state, and equal versions with different owners cannot happen
-//!   by construction; if one is seen anyway (only after a reclaim of a host
-//!   that was alive, see below) it is counted and resolved the same way on
-//!   every host (the lower host name wins), so tables still converge.
-//! - **A message that carries a token carries its successor.** Deltas
-//!   ([`OwnershipTable::delta`]) and full states include, next to each token,
-//!   the next token of the sender's view. So a host that learns it owns a
-//!   token also learns where the range ends, and it never believes it owns
-//!   more than it does: its view of its own ranges is exact.
+//! - **Tokens are never removed**, and ranges never grow. The first address
+//!   of each subnet is always a token. Merging two tables is the union of
+//!   their tokens, keeping the higher version of each.
+//! - **Single writer.** Only a token range's owner changes it: it splits it
+//!   by adding tokens inside it ([`OwnershipTable::donate`]), or hands the
+//!   token over; every change bumps the token's version. So, for a token, a
+//!   higher version is a later state, and equal versions with different
+//!   contents cannot happen by construction; if one is seen anyway (only
+//!   after a reclaim of a host that was alive, see below) it is counted and
+//!   resolved the same way on every host (the lower owner name wins), so
+//!   tables still converge.
+//! - **Entries describe themselves.** The owner writes the exact last address
+//!   of the range into each entry it changes. So a host that learns it owns
+//!   a token knows where the range ends without knowing any other token, and
+//!   its view of its own ranges is exact, however stale its view of the
+//!   other hosts' ranges is.
 //!
 //! The one exception to single writer is [`OwnershipTable::reclaim`]: a dead
 //! host cannot hand its ranges over, so the other hosts do it for it. See the
@@ -101,15 +105,18 @@ impl From<HostName> for String {
     }
 }
 
-/// One token of the table, as stored and sent: the range starting at
-/// `start` belongs to `owner`; `version` orders the owner's changes to it.
+/// One token of the table, as stored and sent: the range `start..=end`
+/// belongs to `owner` (less any later tokens inside it); `version` orders
+/// the changes to the token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     /// The first address of the range (the token).
     pub start: IpAddr,
+    /// The last address of the range when this version was written.
+    pub end: IpAddr,
     /// The host that owns the range.
     pub owner: HostName,
-    /// Bumped by the owner each time it hands the token over.
+    /// Bumped each time the token changes.
     pub version: u64,
 }
 
@@ -129,10 +136,11 @@ pub struct RangeInfo {
 pub struct MergeOutcome {
     /// Tokens added or changed.
     pub changed: usize,
-    /// Tokens seen with the same version but another owner (should never
+    /// Tokens seen with the same version but other contents (should never
     /// happen; see the module documentation).
     pub conflicts: usize,
-    /// Tokens outside the network's subnets, ignored.
+    /// Entries outside the network's subnets, or ending before they start,
+    /// ignored.
     pub rejected: usize,
 }
 
@@ -151,6 +159,15 @@ pub struct OwnershipTable {
 struct Owner {
     host: HostName,
     version: u64,
+    /// The last address of the range, as its writer knew it.
+    end: IpAddr,
+}
+
+impl Owner {
+    /// The order that settles two different contents at one version.
+    fn tie_key(&self) -> (&HostName, IpAddr) {
+        (&self.host, self.end)
+    }
 }
 
 impl OwnershipTable {
@@ -160,7 +177,11 @@ impl OwnershipTable {
     /// subnets and members, so the member list must travel with the
     /// network's definition (a single member, the creating host, is the
     /// simplest choice: it then hands out ranges on request).
-    pub fn new(network: &str, subnets: &[IpNet], members: &[HostName]) -> Result<Self, ClusterError> {
+    pub fn new(
+        network: &str,
+        subnets: &[IpNet],
+        members: &[HostName],
+    ) -> Result<Self, ClusterError> {
         let pools = check_pools(network, subnets)?;
         let members: BTreeSet<&HostName> = members.iter().collect();
         if members.is_empty() {
@@ -185,11 +206,13 @@ impl OwnershipTable {
                 if len == 0 {
                     continue;
                 }
+                let end = if i + 1 == k { last } else { start + len - 1 };
                 tokens.insert(
                     from_u128(family, start),
                     Owner {
                         host: (*member).clone(),
                         version: 0,
+                        end: from_u128(family, end),
                     },
                 );
             }
@@ -198,8 +221,8 @@ impl OwnershipTable {
     }
 
     /// A table rebuilt from stored entries (see [`OwnershipTable::entries`]).
-    /// Refuses entries outside the subnets, a subnet without a token at its
-    /// first address, and a token given twice.
+    /// Refuses entries outside the subnets or ending before they start, a
+    /// subnet without a token at its first address, and a token given twice.
     pub fn from_entries(
         network: &str,
         subnets: &[IpNet],
@@ -215,14 +238,10 @@ impl OwnershipTable {
             tokens: BTreeMap::new(),
         };
         for e in entries {
-            if table.pool_of(e.start).is_none() {
-                return Err(invalid("a range starts outside the network's subnets"));
+            if !table.is_valid(e) {
+                return Err(invalid("a range lies outside the network's subnets"));
             }
-            let owner = Owner {
-                host: e.owner.clone(),
-                version: e.version,
-            };
-            if table.tokens.insert(e.start, owner).is_some() {
+            if table.tokens.insert(e.start, Owner::from(e)).is_some() {
                 return Err(invalid("a range is listed twice"));
             }
         }
@@ -241,7 +260,7 @@ impl OwnershipTable {
         &self.pools
     }
 
-    /// How many tokens (ranges) the table holds.
+    /// How many tokens the table holds.
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -254,62 +273,44 @@ impl OwnershipTable {
     /// Every token, lowest first: the whole state, to store or to send for
     /// anti-entropy.
     pub fn entries(&self) -> Vec<Entry> {
-        self.tokens
-            .iter()
-            .map(|(&start, o)| Entry {
-                start,
-                owner: o.host.clone(),
-                version: o.version,
-            })
-            .collect()
+        self.tokens.iter().map(|(&t, o)| o.entry(t)).collect()
     }
 
-    /// The entries for `tokens`, each with the token that follows it (so the
-    /// receiver learns where each range ends), lowest first, without
-    /// duplicates. Unknown tokens are skipped.
+    /// The entries for `tokens`, lowest first, without duplicates; unknown
+    /// tokens are skipped.
     pub fn delta(&self, tokens: impl IntoIterator<Item = IpAddr>) -> Vec<Entry> {
-        let mut picked = BTreeSet::new();
-        for t in tokens {
-            if !self.tokens.contains_key(&t) {
-                continue;
-            }
-            picked.insert(t);
-            if let Some(next) = self.next_token(t) {
-                picked.insert(next);
-            }
-        }
+        let picked: BTreeSet<IpAddr> = tokens.into_iter().collect();
         picked
             .into_iter()
-            .map(|start| {
-                let o = &self.tokens[&start];
-                Entry {
-                    start,
-                    owner: o.host.clone(),
-                    version: o.version,
-                }
-            })
+            .filter_map(|t| self.tokens.get(&t).map(|o| o.entry(t)))
             .collect()
     }
 
-    /// Every range with its owner and version, lowest first.
+    /// Every range whose owner this host knows, with its owner and version,
+    /// lowest first.
     pub fn ranges(&self) -> Vec<RangeInfo> {
         self.tokens
             .iter()
-            .map(|(&start, o)| RangeInfo {
-                range: self.range_of(start),
-                owner: o.host.clone(),
-                version: o.version,
+            .filter_map(|(&t, o)| {
+                self.range_of(t).map(|range| RangeInfo {
+                    range,
+                    owner: o.host.clone(),
+                    version: o.version,
+                })
             })
             .collect()
     }
 
-    /// The host that owns `ip`, if `ip` is in the network's subnets.
+    /// The host that owns `ip`; `None` outside the network's subnets, or
+    /// when this host has not heard of the owner yet.
     pub fn owner_of(&self, ip: IpAddr) -> Option<&HostName> {
-        self.token_of(ip).map(|t| &self.tokens[&t].host)
+        let t = self.token_of(ip)?;
+        let o = &self.tokens[&t];
+        (to_u128(ip) <= to_u128(o.end)).then_some(&o.host)
     }
 
-    /// The token whose range holds `ip`.
-    pub fn token_of(&self, ip: IpAddr) -> Option<IpAddr> {
+    /// The token at or before `ip` in `ip`'s subnet.
+    fn token_of(&self, ip: IpAddr) -> Option<IpAddr> {
         let pool = self.pool_of(ip)?;
         self.tokens
             .range(pool.first()..=ip)
@@ -320,11 +321,7 @@ impl OwnershipTable {
     /// The ranges `host` owns, lowest first, adjacent ones joined.
     pub fn owned_by(&self, host: &str) -> Vec<AddrRange> {
         let mut out: Vec<AddrRange> = Vec::new();
-        for (&start, o) in &self.tokens {
-            if o.host.as_str() != host {
-                continue;
-            }
-            let r = self.range_of(start);
+        for r in self.token_ranges_of(host) {
             match out.last_mut() {
                 Some(prev)
                     if prev.family() == r.family()
@@ -344,13 +341,17 @@ impl OwnershipTable {
         self.tokens
             .iter()
             .filter(|(_, o)| o.host.as_str() == host)
-            .map(|(&t, _)| self.range_of(t))
+            .filter_map(|(&t, _)| self.range_of(t))
             .collect()
     }
 
     /// Every host that owns at least one range.
     pub fn owners(&self) -> BTreeSet<&HostName> {
-        self.tokens.values().map(|o| &o.host).collect()
+        self.tokens
+            .iter()
+            .filter(|(&t, _)| self.range_of(t).is_some())
+            .map(|(_, o)| &o.host)
+            .collect()
     }
 
     /// Merges entries from another host (a delta or a whole table): the union
@@ -360,32 +361,24 @@ impl OwnershipTable {
     pub fn merge(&mut self, entries: &[Entry]) -> MergeOutcome {
         let mut out = MergeOutcome::default();
         for e in entries {
-            if self.pool_of(e.start).is_none() {
+            if !self.is_valid(e) {
                 out.rejected += 1;
                 continue;
             }
+            let incoming = Owner::from(e);
             match self.tokens.get_mut(&e.start) {
                 None => {
-                    self.tokens.insert(
-                        e.start,
-                        Owner {
-                            host: e.owner.clone(),
-                            version: e.version,
-                        },
-                    );
+                    self.tokens.insert(e.start, incoming);
                     out.changed += 1;
                 }
-                Some(cur) if e.version > cur.version => {
-                    *cur = Owner {
-                        host: e.owner.clone(),
-                        version: e.version,
-                    };
+                Some(cur) if incoming.version > cur.version => {
+                    *cur = incoming;
                     out.changed += 1;
                 }
-                Some(cur) if e.version == cur.version && e.owner != cur.host => {
+                Some(cur) if incoming.version == cur.version && incoming != *cur => {
                     out.conflicts += 1;
-                    if e.owner < cur.host {
-                        cur.host = e.owner.clone();
+                    if incoming.tie_key() < cur.tie_key() {
+                        *cur = incoming;
                         out.changed += 1;
                     }
                 }
@@ -396,46 +389,40 @@ impl OwnershipTable {
     }
 
     /// Hands `range` to `to`. `range` must lie inside one token range that
-    /// `me` owns. Adds a token at the range's start (or bumps the version of
-    /// the token already there) and, when the range ends before its token
-    /// range does, a token owned by `me` just after it. Returns the tokens
-    /// added or changed, for [`OwnershipTable::delta`]; `None`, changing
-    /// nothing, if the precondition does not hold.
-    pub fn donate(&mut self, me: &HostName, range: AddrRange, to: &HostName) -> Option<Vec<IpAddr>> {
+    /// `me` owns. The token range is cut in up to three: what comes before
+    /// `range` stays with `me`, `range` goes to `to`, what comes after stays
+    /// with `me`; each changed token gets a new version and its exact last
+    /// address. Returns the tokens added or changed, for
+    /// [`OwnershipTable::delta`]; `None`, changing nothing, if the
+    /// precondition does not hold.
+    pub fn donate(
+        &mut self,
+        me: &HostName,
+        range: AddrRange,
+        to: &HostName,
+    ) -> Option<Vec<IpAddr>> {
         let token = self.token_of(range.first())?;
-        let held = self.range_of(token);
-        if self.tokens[&token].host != *me || !held.contains(range.last()) {
+        let held = self.range_of(token)?;
+        if self.tokens[&token].host != *me
+            || !held.contains(range.first())
+            || !held.contains(range.last())
+        {
             return None;
         }
         let family = range.family();
         let (first, last) = range.bounds();
-        let mut changed = Vec::with_capacity(2);
-        if range.first() == token {
-            let o = self.tokens.get_mut(&token).expect("token exists");
-            o.host = to.clone();
-            o.version = o.version.saturating_add(1);
-        } else {
-            self.tokens.insert(
-                range.first(),
-                Owner {
-                    host: to.clone(),
-                    version: 0,
-                },
-            );
+        let mut changed = Vec::with_capacity(3);
+        if first > to_u128(token) {
+            self.write(token, me, from_u128(family, first - 1));
         }
-        changed.push(range.first());
+        self.write(range.first(), to, range.last());
+        changed.extend([token, range.first()]);
         if last < held.bounds().1 {
             let after = from_u128(family, last + 1);
-            self.tokens.insert(
-                after,
-                Owner {
-                    host: me.clone(),
-                    version: 0,
-                },
-            );
+            self.write(after, me, held.last());
             changed.push(after);
         }
-        debug_assert!(first <= last);
+        changed.dedup();
         Some(changed)
     }
 
@@ -443,15 +430,38 @@ impl OwnershipTable {
     /// Every host that runs this with the same view and the same heir
     /// computes the same entries. Returns the tokens changed.
     pub fn reclaim(&mut self, dead: &str, heir: &HostName) -> Vec<IpAddr> {
-        let mut changed = Vec::new();
-        for (&t, o) in self.tokens.iter_mut() {
-            if o.host.as_str() == dead {
-                o.host = heir.clone();
-                o.version = o.version.saturating_add(1);
-                changed.push(t);
-            }
+        let mine: Vec<(IpAddr, IpAddr)> = self
+            .tokens
+            .iter()
+            .filter(|(_, o)| o.host.as_str() == dead)
+            .map(|(&t, o)| (t, self.range_of(t).map_or(o.end, |r| r.last())))
+            .collect();
+        for &(t, end) in &mine {
+            self.write(t, heir, end);
         }
-        changed
+        mine.into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// Sets token `t` to `host` up to `end`, with a version above any the
+    /// token had.
+    fn write(&mut self, t: IpAddr, host: &HostName, end: IpAddr) {
+        let version = self
+            .tokens
+            .get(&t)
+            .map_or(0, |o| o.version.saturating_add(1));
+        self.tokens.insert(
+            t,
+            Owner {
+                host: host.clone(),
+                version,
+                end,
+            },
+        );
+    }
+
+    fn is_valid(&self, e: &Entry) -> bool {
+        self.pool_of(e.start)
+            .is_some_and(|p| p.contains(e.end) && to_u128(e.start) <= to_u128(e.end))
     }
 
     /// The pool (subnet) holding `ip`.
@@ -459,23 +469,39 @@ impl OwnershipTable {
         self.pools.iter().find(|p| p.contains(ip))
     }
 
-    /// The next token after `t` in the same pool.
-    fn next_token(&self, t: IpAddr) -> Option<IpAddr> {
+    /// The addresses of token `t`'s range: up to the next token and no
+    /// further than the token's last address.
+    fn range_of(&self, t: IpAddr) -> Option<AddrRange> {
         let pool = self.pool_of(t)?;
-        self.tokens
+        let o = self.tokens.get(&t)?;
+        let next = self
+            .tokens
             .range((Bound::Excluded(t), Bound::Included(pool.last())))
             .next()
-            .map(|(&n, _)| n)
+            .map_or(to_u128(pool.last()), |(&n, _)| to_u128(n) - 1);
+        let last = next.min(to_u128(o.end));
+        AddrRange::new(t, from_u128(pool.family(), last)).ok()
     }
+}
 
-    /// The addresses of token `t`'s range.
-    pub(crate) fn range_of(&self, t: IpAddr) -> AddrRange {
-        let pool = self.pool_of(t).expect("tokens lie inside pools");
-        let last = match self.next_token(t) {
-            Some(next) => from_u128(pool.family(), to_u128(next) - 1),
-            None => pool.last(),
-        };
-        AddrRange::new(t, last).expect("a token range is ordered")
+impl Owner {
+    fn entry(&self, start: IpAddr) -> Entry {
+        Entry {
+            start,
+            end: self.end,
+            owner: self.host.clone(),
+            version: self.version,
+        }
+    }
+}
+
+impl From<&Entry> for Owner {
+    fn from(e: &Entry) -> Self {
+        Owner {
+            host: e.owner.clone(),
+            version: e.version,
+            end: e.end,
+        }
     }
 }
 
@@ -488,7 +514,10 @@ fn check_pools(network: &str, subnets: &[IpNet]) -> Result<Vec<AddrRange>, Clust
     if subnets.is_empty() {
         return Err(invalid("it has no subnet"));
     }
-    let mut pools: Vec<AddrRange> = subnets.iter().map(|&n| AddrRange::from(n.trunc())).collect();
+    let mut pools: Vec<AddrRange> = subnets
+        .iter()
+        .map(|&n| AddrRange::from(n.trunc()))
+        .collect();
     pools.sort_by_key(|p| (p.family(), p.bounds().0));
     for w in pools.windows(2) {
         if w[0].family() == w[1].family() && w[0].bounds().1 >= w[1].bounds().0 {
@@ -572,7 +601,10 @@ mod tests {
     #[test]
     fn no_members() {
         let err = OwnershipTable::new("ov", &[net("10.0.0.0/24")], &[]).unwrap_err();
-        assert_eq!(err.to_string(), "network `ov` needs at least one host to own its addresses");
+        assert_eq!(
+            err.to_string(),
+            "network `ov` needs at least one host to own its addresses"
+        );
     }
 
     #[rstest]
@@ -585,12 +617,12 @@ mod tests {
     }
 
     #[test]
-    fn donate_middle_adds_two_tokens() {
+    fn donate_middle_cuts_in_three() {
         let mut t = table(&["a"]);
         let changed = t
             .donate(&host("a"), range("10.0.0.64", "10.0.0.127"), &host("b"))
             .unwrap();
-        assert_eq!(changed, [ip("10.0.0.64"), ip("10.0.0.128")]);
+        assert_eq!(changed, [ip("10.0.0.0"), ip("10.0.0.64"), ip("10.0.0.128")]);
         assert_eq!(t.owner_of(ip("10.0.0.63")).unwrap().as_str(), "a");
         assert_eq!(t.owner_of(ip("10.0.0.64")).unwrap().as_str(), "b");
         assert_eq!(t.owner_of(ip("10.0.0.127")).unwrap().as_str(), "b");
@@ -603,9 +635,36 @@ mod tests {
                 range("fd00::", "fd00::ff")
             ]
         );
-        // The delta names the successor of each changed token.
-        let d: Vec<IpAddr> = t.delta(changed).into_iter().map(|e| e.start).collect();
-        assert_eq!(d, [ip("10.0.0.64"), ip("10.0.0.128")]);
+        // Each changed entry states its exact end and a new version.
+        let d = t.delta(changed);
+        let ends: Vec<(IpAddr, u64)> = d.iter().map(|e| (e.end, e.version)).collect();
+        assert_eq!(
+            ends,
+            [
+                (ip("10.0.0.63"), 1),
+                (ip("10.0.0.127"), 0),
+                (ip("10.0.0.255"), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lone_entry_is_enough_to_know_ones_range() {
+        // `c` hears of its token, but not of the token after it: the entry's
+        // end keeps it from claiming more, and the rest is of unknown owner.
+        let mut origin = table(&["a"]);
+        origin
+            .donate(&host("a"), range("10.0.0.128", "10.0.0.255"), &host("b"))
+            .unwrap();
+        let changed = origin
+            .donate(&host("a"), range("10.0.0.64", "10.0.0.127"), &host("c"))
+            .unwrap();
+        let mut c = table(&["a"]);
+        let only = origin.delta(changed.into_iter().filter(|&t| t == ip("10.0.0.64")));
+        c.merge(&only);
+        assert_eq!(c.owned_by("c"), [range("10.0.0.64", "10.0.0.127")]);
+        assert_eq!(c.owner_of(ip("10.0.0.128")), None);
+        assert_eq!(c.owner_of(ip("10.0.0.10")).unwrap().as_str(), "a");
     }
 
     #[test]
@@ -626,7 +685,9 @@ mod tests {
     fn donate_refuses(#[case] me: &str, #[case] first: &str, #[case] last: &str) {
         let mut t = table(&["a", "b"]);
         let before = t.clone();
-        assert!(t.donate(&host(me), range(first, last), &host("c")).is_none());
+        assert!(t
+            .donate(&host(me), range(first, last), &host("c"))
+            .is_none());
         assert_eq!(t, before);
     }
 
@@ -635,21 +696,28 @@ mod tests {
         let mut t = table(&["a"]);
         let e = |s: &str, o: &str, v| Entry {
             start: ip(s),
+            end: ip("10.0.0.255"),
             owner: host(o),
             version: v,
         };
-        // Older version ignored, newer taken, outside rejected.
+        // Equal version, other owner: conflict, lower name kept; a new token
+        // taken; outside or backwards entries rejected.
+        let backwards = Entry {
+            end: ip("10.0.0.1"),
+            ..e("10.0.0.9", "b", 9)
+        };
         let out = t.merge(&[
             e("10.0.0.0", "z", 0),
             e("10.0.0.9", "b", 3),
             e("10.1.0.0", "b", 1),
+            backwards,
         ]);
         assert_eq!(
             out,
             MergeOutcome {
                 changed: 1,
                 conflicts: 1,
-                rejected: 1
+                rejected: 2
             }
         );
         assert_eq!(t.owner_of(ip("10.0.0.0")).unwrap().as_str(), "a");
@@ -704,7 +772,8 @@ mod tests {
             let size = last - first + 1;
             let lo = first + u128::from(lo) % size;
             let hi = (lo + u128::from(len)).min(last);
-            let give = AddrRange::new(from_u128(Family::V4, lo), from_u128(Family::V4, hi)).unwrap();
+            let give =
+                AddrRange::new(from_u128(Family::V4, lo), from_u128(Family::V4, hi)).unwrap();
             let to = &hosts[usize::from(to) % 3];
             let changed = t.donate(&r.owner.clone(), give, to).expect("owner donates");
             deltas.push(t.delta(changed));
