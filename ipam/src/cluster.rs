@@ -55,6 +55,17 @@
 //! space fails its allocations with [`ClusterError::NoAnswer`] or
 //! [`ClusterError::NoFreeAddress`] instead.
 //!
+//! ## Limits
+//!
+//! - Tokens are never removed, so the table grows by up to three entries per
+//!   donation (as Weave's ring does); donations halve free runs, so a
+//!   network sees few of them.
+//! - Ownership covers whole subnets, but donations carve only the dynamic
+//!   part (`--ip-range`): static addresses outside it stay with the host
+//!   that owns them.
+//! - The transport must authenticate senders (gossip does, with the cluster
+//!   key): a message is checked for sense, not for origin.
+//!
 //! ## Driving it
 //!
 //! Sans-IO, as quinn-proto: no clock, no sockets. The daemon passes `now`,
@@ -63,7 +74,8 @@
 //! [`ClusterAllocator::handle_timeout`] at [`ClusterAllocator::poll_timeout`],
 //! sends [`ClusterAllocator::state`] (or [`ClusterAllocator::state_chunks`])
 //! to a random member now and then, and persists the state before sending
-//! transmits. Connects that got [`ClusterError::AwaitingSpace`] are retried
+//! transmits ([`ClusterAllocator::restore`] rebuilds from it). Requests and
+//! declines go to one host ([`Destination::Host`]); updates to all. Connects that got [`ClusterError::AwaitingSpace`] are retried
 //! on [`Event::SpaceArrived`] and failed on [`Event::RequestFailed`] or the
 //! daemon's own timeout.
 //!

@@ -173,8 +173,9 @@ pub struct ClusterAllocator {
     advert_due: Option<Instant>,
     last_advert: Option<Instant>,
     pending: BTreeMap<Family, Pending>,
-    /// Per requester: the last request seq answered, and whether it got space.
-    served: BTreeMap<HostName, (u64, bool)>,
+    /// Per requester and family: the last request seq answered, and whether
+    /// it got space.
+    served: BTreeMap<(HostName, Family), (u64, bool)>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -751,7 +752,8 @@ impl ClusterAllocator {
             self.stats.misdirected += 1;
             return;
         }
-        if let Some(&(seq, donated)) = self.served.get(&r.from) {
+        let key = (r.from.clone(), r.family);
+        if let Some(&(seq, donated)) = self.served.get(&key) {
             if r.seq <= seq {
                 self.stats.duplicate_requests += 1;
                 if donated {
@@ -790,7 +792,7 @@ impl ClusterAllocator {
                 false
             }
         };
-        self.served.insert(r.from, (r.seq, donated));
+        self.served.insert(key, (r.seq, donated));
     }
 
     fn decline(&mut self, r: &Request) {
