@@ -186,7 +186,7 @@ impl Controller {
     /// Opens the state, restores networks and endpoints, starts the datapath.
     pub fn start(config: ControllerConfig) -> anyhow::Result<Controller> {
         let store = Store::open(&config.state_dir)?;
-        let datapath = DatapathHandle::start(BridgeConfig::default())?;
+        let datapath = DatapathHandle::start(BridgeConfig::default(), None)?;
         let mut c = Controller {
             config,
             store,

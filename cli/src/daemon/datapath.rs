@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use overlay::vxlan::{self, Vni, VxlanPacket};
 use switch::bridge::{Action, Bridge, BridgeConfig, PortSecurity};
 use switch::gateway::{Gateway, GatewayConfig};
+use switch::neighbor::Neighbors;
 use switch::tap::Tap;
-use switch::{NetworkId, PortId};
+use switch::{MacAddr, NetworkId, PortId};
 
 /// Frames read from one port per wake-up before the others get a turn.
 const BATCH: usize = 64;
@@ -31,6 +33,7 @@ const BATCH: usize = 64;
 const FRAME_BUF: usize = 65_536 + 64;
 
 const WAKER: Token = Token(usize::MAX);
+const TUNNEL: Token = Token(usize::MAX - 1);
 const UPSTREAM_V4: usize = 1 << 40;
 const UPSTREAM_V6: usize = 1 << 41;
 
@@ -61,6 +64,33 @@ pub enum Command {
         port: PortId,
         reply: mpsc::Sender<Option<Tap>>,
     },
+    /// Sets (or clears) the VNI of an overlay network.
+    SetVni {
+        network: NetworkId,
+        vni: Option<Vni>,
+    },
+    /// Adds a tunnel port: the VTEP `remote` (another host, or a foreign
+    /// VXLAN VTEP) as a port of `network`.
+    AddVtep {
+        port: PortId,
+        network: NetworkId,
+        remote: SocketAddr,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    /// Pins a remote endpoint's MAC to its VTEP port and answers ARP/ND for
+    /// its addresses locally.
+    AddRemote {
+        network: NetworkId,
+        port: PortId,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+    },
+    /// Forgets a remote endpoint.
+    RemoveRemote {
+        network: NetworkId,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+    },
     /// Reads the counters.
     Stats { reply: mpsc::Sender<DatapathStats> },
     /// Ends the thread; TAPs are closed (persistent ones stay in their
@@ -75,6 +105,10 @@ impl std::fmt::Debug for Command {
             Command::RemoveNetwork { .. } => "RemoveNetwork",
             Command::AddPort { .. } => "AddPort",
             Command::RemovePort { .. } => "RemovePort",
+            Command::SetVni { .. } => "SetVni",
+            Command::AddVtep { .. } => "AddVtep",
+            Command::AddRemote { .. } => "AddRemote",
+            Command::RemoveRemote { .. } => "RemoveRemote",
             Command::Stats { .. } => "Stats",
             Command::Shutdown => "Shutdown",
         };
@@ -93,11 +127,30 @@ pub struct PortCounters {
     pub drops: u64,
 }
 
+/// Tunnel counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Not a VXLAN packet.
+    pub malformed: u64,
+    /// A VNI no overlay network here has.
+    pub unknown_vni: u64,
+    /// From an address that is not a member with endpoints on that
+    /// network, nor an admitted VTEP.
+    pub non_member: u64,
+    /// Sends that failed.
+    pub send_errors: u64,
+}
+
 /// Everything [`Command::Stats`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct DatapathStats {
     pub ports: HashMap<PortId, PortCounters>,
     pub drops: BTreeMap<String, u64>,
+    pub tunnel: TunnelCounters,
+    /// ARP/ND requests answered locally.
+    pub suppressed: u64,
 }
 
 /// The control plane's end.
@@ -110,14 +163,28 @@ pub struct DatapathHandle {
 
 impl DatapathHandle {
     /// Starts the datapath thread.
-    pub fn start(config: BridgeConfig) -> io::Result<DatapathHandle> {
+    /// `tunnel`: the bound UDP socket of the VXLAN tunnel, for overlays.
+    pub fn start(
+        config: BridgeConfig,
+        tunnel: Option<std::net::UdpSocket>,
+    ) -> io::Result<DatapathHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let tunnel = match tunnel {
+            Some(sock) => {
+                sock.set_nonblocking(true)?;
+                let mut sock = UdpSocket::from_std(sock);
+                poll.registry()
+                    .register(&mut sock, TUNNEL, Interest::READABLE)?;
+                Some(sock)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("vswitch-datapath".into())
             .spawn(move || {
-                let mut dp = Datapath::new(poll, rx, config);
+                let mut dp = Datapath::new(poll, rx, config, tunnel);
                 if let Err(e) = dp.run() {
                     tracing::error!(error = %e, "datapath stopped");
                 }
@@ -181,6 +248,48 @@ impl DatapathHandle {
         self.ask(|reply| Command::RemovePort { port, reply })
     }
 
+    pub fn set_vni(&self, network: NetworkId, vni: Option<Vni>) -> Result<(), String> {
+        self.send(Command::SetVni { network, vni })
+    }
+
+    pub fn add_vtep(
+        &self,
+        port: PortId,
+        network: NetworkId,
+        remote: SocketAddr,
+    ) -> Result<(), String> {
+        self.ask(|reply| Command::AddVtep {
+            port,
+            network,
+            remote,
+            reply,
+        })?
+    }
+
+    pub fn add_remote(
+        &self,
+        network: NetworkId,
+        port: PortId,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+    ) -> Result<(), String> {
+        self.send(Command::AddRemote {
+            network,
+            port,
+            mac,
+            ips,
+        })
+    }
+
+    pub fn remove_remote(
+        &self,
+        network: NetworkId,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+    ) -> Result<(), String> {
+        self.send(Command::RemoveRemote { network, mac, ips })
+    }
+
     pub fn stats(&self) -> Result<DatapathStats, String> {
         self.ask(|reply| Command::Stats { reply })
     }
@@ -212,9 +321,23 @@ struct GatewayPort {
     counters: PortCounters,
 }
 
+struct VtepPort {
+    remote: SocketAddr,
+    network: NetworkId,
+    counters: PortCounters,
+}
+
 enum Slot {
     Tap(TapPort),
     Gateway(Box<GatewayPort>),
+    Vtep(VtepPort),
+}
+
+/// Which buffer a frame being switched sits in.
+#[derive(Clone, Copy)]
+enum Src {
+    Buf,
+    Out,
 }
 
 struct Datapath {
@@ -230,6 +353,16 @@ struct Datapath {
     dirty: Vec<PortId>,
     buf: Box<[u8]>,
     out: Box<[u8]>,
+    /// Where frames bound for a VTEP are encapsulated.
+    encap: Box<[u8]>,
+    tunnel: Option<UdpSocket>,
+    vni_of: HashMap<NetworkId, Vni>,
+    network_of_vni: HashMap<Vni, NetworkId>,
+    /// (network, remote IP) -> VTEP port.
+    vteps: HashMap<(NetworkId, IpAddr), PortId>,
+    neighbors: Neighbors,
+    tunnel_counters: TunnelCounters,
+    suppressed: u64,
     running: bool,
 }
 
@@ -249,7 +382,12 @@ fn bind_upstream(registry: &mio::Registry, network: NetworkId, v6: bool) -> io::
 }
 
 impl Datapath {
-    fn new(poll: Poll, rx: mpsc::Receiver<Command>, config: BridgeConfig) -> Datapath {
+    fn new(
+        poll: Poll,
+        rx: mpsc::Receiver<Command>,
+        config: BridgeConfig,
+        tunnel: Option<UdpSocket>,
+    ) -> Datapath {
         Datapath {
             poll,
             rx,
@@ -260,6 +398,14 @@ impl Datapath {
             dirty: Vec::new(),
             buf: vec![0u8; FRAME_BUF].into_boxed_slice(),
             out: vec![0u8; FRAME_BUF].into_boxed_slice(),
+            encap: vec![0u8; FRAME_BUF + vxlan::HEADER_LEN].into_boxed_slice(),
+            tunnel,
+            vni_of: HashMap::new(),
+            network_of_vni: HashMap::new(),
+            vteps: HashMap::new(),
+            neighbors: Neighbors::new(),
+            tunnel_counters: TunnelCounters::default(),
+            suppressed: 0,
             running: true,
         }
     }
@@ -286,6 +432,8 @@ impl Datapath {
                 let t = ev.token();
                 if t == WAKER {
                     continue;
+                } else if t == TUNNEL {
+                    self.read_tunnel(now);
                 } else if t.0 & (UPSTREAM_V4 | UPSTREAM_V6) != 0 {
                     let network = NetworkId((t.0 & 0xffff_ffff) as u32);
                     self.read_upstream(network, t.0 & UPSTREAM_V6 != 0, now);
@@ -336,6 +484,10 @@ impl Datapath {
                 for port in self.bridge.remove_network(network) {
                     self.remove_port(port);
                 }
+                self.neighbors.remove_network(network);
+                if let Some(vni) = self.vni_of.remove(&network) {
+                    self.network_of_vni.remove(&vni);
+                }
                 if let Some(gw) = self.gateways.remove(&network) {
                     self.remove_port(gw);
                 }
@@ -358,6 +510,59 @@ impl Datapath {
                     _ => None,
                 };
                 let _ = reply.send(tap);
+            }
+            Command::SetVni { network, vni } => {
+                if let Some(old) = self.vni_of.remove(&network) {
+                    self.network_of_vni.remove(&old);
+                }
+                if let Some(vni) = vni {
+                    self.vni_of.insert(network, vni);
+                    self.network_of_vni.insert(vni, network);
+                }
+            }
+            Command::AddVtep {
+                port,
+                network,
+                remote,
+                reply,
+            } => {
+                let r = self
+                    .bridge
+                    .add_port(port, network, None)
+                    .map_err(|e| e.to_string());
+                if r.is_ok() {
+                    self.vteps.insert((network, remote.ip()), port);
+                    self.ports.insert(
+                        port,
+                        Slot::Vtep(VtepPort {
+                            remote,
+                            network,
+                            counters: PortCounters::default(),
+                        }),
+                    );
+                }
+                let _ = reply.send(r);
+            }
+            Command::AddRemote {
+                network,
+                port,
+                mac,
+                ips,
+            } => {
+                if let Err(e) = self.bridge.set_static_mac(network, mac, port) {
+                    tracing::debug!(%mac, error = %e, "remote MAC not pinned");
+                }
+                for ip in ips {
+                    self.neighbors.insert(network, ip, mac);
+                }
+            }
+            Command::RemoveRemote { network, mac, ips } => {
+                self.bridge.remove_mac(network, mac);
+                for ip in ips {
+                    if self.neighbors.get(network, ip) == Some(mac) {
+                        self.neighbors.remove(network, ip);
+                    }
+                }
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
@@ -464,6 +669,9 @@ impl Datapath {
                     let _ = self.poll.registry().deregister(s);
                 }
             }
+            Slot::Vtep(v) => {
+                self.vteps.remove(&(v.network, v.remote.ip()));
+            }
         }
         self.ready.retain(|p| *p != port);
         self.dirty.retain(|p| *p != port);
@@ -476,6 +684,7 @@ impl Datapath {
             let mut c = match slot {
                 Slot::Tap(t) => t.counters,
                 Slot::Gateway(g) => g.counters,
+                Slot::Vtep(v) => v.counters,
             };
             c.drops = self.bridge.port_drops(*id);
             ports.insert(*id, c);
@@ -486,8 +695,10 @@ impl Datapath {
                 .bridge
                 .drops()
                 .iter()
-                .map(|(r, n)| (r.to_string(), n))
+                .map(|(r, n)| (r.as_str().to_string(), n))
                 .collect(),
+            tunnel: self.tunnel_counters,
+            suppressed: self.suppressed,
         }
     }
 
@@ -517,7 +728,7 @@ impl Datapath {
                     t.counters.rx_packets += 1;
                     t.counters.rx_bytes += n as u64;
                 }
-                self.switch_frame(port, n, now, false);
+                self.switch_frame(port, Src::Buf, 0, n, now);
             }
             if more {
                 // The batch may have ended before the queue did.
@@ -526,24 +737,65 @@ impl Datapath {
         }
     }
 
-    /// Decides and delivers the frame in `self.buf[..len]` (or
-    /// `self.out[..len]` when `from_out`) that arrived on `ingress`.
-    fn switch_frame(&mut self, ingress: PortId, len: usize, now: Instant, from_out: bool) {
+    /// Decides and delivers the frame at `start..start + len` of the `src`
+    /// buffer, which arrived on `ingress`.
+    fn switch_frame(&mut self, ingress: PortId, src: Src, start: usize, len: usize, now: Instant) {
         let Datapath {
             bridge,
             ports,
             dirty,
             buf,
             out,
+            encap,
+            tunnel,
+            neighbors,
+            tunnel_counters,
+            suppressed,
+            vni_of,
             ..
         } = self;
-        let frame = if from_out { &out[..len] } else { &buf[..len] };
+        let frame = match src {
+            Src::Buf => &buf[start..start + len],
+            Src::Out => &out[start..start + len],
+        };
+        let from = match ports.get(&ingress) {
+            Some(Slot::Tap(_)) => Ingress::Local,
+            Some(Slot::Gateway(_)) => Ingress::Gateway,
+            Some(Slot::Vtep(_)) => Ingress::Tunnel,
+            None => return,
+        };
+        // ARP/ND for remote endpoints: answered here, never flooded.
+        if from == Ingress::Local && !neighbors.is_empty() {
+            if let Some(network) = bridge.network_of(ingress) {
+                if let Some(n) = neighbors.answer(network, frame, encap) {
+                    if let Some(Slot::Tap(t)) = ports.get_mut(&ingress) {
+                        if t.tap.write(&encap[..n]).is_ok() {
+                            t.counters.tx_packets += 1;
+                            t.counters.tx_bytes += n as u64;
+                            *suppressed += 1;
+                            let _ = bridge.process(ingress, frame, now); // learn
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let mut out_ctx = Egress {
+            ports,
+            dirty,
+            encap,
+            tunnel: tunnel.as_ref(),
+            tunnel_counters,
+            vni_of,
+            from,
+            now,
+        };
         match bridge.process(ingress, frame, now) {
-            Action::Forward(p) => deliver(ports, dirty, p, frame, now),
+            Action::Forward(p) => out_ctx.deliver(p, frame),
             Action::Flood { network, except } => {
                 for &p in bridge.ports(network) {
                     if p != except {
-                        deliver(ports, dirty, p, frame, now);
+                        out_ctx.deliver(p, frame);
                     }
                 }
             }
@@ -551,6 +803,57 @@ impl Datapath {
                 tracing::trace!(port = ingress.0, reason = reason.as_str(), "drop");
             }
         }
+    }
+
+    /// Reads a batch of tunnel datagrams and switches their inner frames.
+    fn read_tunnel(&mut self, now: Instant) {
+        for _ in 0..BATCH {
+            let Some(sock) = self.tunnel.as_ref() else {
+                return;
+            };
+            let (n, from) = match sock.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tunnel receive");
+                    return;
+                }
+            };
+            self.tunnel_counters.rx_packets += 1;
+            let vni = match VxlanPacket::new_checked(&self.buf[..n]) {
+                Ok(p) if p.payload().len() >= 14 => p.vni(),
+                _ => {
+                    self.tunnel_counters.malformed += 1;
+                    continue;
+                }
+            };
+            let Some(&network) = self.network_of_vni.get(&vni) else {
+                self.tunnel_counters.unknown_vni += 1;
+                continue;
+            };
+            let Some(&port) = self.vteps.get(&(network, canonical_ip(from.ip()))) else {
+                self.tunnel_counters.non_member += 1;
+                continue;
+            };
+            if let Some(Slot::Vtep(v)) = self.ports.get_mut(&port) {
+                v.counters.rx_packets += 1;
+                v.counters.rx_bytes += (n - vxlan::HEADER_LEN) as u64;
+            }
+            self.switch_frame(
+                port,
+                Src::Buf,
+                vxlan::HEADER_LEN,
+                n - vxlan::HEADER_LEN,
+                now,
+            );
+        }
+        // More may be queued: the tunnel stays ready (edge-triggered).
+        let _ = self.poll.registry().reregister(
+            self.tunnel.as_mut().expect("checked above"),
+            TUNNEL,
+            Interest::READABLE,
+        );
     }
 
     /// Lets gateways run: answers they produced go into the bridge, queries
@@ -585,7 +888,7 @@ impl Datapath {
                     _ => break,
                 };
                 emitted += 1;
-                self.switch_frame(port, n, now, true);
+                self.switch_frame(port, Src::Out, 0, n, now);
             }
             if emitted == 4 * BATCH && !self.dirty.contains(&port) {
                 self.dirty.push(port);
@@ -632,29 +935,92 @@ impl Datapath {
     }
 }
 
-fn deliver(
-    ports: &mut HashMap<PortId, Slot>,
-    dirty: &mut Vec<PortId>,
-    to: PortId,
-    frame: &[u8],
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) as plain IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Where the frame being switched came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Local,
+    Gateway,
+    Tunnel,
+}
+
+/// What delivering a frame needs.
+struct Egress<'a> {
+    ports: &'a mut HashMap<PortId, Slot>,
+    dirty: &'a mut Vec<PortId>,
+    encap: &'a mut [u8],
+    tunnel: Option<&'a UdpSocket>,
+    tunnel_counters: &'a mut TunnelCounters,
+    vni_of: &'a HashMap<NetworkId, Vni>,
+    from: Ingress,
     now: Instant,
-) {
-    match ports.get_mut(&to) {
-        Some(Slot::Tap(t)) => match t.tap.write(frame) {
-            Ok(_) => {
-                t.counters.tx_packets += 1;
-                t.counters.tx_bytes += frame.len() as u64;
+}
+
+impl Egress<'_> {
+    fn deliver(&mut self, to: PortId, frame: &[u8]) {
+        match self.ports.get_mut(&to) {
+            Some(Slot::Tap(t)) => match t.tap.write(frame) {
+                Ok(_) => {
+                    t.counters.tx_packets += 1;
+                    t.counters.tx_bytes += frame.len() as u64;
+                }
+                Err(_) => t.counters.tx_drops += 1,
+            },
+            Some(Slot::Gateway(g)) => {
+                g.counters.tx_packets += 1;
+                g.counters.tx_bytes += frame.len() as u64;
+                g.gateway.handle_frame(frame, self.now);
+                if !self.dirty.contains(&to) {
+                    self.dirty.push(to);
+                }
             }
-            Err(_) => t.counters.tx_drops += 1,
-        },
-        Some(Slot::Gateway(g)) => {
-            g.counters.tx_packets += 1;
-            g.counters.tx_bytes += frame.len() as u64;
-            g.gateway.handle_frame(frame, now);
-            if !dirty.contains(&to) {
-                dirty.push(to);
+            Some(Slot::Vtep(v)) => {
+                // Split horizon: what came from a tunnel never goes back into
+                // one, and each host's gateway stays local.
+                if self.from != Ingress::Local {
+                    return;
+                }
+                let Some(sock) = self.tunnel else {
+                    return;
+                };
+                let total = vxlan::HEADER_LEN + frame.len();
+                let Some(buf) = self.encap.get_mut(..total) else {
+                    v.counters.tx_drops += 1;
+                    return;
+                };
+                let Some(&vni) = self.vni_of.get(&v.network) else {
+                    return;
+                };
+                buf[..vxlan::HEADER_LEN].fill(0);
+                {
+                    let mut pkt = VxlanPacket::new_unchecked(&mut buf[..]);
+                    pkt.set_flags(vxlan::FLAG_VNI);
+                    pkt.set_vni(vni);
+                }
+                buf[vxlan::HEADER_LEN..].copy_from_slice(frame);
+                match sock.send_to(buf, v.remote) {
+                    Ok(_) => {
+                        v.counters.tx_packets += 1;
+                        v.counters.tx_bytes += frame.len() as u64;
+                        self.tunnel_counters.tx_packets += 1;
+                    }
+                    Err(_) => {
+                        v.counters.tx_drops += 1;
+                        self.tunnel_counters.send_errors += 1;
+                    }
+                }
             }
+            None => {}
         }
-        None => {}
     }
 }
