@@ -21,6 +21,7 @@ pub mod bridge;
 pub mod dns;
 pub mod fdb;
 pub mod gateway;
+pub mod nat;
 pub mod neighbor;
 pub mod tap;
 mod types;
