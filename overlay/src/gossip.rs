@@ -22,7 +22,16 @@
 //! [`GossipStats::auth_failures`], so a host without the key can neither
 //! join nor inject anything. Inside, one tag byte says what follows:
 //! a foca packet (postcard), a digest chunk or a records chunk of the
-//! directory's anti-entropy exchange.
+//! directory's anti-entropy exchange, or a chunk of a member list.
+//!
+//! # Anti-entropy
+//!
+//! Every `sync_interval` a host sends a random live member its directory
+//! digest; the peer answers with the records the host lacks and its own
+//! digest (push-pull). On joining, when a member comes back from being
+//! down, and every few rounds (fewer as the cluster grows) the exchange
+//! also carries the whole membership view, as memberlist's push-pull does,
+//! so a member that missed some SWIM updates catches up.
 //!
 //! # Identities
 //!
@@ -66,6 +75,7 @@ pub const MAX_OUTBOX: usize = 16_384;
 const TAG_FOCA: u8 = 0;
 const TAG_DIGEST: u8 = 1;
 const TAG_RECORDS: u8 = 2;
+const TAG_MEMBERS: u8 = 3;
 
 /// First and largest interval between repeated join announcements.
 const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -471,6 +481,7 @@ pub struct Gossip {
     seeds: BTreeMap<SocketAddr, (Instant, Duration)>,
     /// Every address `join` was given.
     join_addrs: BTreeSet<SocketAddr>,
+    sync_round: u64,
 }
 
 impl fmt::Debug for Gossip {
@@ -558,6 +569,7 @@ impl Gossip {
             connected: false,
             seeds: BTreeMap::new(),
             join_addrs: BTreeSet::new(),
+            sync_round: 0,
             config,
         })
     }
@@ -739,6 +751,11 @@ impl Gossip {
                 Some((head, sums)) => self.answer_digest(from, &head, &sums),
                 None => self.stats.decode_failures += 1,
             },
+            TAG_MEMBERS => {
+                if !self.left {
+                    self.handle_members(from, body);
+                }
+            }
             TAG_RECORDS => {
                 let (deltas, complete) = directory::parse_records(body);
                 if !complete {
@@ -806,12 +823,18 @@ impl Gossip {
         }
     }
 
-    fn send_digest(&mut self, to: SocketAddr) {
+    /// Starts an anti-entropy exchange with `to`: our directory digest and,
+    /// with `members`, our whole membership view (push-pull, as memberlist
+    /// does), which the peer answers with its own.
+    fn send_digest(&mut self, to: SocketAddr, members: bool) {
         self.stats.syncs_started += 1;
-        let chunks =
+        let mut chunks =
             lock(&self.shared)
                 .dir
                 .digest_chunks(TAG_DIGEST, true, self.config.plaintext_budget());
+        if members {
+            chunks.extend(self.member_chunks(true));
+        }
         for chunk in chunks {
             push_bounded(
                 &mut self.outbox,
@@ -820,6 +843,63 @@ impl Gossip {
                 to,
                 chunk,
             );
+        }
+    }
+
+    /// foca's full membership state (down members included), in chunks.
+    /// The first chunk's second byte says whether a reply is wanted.
+    fn member_chunks(&self, reply: bool) -> Vec<Vec<u8>> {
+        let budget = self.config.plaintext_budget();
+        let mut chunks = Vec::new();
+        let mut current = vec![TAG_MEMBERS, u8::from(reply)];
+        for member in self.foca.iter_membership_state() {
+            let Ok(bytes) = postcard::to_stdvec(member) else {
+                continue;
+            };
+            if current.len() + bytes.len() > budget && current.len() > 2 {
+                chunks.push(std::mem::replace(&mut current, vec![TAG_MEMBERS, 0]));
+            }
+            current.extend_from_slice(&bytes);
+        }
+        if current.len() > 2 || chunks.is_empty() {
+            chunks.push(current);
+        }
+        chunks
+    }
+
+    /// A membership chunk from a peer: merged into foca's view (and what is
+    /// new disseminated); answered with ours if the peer asks.
+    fn handle_members(&mut self, from: SocketAddr, body: &[u8]) {
+        let Some((&reply, mut rest)) = body.split_first() else {
+            self.stats.decode_failures += 1;
+            return;
+        };
+        let mut members = Vec::new();
+        while !rest.is_empty() {
+            match postcard::take_from_bytes::<Member<NodeId>>(rest) {
+                Ok((m, r)) => {
+                    members.push(m);
+                    rest = r;
+                }
+                Err(_) => {
+                    self.stats.decode_failures += 1;
+                    break;
+                }
+            }
+        }
+        if !members.is_empty() {
+            self.with_foca(|foca, io| foca.apply_many(members.into_iter(), true, io));
+        }
+        if reply == 1 {
+            for chunk in self.member_chunks(false) {
+                push_bounded(
+                    &mut self.outbox,
+                    &mut self.pool,
+                    &mut self.stats.send_drops,
+                    from,
+                    chunk,
+                );
+            }
         }
     }
 
@@ -882,7 +962,14 @@ impl Gossip {
             self.next_sync = now + jitter(&mut self.rng, self.config.sync_interval);
             if !self.left {
                 if let Some(to) = self.random_up_member() {
-                    self.send_digest(to);
+                    // Membership push-pull every k-th round, k growing with
+                    // log2 of the cluster size past 32 members (memberlist's
+                    // push-pull scaling), so its cost per host stays flat.
+                    self.sync_round += 1;
+                    let n = self.names.len().max(1) as f64;
+                    let k = (n.log2().ceil() - 5.0).max(1.0) as u64;
+                    let members = self.sync_round.is_multiple_of(k);
+                    self.send_digest(to, members);
                 }
             }
         }
@@ -917,7 +1004,7 @@ impl Gossip {
                 .filter(|(_, s)| s.is_up())
                 .map(|(id, _)| id.meta.gossip_addr);
             if let Some(addr) = addr {
-                self.send_digest(addr);
+                self.send_digest(addr, true);
             }
         }
     }
@@ -1085,7 +1172,7 @@ impl Gossip {
                         touched.extend(self.names.keys().cloned());
                         // Pull the directory from someone right away.
                         if let Some(to) = self.random_up_member_any() {
-                            self.send_digest(to);
+                            self.send_digest(to, true);
                         }
                     }
                     OwnedNotification::Rejoin(id) => {
@@ -1233,19 +1320,26 @@ impl Gossip {
     fn scan(&mut self) {
         let mut touched = BTreeSet::new();
         let mut seen = BTreeSet::new();
-        let members: Vec<(NodeId, MemberState)> = self
-            .foca
-            .iter_membership_state()
-            .map(|m| (m.id().clone(), MemberState::from(m.state())))
-            .collect();
-        for (id, state) in members {
-            let addr = id.addr();
+        // Clone only what differs: this runs often on large clusters.
+        let mut changed: Vec<(NodeId, MemberState)> = Vec::new();
+        for m in self.foca.iter_membership_state() {
+            let state = MemberState::from(m.state());
+            let addr = m.id().addr();
             seen.insert(addr);
-            let differs = self
-                .peers
-                .get(&addr)
-                .is_none_or(|p| p.state != state || p.id != id);
-            if differs {
+            if self.peers.get(&addr).is_none_or(|p| {
+                // Identities at one address differ in (boot, bump); a
+                // change of anything else comes as a Rename notification.
+                p.state != state
+                    || p.id.boot != m.id().boot
+                    || p.id.bump != m.id().bump
+                    || p.id.meta.name != m.id().meta.name
+            }) {
+                changed.push((m.id().clone(), state));
+            }
+        }
+        for (id, state) in changed {
+            let addr = id.addr();
+            {
                 touched.insert(id.meta.name.clone());
                 if let Some(p) = self.peers.get(&addr) {
                     touched.insert(p.id.meta.name.clone());

@@ -377,3 +377,271 @@ impl Sim {
         }
     }
 }
+
+/// A convergence experiment: `members` hosts form a cluster through one
+/// seed; then one host publishes an endpoint (how long until every member
+/// knows it?) and is killed (how long until every member has declared it
+/// down and removed its endpoint?).
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Cluster size.
+    pub members: usize,
+    /// Network conditions (and the network's seed).
+    pub net: SimConfig,
+    /// Gossip settings of every member.
+    pub config: GossipConfig,
+    /// Simulated time allowed for each phase.
+    pub limit: Duration,
+}
+
+/// Times taken by a fraction of the members (`None`: not reached within
+/// the limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spread {
+    /// Half of the members.
+    pub p50: Option<Duration>,
+    /// 99 % of the members.
+    pub p99: Option<Duration>,
+    /// 99.99 % of the members (all of them below 10 000 members).
+    pub p9999: Option<Duration>,
+    /// Every member.
+    pub all: Option<Duration>,
+}
+
+impl Spread {
+    fn from_times(mut times: Vec<Duration>, expected: usize) -> Spread {
+        times.sort();
+        let at = |q: f64| {
+            let rank = ((q * expected as f64).ceil() as usize).clamp(1, expected.max(1));
+            times.get(rank - 1).copied()
+        };
+        Spread {
+            p50: at(0.5),
+            p99: at(0.99),
+            p9999: at(0.9999),
+            all: at(1.0),
+        }
+    }
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2}s", d.as_secs_f64()));
+        write!(
+            f,
+            "p50 {} p99 {} p99.99 {} all {}",
+            show(self.p50),
+            show(self.p99),
+            show(self.p9999),
+            show(self.all)
+        )
+    }
+}
+
+/// What a [`Scenario`] measured.
+#[derive(Debug, Clone, Default)]
+pub struct ScenarioReport {
+    /// Cluster size.
+    pub members: usize,
+    /// Time until every member saw every other as up.
+    pub formation: Option<Duration>,
+    /// Time until members knew the new endpoint.
+    pub endpoint_known: Spread,
+    /// Time until members declared the killed host down.
+    pub declared_down: Spread,
+    /// Time until members removed the killed host's endpoint.
+    pub endpoint_removed: Spread,
+    /// Datagrams sent per member per second of simulated time, in steady
+    /// state (while the endpoint spread).
+    pub datagrams_per_member_s: f64,
+    /// Bytes delivered per member per second, in steady state.
+    pub bytes_per_member_s: f64,
+    /// Network counters over the whole run.
+    pub net: SimStats,
+    /// Authentication failures summed over members (should be 0).
+    pub auth_failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tracker {
+    n: usize,
+    up: Vec<Vec<bool>>,
+    up_count: Vec<usize>,
+    complete: usize,
+    endpoint: Option<(String, String)>,
+    known: Vec<Option<Instant>>,
+    known_count: usize,
+    down: Vec<Option<Instant>>,
+    down_count: usize,
+    removed: Vec<Option<Instant>>,
+    removed_count: usize,
+}
+
+/// Name of member `i` in scenarios.
+pub fn scenario_member_name(i: usize) -> String {
+    format!("m{i:05}")
+}
+
+/// Meta of member `i` in scenarios: symbolic loopback addresses (never
+/// used for real traffic).
+pub fn scenario_member_meta(i: usize) -> MemberMeta {
+    let ip = std::net::Ipv4Addr::from(0x7f01_0000u32 + i as u32);
+    MemberMeta {
+        name: scenario_member_name(i),
+        gossip_addr: SocketAddr::new(ip.into(), 7946),
+        tunnel_addr: SocketAddr::new(ip.into(), 4789),
+        tags: std::collections::BTreeMap::new(),
+    }
+}
+
+fn index_of(name: &str) -> Option<usize> {
+    name.strip_prefix('m')?.parse().ok()
+}
+
+impl Tracker {
+    fn tracks(&self, host: &str, key: &str) -> bool {
+        self.endpoint
+            .as_ref()
+            .is_some_and(|(h, k)| h == host && k == key)
+    }
+
+    fn observe(&mut self, i: usize, t: Instant, e: &GossipEvent) {
+        match e {
+            GossipEvent::MemberUp(meta) => {
+                if let Some(j) = index_of(&meta.name).filter(|&j| j < self.n) {
+                    if !self.up[i][j] {
+                        self.up[i][j] = true;
+                        self.up_count[i] += 1;
+                        if self.up_count[i] == self.n - 1 {
+                            self.complete += 1;
+                        }
+                    }
+                }
+            }
+            GossipEvent::MemberDown(name) => {
+                if let Some(j) = index_of(name).filter(|&j| j < self.n) {
+                    if self.up[i][j] {
+                        self.up[i][j] = false;
+                        if self.up_count[i] == self.n - 1 {
+                            self.complete -= 1;
+                        }
+                        self.up_count[i] -= 1;
+                    }
+                }
+                if self.endpoint.as_ref().is_some_and(|(h, _)| h == name) && self.down[i].is_none()
+                {
+                    self.down[i] = Some(t);
+                    self.down_count += 1;
+                }
+            }
+            GossipEvent::Directory(crate::directory::DirectoryEvent::EndpointUpsert {
+                host,
+                key,
+                ..
+            }) if self.tracks(host, key) && self.known[i].is_none() => {
+                self.known[i] = Some(t);
+                self.known_count += 1;
+            }
+            GossipEvent::Directory(crate::directory::DirectoryEvent::EndpointRemoved {
+                host,
+                key,
+                ..
+            }) if self.tracks(host, key) && self.removed[i].is_none() => {
+                self.removed[i] = Some(t);
+                self.removed_count += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs a [`Scenario`]. Deterministic for given settings.
+pub fn run_scenario(s: &Scenario) -> ScenarioReport {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let n = s.members.max(2);
+    let start = Instant::now();
+    let mut sim = Sim::new(s.net.clone(), start);
+    let tracker = Rc::new(RefCell::new(Tracker {
+        n,
+        up: vec![vec![false; n]; n],
+        up_count: vec![0; n],
+        known: vec![None; n],
+        down: vec![None; n],
+        removed: vec![None; n],
+        ..Tracker::default()
+    }));
+    let t = Rc::clone(&tracker);
+    sim.set_observer(move |i, at, e| t.borrow_mut().observe(i, at, e));
+    let key = ClusterKey::from_material(b"simulation cluster key");
+    for i in 0..n {
+        let seed = s.net.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        // The configuration and names are valid by construction.
+        if sim
+            .add_member(scenario_member_meta(i), key.clone(), s.config.clone(), seed)
+            .is_err()
+        {
+            return ScenarioReport::default();
+        }
+    }
+    let seed_addr = scenario_member_meta(0).gossip_addr;
+    for i in 1..n {
+        sim.with_member(i, |g, now| g.join(seed_addr, now));
+    }
+    let formation = sim.run_until_true(s.limit, |_| tracker.borrow().complete == n);
+    // Let the join traffic settle before measuring.
+    sim.run_for(Duration::from_secs(5));
+
+    // (a) one member publishes an endpoint.
+    let victim = n / 2;
+    let host = scenario_member_name(victim);
+    tracker.borrow_mut().endpoint = Some((host.clone(), "ep".to_owned()));
+    let before = sim.stats();
+    let t0 = sim.now();
+    let record = crate::directory::EndpointRecord {
+        network: "net".into(),
+        container: "web".into(),
+        aliases: vec!["www".into()],
+        mac: [0x02, 0x42, 10, 0, 0, 2],
+        ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        ipv6: None,
+    };
+    let _ = sim.with_member(victim, |g, now| g.publish_endpoint("ep", record, now));
+    sim.run_until_true(s.limit, |_| tracker.borrow().known_count >= n);
+    // Steady-state traffic over a fixed window after the endpoint.
+    sim.run_until(t0 + Duration::from_secs(10));
+    let window = (sim.now() - t0).as_secs_f64();
+    let after = sim.stats();
+    let datagrams_per_member_s = (after.sent - before.sent) as f64 / n as f64 / window;
+    let bytes_per_member_s = (after.bytes - before.bytes) as f64 / n as f64 / window;
+
+    // (b) kill it.
+    let t1 = sim.now();
+    sim.kill(victim);
+    sim.run_until_true(s.limit, |_| {
+        let t = tracker.borrow();
+        t.down_count >= n - 1 && t.removed_count >= n - 1
+    });
+
+    let t = tracker.borrow();
+    let others = |v: &Vec<Option<Instant>>, since: Instant| -> Vec<Duration> {
+        v.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != victim)
+            .filter_map(|(_, at)| at.map(|at| at.saturating_duration_since(since)))
+            .collect()
+    };
+    ScenarioReport {
+        members: n,
+        formation,
+        endpoint_known: Spread::from_times(others(&t.known, t0), n - 1),
+        declared_down: Spread::from_times(others(&t.down, t1), n - 1),
+        endpoint_removed: Spread::from_times(others(&t.removed, t1), n - 1),
+        datagrams_per_member_s,
+        bytes_per_member_s,
+        net: sim.stats(),
+        auth_failures: (0..n).map(|i| sim.member(i).stats().auth_failures).sum(),
+    }
+}
