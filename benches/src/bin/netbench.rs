@@ -150,8 +150,16 @@ fn select(all: Vec<Box<dyn Scenario>>, only: &[String]) -> Result<Vec<Box<dyn Sc
     }
     for name in only {
         if !all.iter().any(|s| s.group() == name || s.key() == name) {
-            let mut known: Vec<&str> = all.iter().flat_map(|s| [s.group(), s.key()]).collect();
-            known.dedup();
+            let mut known: Vec<&str> = Vec::new();
+            for n in all
+                .iter()
+                .map(|s| s.group())
+                .chain(all.iter().map(|s| s.key()))
+            {
+                if !known.contains(&n) {
+                    known.push(n);
+                }
+            }
             return Err(Error::Setup(format!(
                 "--only {name}: no such scenario or group; choose from {}",
                 known.join(", ")
@@ -232,6 +240,18 @@ fn run(args: &Args) -> Result<bool, Error> {
             version_line(&sh, &[&env.vswitch.display().to_string(), "--version"]),
         );
     }
+    // Which build ran: the binary and when it was built; the checkout's
+    // commit now is only a hint (the binary may be older).
+    if let Ok(modified) = std::fs::metadata(&env.vswitchd).and_then(|m| m.modified()) {
+        tools.insert(
+            "vswitchd_binary".into(),
+            format!(
+                "{} (built {})",
+                env.vswitchd.display(),
+                report::rfc3339_utc(modified)
+            ),
+        );
+    }
     let commit = version_line(
         &sh,
         &[
@@ -243,7 +263,7 @@ fn run(args: &Args) -> Result<bool, Error> {
             "--dirty",
         ],
     );
-    tools.insert("vswitch_git".into(), commit);
+    tools.insert("workspace_git_at_run".into(), commit);
     let machine = MachineInfo::collect(tools);
 
     let mut results = Vec::new();
