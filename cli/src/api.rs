@@ -145,6 +145,46 @@ pub struct ContainerUpdate {
     pub pid: Option<u32>,
 }
 
+/// `vswitch join-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    /// `IP` or `IP:PORT` (port 7946 by default).
+    #[serde(rename = "Peers")]
+    pub peers: Vec<String>,
+}
+
+/// A row of `vswitch members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The gossip address.
+    #[serde(rename = "Address")]
+    pub address: String,
+    /// The tunnel endpoint.
+    #[serde(rename = "TunnelAddress")]
+    pub tunnel: String,
+    /// alive, suspect or dead.
+    #[serde(rename = "State")]
+    pub state: String,
+    /// Overlay networks it has endpoints on.
+    #[serde(rename = "Networks")]
+    pub networks: Vec<String>,
+    /// True for the host answering.
+    #[serde(rename = "Local")]
+    pub local: bool,
+}
+
+/// `vswitch network vtep add|rm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Vtep {
+    /// `IP` or `IP:PORT` (port 4789 by default).
+    #[serde(rename = "Address")]
+    pub address: String,
+}
+
 /// A row of `vswitch network ls`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSummary {
@@ -214,6 +254,24 @@ pub struct NetworkInspect {
     pub containers: BTreeMap<String, NetworkContainer>,
     #[serde(rename = "MTU")]
     pub mtu: u32,
+    /// Overlays: the VXLAN network identifier.
+    #[serde(rename = "VNI", skip_serializing_if = "Option::is_none", default)]
+    pub vni: Option<u32>,
+    /// Overlays: the hosts with endpoints on the network.
+    #[serde(rename = "Peers", skip_serializing_if = "Option::is_none", default)]
+    pub peers: Option<Vec<Peer>>,
+    /// Overlays: foreign VTEPs admitted with `vswitch network vtep add`.
+    #[serde(rename = "VTEPs", skip_serializing_if = "Option::is_none", default)]
+    pub vteps: Option<Vec<String>>,
+}
+
+/// One host of an overlay network in `network inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "IP")]
+    pub ip: String,
 }
 
 /// One endpoint of a container, in `vswitch inspect`.
@@ -300,6 +358,15 @@ pub struct Stats {
     /// Control API requests refused as malformed.
     #[serde(rename = "BadRequests")]
     pub bad_requests: u64,
+    /// ARP requests and neighbour solicitations answered locally.
+    #[serde(rename = "Suppressed")]
+    pub suppressed: u64,
+    /// The VXLAN tunnel.
+    #[serde(rename = "Tunnel")]
+    pub tunnel: BTreeMap<String, u64>,
+    /// Gossip (present with a cluster).
+    #[serde(rename = "Gossip", skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub gossip: BTreeMap<String, u64>,
 }
 
 /// The body of every error response.
@@ -325,6 +392,12 @@ pub enum Request {
     ContainerInspect(String),
     ContainerRemove(String),
     Stats,
+    ClusterJoin(Join),
+    ClusterLeave,
+    ClusterMembers,
+    VtepList(String),
+    VtepAdd(String, Vtep),
+    VtepRemove(String, Vtep),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -443,6 +516,22 @@ impl Request {
                 Request::ContainerRemove(name_segment("container", name)?)
             }
             ("GET", ["stats"]) => Request::Stats,
+            ("POST", ["cluster", "join"]) => {
+                Request::ClusterJoin(body("POST /v1/cluster/join", body_bytes)?)
+            }
+            ("POST", ["cluster", "leave"]) => Request::ClusterLeave,
+            ("GET", ["cluster", "members"]) => Request::ClusterMembers,
+            ("GET", ["networks", name, "vteps"]) => {
+                Request::VtepList(name_segment("network", name)?)
+            }
+            ("POST", ["networks", name, "vteps"]) => {
+                let name = name_segment("network", name)?;
+                Request::VtepAdd(name, body("POST /v1/networks/NAME/vteps", body_bytes)?)
+            }
+            ("DELETE", ["networks", name, "vteps"]) => {
+                let name = name_segment("network", name)?;
+                Request::VtepRemove(name, body("DELETE /v1/networks/NAME/vteps", body_bytes)?)
+            }
             _ => return Err(not_found()),
         };
         Ok(req)

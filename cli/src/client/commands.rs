@@ -55,6 +55,18 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Join the cluster through one or more members (IP or IP:PORT).
+    JoinCluster {
+        #[arg(required = true, value_name = "PEER_ADDR")]
+        peers: Vec<String>,
+    },
+    /// Leave the cluster.
+    LeaveCluster,
+    /// Cluster members: name, address, state, networks.
+    Members {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// A self-contained tour on real namespaces; cleans up after itself.
     Demo {
         /// The vswitchd binary to start (default: next to this one).
@@ -97,6 +109,19 @@ pub enum NetworkCmd {
     Connect(ConnectArgs),
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
+    /// Admit, remove or list foreign VXLAN VTEPs (e.g. a kernel vxlan device) of an overlay.
+    #[command(subcommand)]
+    Vtep(VtepCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VtepCmd {
+    /// Admit a VTEP: it receives the network's broadcasts and its MACs are learned.
+    Add { network: String, addr: String },
+    /// Remove an admitted VTEP.
+    Rm { network: String, addr: String },
+    /// List admitted VTEPs.
+    Ls { network: String },
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +347,43 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::JoinCluster { peers } => {
+            let _: Vec<String> = client
+                .call("POST", "/v1/cluster/join", Some(&api::Join { peers }))
+                .await?;
+            Ok(0)
+        }
+        Command::LeaveCluster => {
+            let _: String = client
+                .call("POST", "/v1/cluster/leave", None::<&()>)
+                .await?;
+            Ok(0)
+        }
+        Command::Members { format } => {
+            let list: Vec<api::Member> = client
+                .call("GET", "/v1/cluster/members", None::<&()>)
+                .await?;
+            if format == Format::Json {
+                print_json(&list)?;
+            } else {
+                println!("{:<20} {:<24} {:<8} NETWORKS", "NAME", "ADDRESS", "STATE");
+                for m in &list {
+                    let name = if m.local {
+                        format!("{} *", m.name)
+                    } else {
+                        m.name.clone()
+                    };
+                    println!(
+                        "{:<20} {:<24} {:<8} {}",
+                        name,
+                        m.address,
+                        m.state,
+                        m.networks.join(",")
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Demo { .. } => unreachable!("handled above"),
     }
 }
@@ -414,6 +476,34 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 )
                 .await?;
         }
+        NetworkCmd::Vtep(cmd) => match cmd {
+            VtepCmd::Add { network, addr } => {
+                let _: String = client
+                    .call(
+                        "POST",
+                        &format!("/v1/networks/{network}/vteps"),
+                        Some(&api::Vtep { address: addr }),
+                    )
+                    .await?;
+            }
+            VtepCmd::Rm { network, addr } => {
+                let _: String = client
+                    .call(
+                        "DELETE",
+                        &format!("/v1/networks/{network}/vteps"),
+                        Some(&api::Vtep { address: addr }),
+                    )
+                    .await?;
+            }
+            VtepCmd::Ls { network } => {
+                let list: Vec<String> = client
+                    .call("GET", &format!("/v1/networks/{network}/vteps"), None::<&()>)
+                    .await?;
+                for v in list {
+                    println!("{v}");
+                }
+            }
+        },
         NetworkCmd::Disconnect { network, container } => {
             let _: String = client
                 .call(

@@ -20,12 +20,15 @@ use switch::dns::{DnsEntry, Zone};
 use switch::gateway::GatewayConfig;
 use switch::{MacAddr, NetworkId, PortId};
 
+use super::cluster::Cluster;
 use super::datapath::DatapathHandle;
 use super::state::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
 use super::ApiError;
 use crate::api::{self, Driver, Request, SubnetSpec};
 use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
+
+mod overlay_nets;
 
 /// What the controller needs to know at start.
 #[derive(Debug, Clone)]
@@ -35,6 +38,20 @@ pub struct ControllerConfig {
     /// Upstream resolvers for names that are not containers'.
     pub upstreams: Vec<SocketAddr>,
     pub rootless: bool,
+    /// Gossip and tunnels, when the daemon has a cluster key.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How this host takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Gossip listen address.
+    pub bind: SocketAddr,
+    /// The address other hosts reach this one at.
+    pub advertise: IpAddr,
+    /// UDP port of the VXLAN tunnel.
+    pub tunnel_port: u16,
+    pub key: overlay::ClusterKey,
 }
 
 /// Default MTU of bridge networks, as Docker's.
@@ -56,6 +73,13 @@ struct Network {
     zone: Arc<ArcSwap<Zone>>,
     /// Keyed by container name.
     endpoints: BTreeMap<String, Endpoint>,
+    /// Overlays: endpoints on other hosts, keyed by (host, key).
+    remotes: BTreeMap<(String, String), overlay::EndpointRecord>,
+    /// Overlays: the tunnel port to each host with endpoints here, and
+    /// where it points.
+    vteps: BTreeMap<String, (PortId, SocketAddr)>,
+    /// Overlays: tunnel ports of admitted foreign VTEPs.
+    static_vteps: BTreeMap<SocketAddr, PortId>,
 }
 
 impl Network {
@@ -87,6 +111,10 @@ impl Network {
         })
     }
 
+    fn is_switched(&self) -> bool {
+        matches!(self.record.driver, Driver::Bridge | Driver::Overlay)
+    }
+
     fn scope(&self) -> &'static str {
         match self.record.driver {
             Driver::Overlay => "global",
@@ -94,9 +122,10 @@ impl Network {
         }
     }
 
-    /// Publishes this network's DNS records to the gateway.
+    /// Publishes this network's DNS records (local and, for overlays,
+    /// remote endpoints) to the gateway.
     fn publish_zone(&self) {
-        let entries = self.endpoints.values().map(|e| DnsEntry {
+        let local = self.endpoints.values().map(|e| DnsEntry {
             name: e.record.container.clone(),
             aliases: e.record.aliases.clone(),
             addrs: e
@@ -107,7 +136,18 @@ impl Network {
                 .chain(e.record.ipv6.map(|n| IpAddr::V6(n.addr())))
                 .collect(),
         });
-        self.zone.store(Arc::new(Zone::new(entries)));
+        let remote = self.remotes.values().map(|r| DnsEntry {
+            name: r.container.clone(),
+            aliases: r.aliases.clone(),
+            addrs: r
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(r.ipv6.map(IpAddr::V6))
+                .collect(),
+        });
+        self.zone
+            .store(Arc::new(Zone::new(local.chain(remote).collect::<Vec<_>>())));
     }
 }
 
@@ -118,6 +158,9 @@ pub struct Controller {
     store: Store,
     ipam: ipam::Ipam<String>,
     datapath: DatapathHandle,
+    cluster: Option<Cluster>,
+    /// Gossip events, until the daemon takes them to feed them back.
+    events: Option<std::sync::mpsc::Receiver<overlay::GossipEvent>>,
     networks: BTreeMap<String, Network>,
     containers: BTreeMap<String, ContainerRecord>,
     next_port: u32,
@@ -186,12 +229,39 @@ impl Controller {
     /// Opens the state, restores networks and endpoints, starts the datapath.
     pub fn start(config: ControllerConfig) -> anyhow::Result<Controller> {
         let store = Store::open(&config.state_dir)?;
-        let datapath = DatapathHandle::start(BridgeConfig::default(), None)?;
+        let (tunnel, gossip_socket) = match &config.cluster {
+            Some(cs) => {
+                let tunnel_bind = SocketAddr::new(cs.bind.ip(), cs.tunnel_port);
+                let tunnel = std::net::UdpSocket::bind(tunnel_bind).map_err(|e| {
+                    anyhow::anyhow!(
+                        "binding the tunnel port {tunnel_bind}: {e}; pick another --tunnel-port"
+                    )
+                })?;
+                let gossip = std::net::UdpSocket::bind(cs.bind).map_err(|e| {
+                    anyhow::anyhow!(
+                        "binding the gossip address {}: {e}; pick another --bind",
+                        cs.bind
+                    )
+                })?;
+                (Some(tunnel), Some(gossip))
+            }
+            None => (None, None),
+        };
+        let datapath = DatapathHandle::start(BridgeConfig::default(), tunnel)?;
+        let (cluster, events) = match (&config.cluster, gossip_socket) {
+            (Some(cs), Some(sock)) => {
+                let (c, rx) = overlay_nets::start_cluster(cs, &config.node_name, sock)?;
+                (Some(c), Some(rx))
+            }
+            _ => (None, None),
+        };
         let mut c = Controller {
             config,
             store,
             ipam: ipam::Ipam::new(),
             datapath,
+            cluster,
+            events,
             networks: BTreeMap::new(),
             containers: BTreeMap::new(),
             next_port: 1,
@@ -199,6 +269,7 @@ impl Controller {
             bad_requests: 0,
         };
         c.restore()?;
+        c.rejoin_cluster();
         for (name, driver) in [("host", Driver::Host), ("none", Driver::None)] {
             if !c.networks.contains_key(name) {
                 c.create_network(api::NetworkCreate {
@@ -220,7 +291,16 @@ impl Controller {
     /// Stops the datapath. TAPs stay in their namespaces (they are
     /// persistent), so a restarted daemon finds them again.
     pub fn shutdown(&mut self) {
+        if let Some(mut c) = self.cluster.take() {
+            c.shutdown();
+        }
         self.datapath.shutdown();
+    }
+
+    /// The gossip events, for the daemon to feed back through
+    /// [`Controller::handle_cluster_event`].
+    pub fn take_events(&mut self) -> Option<std::sync::mpsc::Receiver<overlay::GossipEvent>> {
+        self.events.take()
     }
 
     fn restore(&mut self) -> anyhow::Result<()> {
@@ -353,6 +433,12 @@ impl Controller {
                 to_value(name)
             }
             Request::Stats => to_value(self.stats()?),
+            Request::ClusterJoin(j) => to_value(self.join_cluster(&j.peers)?),
+            Request::ClusterLeave => to_value(self.leave_cluster()?),
+            Request::ClusterMembers => to_value(self.members()?),
+            Request::VtepList(n) => to_value(self.vtep_list(&n)?),
+            Request::VtepAdd(n, v) => to_value(self.vtep_add(&n, &v.address)?),
+            Request::VtepRemove(n, v) => to_value(self.vtep_remove(&n, &v.address)?),
         }
     }
 
@@ -399,6 +485,21 @@ impl Controller {
                     },
                 )
             })
+            .chain(n.remotes.iter().map(|((host, key), r)| {
+                let prefix4 = n.subnet4().map(|s| s.prefix_len()).unwrap_or(32);
+                let prefix6 = n.subnet6().map(|s| s.prefix_len()).unwrap_or(128);
+                (
+                    format!("ep-{key}"),
+                    api::NetworkContainer {
+                        name: r.container.clone(),
+                        endpoint_id: key.clone(),
+                        mac: MacAddr(r.mac).to_string(),
+                        ipv4: r.ipv4.map(|a| format!("{a}/{prefix4}")).unwrap_or_default(),
+                        ipv6: r.ipv6.map(|a| format!("{a}/{prefix6}")).unwrap_or_default(),
+                        host: host.clone(),
+                    },
+                )
+            }))
             .collect();
         Ok(api::NetworkInspect {
             name: n.record.name.clone(),
@@ -416,6 +517,10 @@ impl Controller {
             labels: n.record.labels.clone(),
             containers,
             mtu: n.record.mtu,
+            vni: n.record.vni,
+            peers: (n.record.driver == Driver::Overlay).then(|| self.overlay_peers(n)),
+            vteps: (n.record.driver == Driver::Overlay)
+                .then(|| n.static_vteps.keys().map(|a| a.to_string()).collect()),
         })
     }
 
@@ -427,18 +532,14 @@ impl Controller {
             )));
         }
         for key in req.options.keys() {
-            if !matches!(key.as_str(), "encrypted" | "transport") {
+            if !matches!(key.as_str(), "vni") {
                 return Err(ApiError::bad(format!(
-                    "unknown network option `{key}`; known options: encrypted, transport"
+                    "unknown network option `{key}`; known options: vni=N (overlays, to meet a kernel VTEP)"
                 )));
             }
         }
         match req.driver {
-            Driver::Overlay => {
-                return Err(ApiError::bad(
-                    "overlay networks need a cluster, which this vswitchd does not run yet; use --driver bridge",
-                ))
-            }
+            Driver::Overlay => return self.create_overlay(req),
             Driver::Host | Driver::None => {
                 if !req.subnets.is_empty() || req.ipv6 {
                     return Err(ApiError::bad(format!(
@@ -472,6 +573,8 @@ impl Controller {
             subnets,
             options: req.options,
             labels: req.labels,
+            vni: None,
+            static_vteps: Vec::new(),
         };
         if let Err(e) = self.install_network(record.clone()) {
             let _ = self.ipam.remove_network(record.name.as_str());
@@ -550,7 +653,9 @@ impl Controller {
 
     /// Makes a network live: IPAM (when restoring), bridge domain, gateway.
     fn install_network(&mut self, record: NetworkRecord) -> Result<(), ApiError> {
-        if record.driver == Driver::Bridge && !self.ipam.contains_network(record.name.as_str()) {
+        if matches!(record.driver, Driver::Bridge | Driver::Overlay)
+            && !self.ipam.contains_network(record.name.as_str())
+        {
             let configs: Vec<ipam::SubnetConfig> = record
                 .subnets
                 .iter()
@@ -573,8 +678,11 @@ impl Controller {
             id: None,
             zone,
             endpoints: BTreeMap::new(),
+            remotes: BTreeMap::new(),
+            vteps: BTreeMap::new(),
+            static_vteps: BTreeMap::new(),
         };
-        if net.record.driver == Driver::Bridge {
+        if net.is_switched() {
             let id = NetworkId(self.next_network);
             self.next_network += 1;
             let gw_port = self.alloc_port();
@@ -599,6 +707,18 @@ impl Controller {
                 .add_network(id, Some((gw_port, config)))
                 .map_err(ApiError::internal)?;
             net.id = Some(id);
+            if let Some(vni) = net.record.vni.and_then(overlay::Vni::new) {
+                self.datapath
+                    .set_vni(id, Some(vni))
+                    .map_err(ApiError::internal)?;
+            }
+            for addr in net.record.static_vteps.clone() {
+                let port = self.alloc_port();
+                self.datapath
+                    .add_vtep(port, id, addr)
+                    .map_err(ApiError::internal)?;
+                net.static_vteps.insert(addr, port);
+            }
         }
         self.networks.insert(net.record.name.clone(), net);
         Ok(())
@@ -628,6 +748,9 @@ impl Controller {
                 "network `{name}` has active endpoints ({}); disconnect them first with `vswitch network disconnect {name} CONTAINER`",
                 names.join(", ")
             )));
+        }
+        if n.record.driver == Driver::Overlay {
+            return self.remove_overlay(name);
         }
         self.store.delete_network(name).map_err(internal)?;
         self.uninstall_network(name);
@@ -660,14 +783,13 @@ impl Controller {
     fn connect(&mut self, network: &str, req: api::Connect) -> Result<(), ApiError> {
         let net = self.network(network)?;
         match net.record.driver {
-            Driver::Bridge => {}
+            Driver::Bridge | Driver::Overlay => {}
             Driver::Host | Driver::None => {
                 return Err(ApiError::bad(format!(
                     "network `{network}` uses the {} driver, which has no endpoints to connect; use `vswitch run --network {network}`",
                     net.record.driver.as_str()
                 )))
             }
-            Driver::Overlay => return Err(ApiError::bad("overlay networks are not available yet")),
         }
         if net.endpoints.contains_key(&req.container) {
             return Err(ApiError::conflict(format!(
@@ -851,9 +973,13 @@ impl Controller {
         tracing::info!(container = %rec.container, network, ifname = %rec.ifname,
             ipv4 = ?rec.ipv4, ipv6 = ?rec.ipv6, "endpoint connected");
         let net = self.networks.get_mut(network).expect("exists");
+        let overlay = net.record.driver == Driver::Overlay;
         net.endpoints
             .insert(rec.container.clone(), Endpoint { record: rec, port });
         net.publish_zone();
+        if overlay {
+            self.publish_local_endpoint(network, &req.container);
+        }
         Ok(())
     }
 
@@ -885,6 +1011,9 @@ impl Controller {
         let net = self.networks.get_mut(network).expect("exists");
         let ep = net.endpoints.remove(container).expect("checked");
         net.publish_zone();
+        if net.record.driver == Driver::Overlay {
+            self.withdraw_local_endpoint(&ep.record.id);
+        }
         let netns = self.containers.get(container).and_then(|c| c.netns.clone());
         if let Some(netns) = netns {
             self.teardown_port(ep.port, &netns, &ep.record.ifname);
@@ -1023,10 +1152,41 @@ impl Controller {
                 });
             }
         }
+        let t = dp.tunnel;
+        let tunnel = [
+            ("RxPackets", t.rx_packets),
+            ("TxPackets", t.tx_packets),
+            ("Malformed", t.malformed),
+            ("UnknownVni", t.unknown_vni),
+            ("NonMember", t.non_member),
+            ("SendErrors", t.send_errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let gossip = match &self.cluster {
+            Some(c) => {
+                let g = c.with(|g, _| g.stats());
+                [
+                    ("DatagramsIn", g.datagrams_in),
+                    ("DatagramsOut", g.datagrams_out),
+                    ("AuthFailures", g.auth_failures),
+                    ("DecodeFailures", g.decode_failures),
+                    ("ProtocolErrors", g.protocol_errors),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+            }
+            None => BTreeMap::new(),
+        };
         Ok(api::Stats {
             ports,
             drops: dp.drops,
             bad_requests: self.bad_requests,
+            suppressed: dp.suppressed,
+            tunnel,
+            gossip,
         })
     }
 }
@@ -1085,13 +1245,24 @@ fn stop_process(pid: u32) {
     }
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(100));
-        if kill(pid, None).is_err() {
+        if !is_running(pid) {
             return;
         }
-        // Reap it if it is our child (it is not, normally).
-        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
     let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// True while `pid` exists and is not a zombie waiting for its parent (a
+/// zombie still answers `kill(pid, 0)`).
+fn is_running(pid: nix::unistd::Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

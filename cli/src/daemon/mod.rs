@@ -1,6 +1,7 @@
 //! `vswitchd`: wiring of the control API, the durable state, the controller
 //! and the datapath thread.
 
+pub mod cluster;
 pub mod controller;
 pub mod datapath;
 pub mod server;
@@ -194,11 +195,34 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into()),
     };
+    let cluster = match &args.cluster_key_file {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the cluster key file {}", path.display()))?;
+            let key = overlay::ClusterKey::from_file_bytes(&bytes)
+                .with_context(|| format!("cluster key file {}", path.display()))?;
+            let advertise = match (args.advertise_addr, args.bind.ip()) {
+                (Some(ip), _) => ip,
+                (None, ip) if !ip.is_unspecified() => ip,
+                _ => bail!(
+                    "with --cluster-key-file, say which address other hosts reach this one at: --advertise-addr IP (or --bind IP:PORT)"
+                ),
+            };
+            Some(controller::ClusterSettings {
+                bind: args.bind,
+                advertise,
+                tunnel_port: args.tunnel_port,
+                key,
+            })
+        }
+        None => None,
+    };
     let config = controller::ControllerConfig {
         state_dir: state_dir.clone(),
         node_name,
         upstreams,
         rootless: args.rootless,
+        cluster,
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -212,6 +236,20 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             .await
             .context("controller start")??;
         let ctrl = Arc::new(Mutex::new(ctrl));
+        // Gossip events are applied by a thread of their own.
+        let events = ctrl.lock().unwrap_or_else(|p| p.into_inner()).take_events();
+        if let Some(events) = events {
+            let ctrl = ctrl.clone();
+            std::thread::Builder::new()
+                .name("vswitch-cluster-events".into())
+                .spawn(move || {
+                    while let Ok(ev) = events.recv() {
+                        ctrl.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .handle_cluster_event(ev);
+                    }
+                })?;
+        }
         tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "vswitchd ready");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(server::serve(listener, ctrl.clone(), stop_rx));

@@ -91,6 +91,10 @@ pub struct NetworkRecord {
     pub subnets: Vec<SubnetSpec>,
     pub options: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// Overlays: the VXLAN network identifier.
+    pub vni: Option<u32>,
+    /// Overlays: foreign VTEPs admitted by hand.
+    pub static_vteps: Vec<std::net::SocketAddr>,
 }
 
 /// A sandbox: a network namespace and, for `vswitch run -d`, its process.
@@ -302,6 +306,8 @@ mod tests {
             }],
             options: BTreeMap::new(),
             labels: [("a".to_string(), "b".to_string())].into(),
+            vni: Some(42),
+            static_vteps: vec!["192.0.2.9:4789".parse().unwrap()],
         };
         let ep = EndpointRecord {
             container: "c1".into(),

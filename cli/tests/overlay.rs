@@ -1,0 +1,438 @@
+//! End-to-end tests of overlay networks: three "hosts" (namespaces, one
+//! vswitchd each) on an underlay (veths into a bridge namespace), gossip
+//! with a cluster key, VXLAN between them, a kernel vxlan device as a
+//! foreign VTEP. Every address used is inside namespaces the test made.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The underlay: a namespace with a Linux bridge; hosts plug in with veths.
+struct Underlay {
+    ns: Netns,
+    bridge: String,
+}
+
+impl Underlay {
+    fn new() -> Underlay {
+        let ns = Netns::new("vsul");
+        let bridge = "br0".to_string();
+        ok(&[
+            "ip", "-n", &ns.name, "link", "add", &bridge, "type", "bridge",
+        ]);
+        ok(&["ip", "-n", &ns.name, "link", "set", &bridge, "up"]);
+        Underlay { ns, bridge }
+    }
+
+    /// A namespace plugged into the underlay with `addr` (CIDR).
+    fn plug(&self, prefix: &str, addr: &str) -> Netns {
+        let ns = Netns::new(prefix);
+        let (a, b) = (unique("ua"), unique("ub"));
+        ok(&[
+            "ip",
+            "link",
+            "add",
+            &a,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &self.ns.name,
+        ]);
+        ok(&["ip", "-n", &ns.name, "addr", "add", addr, "dev", &a]);
+        ok(&["ip", "-n", &ns.name, "link", "set", &a, "up"]);
+        ok(&[
+            "ip",
+            "-n",
+            &self.ns.name,
+            "link",
+            "set",
+            &b,
+            "master",
+            &self.bridge,
+        ]);
+        ok(&["ip", "-n", &self.ns.name, "link", "set", &b, "up"]);
+        ns
+    }
+
+    /// Cuts (or restores) a host's link into the underlay bridge.
+    fn set_link(&self, host_ns: &str, up: bool) {
+        let links = stdout(&cmd(&[
+            "ip", "-n", host_ns, "-o", "link", "show", "type", "veth",
+        ]));
+        let dev = links
+            .split(':')
+            .nth(1)
+            .map(|s| s.trim().split('@').next().unwrap().to_string())
+            .expect("host has a veth");
+        ok(&[
+            "ip",
+            "-n",
+            host_ns,
+            "link",
+            "set",
+            &dev,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+fn key_file(tag: &str, contents: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("vskey-{tag}-{}", std::process::id()));
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+fn cluster_host(ul: &Underlay, ip: &str, key: &std::path::Path) -> Host {
+    let ns = ul.plug("vsh", &format!("{ip}/24"));
+    Host::start_in(
+        ns,
+        &[
+            "--cluster-key-file",
+            key.to_str().unwrap(),
+            "--advertise-addr",
+            ip,
+            "--bind",
+            &format!("{ip}:7946"),
+        ],
+    )
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {within:?} waiting for {what}");
+}
+
+fn alive_members(h: &Host) -> usize {
+    let out = h.vs(&["members", "--format", "json"]);
+    if !out.status.success() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| a.iter().filter(|m| m["State"] == "alive").count())
+        .unwrap_or(0)
+}
+
+fn resolves(ns: &str, server: &str, name: &str) -> Option<String> {
+    let o = ns_exec(
+        ns,
+        &[
+            "dig",
+            &format!("@{server}"),
+            "+short",
+            "+time=1",
+            "+tries=1",
+            name,
+        ],
+    );
+    // Only addresses count: dig prints its own errors on stdout too.
+    stdout(&o)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.parse::<std::net::IpAddr>().is_ok())
+        .map(str::to_string)
+}
+
+#[test]
+fn three_hosts_overlay_ping_dns_failure_and_restart() {
+    if !root_or_skip("three_hosts_overlay_ping_dns_failure_and_restart") {
+        return;
+    }
+    let ul = Underlay::new();
+    let key = key_file("good", "correct horse battery staple");
+    let mut h1 = cluster_host(&ul, "192.0.2.11", &key);
+    let mut h2 = cluster_host(&ul, "192.0.2.12", &key);
+    let mut h3 = cluster_host(&ul, "192.0.2.13", &key);
+    h2.vs_ok(&["join-cluster", "192.0.2.11"]);
+    h3.vs_ok(&["join-cluster", "192.0.2.11:7946"]);
+    for h in [&h1, &h2, &h3] {
+        wait_for("3 alive members", Duration::from_secs(15), || {
+            alive_members(h) == 3
+        });
+    }
+
+    // A network made on one host exists on all of them.
+    let net = unique("ov");
+    h1.vs_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.240.0.0/24",
+        &net,
+    ]);
+    for h in [&h2, &h3] {
+        wait_for("the overlay on every host", Duration::from_secs(10), || {
+            h.vs(&["network", "inspect", &net]).status.success()
+        });
+    }
+    let i2 = h2.vs_json(&["network", "inspect", &net]);
+    assert_eq!(i2[0]["Scope"], "global");
+    assert_eq!(i2[0]["Driver"], "overlay");
+    assert!(i2[0]["VNI"].as_u64().is_some(), "{i2}");
+    let i1 = h1.vs_json(&["network", "inspect", &net]);
+    assert_eq!(i1[0]["VNI"], i2[0]["VNI"]);
+    // MTU: underlay 1500 minus 50 for VXLAN over IPv4.
+    assert_eq!(i2[0]["MTU"], 1450);
+
+    let a = h1.run("a", &net, &[]);
+    wait_for("a's endpoint on h2", Duration::from_secs(10), || {
+        h2.vs_json(&["network", "inspect", &net])[0]["Containers"]
+            .as_object()
+            .is_some_and(|c| c.values().any(|v| v["Name"] == a.as_str()))
+    });
+    let b = h2.run("b", &net, &["--alias", "bee"]);
+    wait_for("b's endpoint on h3", Duration::from_secs(10), || {
+        h3.vs_json(&["network", "inspect", &net])[0]["Containers"]
+            .as_object()
+            .is_some_and(|c| c.values().any(|v| v["Name"] == b.as_str()))
+    });
+    let c = h3.run("c", &net, &[]);
+    let link = stdout(&ns_exec(&a, &["ip", "-o", "link", "show", "eth0"]));
+    assert!(link.contains("mtu 1450"), "{link}");
+    let (ip_a, ip_b) = (h1.ip_of(&a, &net), h2.ip_of(&b, &net));
+    let ip_c = h3.ip_of(&c, &net);
+    assert!(ip_a != ip_b && ip_b != ip_c && ip_a != ip_c);
+
+    // Names of containers on every host resolve on every host.
+    wait_for("c resolvable on h1", Duration::from_secs(10), || {
+        resolves(&a, "10.240.0.1", &c).as_deref() == Some(ip_c.as_str())
+    });
+    assert_eq!(
+        resolves(&c, "10.240.0.1", "bee").as_deref(),
+        Some(ip_b.as_str())
+    );
+    // Pings across hosts, by name.
+    for (from, to) in [(&a, &b), (&b, &c), (&c, &a)] {
+        let o = ns_exec(from, &["ping", "-c", "2", "-W", "2", to]);
+        assert!(
+            o.status.success(),
+            "{from} -> {to}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    // ARP for remote endpoints was answered locally.
+    let stats = h1.vs_json(&["stats", "--json"]);
+    assert!(stats["Suppressed"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["Tunnel"]["TxPackets"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+
+    // SIGKILL h3's daemon: its endpoint leaves the others' DNS and tables
+    // within 10 s.
+    h3.kill9();
+    let killed = Instant::now();
+    wait_for("c gone from h1's DNS", Duration::from_secs(30), || {
+        resolves(&a, "10.240.0.1", &c).is_none()
+    });
+    wait_for("c gone from h2's inspect", Duration::from_secs(10), || {
+        !h2.vs_json(&["network", "inspect", &net])[0]["Containers"]
+            .as_object()
+            .is_some_and(|m| m.values().any(|v| v["Name"] == c.as_str()))
+    });
+    let detected = killed.elapsed();
+    eprintln!("FIGURE failure detected and c removed everywhere in {detected:?}");
+    assert!(detected < Duration::from_secs(10), "took {detected:?}");
+
+    // Restart h3: it rejoins by itself and its container is reachable again.
+    h3.restart();
+    let restarted = Instant::now();
+    wait_for(
+        "c reachable from a after h3's restart",
+        Duration::from_secs(20),
+        || {
+            ns_exec(&a, &["ping", "-c", "1", "-W", "1", &ip_c])
+                .status
+                .success()
+        },
+    );
+    eprintln!(
+        "c reachable again {:?} after the restart",
+        restarted.elapsed()
+    );
+    wait_for("c resolvable again", Duration::from_secs(10), || {
+        resolves(&a, "10.240.0.1", &c).as_deref() == Some(ip_c.as_str())
+    });
+
+    // Cut h2's underlay link and restore it: everything converges again.
+    ul.set_link(&h2.ns.name, false);
+    wait_for("b gone on h1 while cut", Duration::from_secs(20), || {
+        resolves(&a, "10.240.0.1", &b).is_none()
+    });
+    ul.set_link(&h2.ns.name, true);
+    wait_for(
+        "b back on h1 after healing",
+        Duration::from_secs(30),
+        || resolves(&a, "10.240.0.1", &b).as_deref() == Some(ip_b.as_str()),
+    );
+    let o = ns_exec(&a, &["ping", "-c", "2", "-W", "2", &ip_b]);
+    assert!(o.status.success(), "after healing: {}", stdout(&o));
+    let _ = std::fs::remove_file(key);
+}
+
+#[test]
+fn wrong_key_cannot_join_and_non_members_cannot_inject() {
+    if !root_or_skip("wrong_key_cannot_join_and_non_members_cannot_inject") {
+        return;
+    }
+    let ul = Underlay::new();
+    let good = key_file("good2", "the right key for this cluster");
+    let bad = key_file("bad2", "some other key entirely wrong");
+    let h1 = cluster_host(&ul, "192.0.2.21", &good);
+    let intruder = cluster_host(&ul, "192.0.2.22", &bad);
+    intruder.vs_ok(&["join-cluster", "192.0.2.21"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alive_members(&h1), 1, "a host with the wrong key joined");
+    assert_eq!(alive_members(&intruder), 1);
+    let stats = h1.vs_json(&["stats", "--json"]);
+    assert!(
+        stats["Gossip"]["AuthFailures"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+
+    // A raw VXLAN packet from a non-member is dropped and counted.
+    let net = unique("ov");
+    h1.vs_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--opt",
+        "vni=4242",
+        "--subnet",
+        "10.241.0.0/24",
+        &net,
+    ]);
+    let o = ns_exec(
+        &intruder.ns.name,
+        &["sh", "-c", "printf '\\010\\000\\000\\000\\000\\020\\222\\000ffffffffffffaaaaaaaaaaaa\\010\\006payload' | nc -u -w1 -q1 192.0.2.21 4789"],
+    );
+    let _ = o;
+    wait_for("a non-member drop", Duration::from_secs(5), || {
+        h1.vs_json(&["stats", "--json"])["Tunnel"]["NonMember"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn kernel_vxlan_device_is_a_working_peer() {
+    if !root_or_skip("kernel_vxlan_device_is_a_working_peer") {
+        return;
+    }
+    let ul = Underlay::new();
+    let key = key_file("k", "interop key for the kernel test");
+    let mut h1 = cluster_host(&ul, "192.0.2.31", &key);
+    let net = unique("ov");
+    h1.vs_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--opt",
+        "vni=5001",
+        "--subnet",
+        "10.242.0.0/24",
+        &net,
+    ]);
+    let inspect = h1.vs_json(&["network", "inspect", &net]);
+    assert_eq!(inspect[0]["VNI"], 5001);
+    let a = h1.run("a", &net, &["--ip", "10.242.0.2"]);
+
+    // The foreign VTEP: a kernel vxlan device with the same VNI, static FDB
+    // toward h1, in a namespace of the test.
+    let k = ul.plug("vsk", "192.0.2.40/24");
+    ok(&[
+        "ip",
+        "-n",
+        &k.name,
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "5001",
+        "local",
+        "192.0.2.40",
+        "dstport",
+        "4789",
+        "nolearning",
+    ]);
+    ok(&["ip", "-n", &k.name, "link", "set", "vx0", "mtu", "1450"]);
+    ok(&[
+        "bridge",
+        "-n",
+        &k.name,
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vx0",
+        "dst",
+        "192.0.2.31",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &k.name,
+        "addr",
+        "add",
+        "10.242.0.50/24",
+        "dev",
+        "vx0",
+    ]);
+    ok(&["ip", "-n", &k.name, "link", "set", "vx0", "up"]);
+
+    // Not admitted yet: dropped as a non-member.
+    assert!(!k
+        .exec(&["ping", "-c", "1", "-W", "1", "10.242.0.2"])
+        .status
+        .success());
+    h1.vs_ok(&["network", "vtep", "add", &net, "192.0.2.40"]);
+    let ls = h1.vs_ok(&["network", "vtep", "ls", &net]);
+    assert!(ls.contains("192.0.2.40:4789"), "{ls}");
+    let o = k.exec(&["ping", "-c", "3", "-W", "2", "10.242.0.2"]);
+    assert!(
+        o.status.success(),
+        "kernel vxlan -> vswitch: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = ns_exec(&a, &["ping", "-c", "2", "-W", "2", "10.242.0.50"]);
+    assert!(
+        o.status.success(),
+        "vswitch -> kernel vxlan: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let inspect = h1.vs_json(&["network", "inspect", &net]);
+    assert_eq!(inspect[0]["VTEPs"][0], "192.0.2.40:4789");
+    // Restart: the admitted VTEP is durable.
+    h1.restart();
+    wait_for("kernel peer after restart", Duration::from_secs(10), || {
+        k.exec(&["ping", "-c", "1", "-W", "1", "10.242.0.2"])
+            .status
+            .success()
+    });
+    let _ = std::fs::remove_file(key);
+}
