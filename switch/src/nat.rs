@@ -50,7 +50,8 @@
 //!
 //! # UDP
 //!
-//! UDP does not go through smoltcp. A datagram from a container to X:p opens
+//! UDP does not go through smoltcp (nor does ICMP: smoltcp with AnyIP would
+//! answer pings for every address). A datagram from a container to X:p opens
 //! a flow keyed by the container's address and port and X:p; the daemon
 //! makes one host socket per flow ([`NatEvent::UdpFlowOpened`]), sends the
 //! flow's datagrams ([`Nat::poll_datagram`]) and feeds what the socket
@@ -60,6 +61,15 @@
 //! from the client's own address, and the container's answers come out as
 //! datagrams to send from the listener socket to that client. Flows end
 //! after [`NatLimits::udp_idle`] without traffic either way.
+//!
+//! # ICMP echo
+//!
+//! An echo request to X opens an echo flow keyed by the container's address,
+//! the echo identifier and X ([`NatEvent::IcmpFlowOpened`]); the daemon sends
+//! the flow's datagrams, each the whole echo request, from an unprivileged
+//! ping socket, whose kernel sets its own identifier, and feeds the replies
+//! to [`Nat::icmp_reply`], which restores the container's identifier. Echo
+//! flows share the UDP flow table, its limit and its idle timeout.
 //!
 //! # Bounds
 //!
@@ -74,9 +84,10 @@
 //! internal network (`egress: false`) nothing leaves: egress SYNs and
 //! datagrams are dropped and counted, published ports still work.
 //!
-//! Limits: no ICMP (echo through ping sockets is not done); IP fragments
-//! are dropped; a datagram larger than the network's MTU allows is dropped,
-//! not fragmented.
+//! Limits: ICMP errors are neither relayed to containers nor taken from
+//! them (a host socket's "port unreachable" shows up only as an error on
+//! that socket); IP fragments are dropped; a datagram larger than the
+//! network's MTU allows is dropped, not fragmented.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -132,7 +143,8 @@ pub struct NatLimits {
     /// Egress connections waiting for [`Nat::egress_connected`] (bounds the
     /// host connects a SYN flood can start). Beyond: RST.
     pub max_tcp_connecting: usize,
-    /// UDP flows, egress and inbound. Beyond: the datagram is dropped.
+    /// UDP flows, egress and inbound, and ICMP echo flows. Beyond: the
+    /// datagram is dropped.
     pub max_udp_flows: usize,
     /// Receive and send buffer of each TCP socket, bytes (1 KiB..=16 MiB).
     pub tcp_buffer: usize,
@@ -141,7 +153,8 @@ pub struct NatLimits {
     /// How long an egress SYN waits for [`Nat::egress_connected`] before the
     /// container gets RST.
     pub tcp_connect_timeout: Duration,
-    /// A UDP flow with no datagram either way for this long is closed.
+    /// A UDP or ICMP echo flow with no datagram either way for this long is
+    /// closed.
     pub udp_idle: Duration,
 }
 
@@ -270,6 +283,21 @@ pub enum NatEvent {
     },
     /// An egress flow expired: close its host socket.
     UdpFlowClosed(FlowId),
+    /// A container pings `dst`: make a host ICMP echo ("ping") socket for
+    /// the flow, connected to `dst`, send the flow's datagrams from it (each
+    /// a whole echo request: the kernel sets identifier and checksum) and
+    /// feed the echo replies it receives to [`Nat::icmp_reply`]. Where the
+    /// host allows no ping sockets, ignore it: the container sees no reply.
+    IcmpFlowOpened {
+        /// The flow.
+        flow: FlowId,
+        /// The container's address.
+        src: IpAddr,
+        /// The address pinged.
+        dst: IpAddr,
+    },
+    /// An echo flow expired: close its ping socket.
+    IcmpFlowClosed(FlowId),
 }
 
 /// Which host socket a [`Datagram`] leaves from.
@@ -345,6 +373,16 @@ pub struct NatStats {
     pub udp_to_container: u64,
     /// Datagrams dropped: queue full, too big, unknown flow or wrong family.
     pub udp_dropped: u64,
+    /// ICMP echo flows opened.
+    pub icmp_flows: u64,
+    /// ICMP echo flows now held (a gauge).
+    pub icmp_active: u64,
+    /// Echo requests from containers handed to the daemon.
+    pub icmp_to_host: u64,
+    /// Echo replies written to containers.
+    pub icmp_to_container: u64,
+    /// Echo messages dropped: table or queue full, bad reply, unknown flow.
+    pub icmp_dropped: u64,
 }
 
 /// True when the daemon should hand `frame` (received on the gateway port)
@@ -492,6 +530,9 @@ enum FlowKind {
         listener: ListenerId,
         client: SocketAddr,
     },
+    /// A container's echo requests, through the flow's ping socket. The
+    /// tuple's container port is the echo identifier, the peer port 0.
+    Echo,
 }
 
 #[derive(Debug)]
@@ -754,6 +795,7 @@ pub struct Nat {
     neighbors: HashMap<IpAddr, Neighbor>,
     flows: HashMap<FlowId, UdpFlow>,
     flow_tuples: HashMap<Tuple, FlowId>,
+    echo_tuples: HashMap<Tuple, FlowId>,
     inbound_flows: HashMap<(ListenerId, SocketAddr, SocketAddr), FlowId>,
     tcp_ports: HashSet<(IpAddr, u16)>,
     udp_ports: HashSet<(IpAddr, u16)>,
@@ -889,6 +931,7 @@ impl Nat {
             neighbors,
             flows: HashMap::new(),
             flow_tuples: HashMap::new(),
+            echo_tuples: HashMap::new(),
             inbound_flows: HashMap::new(),
             tcp_ports: HashSet::new(),
             udp_ports: HashSet::new(),
@@ -915,7 +958,8 @@ impl Nat {
         s.frames_dropped += self.tx.dropped;
         s.tcp_active = (self.conns.len() - self.lingering.len()) as u64;
         s.tcp_time_wait = self.lingering.len() as u64;
-        s.udp_active = self.flows.len() as u64;
+        s.icmp_active = self.echo_tuples.len() as u64;
+        s.udp_active = (self.flows.len() - self.echo_tuples.len()) as u64;
         s
     }
 
@@ -1000,6 +1044,33 @@ impl Nat {
             // our peers send them on TCP/UDP.
             Some(TransportSlice::Tcp(tcp)) if direct => self.tcp_segment(&ingress, tcp, now),
             Some(TransportSlice::Udp(udp)) if direct => self.udp_datagram(&ingress, udp, now),
+            Some(TransportSlice::Icmpv4(icmp)) if direct => {
+                let etherparse::Icmpv4Type::EchoRequest(echo) = icmp.icmp_type() else {
+                    self.stats.frames_unsupported += 1;
+                    return;
+                };
+                let want =
+                    etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
+                if want.checksum != icmp.checksum() {
+                    self.stats.frames_bad_checksum += 1;
+                    return;
+                }
+                self.echo_request(&ingress, echo.id, icmp.slice(), now);
+            }
+            Some(TransportSlice::Icmpv6(icmp)) if direct => {
+                let etherparse::Icmpv6Type::EchoRequest(echo) = icmp.icmp_type() else {
+                    self.stats.frames_unsupported += 1;
+                    return;
+                };
+                let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+                    return;
+                };
+                if !icmp.is_checksum_valid(s.octets(), d.octets()) {
+                    self.stats.frames_bad_checksum += 1;
+                    return;
+                }
+                self.echo_request(&ingress, echo.id, icmp.slice(), now);
+            }
             _ => self.stats.frames_unsupported += 1,
         }
     }
@@ -1842,6 +1913,7 @@ impl Nat {
         let (via, dst) = match flow.kind {
             FlowKind::Egress => (UdpVia::Flow(id), tuple.peer),
             FlowKind::Inbound { listener, client } => (UdpVia::Listener(listener), client),
+            FlowKind::Echo => return,
         };
         if self.datagrams.push(via, dst, udp.payload()) {
             self.stats.udp_to_host += 1;
@@ -1872,11 +1944,16 @@ impl Nat {
                 timer_at: at,
             },
         );
-        self.flow_tuples.insert(tuple, id);
+        if kind == FlowKind::Echo {
+            self.echo_tuples.insert(tuple, id);
+            self.stats.icmp_flows += 1;
+        } else {
+            self.flow_tuples.insert(tuple, id);
+            self.stats.udp_flows += 1;
+        }
         if let Some(at) = at {
             self.timers.insert((at, Timer::Udp(id)));
         }
-        self.stats.udp_flows += 1;
         id
     }
 
@@ -1901,8 +1978,12 @@ impl Nat {
         let Some(flow) = self.flows.remove(&id) else {
             return;
         };
-        if self.flow_tuples.get(&flow.tuple) == Some(&id) {
-            self.flow_tuples.remove(&flow.tuple);
+        let tuples = match flow.kind {
+            FlowKind::Echo => &mut self.echo_tuples,
+            _ => &mut self.flow_tuples,
+        };
+        if tuples.get(&flow.tuple) == Some(&id) {
+            tuples.remove(&flow.tuple);
         }
         if flow.owns_port {
             self.udp_ports
@@ -1913,10 +1994,125 @@ impl Nat {
         }
         match flow.kind {
             FlowKind::Egress => self.events.push_back(NatEvent::UdpFlowClosed(id)),
+            FlowKind::Echo => self.events.push_back(NatEvent::IcmpFlowClosed(id)),
             FlowKind::Inbound { listener, client } => {
                 self.inbound_flows
                     .remove(&(listener, client, flow.tuple.container));
             }
+        }
+    }
+
+    // ---- ICMP echo ----
+
+    /// An echo request (`message`: the whole ICMP message) from a container.
+    fn echo_request(&mut self, ingress: &Ingress<'_>, ident: u16, message: &[u8], now: Instant) {
+        if self.is_gateway(ingress.dst) {
+            self.stats.frames_unsupported += 1;
+            return;
+        }
+        let tuple = Tuple {
+            container: SocketAddr::new(ingress.src, ident),
+            peer: SocketAddr::new(ingress.dst, 0),
+        };
+        let id = match self.echo_tuples.get(&tuple) {
+            Some(&id) => id,
+            None => {
+                if !self.egress {
+                    self.stats.egress_denied += 1;
+                    return;
+                }
+                if self.flows.len() >= self.limits.max_udp_flows {
+                    self.stats.icmp_dropped += 1;
+                    return;
+                }
+                let id = self.add_flow(tuple, ingress.src_mac, FlowKind::Echo, false, now);
+                self.events.push_back(NatEvent::IcmpFlowOpened {
+                    flow: id,
+                    src: ingress.src,
+                    dst: ingress.dst,
+                });
+                id
+            }
+        };
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        flow.last_active = now;
+        flow.container_mac = ingress.src_mac;
+        if self.datagrams.push(UdpVia::Flow(id), tuple.peer, message) {
+            self.stats.icmp_to_host += 1;
+        } else {
+            self.stats.icmp_dropped += 1;
+        }
+    }
+
+    /// An echo reply the ping socket of echo `flow` received from `from`
+    /// (`message`: the whole ICMP message as the socket returns it; its
+    /// identifier is the kernel's): written to the container with the
+    /// container's own identifier and `from` as its source.
+    pub fn icmp_reply(&mut self, flow: FlowId, from: IpAddr, message: &[u8], now: Instant) {
+        let from = from.to_canonical();
+        let Some(f) = self.flows.get_mut(&flow) else {
+            self.stats.icmp_dropped += 1;
+            return;
+        };
+        let reply_type = if from.is_ipv4() { 0 } else { 129 };
+        if f.kind != FlowKind::Echo
+            || from.is_ipv4() != f.tuple.container.is_ipv4()
+            || !is_unicast(from)
+            || message.len() < 8
+            || message[0] != reply_type
+            || message[1] != 0
+        {
+            self.stats.icmp_dropped += 1;
+            return;
+        }
+        f.last_active = now;
+        let echo = etherparse::IcmpEchoHeader {
+            id: f.tuple.container.port(),
+            seq: u16::from_be_bytes([message[6], message[7]]),
+        };
+        let (to, mac) = (f.tuple.container.ip(), f.container_mac);
+        let payload = &message[8..];
+        let eth = PacketBuilder::ethernet2(self.mac.0, mac.0);
+        let sent = match (from, to) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let b = eth
+                    .ipv4(s.octets(), d.octets(), HOP_LIMIT)
+                    .icmpv4(etherparse::Icmpv4Type::EchoReply(echo));
+                self.push_frame(b.size(payload.len()), |buf| b.write(buf, payload).is_ok())
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let b = eth
+                    .ipv6(s.octets(), d.octets(), HOP_LIMIT)
+                    .icmpv6(etherparse::Icmpv6Type::EchoReply(echo));
+                self.push_frame(b.size(payload.len()), |buf| b.write(buf, payload).is_ok())
+            }
+            _ => false,
+        };
+        if sent {
+            self.stats.icmp_to_container += 1;
+        } else {
+            self.stats.icmp_dropped += 1;
+        }
+    }
+
+    /// Queues a frame of `size` bytes that `write` appends to an empty
+    /// buffer; false when it exceeds the MTU, the queue is full or `write`
+    /// fails.
+    fn push_frame(&mut self, size: usize, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        if size > ETH_LEN + self.mtu {
+            return false;
+        }
+        let Some(mut buf) = self.tx.alloc() else {
+            return false;
+        };
+        if write(&mut buf) {
+            self.tx.commit(buf);
+            true
+        } else {
+            self.tx.recycle(buf);
+            false
         }
     }
 
@@ -1932,19 +2128,11 @@ impl Nat {
             }
         }
         .udp(from.port(), to.port());
-        if builder.size(payload.len()) > ETH_LEN + self.mtu {
-            self.stats.udp_dropped += 1;
-            return;
-        }
-        let Some(mut buf) = self.tx.alloc() else {
-            self.stats.udp_dropped += 1;
-            return;
-        };
-        if builder.write(&mut buf, payload).is_ok() {
-            self.tx.commit(buf);
+        if self.push_frame(builder.size(payload.len()), |buf| {
+            builder.write(buf, payload).is_ok()
+        }) {
             self.stats.udp_to_container += 1;
         } else {
-            self.tx.recycle(buf);
             self.stats.udp_dropped += 1;
         }
     }
@@ -2483,7 +2671,14 @@ mod tests {
                         .calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload());
                 assert_eq!(want.unwrap(), u.checksum());
             }
-            other => panic!("not TCP or UDP: {other:?}"),
+            (Some(TransportSlice::Icmpv4(i)), IpAddr::V4(_), IpAddr::V4(_)) => {
+                let want = etherparse::Icmpv4Header::with_checksum(i.icmp_type(), i.payload());
+                assert_eq!(want.checksum, i.checksum());
+            }
+            (Some(TransportSlice::Icmpv6(i)), IpAddr::V6(s), IpAddr::V6(d)) => {
+                assert!(i.is_checksum_valid(s.octets(), d.octets()));
+            }
+            other => panic!("not TCP, UDP or ICMP: {other:?}"),
         }
     }
 
@@ -3126,6 +3321,125 @@ mod tests {
         );
     }
 
+    // ---- ICMP echo ----
+
+    fn echo_request_frame(dst: IpAddr, ident: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let echo = etherparse::IcmpEchoHeader { id: ident, seq };
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2(C_MAC.0, GW_MAC.0);
+        match dst {
+            IpAddr::V4(d) => b
+                .ipv4(C4.octets(), d.octets(), 64)
+                .icmpv4(Icmpv4Type::EchoRequest(echo))
+                .write(&mut f, payload),
+            IpAddr::V6(d) => b
+                .ipv6(C6.octets(), d.octets(), 64)
+                .icmpv6(etherparse::Icmpv6Type::EchoRequest(echo))
+                .write(&mut f, payload),
+        }
+        .unwrap();
+        f
+    }
+
+    #[rstest]
+    #[case::ipv4("198.51.100.9")]
+    #[case::ipv6("2001:db8::9")]
+    fn ping_goes_out_through_a_ping_socket_and_back(#[case] dst: &str) {
+        let dst: IpAddr = dst.parse().unwrap();
+        let mut net = Net::new(true, limits());
+        let mut sock = smoltcp::socket::icmp::Socket::new(
+            smoltcp::socket::icmp::PacketBuffer::new(
+                vec![smoltcp::socket::icmp::PacketMetadata::EMPTY; 4],
+                vec![0; 1024],
+            ),
+            smoltcp::socket::icmp::PacketBuffer::new(
+                vec![smoltcp::socket::icmp::PacketMetadata::EMPTY; 4],
+                vec![0; 1024],
+            ),
+        );
+        sock.bind(smoltcp::socket::icmp::Endpoint::Ident(0x1234))
+            .unwrap();
+        let icmp = net.c.sockets.add(sock);
+        net.c
+            .wire
+            .tx
+            .push_back(echo_request_frame(dst, 0x1234, 1, b"ping!"));
+        net.settle();
+        let events = net.take_events();
+        let [NatEvent::IcmpFlowOpened { flow, src, dst: d }] = events[..] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(d, dst);
+        assert_eq!(
+            src,
+            if dst.is_ipv4() {
+                IpAddr::from(C4)
+            } else {
+                IpAddr::from(C6)
+            }
+        );
+        // The datagram is the whole echo request, for the ping socket.
+        let got = net.take_datagrams();
+        assert_eq!(got.len(), 1);
+        let (dgram, msg) = &got[0];
+        assert_eq!(
+            (dgram.via, dgram.dst),
+            (UdpVia::Flow(flow), SocketAddr::new(dst, 0))
+        );
+        assert_eq!(msg[0], if dst.is_ipv4() { 8 } else { 128 });
+        assert_eq!(&msg[4..8], &[0x12, 0x34, 0, 1]);
+        assert_eq!(&msg[8..], b"ping!");
+        // The kernel's reply carries its own identifier and checksum.
+        let mut reply = msg.clone();
+        reply[0] = if dst.is_ipv4() { 0 } else { 129 };
+        reply[2..6].copy_from_slice(&[0xde, 0xad, 0x99, 0x99]);
+        net.nat.icmp_reply(flow, dst, &reply, net.now);
+        // Not an echo reply: dropped.
+        net.nat.icmp_reply(flow, dst, msg, net.now);
+        net.settle();
+        let s = net.c.sockets.get_mut::<smoltcp::socket::icmp::Socket>(icmp);
+        let mut buf = [0u8; 64];
+        let (n, from) = s
+            .recv_slice(&mut buf)
+            .expect("echo reply with a valid checksum");
+        assert_eq!(IpAddr::from(from), dst);
+        assert_eq!(
+            &buf[4..8],
+            &[0x12, 0x34, 0, 1],
+            "the container's identifier"
+        );
+        assert_eq!(&buf[8..n], b"ping!");
+        assert!(s.recv_slice(&mut buf).is_err());
+        let st = net.nat.stats();
+        assert_eq!((st.icmp_flows, st.icmp_active, st.udp_active), (1, 1, 0));
+        assert_eq!(
+            (st.icmp_to_host, st.icmp_to_container, st.icmp_dropped),
+            (1, 1, 1)
+        );
+        // Idle: the flow closes.
+        net.advance(Duration::from_secs(31));
+        assert_eq!(net.take_events(), [NatEvent::IcmpFlowClosed(flow)]);
+        assert_eq!(net.nat.stats().icmp_active, 0);
+    }
+
+    #[test]
+    fn ping_is_dropped_on_internal_networks_and_to_the_gateway() {
+        let mut net = Net::new(false, limits());
+        net.c
+            .wire
+            .tx
+            .push_back(echo_request_frame(OUTSIDE4.into(), 1, 1, b"x"));
+        net.settle();
+        assert!(net.take_events().is_empty() && net.take_datagrams().is_empty());
+        assert_eq!(net.nat.stats().egress_denied, 1);
+        // The gateway answers pings to itself (is_for_nat leaves them to it).
+        let f = echo_request_frame(GW4.into(), 1, 1, b"x");
+        assert!(!net.nat.is_for_nat(&f));
+        net.c.wire.tx.push_back(f);
+        net.settle();
+        assert_eq!(net.gw.stats().echo_replies, 1);
+    }
+
     // ---- limits and internal networks ----
 
     #[test]
@@ -3429,8 +3743,17 @@ mod tests {
         nat.handle_frame(&f, now);
         nat.handle_frame(&udp_frame(1000, sa("10.0.0.3:53"), b"abc"), now);
         assert_eq!(nat.stats().frames_bad_address, 2);
-        // ICMP and other MACs are not handled.
-        nat.handle_frame(&frame_to(OUTSIDE4.into(), 1, 0), now);
+        // ICMP other than echo requests, and other MACs, are not handled.
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(C_MAC.0, GW_MAC.0)
+            .ipv4(C4.octets(), OUTSIDE4.octets(), 64)
+            .icmpv4(Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader {
+                id: 1,
+                seq: 1,
+            }))
+            .write(&mut f, &[])
+            .unwrap();
+        nat.handle_frame(&f, now);
         let mut f = udp_frame(1000, sa("198.51.100.9:53"), b"abc");
         f[5] = 0x99;
         nat.handle_frame(&f, now);
