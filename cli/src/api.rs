@@ -176,6 +176,14 @@ pub struct Member {
     pub local: bool,
 }
 
+/// `vswitch ipam reclaim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Reclaim {
+    #[serde(rename = "Host")]
+    pub host: String,
+}
+
 /// `vswitch network vtep add|rm`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -398,6 +406,7 @@ pub enum Request {
     VtepList(String),
     VtepAdd(String, Vtep),
     VtepRemove(String, Vtep),
+    IpamReclaim(Reclaim),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -521,6 +530,9 @@ impl Request {
             }
             ("POST", ["cluster", "leave"]) => Request::ClusterLeave,
             ("GET", ["cluster", "members"]) => Request::ClusterMembers,
+            ("POST", ["ipam", "reclaim"]) => {
+                Request::IpamReclaim(body("POST /v1/ipam/reclaim", body_bytes)?)
+            }
             ("GET", ["networks", name, "vteps"]) => {
                 Request::VtepList(name_segment("network", name)?)
             }

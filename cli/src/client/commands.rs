@@ -62,6 +62,9 @@ pub enum Command {
     },
     /// Leave the cluster.
     LeaveCluster,
+    /// Cluster IPAM.
+    #[command(subcommand)]
+    Ipam(IpamCmd),
     /// Cluster members: name, address, state, networks.
     Members {
         #[arg(long, value_enum, default_value = "table")]
@@ -112,6 +115,13 @@ pub enum NetworkCmd {
     /// Admit, remove or list foreign VXLAN VTEPs (e.g. a kernel vxlan device) of an overlay.
     #[command(subcommand)]
     Vtep(VtepCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCmd {
+    /// Take back a dead host's overlay address ranges now, without waiting
+    /// for the quarantine. Only for a host known to be gone for good.
+    Reclaim { host: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +361,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let _: Vec<String> = client
                 .call("POST", "/v1/cluster/join", Some(&api::Join { peers }))
                 .await?;
+            Ok(0)
+        }
+        Command::Ipam(IpamCmd::Reclaim { host }) => {
+            let out: BTreeMap<String, String> = client
+                .call("POST", "/v1/ipam/reclaim", Some(&api::Reclaim { host }))
+                .await?;
+            for (net, heir) in out {
+                println!("{net}: ranges now owned by {heir}");
+            }
             Ok(0)
         }
         Command::LeaveCluster => {

@@ -28,6 +28,7 @@ use crate::api::{self, Driver, Request, SubnetSpec};
 use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
 
+mod cluster_ipam;
 mod overlay_nets;
 
 /// What the controller needs to know at start.
@@ -40,6 +41,9 @@ pub struct ControllerConfig {
     pub rootless: bool,
     /// Gossip and tunnels, when the daemon has a cluster key.
     pub cluster: Option<ClusterSettings>,
+    /// How long a dead host's overlay address ranges wait before another
+    /// host takes them over.
+    pub ipam_quarantine: Duration,
 }
 
 /// How this host takes part in a cluster.
@@ -80,6 +84,8 @@ struct Network {
     vteps: BTreeMap<String, (PortId, SocketAddr)>,
     /// Overlays: tunnel ports of admitted foreign VTEPs.
     static_vteps: BTreeMap<SocketAddr, PortId>,
+    /// Overlays: the cluster-wide allocator (this host's owned ranges).
+    alloc: Option<ipam::cluster::ClusterAllocator>,
 }
 
 impl Network {
@@ -159,6 +165,8 @@ pub struct Controller {
     ipam: ipam::Ipam<String>,
     datapath: DatapathHandle,
     cluster: Option<Cluster>,
+    /// Members declared dead, and since when (for IPAM reclaims).
+    dead_since: BTreeMap<String, std::time::Instant>,
     /// Gossip events, until the daemon takes them to feed them back.
     events: Option<std::sync::mpsc::Receiver<overlay::GossipEvent>>,
     networks: BTreeMap<String, Network>,
@@ -261,6 +269,7 @@ impl Controller {
             ipam: ipam::Ipam::new(),
             datapath,
             cluster,
+            dead_since: BTreeMap::new(),
             events,
             networks: BTreeMap::new(),
             containers: BTreeMap::new(),
@@ -312,6 +321,21 @@ impl Controller {
             let name = rec.name.clone();
             if let Err(e) = self.install_network(rec) {
                 tracing::error!(network = %name, error = %e, "cannot restore network");
+            }
+        }
+        let overlays: Vec<String> = self
+            .networks
+            .values()
+            .filter(|n| n.record.driver == Driver::Overlay)
+            .map(|n| n.record.name.clone())
+            .collect();
+        for name in overlays {
+            let me = self.config.node_name.clone();
+            match self.make_allocator(&name, &me) {
+                Ok(a) => self.networks.get_mut(&name).expect("listed").alloc = Some(a),
+                Err(e) => {
+                    tracing::error!(network = %name, error = %e, "cannot restore overlay IPAM")
+                }
             }
         }
         for ep in snap.endpoints {
@@ -366,6 +390,22 @@ impl Controller {
             self.ipam
                 .restore_address(rec.network.as_str(), IpAddr::V6(a.addr()))
                 .map_err(ipam_err)?;
+        }
+        if let Some(alloc) = self
+            .networks
+            .get_mut(&rec.network)
+            .and_then(|n| n.alloc.as_mut())
+        {
+            for ip in rec
+                .ipv4
+                .map(|a| IpAddr::V4(a.addr()))
+                .into_iter()
+                .chain(rec.ipv6.map(|a| IpAddr::V6(a.addr())))
+            {
+                if let Err(e) = alloc.restore_address(ip) {
+                    tracing::warn!(%ip, error = %e, "overlay address no longer owned here");
+                }
+            }
         }
         let port = self.alloc_port();
         self.datapath
@@ -439,6 +479,7 @@ impl Controller {
             Request::VtepList(n) => to_value(self.vtep_list(&n)?),
             Request::VtepAdd(n, v) => to_value(self.vtep_add(&n, &v.address)?),
             Request::VtepRemove(n, v) => to_value(self.vtep_remove(&n, &v.address)?),
+            Request::IpamReclaim(r) => to_value(self.ipam_reclaim(&r.host)?),
         }
     }
 
@@ -681,6 +722,7 @@ impl Controller {
             remotes: BTreeMap::new(),
             vteps: BTreeMap::new(),
             static_vteps: BTreeMap::new(),
+            alloc: None,
         };
         if net.is_switched() {
             let id = NetworkId(self.next_network);
@@ -874,20 +916,16 @@ impl Controller {
         );
 
         // Addresses first: they are the easiest to give back.
+        let is_overlay = net.record.driver == Driver::Overlay;
         let mut allocated: Vec<IpAddr> = Vec::new();
-        let release = |ipam: &mut ipam::Ipam<String>, allocated: &[IpAddr]| {
-            for a in allocated {
-                let _ = ipam.release(network, *a);
-            }
-        };
-        let key = network;
         let ipv4 = match subnet4 {
             Some(n) => {
-                let a = match req.ip {
-                    Some(ip) => self.ipam.allocate_static(key, IpAddr::V4(ip)),
-                    None => self.ipam.allocate(key, ipam::Family::V4),
-                };
-                let a = a.map_err(ipam_err)?;
+                let a = self.allocate_addr(
+                    network,
+                    is_overlay,
+                    ipam::Family::V4,
+                    req.ip.map(IpAddr::V4),
+                )?;
                 allocated.push(a);
                 match a {
                     IpAddr::V4(a) => {
@@ -900,10 +938,12 @@ impl Controller {
         };
         let ipv6 = match subnet6 {
             Some(n) => {
-                let a = match req.ip6 {
-                    Some(ip) => self.ipam.allocate_static(key, IpAddr::V6(ip)),
-                    None => self.ipam.allocate(key, ipam::Family::V6),
-                };
+                let a = self.allocate_addr(
+                    network,
+                    is_overlay,
+                    ipam::Family::V6,
+                    req.ip6.map(IpAddr::V6),
+                );
                 match a {
                     Ok(a) => {
                         allocated.push(a);
@@ -915,8 +955,8 @@ impl Controller {
                         }
                     }
                     Err(e) => {
-                        release(&mut self.ipam, &allocated);
-                        return Err(ipam_err(e));
+                        self.release_addrs(network, is_overlay, &allocated);
+                        return Err(e);
                     }
                 }
             }
@@ -932,7 +972,7 @@ impl Controller {
         let ifname = match netns::next_ifname(&netns) {
             Ok(n) => n,
             Err(e) => {
-                release(&mut self.ipam, &allocated);
+                self.release_addrs(network, is_overlay, &allocated);
                 return Err(ApiError::bad(e.to_string()));
             }
         };
@@ -953,7 +993,7 @@ impl Controller {
         let tap = match netns::attach_tap(&netns, &iface_config(net, &rec)) {
             Ok(t) => t,
             Err(e) => {
-                release(&mut self.ipam, &allocated);
+                self.release_addrs(network, is_overlay, &allocated);
                 let _ = netns::remove_tap(&netns, &rec.ifname);
                 return Err(ApiError::bad(e.to_string()));
             }
@@ -961,13 +1001,13 @@ impl Controller {
         let id = net.id.expect("bridge networks have a datapath");
         let port = self.alloc_port();
         if let Err(e) = self.datapath.add_port(port, id, tap, security(&rec)) {
-            release(&mut self.ipam, &allocated);
+            self.release_addrs(network, is_overlay, &allocated);
             let _ = netns::remove_tap(&netns, &rec.ifname);
             return Err(ApiError::internal(e));
         }
         if let Err(e) = self.store.put_endpoint(&rec) {
             self.teardown_port(port, &netns, &rec.ifname);
-            release(&mut self.ipam, &allocated);
+            self.release_addrs(network, is_overlay, &allocated);
             return Err(internal(e));
         }
         tracing::info!(container = %rec.container, network, ifname = %rec.ifname,
@@ -981,6 +1021,35 @@ impl Controller {
             self.publish_local_endpoint(network, &req.container);
         }
         Ok(())
+    }
+
+    /// An address for an endpoint: from this host's IPAM, or for overlays
+    /// from the ranges this host owns in the cluster.
+    fn allocate_addr(
+        &mut self,
+        network: &str,
+        overlay: bool,
+        family: ipam::Family,
+        wanted: Option<IpAddr>,
+    ) -> Result<IpAddr, ApiError> {
+        if overlay {
+            return self.overlay_allocate(network, family, wanted);
+        }
+        match wanted {
+            Some(ip) => self.ipam.allocate_static(network, ip),
+            None => self.ipam.allocate(network, family),
+        }
+        .map_err(ipam_err)
+    }
+
+    fn release_addrs(&mut self, network: &str, overlay: bool, addrs: &[IpAddr]) {
+        for a in addrs {
+            if overlay {
+                self.overlay_release(network, *a);
+            } else if let Err(e) = self.ipam.release(network, *a) {
+                tracing::warn!(%a, error = %e, "releasing address");
+            }
+        }
     }
 
     /// Detaches a port from the datapath and deletes its TAP.
@@ -1020,17 +1089,18 @@ impl Controller {
         } else {
             let _ = self.datapath.remove_port(ep.port);
         }
-        for a in ep
+        let is_overlay = self
+            .networks
+            .get(network)
+            .is_some_and(|n| n.record.driver == Driver::Overlay);
+        let addrs: Vec<IpAddr> = ep
             .record
             .ipv4
             .map(|n| IpAddr::V4(n.addr()))
             .into_iter()
             .chain(ep.record.ipv6.map(|n| IpAddr::V6(n.addr())))
-        {
-            if let Err(e) = self.ipam.release(network, a) {
-                tracing::warn!(%a, error = %e, "releasing address");
-            }
-        }
+            .collect();
+        self.release_addrs(network, is_overlay, &addrs);
         tracing::info!(container, network, "endpoint disconnected");
         self.forget_container_if_unused(container);
         Ok(())

@@ -82,6 +82,10 @@ pub struct DaemonArgs {
     /// File holding the cluster key.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
+    /// Seconds a dead host's overlay address ranges wait before another host
+    /// takes them over (`vswitch ipam reclaim HOST` does it at once).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub ipam_quarantine: u64,
     /// Run as an ordinary user in user namespaces.
     #[arg(long)]
     pub rootless: bool,
@@ -223,6 +227,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         upstreams,
         rootless: args.rootless,
         cluster,
+        ipam_quarantine: std::time::Duration::from_secs(args.ipam_quarantine),
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -242,11 +247,17 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             let ctrl = ctrl.clone();
             std::thread::Builder::new()
                 .name("vswitch-cluster-events".into())
-                .spawn(move || {
-                    while let Ok(ev) = events.recv() {
-                        ctrl.lock()
+                .spawn(move || loop {
+                    // Events as they come; timers at least every 250 ms.
+                    match events.recv_timeout(std::time::Duration::from_millis(250)) {
+                        Ok(ev) => ctrl
+                            .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .handle_cluster_event(ev);
+                            .handle_cluster_event(ev),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            ctrl.lock().unwrap_or_else(|p| p.into_inner()).tick()
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 })?;
         }

@@ -18,6 +18,9 @@ use super::controller::Controller;
 use super::ApiError;
 use crate::api::{ErrorBody, Request, MAX_BODY};
 
+/// How long a request waiting for another host is retried.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
@@ -58,13 +61,26 @@ async fn handle(
             return Ok(error_response(&ApiError::new(e.status(), e.to_string())));
         }
     };
-    let ctrl2 = ctrl.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut c = ctrl2.lock().unwrap_or_else(|p| p.into_inner());
-        c.handle(request)
-    })
-    .await
-    .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
+    // A 503 means "waiting for another host" (address space for an
+    // overlay): retry for a while, with the controller unlocked in between
+    // so the answer can arrive.
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let result = loop {
+        let ctrl2 = ctrl.clone();
+        let req = request.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut c = ctrl2.lock().unwrap_or_else(|p| p.into_inner());
+            c.handle(req)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
+        match result {
+            Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
     Ok(match result {
         Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
         Err(e) => {

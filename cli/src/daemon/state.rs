@@ -53,6 +53,9 @@ mod subnets_format {
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+/// Cluster IPAM ownership state of overlay networks (encoded
+/// `ipam::cluster::Message::Update`), by network name.
+const IPAM: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam");
 
 /// Format version of every record.
 const FORMAT: u8 = 1;
@@ -187,6 +190,7 @@ impl Store {
             txn.open_table(NETWORKS)?;
             txn.open_table(CONTAINERS)?;
             txn.open_table(ENDPOINTS)?;
+            txn.open_table(IPAM)?;
             Ok(())
         })?;
         Ok(store)
@@ -249,6 +253,23 @@ impl Store {
 
     pub fn delete_endpoint(&self, container: &str, network: &str) -> Result<(), StateError> {
         self.delete(ENDPOINTS, &endpoint_key(container, network))
+    }
+
+    /// Stores an overlay network's IPAM ownership state.
+    pub fn put_ipam(&self, network: &str, state: &[u8]) -> Result<(), StateError> {
+        self.put(IPAM, network, state)
+    }
+
+    pub fn delete_ipam(&self, network: &str) -> Result<(), StateError> {
+        self.delete(IPAM, network)
+    }
+
+    /// An overlay network's stored IPAM ownership state.
+    pub fn get_ipam(&self, network: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(IPAM).map_err(|e| self.db_err(e))?;
+        let v = t.get(network).map_err(|e| self.db_err(e))?;
+        Ok(v.map(|v| v.value().to_vec()))
     }
 
     fn load_table<T: DeserializeOwned>(

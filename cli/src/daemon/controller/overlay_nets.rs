@@ -357,10 +357,29 @@ impl Controller {
             static_vteps: Vec::new(),
         };
         self.install_network(record.clone())?;
+        let creator = self
+            .cluster
+            .as_ref()
+            .and_then(|c| {
+                c.with(|g, _| {
+                    g.directory()
+                        .network(&spec.name)
+                        .map(|v| v.version.origin.clone())
+                })
+            })
+            .unwrap_or_else(|| self.config.node_name.clone());
+        match self.make_allocator(&spec.name, &creator) {
+            Ok(a) => self.networks.get_mut(&spec.name).expect("installed").alloc = Some(a),
+            Err(e) => {
+                self.uninstall_network(&record.name);
+                return Err(e);
+            }
+        }
         if let Err(e) = self.store.put_network(&record) {
             self.uninstall_network(&record.name);
             return Err(internal(e));
         }
+        self.flush_allocator(&spec.name);
         self.resync_overlay(&spec.name);
         Ok(())
     }
@@ -378,6 +397,7 @@ impl Controller {
             c.with(|g, now| g.remove_network(name, now));
         }
         self.store.delete_network(name).map_err(internal)?;
+        let _ = self.store.delete_ipam(name);
         self.uninstall_network(name);
         tracing::info!(network = %name, "overlay network removed");
         Ok(())
@@ -418,13 +438,22 @@ impl Controller {
         match ev {
             GossipEvent::MemberUp(meta) => {
                 tracing::info!(member = %meta.name, addr = %meta.gossip_addr, "member up");
+                self.dead_since.remove(&meta.name);
                 self.resync_all_overlays();
+                self.advertise_ipam();
             }
             GossipEvent::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
             GossipEvent::MemberDown(name) => {
                 tracing::info!(member = %name, "member down");
+                self.dead_since
+                    .entry(name)
+                    .or_insert_with(std::time::Instant::now);
                 self.resync_all_overlays();
             }
+            GossipEvent::App { from, payload } => match payload.split_first() {
+                Some((&super::cluster_ipam::APP_IPAM, rest)) => self.handle_ipam_app(from, rest),
+                _ => tracing::debug!(%from, "unknown application datagram"),
+            },
             GossipEvent::Joined => tracing::info!("joined the cluster"),
             GossipEvent::Alone => tracing::info!("no other member is alive"),
             GossipEvent::Directory(D::NetworkUpsert { spec, vni }) => {
@@ -441,6 +470,7 @@ impl Controller {
                     ),
                     Some(_) => {
                         let _ = self.store.delete_network(&name);
+                        let _ = self.store.delete_ipam(&name);
                         self.uninstall_network(&name);
                         tracing::info!(network = %name, "overlay network removed by the cluster");
                     }
@@ -531,10 +561,7 @@ impl Controller {
         for k in gone {
             let r = net.remotes.remove(&k).expect("listed");
             let ips = ips_of(&r);
-            let _ = self.datapath.remove_remote(dp, MacAddr(r.mac), ips.clone());
-            for ip in ips {
-                let _ = self.ipam.release(name, ip);
-            }
+            let _ = self.datapath.remove_remote(dp, MacAddr(r.mac), ips);
         }
         // Tunnel ports to hosts that left, or moved.
         let stale: Vec<String> = net
