@@ -436,3 +436,162 @@ fn kernel_vxlan_device_is_a_working_peer() {
     });
     let _ = std::fs::remove_file(key);
 }
+
+/// Makes `n` namespaces and connects each to `net` on `h`; returns the
+/// addresses given (and the errors of the connects that failed).
+fn connect_many(
+    h: &Host,
+    net: &str,
+    prefix: &str,
+    n: usize,
+) -> (Vec<String>, Vec<String>, Vec<Netns>) {
+    let mut ips = Vec::new();
+    let mut errors = Vec::new();
+    let mut namespaces = Vec::new();
+    for _ in 0..n {
+        let ns = Netns::new(prefix);
+        let out = h.vs(&[
+            "network",
+            "connect",
+            "--netns",
+            &format!("/run/netns/{}", ns.name),
+            net,
+            &ns.name,
+        ]);
+        if out.status.success() {
+            let v: serde_json::Value =
+                serde_json::from_slice(&h.vs(&["inspect", &ns.name]).stdout).unwrap();
+            ips.push(
+                v[0]["Networks"][net]["IPAddress"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        } else {
+            errors.push(stderr(&out));
+        }
+        namespaces.push(ns);
+    }
+    (ips, errors, namespaces)
+}
+
+fn disconnect_all(h: &Host, net: &str, namespaces: &[Netns]) {
+    for ns in namespaces {
+        let _ = h.vs(&["network", "disconnect", net, &ns.name]);
+    }
+}
+
+#[test]
+fn cluster_ipam_never_hands_out_an_address_twice() {
+    if !root_or_skip("cluster_ipam_never_hands_out_an_address_twice") {
+        return;
+    }
+    let ul = Underlay::new();
+    let key = key_file("ipam", "cluster ipam test key, long enough");
+    let hosts: Vec<Host> = ["192.0.2.51", "192.0.2.52", "192.0.2.53"]
+        .iter()
+        .map(|ip| cluster_host(&ul, ip, &key))
+        .collect();
+    hosts[1].vs_ok(&["join-cluster", "192.0.2.51"]);
+    hosts[2].vs_ok(&["join-cluster", "192.0.2.51"]);
+    for h in &hosts {
+        wait_for("3 alive members", Duration::from_secs(15), || {
+            alive_members(h) == 3
+        });
+    }
+    let net = unique("ov");
+    hosts[0].vs_ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.243.0.0/24",
+        &net,
+    ]);
+    for h in &hosts[1..] {
+        wait_for("the overlay everywhere", Duration::from_secs(10), || {
+            h.vs(&["network", "inspect", &net]).status.success()
+        });
+    }
+
+    // 3 hosts connect 50 containers each, at the same time.
+    let started = Instant::now();
+    let results: Vec<(Vec<String>, Vec<String>, Vec<Netns>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let net = net.clone();
+                s.spawn(move || connect_many(h, &net, &format!("i{i}"), 50))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!(
+        "FIGURE 150 concurrent connects on 3 hosts took {:?}",
+        started.elapsed()
+    );
+    let mut all: Vec<&String> = results.iter().flat_map(|r| &r.0).collect();
+    let errors: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
+    assert!(errors.is_empty(), "connects failed: {errors:?}");
+    assert_eq!(all.len(), 150);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 150, "an address was handed out twice");
+    for (h, r) in hosts.iter().zip(&results) {
+        disconnect_all(h, &net, &r.2);
+    }
+
+    // The same across a partition: host 3 cut off while everyone connects.
+    ul.set_link(&hosts[2].ns.name, false);
+    let results: Vec<(Vec<String>, Vec<String>, Vec<Netns>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let net = net.clone();
+                // The cut-off host tries a few: without the network, only
+                // the space it owns is usable.
+                let n = if i == 2 { 3 } else { 20 };
+                s.spawn(move || connect_many(h, &net, &format!("p{i}"), n))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    ul.set_link(&hosts[2].ns.name, true);
+    let mut all: Vec<&String> = results.iter().flat_map(|r| &r.0).collect();
+    let failed: usize = results.iter().map(|r| r.1.len()).sum();
+    eprintln!(
+        "FIGURE partition: {} connects succeeded, {failed} refused (host 3 cut off)",
+        all.len()
+    );
+    for e in results.iter().flat_map(|r| &r.1) {
+        assert!(
+            e.contains("address") || e.contains("host"),
+            "unclear error: {e}"
+        );
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        n,
+        "an address was handed out twice across the partition"
+    );
+    // After healing, a new connect anywhere still gets a fresh address.
+    wait_for(
+        "3 alive members after healing",
+        Duration::from_secs(30),
+        || alive_members(&hosts[0]) == 3,
+    );
+    let (more, errs, extra) = connect_many(&hosts[2], &net, "q", 1);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert!(!all.contains(&&more[0]), "{} reused", more[0]);
+    disconnect_all(&hosts[2], &net, &extra);
+    for (h, r) in hosts.iter().zip(&results) {
+        disconnect_all(h, &net, &r.2);
+    }
+    let _ = std::fs::remove_file(key);
+}
