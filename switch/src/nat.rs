@@ -120,8 +120,10 @@ const ETH_LEN: usize = 14;
 /// Hop limit / TTL of the frames the NAT writes itself.
 const HOP_LIMIT: u8 = 64;
 /// A container that sends nothing for this long while data waits for its
-/// acknowledgement (or during a connect) loses the connection.
-const TCP_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// acknowledgement loses the connection. Three times smoltcp's longest
+/// zero-window probe interval (60 s), so a container that merely stops
+/// reading keeps its connection, as with a kernel peer.
+const TCP_PEER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Random tries at a free port in [`NAT_PORTS`] before a linear scan.
 const PORT_TRIES: usize = 32;
 /// Longest timeout accepted in [`NatLimits`] (keeps `Instant` arithmetic
@@ -151,7 +153,8 @@ pub struct NatLimits {
     /// A TCP connection with no traffic for this long is reset both ways.
     pub tcp_idle: Duration,
     /// How long an egress SYN waits for [`Nat::egress_connected`] before the
-    /// container gets RST.
+    /// container gets RST, and how long a handshake with the container may
+    /// take (after which the connection is reset both ways).
     pub tcp_connect_timeout: Duration,
     /// A UDP or ICMP echo flow with no datagram either way for this long is
     /// closed.
@@ -508,13 +511,18 @@ impl TcpConn {
         }
     }
 
-    /// When the connection's own timer (connect timeout, idleness) fires.
+    /// When the connection's own timer fires: the connect timeout while the
+    /// host connects or the handshake with the container is unfinished,
+    /// idleness after.
     fn deadline(&self, limits: &NatLimits) -> Option<Instant> {
         if self.closed_notified {
             return None;
         }
         match self.phase {
             Phase::Connecting { .. } => self.created.checked_add(limits.tcp_connect_timeout),
+            Phase::Open(_) if !self.established => {
+                self.last_active.checked_add(limits.tcp_connect_timeout)
+            }
             Phase::Open(_) => self.last_active.checked_add(limits.tcp_idle),
         }
     }
@@ -2189,8 +2197,11 @@ impl Nat {
         if self.is_gateway(ip) {
             return true;
         }
+        // IPv6 link-local addresses are scoped to a link: a container
+        // reaches them directly or not at all. IPv4 ones (169.254.169.254,
+        // a cloud host's metadata service) are routed like any other.
         let link_local = match ip {
-            IpAddr::V4(a) => a.is_link_local(),
+            IpAddr::V4(_) => false,
             IpAddr::V6(a) => crate::wire::is_ipv6_link_local(&a),
         };
         is_unicast(ip) && !ip.is_loopback() && !link_local && !self.in_network(ip)
@@ -2963,6 +2974,44 @@ mod tests {
             .take_events()
             .iter()
             .all(|e| *e == NatEvent::TcpReadable(id)));
+    }
+
+    #[test]
+    fn inbound_tcp_to_a_silent_container_times_out() {
+        let now = Instant::now();
+        let mut nat = Nat::new(config(true, limits()), now).unwrap();
+        let mac = MacAddr([0x02, 0x42, 0x0a, 0, 0, 3]);
+        let id = nat
+            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.3:80"), mac, now)
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = nat.poll_transmit(now, &mut buf).expect("a SYN");
+        assert_eq!(&buf[..6], &mac.0);
+        assert!(n > ETH_LEN + 20);
+        let timeout = limits().tcp_connect_timeout;
+        let mut t = now;
+        while t < now + timeout {
+            nat.handle_timeout(t);
+            while nat.poll_transmit(t, &mut buf).is_some() {}
+            assert_eq!(nat.poll_event(), None, "{t:?}");
+            t += Duration::from_secs(1);
+        }
+        nat.handle_timeout(now + timeout);
+        assert_eq!(
+            nat.poll_event(),
+            Some(NatEvent::TcpClosed { id, reset: true })
+        );
+        assert_eq!(nat.stats().tcp_timed_out, 1);
+        assert!(nat.conns.is_empty() && nat.neighbors.is_empty());
+    }
+
+    #[test]
+    fn egress_to_ipv4_link_local_is_allowed() {
+        let mut net = Net::new(true, limits());
+        let (h, id) = net.egress(sa("169.254.169.254:80"), 40020);
+        net.c.tcp(h).send_slice(b"GET /latest").unwrap();
+        net.settle();
+        assert_eq!(net.host_read(id), b"GET /latest");
     }
 
     #[test]
