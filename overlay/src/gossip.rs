@@ -76,6 +76,8 @@ const TAG_FOCA: u8 = 0;
 const TAG_DIGEST: u8 = 1;
 const TAG_RECORDS: u8 = 2;
 const TAG_MEMBERS: u8 = 3;
+/// A datagram of the daemon's own (e.g. cluster IPAM), sealed like the rest.
+const TAG_APP: u8 = 4;
 
 /// First and largest interval between repeated join announcements.
 const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -151,6 +153,86 @@ impl Identity for NodeId {
     }
 }
 
+/// Whether `meta` encodes to at most [`MAX_META_LEN`] bytes.
+fn meta_fits(meta: &MemberMeta) -> bool {
+    let mut buf = [0u8; MAX_META_LEN];
+    postcard::to_slice(meta, &mut buf).is_ok()
+}
+
+/// foca's postcard codec, refusing identities whose meta is larger than
+/// [`MAX_META_LEN`], so what a peer sends cannot make our own packets
+/// overflow a datagram.
+#[derive(Debug, Clone, Copy, Default)]
+struct BoundedCodec;
+
+/// Why a foca packet or member could not be decoded.
+#[derive(Debug, thiserror::Error)]
+enum CodecError {
+    /// Not valid postcard for the expected type.
+    #[error("malformed gossip message")]
+    Postcard(#[source] postcard::Error),
+    /// An identity with oversized metadata.
+    #[error("member metadata too large")]
+    TooLarge,
+}
+
+fn check_id(id: &NodeId) -> Result<(), CodecError> {
+    if meta_fits(&id.meta) {
+        Ok(())
+    } else {
+        Err(CodecError::TooLarge)
+    }
+}
+
+impl foca::Codec<NodeId> for BoundedCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &foca::Header<NodeId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        PostcardCodec
+            .encode_header(header, buf)
+            .map_err(CodecError::Postcard)
+    }
+
+    fn decode_header(&mut self, buf: impl bytes::Buf) -> Result<foca::Header<NodeId>, CodecError> {
+        let header: foca::Header<NodeId> = PostcardCodec
+            .decode_header(buf)
+            .map_err(CodecError::Postcard)?;
+        check_id(&header.src)?;
+        check_id(&header.dst)?;
+        match &header.message {
+            foca::Message::PingReq { target, .. } | foca::Message::IndirectAck { target, .. } => {
+                check_id(target)?
+            }
+            foca::Message::IndirectPing { origin, .. }
+            | foca::Message::ForwardedAck { origin, .. } => check_id(origin)?,
+            _ => {}
+        }
+        Ok(header)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &Member<NodeId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        PostcardCodec
+            .encode_member(member, buf)
+            .map_err(CodecError::Postcard)
+    }
+
+    fn decode_member(&mut self, buf: impl bytes::Buf) -> Result<Member<NodeId>, CodecError> {
+        let member: Member<NodeId> = PostcardCodec
+            .decode_member(buf)
+            .map_err(CodecError::Postcard)?;
+        check_id(member.id())?;
+        Ok(member)
+    }
+}
+
 /// Liveness of a member as this host sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MemberState {
@@ -218,6 +300,13 @@ pub enum GossipEvent {
     Alone,
     /// The directory changed.
     Directory(DirectoryEvent),
+    /// A datagram of the daemon's own from a member ([`Gossip::send_app`]).
+    App {
+        /// The sender's gossip address.
+        from: SocketAddr,
+        /// What it sent.
+        payload: Vec<u8>,
+    },
 }
 
 /// Counters.
@@ -451,7 +540,7 @@ struct NameEntry {
 
 /// The sans-IO gossip endpoint. See the [module documentation](self).
 pub struct Gossip {
-    foca: Foca<NodeId, PostcardCodec, StdRng, DirectoryHandler>,
+    foca: Foca<NodeId, BoundedCodec, StdRng, DirectoryHandler>,
     shared: Arc<Mutex<Shared>>,
     key: ClusterKey,
     nonces: NonceSequence,
@@ -537,7 +626,7 @@ impl Gossip {
             local.clone(),
             config.swim.clone(),
             foca_rng,
-            PostcardCodec,
+            BoundedCodec,
             DirectoryHandler {
                 shared: Arc::clone(&shared),
             },
@@ -591,7 +680,7 @@ impl Gossip {
     fn with_foca<R>(
         &mut self,
         f: impl FnOnce(
-            &mut Foca<NodeId, PostcardCodec, StdRng, DirectoryHandler>,
+            &mut Foca<NodeId, BoundedCodec, StdRng, DirectoryHandler>,
             &mut Io<'_>,
         ) -> Result<R, foca::Error>,
     ) -> Option<R> {
@@ -756,6 +845,14 @@ impl Gossip {
                     self.handle_members(from, body);
                 }
             }
+            TAG_APP => {
+                if !self.left {
+                    self.events.push_back(GossipEvent::App {
+                        from,
+                        payload: body.to_vec(),
+                    });
+                }
+            }
             TAG_RECORDS => {
                 let (deltas, complete) = directory::parse_records(body);
                 if !complete {
@@ -877,11 +974,11 @@ impl Gossip {
         let mut members = Vec::new();
         while !rest.is_empty() {
             match postcard::take_from_bytes::<Member<NodeId>>(rest) {
-                Ok((m, r)) => {
+                Ok((m, r)) if meta_fits(&m.id().meta) => {
                     members.push(m);
                     rest = r;
                 }
-                Err(_) => {
+                _ => {
                     self.stats.decode_failures += 1;
                     break;
                 }
@@ -1007,6 +1104,29 @@ impl Gossip {
                 self.send_digest(addr, true);
             }
         }
+    }
+
+    /// Sends the daemon's own `payload` to the member at `to`, sealed with
+    /// the cluster key like every gossip datagram; it arrives there as
+    /// [`GossipEvent::App`]. False (and counted as a send drop) when it
+    /// does not fit one datagram.
+    pub fn send_app(&mut self, to: SocketAddr, payload: &[u8]) -> bool {
+        if payload.len() + 1 > self.config.plaintext_budget() {
+            self.stats.send_drops += 1;
+            return false;
+        }
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.push(TAG_APP);
+        buf.extend_from_slice(payload);
+        push_bounded(
+            &mut self.outbox,
+            &mut self.pool,
+            &mut self.stats.send_drops,
+            to,
+            buf,
+        );
+        true
     }
 
     /// The next event for the daemon.
