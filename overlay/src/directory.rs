@@ -523,7 +523,8 @@ impl Directory {
     }
 
     /// Hosts with at least one visible endpoint on the network: where its
-    /// broadcasts go (head-end replication).
+    /// broadcasts go (head-end replication). This host is included when it
+    /// has endpoints there.
     pub fn hosts_on(&self, network_id: &str) -> BTreeSet<&str> {
         self.endpoints()
             .filter(|e| e.record.network == network_id)

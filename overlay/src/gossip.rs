@@ -1171,13 +1171,12 @@ impl Gossip {
 
     /// Counters.
     pub fn stats(&self) -> GossipStats {
-        let mut s = self.stats;
-        s.directory = lock(&self.shared).dir.stats();
-        s
+        self.stats
     }
 
-    /// The cluster directory (read-only; change it through [`Gossip`] so
-    /// changes are disseminated). Do not hold it across other calls.
+    /// The cluster directory, read-only: change it through [`Gossip`]'s
+    /// methods so that changes are disseminated. The borrow of `self` keeps
+    /// it from being held across calls that change anything.
     pub fn directory(&self) -> DirectoryRef<'_> {
         DirectoryRef(lock(&self.shared))
     }
@@ -1245,11 +1244,15 @@ impl Gossip {
 
     // ---- membership bookkeeping --------------------------------------
 
+    /// Moves the directory's events into ours (keeping their order with
+    /// membership events) and refreshes its counters. Runs after every
+    /// change, so [`Gossip::stats`] need not lock the directory.
     fn drain_directory_events(&mut self) {
         let mut shared = lock(&self.shared);
         while let Some(ev) = shared.dir.poll_event() {
             self.events.push_back(GossipEvent::Directory(ev));
         }
+        self.stats.directory = shared.dir.stats();
     }
 
     /// Reacts to foca's notifications (and directory changes) after a call.
@@ -1678,6 +1681,7 @@ mod tests {
         assert!(took < Duration::from_secs(2), "{took:?}");
         assert!(log.borrow().iter().any(|(n, _, e)| *n == 0
             && matches!(e, GossipEvent::Directory(DirectoryEvent::EndpointUpsert { host, key, .. }) if host == "host2" && key == "ep2")));
+        assert!(sim.member(0).stats().directory.applied >= 1);
         assert_eq!(
             sim.member(1)
                 .directory()
