@@ -79,6 +79,9 @@ const TAG_MEMBERS: u8 = 3;
 /// A datagram of the daemon's own (e.g. cluster IPAM), sealed like the rest.
 const TAG_APP: u8 = 4;
 
+/// Spare datagram buffers kept for reuse at most.
+const POOL_MAX: usize = 64;
+
 /// First and largest interval between repeated join announcements.
 const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(10);
@@ -1006,7 +1009,9 @@ impl Gossip {
         loop {
             let (to, plain) = self.outbox.pop_front()?;
             let sealed = self.key.seal(&mut self.nonces, &plain, out);
-            self.pool.push(plain);
+            if self.pool.len() < POOL_MAX {
+                self.pool.push(plain);
+            }
             match sealed {
                 Ok(n) => {
                     self.stats.datagrams_out += 1;
