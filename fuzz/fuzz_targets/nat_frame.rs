@@ -321,11 +321,11 @@ impl Harness {
             assert!(d.len <= self.buf.len());
         }
         let s = self.nat.stats();
+        assert!(s.tcp_active <= limits().max_tcp as u64, "{s:?}");
         assert!(
-            s.tcp_active + s.tcp_time_wait <= limits().max_tcp as u64,
+            s.udp_active + s.icmp_active <= limits().max_udp_flows as u64,
             "{s:?}"
         );
-        assert!(s.udp_active <= limits().max_udp_flows as u64, "{s:?}");
     }
 
     fn pick_conn(&self, index: u8) -> ConnId {
