@@ -87,7 +87,11 @@
 //! Limits: ICMP errors are neither relayed to containers nor taken from
 //! them (a host socket's "port unreachable" shows up only as an error on
 //! that socket); IP fragments are dropped; a datagram larger than the
-//! network's MTU allows is dropped, not fragmented.
+//! network's MTU allows is dropped, not fragmented. The NAT keeps no
+//! TIME-WAIT state (the bridge is a lossless local link; see
+//! `service_conn`). smoltcp visits every socket on each poll, so the cost
+//! of a frame grows with the number of open connections; the NAT itself
+//! services only connections whose socket woke.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
