@@ -1,10 +1,13 @@
 //! `netbench`: the end-to-end network benchmark. In one run it measures the
 //! same workloads (iperf3 TCP throughput, sockperf TCP request/response
 //! latency, ping RTT) between two endpoints A and B on every selected
-//! scenario: the kernel doing the job (a Linux bridge, as Docker's bridge
-//! driver does) and vswitch doing it (two containers on a vswitch bridge
-//! network). It prints a table with each figure and vswitch's ratio to the
-//! kernel, and can write everything as JSON.
+//! scenario, in groups of "the kernel doing the job" against "vswitch doing
+//! it": `local`, a Linux bridge (Docker's bridge driver) against two
+//! containers on a vswitch bridge network; `overlay`, two hosts with kernel
+//! `vxlan` devices bridged to containers (Docker's overlay driver) against
+//! two vswitchd hosts carrying an overlay network. It prints a table per
+//! group with each figure and vswitch's ratio to the kernel, the ratios of
+//! every group side by side, and can write everything as JSON.
 //!
 //! Runs as root. Traffic goes only between namespaces it creates; nothing is
 //! routed out of them. Everything it makes carries the pid in its name and
@@ -21,6 +24,8 @@
 mod cpu;
 #[path = "netbench/exec.rs"]
 mod exec;
+#[path = "netbench/overlay.rs"]
+mod overlay;
 #[path = "netbench/report.rs"]
 mod report;
 #[path = "netbench/scenario.rs"]
@@ -446,9 +451,11 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case(&[], &["kernel-bridge", "vswitch-bridge"])]
+    #[case(&[], &["kernel-bridge", "vswitch-bridge", "kernel-vxlan", "vswitch-overlay"])]
     #[case(&["local"], &["kernel-bridge", "vswitch-bridge"])]
+    #[case(&["overlay"], &["kernel-vxlan", "vswitch-overlay"])]
     #[case(&["vswitch-bridge"], &["vswitch-bridge"])]
+    #[case(&["vswitch-overlay", "local"], &["kernel-bridge", "vswitch-bridge", "vswitch-overlay"])]
     fn only_selects_groups_and_scenarios(#[case] only: &[&str], #[case] want: &[&str]) {
         let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
         let got: Vec<&str> = select(scenario::all(), &only)
@@ -464,7 +471,7 @@ mod tests {
         let err = select(scenario::all(), &["overlay-quic".into()]).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("overlay-quic") && msg.contains("local"),
+            msg.contains("overlay-quic") && msg.contains("local") && msg.contains("overlay,"),
             "{msg}"
         );
     }

@@ -230,9 +230,66 @@ fn markdown(header: &[String], right: &[bool], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Every group's candidate ÷ baseline ratios side by side, one column per
+/// pair (e.g. `vswitch / kernel bridge` and `vswitch overlay / kernel
+/// vxlan`), so what vswitch costs locally and across hosts reads in one
+/// table. `None` unless at least two pairs ran.
+fn ratio_summary(results: &[ScenarioResult]) -> Option<String> {
+    let mut pairs: Vec<(&ScenarioResult, &ScenarioResult)> = Vec::new();
+    for base in results.iter().filter(|r| r.baseline) {
+        for cand in results
+            .iter()
+            .filter(|r| !r.baseline && r.group == base.group)
+        {
+            pairs.push((cand, base));
+        }
+    }
+    if pairs.len() < 2 {
+        return None;
+    }
+    let mut header: Vec<String> = vec!["workload".into(), "unit".into(), "better".into()];
+    header.extend(
+        pairs
+            .iter()
+            .map(|(c, b)| format!("{}: {} / {}", c.group, c.title, b.title)),
+    );
+    let mut right = vec![false, false, false];
+    right.resize(header.len(), true);
+    let rows: Vec<Vec<String>> = METRICS
+        .iter()
+        .map(|m| {
+            let mut row = vec![
+                m.label.to_string(),
+                m.unit.to_string(),
+                match m.better {
+                    Better::Higher => "higher".into(),
+                    Better::Lower => "lower".into(),
+                },
+            ];
+            row.extend(
+                pairs
+                    .iter()
+                    .map(|(c, b)| match (b.value(m.key), c.value(m.key)) {
+                        (Some(bv), Some(cv)) if bv > 0.0 => fmt_ratio(cv / bv),
+                        _ => "—".into(),
+                    }),
+            );
+            row
+        })
+        .collect();
+    let mut out = String::from("### Ratios to the kernel, every group\n\n");
+    out.push_str(&markdown(&header, &right, &rows));
+    out.push_str(
+        "\nEach column is a group's vswitch scenario divided by the kernel doing the same job \
+         (the figures are in the group's table above).\n\n",
+    );
+    Some(out)
+}
+
 /// The report a person reads: per group, one row per metric with every
-/// scenario's figure and each candidate's ratio to the baseline; then where
-/// the CPU went; then any errors.
+/// scenario's figure and each candidate's ratio to the baseline; then, with
+/// more than one group, every group's ratios side by side; then where the
+/// CPU went; then any errors.
 pub fn render(results: &[ScenarioResult], duration: u32) -> String {
     let mut out = String::new();
     let mut groups: Vec<&str> = Vec::new();
@@ -292,6 +349,10 @@ pub fn render(results: &[ScenarioResult], duration: u32) -> String {
             }
         }
         out.push('\n');
+    }
+
+    if let Some(summary) = ratio_summary(results) {
+        out.push_str(&summary);
     }
 
     // Where the CPU went.
@@ -436,6 +497,77 @@ mod tests {
         // Missing figures are shown as such, not as zero.
         let row = table.lines().find(|l| l.contains("2 streams")).unwrap();
         assert_eq!(row.matches('—').count(), 3, "{row}");
+    }
+
+    #[test]
+    fn every_groups_ratios_sit_in_one_table() {
+        let in_group = |mut r: ScenarioResult, group: &str, title: &str| {
+            r.group = group.into();
+            r.title = title.into();
+            r
+        };
+        let results = [
+            in_group(
+                scenario("kernel-bridge", true, &[("tcp_1_gbps", 20.0)]),
+                "local",
+                "kernel bridge",
+            ),
+            in_group(
+                scenario("vswitch-bridge", false, &[("tcp_1_gbps", 5.0)]),
+                "local",
+                "vswitch",
+            ),
+            in_group(
+                scenario(
+                    "kernel-vxlan",
+                    true,
+                    &[("tcp_1_gbps", 8.0), ("icmp_avg_us", 50.0)],
+                ),
+                "overlay",
+                "kernel vxlan",
+            ),
+            in_group(
+                scenario(
+                    "vswitch-overlay",
+                    false,
+                    &[("tcp_1_gbps", 2.0), ("icmp_avg_us", 150.0)],
+                ),
+                "overlay",
+                "vswitch overlay",
+            ),
+        ];
+        let table = render(&results, 5);
+        assert!(
+            table.contains("### overlay: kernel vxlan vs vswitch overlay"),
+            "{table}"
+        );
+        let summary = table
+            .split("### Ratios to the kernel, every group")
+            .nth(1)
+            .expect("a summary table");
+        let header = summary
+            .lines()
+            .find(|l| l.starts_with("| workload"))
+            .unwrap();
+        assert!(
+            header.contains("local: vswitch / kernel bridge")
+                && header.contains("overlay: vswitch overlay / kernel vxlan"),
+            "{header}"
+        );
+        let row = summary
+            .lines()
+            .find(|l| l.contains("TCP throughput, 1 stream"))
+            .unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[4..6], ["0.25", "0.25"], "{row}");
+        let row = summary
+            .lines()
+            .find(|l| l.contains("ICMP echo RTT avg"))
+            .unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[4..6], ["—", "3.00"], "{row}");
+        // One group alone has no summary: its own table says it all.
+        assert!(!render(&results[..2], 5).contains("every group"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::cpu::Watched;
 use crate::exec::{in_ns, interrupted, Background, Shell};
+use crate::overlay;
 use crate::Error;
 
 /// The subnet both local scenarios use; only inside their own namespaces.
@@ -27,7 +28,7 @@ const A_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 2);
 const B_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 3);
 const MTU: u32 = 1500;
 /// Time for one setup command (`ip`, `vswitch network create`, ...).
-const STEP: Duration = Duration::from_secs(30);
+pub const STEP: Duration = Duration::from_secs(30);
 
 /// What every scenario needs from the run.
 #[derive(Debug, Clone)]
@@ -75,7 +76,12 @@ pub trait Scenario: std::fmt::Debug {
 
 /// Every scenario, baselines first in each group.
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    vec![Box::new(KernelBridge), Box::new(VswitchBridge)]
+    vec![
+        Box::new(KernelBridge),
+        Box::new(VswitchBridge),
+        Box::new(overlay::KernelVxlan),
+        Box::new(overlay::VswitchOverlay),
+    ]
 }
 
 /// A network namespace made here; deleted on [`Netns::delete`] or drop.
@@ -240,16 +246,7 @@ pub struct VswitchBridge;
 #[derive(Debug)]
 struct VswitchDeployment {
     ep: Endpoints,
-    sh: Shell,
-    vswitch: PathBuf,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    network: Option<String>,
-    /// Containers `vswitch run` was asked to make (their namespaces too).
-    containers: Vec<String>,
-    daemon: Option<Background>,
-    host: Option<Netns>,
-    torn_down: bool,
+    host: VswitchHost,
 }
 
 impl Scenario for VswitchBridge {
@@ -270,6 +267,62 @@ impl Scenario for VswitchBridge {
     }
 
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
+        VswitchHost::check_binaries(env)?;
+        let ns = Netns::create(&env.sh, format!("nb{}vh", env.tag))?;
+        // From here on, dropping `host` undoes whatever was done.
+        let mut host = VswitchHost::start(env, ns, "vswitchd", &[])?;
+        let net = format!("nb{}", env.tag);
+        host.create_network(&net, &["--subnet", SUBNET, "--mtu", &MTU.to_string()])?;
+        let (a, b) = (format!("nb{}va", env.tag), format!("nb{}vb", env.tag));
+        for (name, ip) in [(&a, A_IP), (&b, B_IP)] {
+            host.run_container(name, &net, &["--ip", &ip.to_string()], env.duration)?;
+        }
+        let ep = Endpoints {
+            a_ns: a,
+            b_ns: b,
+            b_ip: IpAddr::V4(B_IP),
+            mtu: MTU,
+            watched: host.watched().into_iter().collect(),
+        };
+        Ok(Box::new(VswitchDeployment { ep, host }))
+    }
+}
+
+impl Deployment for VswitchDeployment {
+    fn endpoints(&self) -> &Endpoints {
+        &self.ep
+    }
+
+    fn teardown(mut self: Box<Self>) -> Vec<Error> {
+        self.host.teardown()
+    }
+}
+
+/// One vswitchd in a namespace of its own (its "host"), driven by the
+/// `vswitch` client over the daemon's own socket. It remembers the networks
+/// it created and the containers it ran and removes them all, with the
+/// namespace and the state directory, on [`VswitchHost::teardown`] or drop.
+#[derive(Debug)]
+pub struct VswitchHost {
+    sh: Shell,
+    vswitch: PathBuf,
+    /// Names it in CPU samples; also its log's and state directory's name.
+    label: String,
+    socket: PathBuf,
+    state_dir: PathBuf,
+    /// Networks `network create` made here (removed before the daemon stops).
+    networks: Vec<String>,
+    /// Containers `vswitch run` was asked to make (their namespaces too).
+    containers: Vec<String>,
+    containers_removed: bool,
+    daemon: Option<Background>,
+    ns: Option<Netns>,
+    torn_down: bool,
+}
+
+impl VswitchHost {
+    /// Fails with advice when the binaries under test are missing.
+    pub fn check_binaries(env: &Env) -> Result<(), Error> {
         for bin in [&env.vswitchd, &env.vswitch] {
             if !bin.is_file() {
                 return Err(Error::Setup(format!(
@@ -278,75 +331,39 @@ impl Scenario for VswitchBridge {
                 )));
             }
         }
-        let host = Netns::create(&env.sh, format!("nb{}vh", env.tag))?;
-        let state_dir = env.sh.dir().join("vswitchd");
+        Ok(())
+    }
+
+    /// Starts vswitchd inside `ns` (the host owns the namespace from now on)
+    /// with `extra` flags after the usual ones; returns once its control
+    /// socket accepts connections.
+    pub fn start(env: &Env, ns: Netns, label: &str, extra: &[&str]) -> Result<VswitchHost, Error> {
+        let state_dir = env.sh.dir().join(label);
         std::fs::create_dir_all(&state_dir).map_err(|e| Error::Io {
             context: format!("creating {}", state_dir.display()),
             source: e,
         })?;
-        let socket = state_dir.join("vswitchd.sock");
-        let mut d = VswitchDeployment {
-            ep: Endpoints {
-                a_ns: format!("nb{}va", env.tag),
-                b_ns: format!("nb{}vb", env.tag),
-                b_ip: IpAddr::V4(B_IP),
-                mtu: MTU,
-                watched: Vec::new(),
-            },
+        let mut host = VswitchHost {
             sh: env.sh.clone(),
             vswitch: env.vswitch.clone(),
-            socket,
+            label: label.to_string(),
+            socket: state_dir.join("vswitchd.sock"),
             state_dir,
-            network: None,
+            networks: Vec::new(),
             containers: Vec::new(),
+            containers_removed: false,
             daemon: None,
-            host: Some(host),
+            ns: Some(ns),
             torn_down: false,
         };
-        // From here on, dropping `d` undoes whatever was done.
-        d.start_daemon(env)?;
-        let net = format!("nb{}", env.tag);
-        d.vs(&[
-            "network",
-            "create",
-            "--subnet",
-            SUBNET,
-            "--mtu",
-            &MTU.to_string(),
-            &net,
-        ])?;
-        d.network = Some(net.clone());
-        // Sandboxes must outlive every workload; bounded all the same.
-        let sleep = (u64::from(env.duration) * 10 + 600).to_string();
-        for (name, ip) in [(d.ep.a_ns.clone(), A_IP), (d.ep.b_ns.clone(), B_IP)] {
-            d.containers.push(name.clone());
-            d.vs(&[
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                &net,
-                "--ip",
-                &ip.to_string(),
-                "--",
-                "sleep",
-                &sleep,
-            ])?;
-        }
-        Ok(Box::new(d))
+        // From here on, dropping `host` undoes whatever was done.
+        host.start_daemon(env, extra)?;
+        Ok(host)
     }
-}
 
-impl VswitchDeployment {
-    fn start_daemon(&mut self, env: &Env) -> Result<(), Error> {
-        let host = self
-            .host
-            .as_ref()
-            .expect("host namespace made first")
-            .name()
-            .to_string();
-        let mut argv = in_ns(&host, &[env.vswitchd.display().to_string()]);
+    fn start_daemon(&mut self, env: &Env, extra: &[&str]) -> Result<(), Error> {
+        let ns = self.ns_name().to_string();
+        let mut argv = in_ns(&ns, &[env.vswitchd.display().to_string()]);
         argv.extend(
             [
                 "--state-dir",
@@ -354,7 +371,7 @@ impl VswitchDeployment {
                 "--socket",
                 &self.socket.display().to_string(),
                 "--node-name",
-                &host,
+                &ns,
                 // Never the machine's resolvers: the namespace's own loopback.
                 "--dns",
                 "127.0.0.1",
@@ -363,15 +380,17 @@ impl VswitchDeployment {
             ]
             .map(String::from),
         );
-        let daemon = self.daemon.insert(self.sh.spawn(&argv, "vswitchd")?);
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let daemon = self.daemon.insert(self.sh.spawn(&argv, &self.label)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if UnixStream::connect(&self.socket).is_ok() {
-                break;
+                return Ok(());
             }
             if let Some(status) = daemon.exited() {
                 return Err(Error::Setup(format!(
-                    "vswitchd exited at start ({status}):\n{}",
+                    "{} exited at start ({status}):\n{}",
+                    self.label,
                     daemon.log_tail(20)
                 )));
             }
@@ -380,20 +399,28 @@ impl VswitchDeployment {
             }
             if Instant::now() >= deadline {
                 return Err(Error::Setup(format!(
-                    "vswitchd did not open {} within 20 s:\n{}",
+                    "{} did not open {} within 20 s:\n{}",
+                    self.label,
                     self.socket.display(),
                     daemon.log_tail(20)
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(pid) = daemon.pid() {
-            self.ep.watched.push(Watched {
-                label: "vswitchd".into(),
-                pid,
-            });
-        }
-        Ok(())
+    }
+
+    /// The namespace the daemon runs in.
+    pub fn ns_name(&self) -> &str {
+        self.ns.as_ref().map_or("", Netns::name)
+    }
+
+    /// The daemon, for CPU sampling.
+    pub fn watched(&self) -> Option<Watched> {
+        let pid = self.daemon.as_ref()?.pid()?;
+        Some(Watched {
+            label: self.label.clone(),
+            pid,
+        })
     }
 
     fn vs_argv(&self, args: &[&str]) -> Vec<String> {
@@ -406,39 +433,133 @@ impl VswitchDeployment {
         v
     }
 
-    fn vs(&self, args: &[&str]) -> Result<String, Error> {
+    /// `vswitch ARGS...` against this daemon; a failure carries the
+    /// daemon's log tail. Returns stdout.
+    pub fn vs(&self, args: &[&str]) -> Result<String, Error> {
         self.sh
             .ok(&self.vs_argv(args), STEP)
             .map_err(|e| self.with_log(e))
     }
 
+    /// [`VswitchHost::vs`] and its stdout as JSON.
+    pub fn vs_json(&self, args: &[&str]) -> Result<serde_json::Value, Error> {
+        let out = self.vs(args)?;
+        serde_json::from_str(&out).map_err(|e| Error::Parse {
+            tool: "vswitch",
+            what: format!("`vswitch {}` did not print JSON: {e}", args.join(" ")),
+        })
+    }
+
+    /// For polling: stdout when `vswitch ARGS...` succeeds, `None` when it
+    /// exits non-zero (not there yet); an error only when it cannot run.
+    pub fn try_vs(&self, args: &[&str]) -> Result<Option<String>, Error> {
+        match self.sh.ok(&self.vs_argv(args), STEP) {
+            Ok(out) => Ok(Some(out)),
+            Err(Error::Failed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn with_log(&self, e: Error) -> Error {
         match (&e, &self.daemon) {
-            (Error::Failed { .. }, Some(d)) => {
-                Error::Setup(format!("{e}\nvswitchd log (tail):\n{}", d.log_tail(20)))
-            }
+            (Error::Failed { .. }, Some(d)) => Error::Setup(format!(
+                "{e}\n{} log (tail):\n{}",
+                self.label,
+                d.log_tail(20)
+            )),
             _ => e,
         }
     }
 
-    fn teardown_all(&mut self) -> Vec<Error> {
+    /// `vswitch network create FLAGS... NAME`; removed again at teardown.
+    pub fn create_network(&mut self, name: &str, flags: &[&str]) -> Result<(), Error> {
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(flags);
+        args.push(name);
+        self.vs(&args)?;
+        self.networks.push(name.to_string());
+        Ok(())
+    }
+
+    /// `vswitch run -d --name NAME --network NET EXTRA... -- sleep N`, with
+    /// N long enough for every workload of a run of `duration` (bounded).
+    pub fn run_container(
+        &mut self,
+        name: &str,
+        network: &str,
+        extra: &[&str],
+        duration: u32,
+    ) -> Result<(), Error> {
+        let sleep = (u64::from(duration) * 10 + 600).to_string();
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sleep", &sleep]);
+        self.containers.push(name.to_string());
+        self.vs(&args).map(|_| ())
+    }
+
+    /// A container's IPv4 address on `network`, from `vswitch inspect`.
+    pub fn ipv4_of(&self, container: &str, network: &str) -> Result<Ipv4Addr, Error> {
+        let v = self.vs_json(&["inspect", container])?;
+        endpoint_ipv4(&v, network).ok_or_else(|| Error::Parse {
+            tool: "vswitch",
+            what: format!("`vswitch inspect {container}` shows no IPv4 address on {network}: {v}"),
+        })
+    }
+
+    fn daemon_alive(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(|d| d.exited().is_none())
+    }
+
+    /// `vswitch rm` for every container it ran (once; needs the daemon).
+    pub fn remove_containers(&mut self) -> Vec<Error> {
+        if std::mem::replace(&mut self.containers_removed, true) || !self.daemon_alive() {
+            return Vec::new();
+        }
+        self.containers
+            .iter()
+            .rev()
+            .filter_map(|c| self.sh.cleanup(&self.vs_argv(&["rm", c])).err())
+            .collect()
+    }
+
+    /// `vswitch network rm` for every network it created, retried for up
+    /// to `within` while the daemon still refuses (an overlay's remote
+    /// endpoints take a moment to leave this host's directory).
+    pub fn remove_networks(&mut self, within: Duration) -> Vec<Error> {
+        let mut errors = Vec::new();
+        if !self.daemon_alive() {
+            self.networks.clear();
+            return errors;
+        }
+        let deadline = Instant::now() + within;
+        for net in std::mem::take(&mut self.networks) {
+            let argv = self.vs_argv(&["network", "rm", &net]);
+            loop {
+                match self.sh.cleanup(&argv) {
+                    Ok(_) => break,
+                    Err(Error::Failed { .. }) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        break;
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// Removes everything: containers, networks, the daemon, leftovers,
+    /// the namespace, the state directory. Keeps going past failures and
+    /// returns them all; a second call does nothing.
+    pub fn teardown(&mut self) -> Vec<Error> {
         if std::mem::replace(&mut self.torn_down, true) {
             return Vec::new();
         }
-        let mut errors = Vec::new();
-        let daemon_alive = self.daemon.as_mut().is_some_and(|d| d.exited().is_none());
-        if daemon_alive {
-            for c in self.containers.iter().rev() {
-                if let Err(e) = self.sh.cleanup(&self.vs_argv(&["rm", c])) {
-                    errors.push(e);
-                }
-            }
-            if let Some(net) = self.network.take() {
-                if let Err(e) = self.sh.cleanup(&self.vs_argv(&["network", "rm", &net])) {
-                    errors.push(e);
-                }
-            }
-        }
+        let mut errors = self.remove_containers();
+        errors.extend(self.remove_networks(Duration::ZERO));
         if let Some(mut d) = self.daemon.take() {
             d.stop(Duration::from_secs(10));
         }
@@ -459,8 +580,8 @@ impl VswitchDeployment {
                 }
             }
         }
-        if let Some(mut host) = self.host.take() {
-            if let Err(e) = host.delete() {
+        if let Some(mut ns) = self.ns.take() {
+            if let Err(e) = ns.delete() {
                 errors.push(e);
             }
         }
@@ -476,21 +597,44 @@ impl VswitchDeployment {
     }
 }
 
-impl Deployment for VswitchDeployment {
-    fn endpoints(&self) -> &Endpoints {
-        &self.ep
-    }
-
-    fn teardown(mut self: Box<Self>) -> Vec<Error> {
-        self.teardown_all()
+impl Drop for VswitchHost {
+    fn drop(&mut self) {
+        for e in self.teardown() {
+            eprintln!("netbench: cleanup: {e}");
+        }
     }
 }
 
-impl Drop for VswitchDeployment {
-    fn drop(&mut self) {
-        for e in self.teardown_all() {
-            eprintln!("netbench: cleanup: {e}");
+/// `Networks.NET.IPAddress` of one `vswitch inspect` entry (the client
+/// prints an array, one entry per container asked for).
+pub fn endpoint_ipv4(inspect: &serde_json::Value, network: &str) -> Option<Ipv4Addr> {
+    let entry = inspect.get(0).unwrap_or(inspect);
+    entry["Networks"][network]["IPAddress"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Polls `ready` every 100 ms until it says yes, for at most `within`.
+pub fn wait_until(
+    what: &str,
+    within: Duration,
+    mut ready: impl FnMut() -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
+    loop {
+        if ready()? {
+            return Ok(());
         }
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Setup(format!(
+                "timed out after {within:?} waiting for {what}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -515,10 +659,48 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_ipv4_reads_vswitch_inspect() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"[{"Name":"b","Host":"h2","Networks":{"ov":{"IPAddress":"10.248.0.130","MacAddress":"02:00:00:00:00:01"},"other":{}}}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            endpoint_ipv4(&v, "ov"),
+            Some(Ipv4Addr::new(10, 248, 0, 130))
+        );
+        assert_eq!(endpoint_ipv4(&v, "other"), None);
+        assert_eq!(endpoint_ipv4(&v, "missing"), None);
+    }
+
+    #[test]
+    fn wait_until_polls_until_ready_and_is_bounded() {
+        let mut calls = 0;
+        wait_until("the third call", Duration::from_secs(10), || {
+            calls += 1;
+            Ok(calls == 3)
+        })
+        .unwrap();
+        assert_eq!(calls, 3);
+        let start = Instant::now();
+        let err = wait_until("never", Duration::from_millis(300), || Ok(false)).unwrap_err();
+        assert!(err.to_string().contains("never"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let err = wait_until("a failing probe", Duration::from_secs(10), || {
+            Err(Error::Setup("probe broke".into()))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "probe broke");
+    }
+
+    #[test]
     fn names_fit_an_interface_name() {
         // The longest tag: a 22-bit pid in hex (pid_max is at most 2^22).
         let tag = format!("{:x}", (1u32 << 22) - 1);
-        for suffix in ["ka", "kb", "kbr", "vh", "va", "vb"] {
+        let suffixes = ["ka", "kb", "kbr", "vh", "va", "vb"];
+        let overlay = [
+            "xu", "xh1", "xh2", "xa", "xb", "ou", "oh1", "oh2", "oa", "ob", "ov",
+        ];
+        for suffix in suffixes.iter().chain(&overlay) {
             assert!(format!("nb{tag}{suffix}").len() <= 15);
         }
     }
