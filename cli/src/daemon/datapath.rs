@@ -207,18 +207,9 @@ impl DatapathHandle {
                 // drains them: the default 208 KiB overflowed (17 % of
                 // datagrams lost in netbench). The kernel caps these at
                 // net.core.{r,w}mem_max.
-                for opt in [TUNNEL_SOCKET_BUF] {
-                    let _ = nix::sys::socket::setsockopt(
-                        &sock,
-                        nix::sys::socket::sockopt::RcvBuf,
-                        &opt,
-                    );
-                    let _ = nix::sys::socket::setsockopt(
-                        &sock,
-                        nix::sys::socket::sockopt::SndBuf,
-                        &opt,
-                    );
-                }
+                use nix::sys::socket::{setsockopt, sockopt};
+                let _ = setsockopt(&sock, sockopt::RcvBuf, &TUNNEL_SOCKET_BUF);
+                let _ = setsockopt(&sock, sockopt::SndBuf, &TUNNEL_SOCKET_BUF);
                 let mut sock = UdpSocket::from_std(sock);
                 poll.registry()
                     .register(&mut sock, TUNNEL, Interest::READABLE)?;
