@@ -18,6 +18,7 @@ use serde_json::Value;
 use switch::bridge::{BridgeConfig, PortSecurity};
 use switch::dns::{DnsEntry, Zone};
 use switch::gateway::GatewayConfig;
+use switch::nat::{NatConfig, NatLimits};
 use switch::{MacAddr, NetworkId, PortId};
 
 use super::cluster::Cluster;
@@ -735,6 +736,17 @@ impl Controller {
             };
             let prefix4 = net.subnet4().map(|n| n.prefix_len());
             let prefix6 = net.subnet6().map(|n| n.prefix_len());
+            // Bridge networks get a NAT for published ports and egress
+            // (none on internal ones); overlays none for now.
+            let nat = (net.record.driver == Driver::Bridge).then(|| NatConfig {
+                gateway_mac,
+                ipv4: net.gateway4().zip(prefix4),
+                ipv6: net.gateway6().zip(prefix6),
+                mtu: net.record.mtu as usize,
+                egress: !net.record.internal,
+                limits: NatLimits::default(),
+                random_seed: random_u64(),
+            });
             let config = GatewayConfig {
                 mac: gateway_mac,
                 ipv4: net.gateway4().zip(prefix4),
@@ -746,7 +758,7 @@ impl Controller {
                 random_seed: random_u64(),
             };
             self.datapath
-                .add_network(id, Some((gw_port, config)))
+                .add_network(id, Some((gw_port, config)), nat)
                 .map_err(ApiError::internal)?;
             net.id = Some(id);
             if let Some(vni) = net.record.vni.and_then(overlay::Vni::new) {
