@@ -112,6 +112,154 @@ pub struct Connect {
     pub mac: Option<String>,
     #[serde(rename = "Aliases", default)]
     pub aliases: Vec<String>,
+    /// Published ports (`-p`), one entry per port (ranges expanded).
+    #[serde(rename = "Ports", default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// Most published ports one `-p` list may expand to.
+pub const MAX_PORT_MAPPINGS: usize = 1024;
+
+/// The protocol of a published port.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Udp => "udp",
+        }
+    }
+}
+
+/// One published port: host address and port to the container's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// The host address to listen on; none: every address, IPv4 and IPv6.
+    #[serde(rename = "HostIp", default)]
+    pub host_ip: Option<IpAddr>,
+    #[serde(rename = "HostPort")]
+    pub host_port: u16,
+    #[serde(rename = "ContainerPort")]
+    pub container_port: u16,
+    #[serde(rename = "Protocol", default)]
+    pub proto: PortProto,
+}
+
+impl PortMapping {
+    /// The host addresses it listens on, as `docker port` shows them.
+    pub fn host_ips(&self) -> Vec<IpAddr> {
+        match self.host_ip {
+            Some(ip) => vec![ip],
+            None => vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()],
+        }
+    }
+}
+
+/// A port or a range `A-B` of a `-p` spec.
+fn port_range(what: &str, s: &str, spec: &str) -> Result<(u16, u16), String> {
+    let one = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("-p {spec}: `{p}` is not a {what} port (1-65535)")),
+            Ok(n) => Ok(n),
+        }
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (one(a)?, one(b)?);
+            if a > b {
+                return Err(format!(
+                    "-p {spec}: the {what} port range {a}-{b} is backwards"
+                ));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let p = one(s)?;
+            Ok((p, p))
+        }
+    }
+}
+
+/// Parses a `-p [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]` spec (ports may be
+/// ranges of equal length, `8000-8010:80-90`; an IPv6 host address goes in
+/// brackets, `[::1]:8080:80`) into one mapping per port.
+pub fn parse_port_spec(spec: &str) -> Result<Vec<PortMapping>, String> {
+    let usage = "use [HOSTIP:]HOSTPORT:PORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:5353:53/udp";
+    let (rest, proto) = match spec.rsplit_once('/') {
+        Some((r, "tcp")) => (r, PortProto::Tcp),
+        Some((r, "udp")) => (r, PortProto::Udp),
+        Some((_, p)) => return Err(format!("-p {spec}: unknown protocol `{p}`; use tcp or udp")),
+        None => (spec, PortProto::Tcp),
+    };
+    let (host_ip, ports) = if let Some(r) = rest.strip_prefix('[') {
+        let (ip, r) = r
+            .split_once("]:")
+            .ok_or_else(|| format!("-p {spec}: {usage}"))?;
+        let ip: Ipv6Addr = ip
+            .parse()
+            .map_err(|_| format!("-p {spec}: `{ip}` is not an IPv6 address"))?;
+        (Some(IpAddr::V6(ip)), r)
+    } else {
+        match rest.matches(':').count() {
+            1 => (None, rest),
+            2 => {
+                let (ip, r) = rest.split_once(':').expect("counted");
+                let ip: Ipv4Addr = ip
+                    .parse()
+                    .map_err(|_| format!("-p {spec}: `{ip}` is not an IPv4 address (IPv6 goes in brackets: [::1]:8080:80)"))?;
+                (Some(IpAddr::V4(ip)), r)
+            }
+            _ => return Err(format!("-p {spec}: {usage}")),
+        }
+    };
+    let (host, container) = ports
+        .split_once(':')
+        .ok_or_else(|| format!("-p {spec}: {usage}"))?;
+    if container.contains(':') {
+        return Err(format!("-p {spec}: {usage}"));
+    }
+    let (h0, h1) = port_range("host", host, spec)?;
+    let (c0, c1) = port_range("container", container, spec)?;
+    if h1 - h0 != c1 - c0 {
+        return Err(format!(
+            "-p {spec}: the host range has {} ports and the container range {}; make them the same length",
+            h1 - h0 + 1,
+            c1 - c0 + 1
+        ));
+    }
+    if usize::from(h1 - h0) >= MAX_PORT_MAPPINGS {
+        return Err(format!(
+            "-p {spec}: at most {MAX_PORT_MAPPINGS} ports may be published at once"
+        ));
+    }
+    Ok((0..=h1 - h0)
+        .map(|i| PortMapping {
+            host_ip,
+            host_port: h0 + i,
+            container_port: c0 + i,
+            proto,
+        })
+        .collect())
+}
+
+/// A host address and port a container port is published on, as Docker's
+/// `NetworkSettings.Ports` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    #[serde(rename = "HostIp")]
+    pub host_ip: String,
+    #[serde(rename = "HostPort")]
+    pub host_port: String,
 }
 
 /// `vswitch network disconnect`.
@@ -327,6 +475,9 @@ pub struct ContainerInspect {
     pub host: String,
     #[serde(rename = "Networks")]
     pub networks: BTreeMap<String, EndpointInspect>,
+    /// Published ports, keyed `PORT/PROTO` as Docker's.
+    #[serde(rename = "Ports", default)]
+    pub ports: BTreeMap<String, Vec<PortBinding>>,
 }
 
 /// One port's counters in `vswitch stats`.
@@ -605,5 +756,77 @@ mod tests {
     fn name_too_long() {
         assert!(validate_name("network", &"a".repeat(64)).is_err());
         assert!(validate_name("network", &"a".repeat(63)).is_ok());
+    }
+
+    #[rstest]
+    #[case("8080:80", None, 8080, 80, PortProto::Tcp, 1)]
+    #[case("8080:80/udp", None, 8080, 80, PortProto::Udp, 1)]
+    #[case(
+        "127.0.0.1:5353:53/udp",
+        Some("127.0.0.1"),
+        5353,
+        53,
+        PortProto::Udp,
+        1
+    )]
+    #[case("[::1]:8080:80/tcp", Some("::1"), 8080, 80, PortProto::Tcp, 1)]
+    #[case("8000-8010:80-90", None, 8000, 80, PortProto::Tcp, 11)]
+    fn parses_port_specs(
+        #[case] spec: &str,
+        #[case] ip: Option<&str>,
+        #[case] host: u16,
+        #[case] container: u16,
+        #[case] proto: PortProto,
+        #[case] count: usize,
+    ) {
+        let m = parse_port_spec(spec).unwrap();
+        assert_eq!(m.len(), count);
+        assert_eq!(m[0].host_ip, ip.map(|i| i.parse().unwrap()));
+        assert_eq!((m[0].host_port, m[0].container_port), (host, container));
+        assert_eq!(m[0].proto, proto);
+        let last = m[count - 1];
+        assert_eq!(
+            (last.host_port - host, last.container_port - container),
+            (count as u16 - 1, count as u16 - 1)
+        );
+    }
+
+    #[rstest]
+    #[case("80")]
+    #[case("0:80")]
+    #[case("8080:0")]
+    #[case("8080:80/sctp")]
+    #[case("8000-8010:80-85")]
+    #[case("9-1:9-1")]
+    #[case("::1:8080:80")]
+    #[case("host:8080:80")]
+    #[case("1:2:3:4")]
+    #[case("8080:70000")]
+    #[case("1-2000:1-2000")]
+    fn refuses_bad_port_specs(#[case] spec: &str) {
+        let e = parse_port_spec(spec).unwrap_err();
+        assert!(e.starts_with(&format!("-p {spec}:")), "{e}");
+    }
+
+    #[test]
+    fn connect_carries_ports() {
+        let r = Request::decode(
+            "POST",
+            "/v1/networks/web/connect",
+            br#"{"Container":"c","Ports":[{"HostPort":8080,"ContainerPort":80,"Protocol":"udp"}]}"#,
+        )
+        .unwrap();
+        let Request::NetworkConnect(_, c) = r else {
+            panic!("wrong request {r:?}")
+        };
+        assert_eq!(
+            c.ports,
+            vec![PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                proto: PortProto::Udp
+            }]
+        );
     }
 }

@@ -163,3 +163,164 @@ fn egress_reaches_the_world_and_internal_does_not() {
         stdout(&o)
     );
 }
+
+#[test]
+fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
+    if !root_or_skip("published_ports_show_real_clients_v4_v6_udp_hairpin_restart") {
+        return;
+    }
+    let mut h = Host::start(&[]);
+    let client = Netns::new("vsc");
+    veth(&h.ns, "192.0.2.1/24", &client, "192.0.2.2/24");
+    // IPv6 on the same link (no DAD wait).
+    let (hv, cv) = (
+        stdout(&h.ns.exec(&["sh", "-c", "ls /sys/class/net | grep '^va'"])),
+        stdout(&client.exec(&["sh", "-c", "ls /sys/class/net | grep '^vb'"])),
+    );
+    ok(&[
+        "ip",
+        "-n",
+        &h.ns.name,
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        hv.trim(),
+        "nodad",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &client.name,
+        "addr",
+        "add",
+        "2001:db8:2::2/64",
+        "dev",
+        cv.trim(),
+        "nodad",
+    ]);
+
+    let net = unique("n");
+    h.vs_ok(&["network", "create", "--subnet", "10.234.0.0/24", &net]);
+    let c = h.run("c", &net, &["-p", "8080:80", "-p", "5353:53/udp"]);
+    let _tcp = peer_echo_tcp(&c, 80);
+    let _udp = peer_echo_udp(&c, 53);
+
+    let tcp = |ns: &str, target: &str| {
+        until_ok(
+            ns,
+            &[
+                "socat",
+                "-T3",
+                "-",
+                &format!("TCP:{target},connect-timeout=3"),
+            ],
+            Duration::from_secs(10),
+        )
+    };
+    // The container sees the client's own address.
+    let (ok4, out) = tcp(&client.name, "192.0.2.1:8080");
+    assert!(ok4, "published TCP failed: {out}\n{}", tail(&h.log(), 30));
+    assert!(out.contains("peer=192.0.2.2"), "{out}");
+    // From the daemon's loopback: the gateway.
+    let (ok_lo, out) = tcp(&h.ns.name, "127.0.0.1:8080");
+    assert!(ok_lo, "{out}");
+    assert!(out.contains("peer=10.234.0.1"), "{out}");
+    // An IPv6 client to the IPv4-only container: the gateway too.
+    let (ok6, out) = tcp(&client.name, "[2001:db8:2::1]:8080");
+    assert!(ok6, "IPv6 client failed: {out}");
+    assert!(out.contains("peer=10.234.0.1"), "{out}");
+    // UDP.
+    let (oku, out) = until_ok(
+        &client.name,
+        &["sh", "-c", "echo hi | socat -T2 - UDP:192.0.2.1:5353"],
+        Duration::from_secs(10),
+    );
+    assert!(oku, "published UDP failed: {out}");
+    assert!(out.contains("peer=192.0.2.2"), "{out}");
+    // Hairpin: the container and a neighbour through the host address.
+    let n = h.run("nb", &net, &[]);
+    for who in [&c, &n] {
+        let (okh, out) = tcp(who, "192.0.2.1:8080");
+        assert!(okh, "hairpin from {who} failed: {out}");
+        assert!(out.contains("peer="), "{out}");
+    }
+
+    // `vswitch port` and `inspect`.
+    let ports = h.vs_ok(&["port", &c]);
+    assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
+    assert!(ports.contains("53/udp -> 0.0.0.0:5353"), "{ports}");
+    let v = h.vs_json(&["inspect", &c]);
+    assert_eq!(v[0]["Ports"]["80/tcp"][0]["HostPort"], "8080", "{v}");
+
+    // A rate figure for the report.
+    let start = Instant::now();
+    let mut done = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        let o = client.exec(&["socat", "-T3", "-u", "TCP:192.0.2.1:8080", "-"]);
+        assert!(
+            stdout(&o).contains("peer=192.0.2.2"),
+            "connection {done} failed: {} {}\n{}",
+            o.status,
+            stderr(&o),
+            tail(&h.log(), 20)
+        );
+        done += 1;
+    }
+    eprintln!(
+        "published-port connections (socat per connection, sequential): {:.0}/s",
+        done as f64 / start.elapsed().as_secs_f64()
+    );
+
+    // A port in use: a clear error and nothing left behind.
+    let name = unique("dup");
+    let o = h.vs(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &net,
+        "-p",
+        "8080:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("port 8080/tcp is already in use on 0.0.0.0; pick another host port"),
+        "{err}"
+    );
+    assert!(!h.vs(&["inspect", &name]).status.success());
+    assert!(!std::path::Path::new("/run/netns").join(&name).exists());
+    let inspect = h.vs_ok(&["network", "inspect", &net]);
+    assert!(!inspect.contains(&name), "{inspect}");
+    // A bad spec is refused before anything is made.
+    let o = h.vs(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &net,
+        "-p",
+        "80",
+        "--",
+        "true",
+    ]);
+    assert!(stderr(&o).contains("-p 80:"), "{}", stderr(&o));
+
+    // Durable: a restarted daemon listens again.
+    h.restart();
+    let (okr, out) = tcp(&client.name, "192.0.2.1:8080");
+    assert!(okr, "after restart: {out}\n{}", tail(&h.log(), 30));
+    assert!(out.contains("peer=192.0.2.2"), "{out}");
+
+    // Removed with the container: the port is free again.
+    h.vs_ok(&["rm", &c]);
+    h.containers.retain(|x| x != &c);
+    let again = h.run("again", &net, &["-p", "8080:80"]);
+    assert!(h.vs_ok(&["port", &again]).contains("0.0.0.0:8080"));
+}

@@ -42,6 +42,12 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// List a container's published ports, as `docker container port`.
+    Port {
+        container: String,
+        /// Only this port: PORT or PORT/PROTO.
+        port: Option<String>,
+    },
     /// Show a container's endpoints, addresses and MACs.
     Inspect {
         #[arg(required = true)]
@@ -177,6 +183,13 @@ pub struct ConnectArgs {
     /// The container's network namespace (/run/netns/NAME or /proc/PID/ns/net).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// Publish a container port on the host; repeatable, ranges allowed.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]"
+    )]
+    pub publish: Vec<String>,
     pub network: String,
     pub container: String,
 }
@@ -199,6 +212,13 @@ pub struct RunArgs {
     pub ip6: Option<Ipv6Addr>,
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
+    /// Publish a container port on the host; repeatable, ranges allowed.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]"
+    )]
+    pub publish: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -270,6 +290,49 @@ fn subnet_specs(a: &CreateArgs) -> Result<Vec<SubnetSpec>> {
     Ok(specs)
 }
 
+/// Every `-p` spec, expanded.
+fn port_mappings(specs: &[String]) -> Result<Vec<api::PortMapping>> {
+    let mut out = Vec::new();
+    for s in specs {
+        out.extend(api::parse_port_spec(s).map_err(anyhow::Error::msg)?);
+    }
+    if out.len() > api::MAX_PORT_MAPPINGS {
+        bail!(
+            "{} ports asked for; at most {} may be published at once",
+            out.len(),
+            api::MAX_PORT_MAPPINGS
+        );
+    }
+    Ok(out)
+}
+
+/// `docker container port` lines: `80/tcp -> 0.0.0.0:8080`.
+fn port_lines(c: &api::ContainerInspect, only: Option<&str>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (key, bindings) in &c.ports {
+        let matches = match only {
+            None => true,
+            Some(o) if o.contains('/') => o == key,
+            Some(o) => key.split('/').next() == Some(o),
+        };
+        if !matches {
+            continue;
+        }
+        for b in bindings {
+            let host = match b.host_ip.parse::<IpAddr>() {
+                Ok(IpAddr::V6(ip)) => format!("[{ip}]:{}", b.host_port),
+                _ => format!("{}:{}", b.host_ip, b.host_port),
+            };
+            lines.push(if only.is_some() {
+                host
+            } else {
+                format!("{key} -> {host}")
+            });
+        }
+    }
+    lines
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -305,6 +368,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 }
             }
             Ok(i32::from(failed))
+        }
+        Command::Port { container, port } => {
+            let c: api::ContainerInspect = client
+                .call("GET", &format!("/v1/containers/{container}"), None::<&()>)
+                .await?;
+            let lines = port_lines(&c, port.as_deref());
+            if lines.is_empty() && port.is_some() {
+                bail!(
+                    "no public port `{}` published for container `{container}`",
+                    port.unwrap_or_default()
+                );
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(0)
         }
         Command::Inspect { names } => {
             let mut all = Vec::new();
@@ -486,6 +565,7 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 ip6: a.ip6,
                 mac: a.mac,
                 aliases: a.aliases,
+                ports: port_mappings(&a.publish)?,
             };
             let _: api::ContainerInspect = client
                 .call(
@@ -542,6 +622,7 @@ async fn run_container(client: &Client, a: RunArgs) -> Result<i32> {
     for alias in &a.aliases {
         api::validate_name("alias", alias).map_err(anyhow::Error::msg)?;
     }
+    let ports = port_mappings(&a.publish)?;
     if a.detach && a.rm {
         bail!("--rm and -d do not go together: a detached container stays until `vswitch rm`");
     }
@@ -551,6 +632,13 @@ async fn run_container(client: &Client, a: RunArgs) -> Result<i32> {
     let host_mode = net.driver == Driver::Host;
     if host_mode && (a.ip.is_some() || a.ip6.is_some() || !a.aliases.is_empty()) {
         bail!("--ip, --ip6 and --alias do not apply to the host network");
+    }
+    if !ports.is_empty() && !matches!(net.driver, Driver::Bridge) {
+        bail!(
+            "-p needs a bridge network; `{}` uses the {} driver",
+            a.network,
+            net.driver.as_str()
+        );
     }
     // Refuse early, before making a namespace, if the name is taken.
     let (status, _) = client
@@ -602,6 +690,7 @@ async fn run_container(client: &Client, a: RunArgs) -> Result<i32> {
                     ip6: a.ip6,
                     mac: None,
                     aliases: a.aliases.clone(),
+                    ports: ports.clone(),
                 };
                 let _: api::ContainerInspect = client
                     .call(

@@ -31,6 +31,7 @@ use crate::sandbox;
 
 mod cluster_ipam;
 mod overlay_nets;
+mod ports;
 
 /// What the controller needs to know at start.
 #[derive(Debug, Clone)]
@@ -68,6 +69,8 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 struct Endpoint {
     record: EndpointRecord,
     port: PortId,
+    /// Published ports (`-p`).
+    ports: Vec<api::PortMapping>,
 }
 
 #[derive(Debug)]
@@ -412,9 +415,29 @@ impl Controller {
         self.datapath
             .add_port(port, id, tap, security(&rec))
             .map_err(ApiError::internal)?;
+        let (container, network) = (rec.container.clone(), rec.network.clone());
+        let ports = self.load_ports(&container, &network);
         let net = self.networks.get_mut(&rec.network).expect("checked above");
-        net.endpoints
-            .insert(rec.container.clone(), Endpoint { record: rec, port });
+        net.endpoints.insert(
+            rec.container.clone(),
+            Endpoint {
+                record: rec,
+                port,
+                ports: ports.clone(),
+            },
+        );
+        // A port taken meanwhile is reported, not fatal: the endpoint
+        // itself is back.
+        match self.bind_ports(&network, &ports) {
+            Ok(bound) => {
+                if let Err(e) = self.start_forwarding(&network, &container, bound) {
+                    tracing::error!(%container, %network, error = %e, "published ports not restored");
+                }
+            }
+            Err(e) => {
+                tracing::error!(%container, %network, error = %e, "published ports not restored")
+            }
+        }
         Ok(())
     }
 
@@ -919,6 +942,10 @@ impl Controller {
             }
             None => None,
         };
+        // Host ports first: a port in use refuses the connect before
+        // anything is set up (the sockets close if a later step fails).
+        let bound = self.bind_ports(network, &req.ports)?;
+        let net = &self.networks[network];
         let (subnet4, subnet6, gw4, gw6, is_internal) = (
             net.subnet4(),
             net.subnet6(),
@@ -1026,11 +1053,26 @@ impl Controller {
             ipv4 = ?rec.ipv4, ipv6 = ?rec.ipv6, "endpoint connected");
         let net = self.networks.get_mut(network).expect("exists");
         let overlay = net.record.driver == Driver::Overlay;
-        net.endpoints
-            .insert(rec.container.clone(), Endpoint { record: rec, port });
+        net.endpoints.insert(
+            rec.container.clone(),
+            Endpoint {
+                record: rec,
+                port,
+                ports: req.ports.clone(),
+            },
+        );
         net.publish_zone();
         if overlay {
             self.publish_local_endpoint(network, &req.container);
+        }
+        let published = self
+            .save_ports(&req.container, network, &req.ports)
+            .and_then(|()| self.start_forwarding(network, &req.container, bound));
+        if let Err(e) = published {
+            if let Err(undo) = self.disconnect(network, &req.container) {
+                tracing::warn!(error = %undo, "undoing a failed connect");
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -1095,6 +1137,7 @@ impl Controller {
         if net.record.driver == Driver::Overlay {
             self.withdraw_local_endpoint(&ep.record.id);
         }
+        self.unpublish(network, container, ep.port);
         let netns = self.containers.get(container).and_then(|c| c.netns.clone());
         if let Some(netns) = netns {
             self.teardown_port(ep.port, &netns, &ep.record.ifname);
@@ -1212,6 +1255,7 @@ impl Controller {
             pid: c.pid,
             host: self.config.node_name.clone(),
             networks,
+            ports: self.port_bindings(name),
         })
     }
 

@@ -1,0 +1,233 @@
+//! Published ports (`-p`): validation, the host sockets, and their durable
+//! record.
+//!
+//! The host sockets are bound here, in the controller, before anything else
+//! of a connect is set up, so that a port already in use refuses the
+//! connect with nothing half done; the bound sockets then go to the
+//! datapath, which forwards through the network's NAT. The mappings of an
+//! endpoint are stored next to the state database, one JSON file per
+//! endpoint (`published/CONTAINER@NETWORK.json`, names are validated), and
+//! bound again at restart.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use switch::MacAddr;
+
+use super::{internal, ApiError, Controller, Driver};
+use crate::api::{PortBinding, PortMapping, PortProto, MAX_PORT_MAPPINGS};
+use crate::daemon::datapath::{bind_published, Published, PublishedProto};
+
+/// A published port whose host socket is bound, not yet forwarding.
+pub(super) struct Bound {
+    mapping: PortMapping,
+    socket: crate::daemon::datapath::PublishedSocket,
+}
+
+impl Controller {
+    fn ports_dir(&self) -> PathBuf {
+        self.config.state_dir.join("published")
+    }
+
+    fn ports_file(&self, container: &str, network: &str) -> PathBuf {
+        self.ports_dir().join(format!("{container}@{network}.json"))
+    }
+
+    /// Checks `ports` for `network` and binds their host sockets. Nothing
+    /// stays bound on error.
+    pub(super) fn bind_ports(
+        &self,
+        network: &str,
+        ports: &[PortMapping],
+    ) -> Result<Vec<Bound>, ApiError> {
+        if ports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let net = self.network(network)?;
+        if net.record.driver != Driver::Bridge {
+            return Err(ApiError::bad(format!(
+                "network `{network}` is an {} network; ports can be published on bridge networks only",
+                net.record.driver.as_str()
+            )));
+        }
+        if ports.len() > MAX_PORT_MAPPINGS {
+            return Err(ApiError::bad(format!(
+                "{} ports asked for; at most {MAX_PORT_MAPPINGS} may be published per endpoint",
+                ports.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for p in ports {
+            if p.host_port == 0 || p.container_port == 0 {
+                return Err(ApiError::bad(
+                    "port 0 cannot be published; give ports 1-65535",
+                ));
+            }
+            if self.config.rootless && p.host_port < 1024 {
+                return Err(ApiError::bad(format!(
+                    "port {}/{} is a privileged port and rootless vswitchd cannot bind it; pick a host port above 1023",
+                    p.host_port,
+                    p.proto.as_str()
+                )));
+            }
+            if !seen.insert((p.host_ip, p.host_port, p.proto)) {
+                return Err(ApiError::bad(format!(
+                    "host port {}/{} is given twice",
+                    p.host_port,
+                    p.proto.as_str()
+                )));
+            }
+        }
+        let mut bound = Vec::with_capacity(ports.len());
+        for p in ports {
+            let proto = match p.proto {
+                PortProto::Tcp => PublishedProto::Tcp,
+                PortProto::Udp => PublishedProto::Udp,
+            };
+            match bind_published(p.host_ip, p.host_port, proto) {
+                Ok(socket) => bound.push(Bound {
+                    mapping: *p,
+                    socket,
+                }),
+                Err(e) => {
+                    // `bound` drops here: every socket so far is closed.
+                    let on = p
+                        .host_ip
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_else(|| "0.0.0.0".into());
+                    return Err(match e.kind() {
+                        io::ErrorKind::AddrInUse => ApiError::conflict(format!(
+                            "port {}/{} is already in use on {on}; pick another host port",
+                            p.host_port,
+                            p.proto.as_str()
+                        )),
+                        io::ErrorKind::AddrNotAvailable => ApiError::bad(format!(
+                            "{on} is not an address of this host; publish on one of its addresses or leave the address out"
+                        )),
+                        io::ErrorKind::PermissionDenied => ApiError::bad(format!(
+                            "binding port {}/{} on {on} is not permitted; pick a host port above 1023",
+                            p.host_port,
+                            p.proto.as_str()
+                        )),
+                        _ => ApiError::internal(format!(
+                            "binding port {}/{} on {on}: {e}",
+                            p.host_port,
+                            p.proto.as_str()
+                        )),
+                    });
+                }
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Hands bound sockets to the datapath for the endpoint of `container`
+    /// on `network`.
+    pub(super) fn start_forwarding(
+        &self,
+        network: &str,
+        container: &str,
+        bound: Vec<Bound>,
+    ) -> Result<(), ApiError> {
+        if bound.is_empty() {
+            return Ok(());
+        }
+        let net = self.network(network)?;
+        let ep = net
+            .endpoints
+            .get(container)
+            .ok_or_else(|| ApiError::internal("endpoint vanished"))?;
+        let id = net
+            .id
+            .ok_or_else(|| ApiError::internal("network has no datapath"))?;
+        let addr: IpAddr = match (ep.record.ipv4, ep.record.ipv6) {
+            (Some(a), _) => a.addr().into(),
+            (None, Some(a)) => a.addr().into(),
+            (None, None) => {
+                return Err(ApiError::bad(format!(
+                    "container `{container}` has no address on `{network}` to publish ports to"
+                )))
+            }
+        };
+        let mac = MacAddr(ep.record.mac);
+        let published = bound
+            .into_iter()
+            .map(|b| Published {
+                socket: b.socket,
+                container: SocketAddr::new(addr, b.mapping.container_port),
+                container_mac: mac,
+            })
+            .collect();
+        self.datapath
+            .publish(id, ep.port, published)
+            .map_err(ApiError::internal)
+    }
+
+    /// Stores the mappings of an endpoint (or removes the record when
+    /// there are none).
+    pub(super) fn save_ports(
+        &self,
+        container: &str,
+        network: &str,
+        ports: &[PortMapping],
+    ) -> Result<(), ApiError> {
+        let path = self.ports_file(container, network);
+        if ports.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(internal(e)),
+                _ => Ok(()),
+            };
+        }
+        std::fs::create_dir_all(self.ports_dir()).map_err(internal)?;
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec(ports).map_err(internal)?;
+        std::fs::write(&tmp, body).map_err(internal)?;
+        std::fs::rename(&tmp, &path).map_err(internal)
+    }
+
+    /// The stored mappings of an endpoint.
+    pub(super) fn load_ports(&self, container: &str, network: &str) -> Vec<PortMapping> {
+        let path = self.ports_file(container, network);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable published ports");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Stops forwarding an endpoint's published ports and forgets them.
+    pub(super) fn unpublish(&self, network: &str, container: &str, port: switch::PortId) {
+        if let Some(id) = self.networks.get(network).and_then(|n| n.id) {
+            if let Err(e) = self.datapath.unpublish(id, port) {
+                tracing::warn!(container, network, error = %e, "closing published ports");
+            }
+        }
+        if let Err(e) = self.save_ports(container, network, &[]) {
+            tracing::warn!(container, network, error = %e, "forgetting published ports");
+        }
+    }
+
+    /// Docker's `NetworkSettings.Ports` of a container.
+    pub(super) fn port_bindings(&self, container: &str) -> BTreeMap<String, Vec<PortBinding>> {
+        let mut out: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+        for n in self.networks.values() {
+            let Some(e) = n.endpoints.get(container) else {
+                continue;
+            };
+            for p in &e.ports {
+                let key = format!("{}/{}", p.container_port, p.proto.as_str());
+                for ip in p.host_ips() {
+                    out.entry(key.clone()).or_default().push(PortBinding {
+                        host_ip: ip.to_string(),
+                        host_port: p.host_port.to_string(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
