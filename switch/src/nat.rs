@@ -1789,7 +1789,10 @@ impl Nat {
         ) {
             conn.remote_fin = true;
         }
-        if conn.host_closed && !conn.local_fin {
+        // A host client that half-closes before the container answered
+        // the SYN: the FIN waits for the handshake (closing a SYN-SENT
+        // socket would abort it).
+        if conn.host_closed && conn.established && !conn.local_fin {
             conn.local_fin = true;
             // The container's FIN then gets its ACK at once, so the socket
             // can go when it reaches TIME-WAIT (see below).
@@ -2805,6 +2808,26 @@ mod tests {
         net.settle();
         assert_eq!(net.take_events(), [NatEvent::TcpReadable(id)]);
         assert_eq!(net.host_read(id), b"world");
+    }
+
+    #[test]
+    fn inbound_tcp_host_half_close_before_handshake() {
+        let mut net = Net::new(true, limits());
+        let h = net.c.listen(80);
+        let id = net
+            .nat
+            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
+            .unwrap();
+        // The host client shut down writing at once (`socat - TCP:...`
+        // with empty stdin), before the container's SYN-ACK came back.
+        net.nat.tcp_host_closed(id, net.now);
+        net.settle();
+        // The connection is made all the same, then half-closed.
+        assert_eq!(net.c.tcp(h).state(), tcp::State::CloseWait);
+        net.c.tcp(h).send_slice(b"reply").unwrap();
+        net.settle();
+        let _ = net.take_events();
+        assert_eq!(net.host_read(id), b"reply");
     }
 
     #[test]
