@@ -327,12 +327,7 @@ impl Controller {
                 tracing::error!(network = %name, error = %e, "cannot restore network");
             }
         }
-        let overlays: Vec<String> = self
-            .networks
-            .values()
-            .filter(|n| n.record.driver == Driver::Overlay)
-            .map(|n| n.record.name.clone())
-            .collect();
+        let overlays = self.overlay_names();
         for name in overlays {
             let me = self.config.node_name.clone();
             match self.make_allocator(&name, &me) {

@@ -105,6 +105,15 @@ fn no_cluster() -> ApiError {
 }
 
 impl Controller {
+    /// The names of the overlay networks known here.
+    pub(super) fn overlay_names(&self) -> Vec<String> {
+        self.networks
+            .values()
+            .filter(|n| n.record.driver == Driver::Overlay)
+            .map(|n| n.record.name.clone())
+            .collect()
+    }
+
     fn peers_file(&self) -> std::path::PathBuf {
         self.config.state_dir.join("cluster-peers.json")
     }
@@ -115,12 +124,7 @@ impl Controller {
         if self.cluster.is_none() {
             return;
         }
-        let overlays: Vec<String> = self
-            .networks
-            .values()
-            .filter(|n| n.record.driver == Driver::Overlay)
-            .map(|n| n.record.name.clone())
-            .collect();
+        let overlays = self.overlay_names();
         for name in &overlays {
             let containers: Vec<String> = self.networks[name].endpoints.keys().cloned().collect();
             for c in containers {
@@ -169,12 +173,7 @@ impl Controller {
         let cluster = self.cluster.as_ref().ok_or_else(no_cluster)?;
         cluster.with(|g, now| g.leave(now));
         let _ = std::fs::remove_file(self.peers_file());
-        let overlays: Vec<String> = self
-            .networks
-            .values()
-            .filter(|n| n.record.driver == Driver::Overlay)
-            .map(|n| n.record.name.clone())
-            .collect();
+        let overlays = self.overlay_names();
         for n in overlays {
             self.resync_overlay(&n);
         }
@@ -494,12 +493,7 @@ impl Controller {
     }
 
     fn resync_all_overlays(&mut self) {
-        let names: Vec<String> = self
-            .networks
-            .values()
-            .filter(|n| n.record.driver == Driver::Overlay)
-            .map(|n| n.record.name.clone())
-            .collect();
+        let names = self.overlay_names();
         for n in names {
             self.resync_overlay(&n);
         }
