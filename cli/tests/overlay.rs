@@ -226,6 +226,45 @@ fn three_hosts_overlay_ping_dns_failure_and_restart() {
             stderr(&o)
         );
     }
+    // Egress from an overlay container goes through its own host's NAT:
+    // a server on the underlay (in h2's namespace) answers container a on h1.
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h2.ns.name,
+            "timeout",
+            "20",
+            "socat",
+            "TCP-LISTEN:9999,reuseaddr",
+            "SYSTEM:echo overlay-egress-ok",
+        ])
+        .spawn()
+        .expect("socat");
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Reap(server);
+    let mut got = String::new();
+    for _ in 0..20 {
+        let o = ns_exec(
+            &a,
+            &["timeout", "5", "socat", "-u", "TCP:192.0.2.12:9999", "-"],
+        );
+        got = stdout(&o);
+        if got.contains("overlay-egress-ok") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        got.contains("overlay-egress-ok"),
+        "egress from the overlay: {got:?}"
+    );
     // ARP for remote endpoints was answered locally.
     let stats = h1.vs_json(&["stats", "--json"]);
     assert!(stats["Suppressed"].as_u64().unwrap() >= 1, "{stats}");

@@ -754,9 +754,11 @@ impl Controller {
             };
             let prefix4 = net.subnet4().map(|n| n.prefix_len());
             let prefix6 = net.subnet6().map(|n| n.prefix_len());
-            // Bridge networks get a NAT for published ports and egress
-            // (none on internal ones); overlays none for now.
-            let nat = (net.record.driver == Driver::Bridge).then(|| NatConfig {
+            // Every switched network gets a NAT for published ports and
+            // egress (no egress on internal ones). On an overlay each host
+            // has its own: a container's egress and its published ports go
+            // through the host it runs on, as with Docker's gwbridge.
+            let nat = net.is_switched().then(|| NatConfig {
                 gateway_mac,
                 ipv4: net.gateway4().zip(prefix4),
                 ipv6: net.gateway6().zip(prefix6),

@@ -46,9 +46,9 @@ impl Controller {
             return Ok(Vec::new());
         }
         let net = self.network(network)?;
-        if net.record.driver != Driver::Bridge {
+        if !matches!(net.record.driver, Driver::Bridge | Driver::Overlay) {
             return Err(ApiError::bad(format!(
-                "network `{network}` is an {} network; ports can be published on bridge networks only",
+                "network `{network}` is an {} network; ports can be published on bridge and overlay networks only",
                 net.record.driver.as_str()
             )));
         }
