@@ -526,6 +526,9 @@ pub struct Stats {
     /// Gossip (present with a cluster).
     #[serde(rename = "Gossip", skip_serializing_if = "BTreeMap::is_empty", default)]
     pub gossip: BTreeMap<String, u64>,
+    /// Published ports and egress, by network.
+    #[serde(rename = "Nat", skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub nat: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// The body of every error response.

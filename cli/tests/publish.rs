@@ -162,6 +162,20 @@ fn egress_reaches_the_world_and_internal_does_not() {
         "internal network reached the world: {}",
         stdout(&o)
     );
+    // The NAT counted what it did, per network.
+    let stats = h.vs_json(&["stats", "--json"]);
+    let nat = &stats["Nat"];
+    let egress: u64 = nat
+        .as_object()
+        .expect("Nat counters")
+        .values()
+        .map(|c| c["TcpEgress"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(egress >= 1, "{stats}");
+    assert!(
+        nat[&inet]["EgressDenied"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
 }
 
 #[test]

@@ -424,6 +424,20 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         p.drops + p.tx_drops
                     );
                 }
+                for (net, c) in &s.nat {
+                    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+                    println!(
+                        "nat {net}: tcp inbound={} egress={} active={} refused={}; udp flows={} active={}; icmp flows={}; egress denied={}",
+                        get("TcpInbound"),
+                        get("TcpEgress"),
+                        get("TcpActive"),
+                        get("TcpRefused"),
+                        get("UdpFlows"),
+                        get("UdpActive"),
+                        get("IcmpFlows"),
+                        get("EgressDenied")
+                    );
+                }
                 if s.drops.values().any(|v| *v > 0) {
                     let d: Vec<String> = s
                         .drops

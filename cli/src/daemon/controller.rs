@@ -1310,6 +1310,31 @@ impl Controller {
             suppressed: dp.suppressed,
             tunnel,
             gossip,
+            nat: self
+                .networks
+                .values()
+                .filter_map(|n| {
+                    let st = dp.nat.get(&n.id?)?;
+                    let counters = [
+                        ("TcpInbound", st.tcp_inbound),
+                        ("TcpEgress", st.tcp_egress),
+                        ("TcpActive", st.tcp_active),
+                        ("TcpRefused", st.tcp_refused),
+                        ("TcpConnectFailed", st.tcp_connect_failed),
+                        ("UdpFlows", st.udp_flows),
+                        ("UdpActive", st.udp_active),
+                        ("UdpRefused", st.udp_refused),
+                        ("IcmpFlows", st.icmp_flows),
+                        ("EgressDenied", st.egress_denied),
+                        ("FramesMalformed", st.frames_malformed),
+                        ("FramesDropped", st.frames_dropped),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                    Some((n.record.name.clone(), counters))
+                })
+                .collect(),
         })
     }
 }
