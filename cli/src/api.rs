@@ -201,6 +201,23 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortMapping>, String> {
         Some((_, p)) => return Err(format!("-p {spec}: unknown protocol `{p}`; use tcp or udp")),
         None => (spec, PortProto::Tcp),
     };
+    // `PORT` alone: a free host port is picked, as Docker does.
+    if !rest.contains(':') && !rest.starts_with('[') {
+        let (c0, c1) = port_range("container", rest, spec)?;
+        if usize::from(c1 - c0) >= MAX_PORT_MAPPINGS {
+            return Err(format!(
+                "-p {spec}: at most {MAX_PORT_MAPPINGS} ports may be published at once"
+            ));
+        }
+        return Ok((c0..=c1)
+            .map(|c| PortMapping {
+                host_ip: None,
+                host_port: 0,
+                container_port: c,
+                proto,
+            })
+            .collect());
+    }
     let (host_ip, ports) = if let Some(r) = rest.strip_prefix('[') {
         let (ip, r) = r
             .split_once("]:")
@@ -228,8 +245,13 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortMapping>, String> {
     if container.contains(':') {
         return Err(format!("-p {spec}: {usage}"));
     }
-    let (h0, h1) = port_range("host", host, spec)?;
     let (c0, c1) = port_range("container", container, spec)?;
+    // `IP::PORT`: a free host port on that address.
+    let (h0, h1) = if host.is_empty() {
+        (0, c1 - c0)
+    } else {
+        port_range("host", host, spec)?
+    };
     if h1 - h0 != c1 - c0 {
         return Err(format!(
             "-p {spec}: the host range has {} ports and the container range {}; make them the same length",
@@ -245,7 +267,7 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortMapping>, String> {
     Ok((0..=h1 - h0)
         .map(|i| PortMapping {
             host_ip,
-            host_port: h0 + i,
+            host_port: if host.is_empty() { 0 } else { h0 + i },
             container_port: c0 + i,
             proto,
         })
@@ -774,6 +796,10 @@ mod tests {
     )]
     #[case("[::1]:8080:80/tcp", Some("::1"), 8080, 80, PortProto::Tcp, 1)]
     #[case("8000-8010:80-90", None, 8000, 80, PortProto::Tcp, 11)]
+    #[case("80", None, 0, 80, PortProto::Tcp, 1)]
+    #[case("53/udp", None, 0, 53, PortProto::Udp, 1)]
+    #[case("80-82", None, 0, 80, PortProto::Tcp, 3)]
+    #[case("127.0.0.1::80", Some("127.0.0.1"), 0, 80, PortProto::Tcp, 1)]
     fn parses_port_specs(
         #[case] spec: &str,
         #[case] ip: Option<&str>,
@@ -788,14 +814,15 @@ mod tests {
         assert_eq!((m[0].host_port, m[0].container_port), (host, container));
         assert_eq!(m[0].proto, proto);
         let last = m[count - 1];
+        // Host port 0 (picked at bind time) stays 0 over a range.
+        let host_step = if host == 0 { 0 } else { count as u16 - 1 };
         assert_eq!(
             (last.host_port - host, last.container_port - container),
-            (count as u16 - 1, count as u16 - 1)
+            (host_step, count as u16 - 1)
         );
     }
 
     #[rstest]
-    #[case("80")]
     #[case("0:80")]
     #[case("8080:0")]
     #[case("8080:80/sctp")]

@@ -320,11 +320,11 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
         "--network",
         &net,
         "-p",
-        "80",
+        "8080:0",
         "--",
         "true",
     ]);
-    assert!(stderr(&o).contains("-p 80:"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("-p 8080:0:"), "{}", stderr(&o));
 
     // Durable: a restarted daemon listens again.
     h.restart();
@@ -337,4 +337,31 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
     h.containers.retain(|x| x != &c);
     let again = h.run("again", &net, &["-p", "8080:80"]);
     assert!(h.vs_ok(&["port", &again]).contains("0.0.0.0:8080"));
+}
+
+#[test]
+fn a_port_without_a_host_port_gets_a_free_one() {
+    if !root_or_skip("a_port_without_a_host_port_gets_a_free_one") {
+        return;
+    }
+    let mut h = Host::start(&[]);
+    let net = unique("n");
+    h.vs_ok(&["network", "create", "--subnet", "10.238.0.0/24", &net]);
+    // Docker's `-p 80`: the kernel picks the host port.
+    let c = h.run("r", &net, &["-p", "80"]);
+    let _server = peer_echo_tcp(&c, 80);
+    let ports = h.vs_ok(&["port", &c]);
+    let host_port: u16 = ports
+        .lines()
+        .find_map(|l| l.strip_prefix("80/tcp -> 0.0.0.0:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no 80/tcp mapping: {ports}"));
+    assert_ne!(host_port, 0);
+    let target = format!("TCP:127.0.0.1:{host_port}");
+    let (ok, out) = until_ok(
+        &h.ns.name,
+        &["socat", "-u", "-T2", &target, "-"],
+        Duration::from_secs(5),
+    );
+    assert!(ok && out.contains("peer="), "{out}");
 }

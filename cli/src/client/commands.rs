@@ -183,7 +183,8 @@ pub struct ConnectArgs {
     /// The container's network namespace (/run/netns/NAME or /proc/PID/ns/net).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-    /// Publish a container port on the host; repeatable, ranges allowed.
+    /// Publish a container port on the host; repeatable, ranges allowed;
+    /// without HOSTPORT (`-p 80`, `-p IP::80`) a free host port is picked.
     #[arg(
         short = 'p',
         long = "publish",
@@ -212,7 +213,8 @@ pub struct RunArgs {
     pub ip6: Option<Ipv6Addr>,
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
-    /// Publish a container port on the host; repeatable, ranges allowed.
+    /// Publish a container port on the host; repeatable, ranges allowed;
+    /// without HOSTPORT (`-p 80`, `-p IP::80`) a free host port is picked.
     #[arg(
         short = 'p',
         long = "publish",

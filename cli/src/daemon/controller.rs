@@ -942,6 +942,8 @@ impl Controller {
         // Host ports first: a port in use refuses the connect before
         // anything is set up (the sockets close if a later step fails).
         let bound = self.bind_ports(network, &req.ports)?;
+        // The ports as bound: a host port 0 became the one the kernel picked.
+        let mappings: Vec<api::PortMapping> = bound.iter().map(|b| b.mapping()).collect();
         let net = &self.networks[network];
         let (subnet4, subnet6, gw4, gw6, is_internal) = (
             net.subnet4(),
@@ -1055,7 +1057,7 @@ impl Controller {
             Endpoint {
                 record: rec,
                 port,
-                ports: req.ports.clone(),
+                ports: mappings.clone(),
             },
         );
         net.publish_zone();
@@ -1063,7 +1065,7 @@ impl Controller {
             self.publish_local_endpoint(network, &req.container);
         }
         let published = self
-            .save_ports(&req.container, network, &req.ports)
+            .save_ports(&req.container, network, &mappings)
             .and_then(|()| self.start_forwarding(network, &req.container, bound));
         if let Err(e) = published {
             if let Err(undo) = self.disconnect(network, &req.container) {

@@ -52,6 +52,16 @@ pub enum PublishedSocket {
     Udp(std::net::UdpSocket),
 }
 
+impl PublishedSocket {
+    /// The host port it is bound to.
+    pub fn local_port(&self) -> io::Result<u16> {
+        Ok(match self {
+            PublishedSocket::Tcp(l) => l.local_addr()?.port(),
+            PublishedSocket::Udp(u) => u.local_addr()?.port(),
+        })
+    }
+}
+
 /// A published port handed to the datapath: where the host socket forwards
 /// to.
 #[derive(Debug)]

@@ -26,6 +26,13 @@ pub(super) struct Bound {
     socket: crate::daemon::datapath::PublishedSocket,
 }
 
+impl Bound {
+    /// The mapping, with the host port actually bound.
+    pub(super) fn mapping(&self) -> PortMapping {
+        self.mapping
+    }
+}
+
 impl Controller {
     fn ports_dir(&self) -> PathBuf {
         self.config.state_dir.join("published")
@@ -60,19 +67,20 @@ impl Controller {
         }
         let mut seen = HashSet::new();
         for p in ports {
-            if p.host_port == 0 || p.container_port == 0 {
+            if p.container_port == 0 {
                 return Err(ApiError::bad(
-                    "port 0 cannot be published; give ports 1-65535",
+                    "container port 0 cannot be published; give ports 1-65535",
                 ));
             }
-            if self.config.rootless && p.host_port < 1024 {
+            // Host port 0: the kernel picks a free one (Docker's `-p 80`).
+            if self.config.rootless && p.host_port != 0 && p.host_port < 1024 {
                 return Err(ApiError::bad(format!(
                     "port {}/{} is a privileged port and rootless vswitchd cannot bind it; pick a host port above 1023",
                     p.host_port,
                     p.proto.as_str()
                 )));
             }
-            if !seen.insert((p.host_ip, p.host_port, p.proto)) {
+            if p.host_port != 0 && !seen.insert((p.host_ip, p.host_port, p.proto)) {
                 return Err(ApiError::bad(format!(
                     "host port {}/{} is given twice",
                     p.host_port,
@@ -87,10 +95,15 @@ impl Controller {
                 PortProto::Udp => PublishedProto::Udp,
             };
             match bind_published(p.host_ip, p.host_port, proto) {
-                Ok(socket) => bound.push(Bound {
-                    mapping: *p,
-                    socket,
-                }),
+                Ok(socket) => {
+                    let mut mapping = *p;
+                    // Record the port the kernel picked, so a restart binds
+                    // the same one again.
+                    mapping.host_port = socket
+                        .local_port()
+                        .map_err(|e| ApiError::internal(format!("reading a bound port: {e}")))?;
+                    bound.push(Bound { mapping, socket })
+                }
                 Err(e) => {
                     // `bound` drops here: every socket so far is closed.
                     let on = p
