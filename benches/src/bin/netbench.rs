@@ -26,6 +26,10 @@ mod cpu;
 mod exec;
 #[path = "netbench/overlay.rs"]
 mod overlay;
+#[path = "netbench/publish.rs"]
+mod publish;
+#[path = "netbench/rate.rs"]
+mod rate;
 #[path = "netbench/report.rs"]
 mod report;
 #[path = "netbench/scenario.rs"]
@@ -83,6 +87,10 @@ pub enum Error {
     /// A precondition or setup step failed; the message says what to do.
     #[error("{0}")]
     Setup(String),
+    /// A scenario cannot run on this machine (a peer program is missing);
+    /// it is skipped with this note, which is not a failure.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Measure vswitch against the kernel doing the same job.
@@ -106,15 +114,55 @@ struct Args {
     /// The vswitch client binary (default: next to this executable).
     #[arg(long, value_name = "PATH")]
     vswitch: Option<PathBuf>,
+    /// Internal (the connection-rate workload's server): answer one byte
+    /// per connection on this TCP port for `--lifetime` seconds, then exit.
+    #[arg(
+        long,
+        value_name = "PORT",
+        hide = true,
+        conflicts_with = "connect_rate"
+    )]
+    echo_server: Option<u16>,
+    /// Internal: the echo server's lifetime in seconds.
+    #[arg(long, value_name = "SECS", hide = true, default_value_t = 60)]
+    lifetime: u64,
+    /// Internal (the connection-rate workload's client): connect, echo one
+    /// byte and close against ADDR for `--duration` seconds; print JSON.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    connect_rate: Option<std::net::SocketAddr>,
+    /// Internal: connections the client keeps open at once.
+    #[arg(long, value_name = "N", hide = true, default_value_t = rate::WORKERS,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
 }
 
 fn main() -> ExitCode {
-    // First, before any other thread exists, so every thread inherits the mask.
+    let args = Args::parse();
+    // The connection-rate workload's two ends: no signal thread, so the
+    // SIGTERM that stops them ends them at once.
+    if let Some(port) = args.echo_server {
+        return match rate::echo_server(port, Duration::from_secs(args.lifetime)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netbench --echo-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(addr) = args.connect_rate {
+        let r = rate::connect_rate(
+            addr,
+            Duration::from_secs(args.duration.into()),
+            args.workers,
+        );
+        println!("{}", json!(r));
+        return ExitCode::SUCCESS;
+    }
+    // Before any other thread exists, so every thread inherits the mask.
     if let Err(e) = exec::install_signal_thread() {
         eprintln!("netbench: {e}");
         return ExitCode::FAILURE;
     }
-    let args = Args::parse();
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -340,11 +388,21 @@ fn run_scenario(s: &dyn Scenario, env: &Env, have_sockperf: bool) -> ScenarioRes
         group: s.group().into(),
         baseline: s.is_baseline(),
         description: s.description().into(),
+        metrics: s
+            .workloads()
+            .iter()
+            .flat_map(|w| w.metric_keys().iter().map(|k| k.to_string()))
+            .collect(),
         ..Default::default()
     };
     eprintln!("netbench: [{}] setting up: {}", s.key(), s.description());
     let deployment = match s.setup(env) {
         Ok(d) => d,
+        Err(Error::Unavailable(why)) => {
+            eprintln!("netbench: [{}] skipped: {why}", s.key());
+            result.skipped = Some(why);
+            return result;
+        }
         Err(e) => {
             eprintln!("netbench: [{}] setup failed: {e}", s.key());
             result.setup_error = Some(e.to_string());
@@ -355,7 +413,7 @@ fn run_scenario(s: &dyn Scenario, env: &Env, have_sockperf: bool) -> ScenarioRes
     result.endpoints = Some(ep.clone());
     match wait_reachable(&env.sh, &ep, Duration::from_secs(15)) {
         Ok(()) => {
-            for w in Workload::all() {
+            for w in s.workloads() {
                 if interrupted() {
                     break;
                 }
@@ -451,7 +509,11 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case(&[], &["kernel-bridge", "vswitch-bridge", "kernel-vxlan", "vswitch-overlay"])]
+    #[case(&[], &["kernel-bridge", "vswitch-bridge", "kernel-vxlan", "vswitch-overlay",
+                  "socat-relay", "pasta-publish", "vswitch-publish",
+                  "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
+    #[case(&["publish", "egress"], &["socat-relay", "pasta-publish", "vswitch-publish",
+                                     "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
     #[case(&["local"], &["kernel-bridge", "vswitch-bridge"])]
     #[case(&["overlay"], &["kernel-vxlan", "vswitch-overlay"])]
     #[case(&["vswitch-bridge"], &["vswitch-bridge"])]

@@ -155,6 +155,7 @@ impl Scenario for KernelVxlan {
             a_ns: a.name().to_string(),
             b_ns: b.name().to_string(),
             b_ip: IpAddr::V4(KERNEL_B_IP),
+            server_ip: IpAddr::V4(KERNEL_B_IP),
             mtu: OVERLAY_MTU,
             watched: Vec::new(),
         };
@@ -304,6 +305,7 @@ impl Scenario for VswitchOverlay {
                 a_ns: format!("nb{}oa", env.tag),
                 b_ns: format!("nb{}ob", env.tag),
                 b_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                server_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 mtu: OVERLAY_MTU,
                 watched: Vec::new(),
             },
@@ -383,6 +385,7 @@ impl Scenario for VswitchOverlay {
         d.hosts[1].run_container(&b, &net, &[], env.duration)?;
         let (h1, h2) = (&d.hosts[0], &d.hosts[1]);
         d.ep.b_ip = IpAddr::V4(h2.ipv4_of(&b, &net)?);
+        d.ep.server_ip = d.ep.b_ip;
         // B's endpoint must have reached host 1's directory (MAC installed,
         // ARP answered locally) before the workloads start.
         wait_until(

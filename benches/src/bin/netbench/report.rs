@@ -35,7 +35,11 @@ pub struct ScenarioResult {
     pub group: String,
     pub baseline: bool,
     pub description: String,
+    /// The metric keys its workloads fill (its table rows).
+    pub metrics: Vec<String>,
     pub endpoints: Option<Endpoints>,
+    /// Why it did not run at all (a peer program is missing); not a failure.
+    pub skipped: Option<String>,
     pub setup_error: Option<String>,
     pub teardown_errors: Vec<String>,
     pub workloads: Vec<WorkloadResult>,
@@ -179,6 +183,35 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The rows of a table over `scenarios`: every metric one of them fills,
+/// in [`METRICS`] order.
+fn rows_of<'a>(
+    scenarios: impl Iterator<Item = &'a ScenarioResult> + Clone,
+) -> Vec<&'static Metric> {
+    METRICS
+        .iter()
+        .filter(|m| {
+            scenarios
+                .clone()
+                .any(|r| r.metrics.iter().any(|k| k == m.key))
+        })
+        .collect()
+}
+
+fn better_word(m: &Metric) -> String {
+    match m.better {
+        Better::Higher => "higher".into(),
+        Better::Lower => "lower".into(),
+    }
+}
+
+fn ratio_cell(m: &Metric, cand: &ScenarioResult, base: &ScenarioResult) -> String {
+    match (base.value(m.key), cand.value(m.key)) {
+        (Some(bv), Some(cv)) if bv > 0.0 => fmt_ratio(cv / bv),
+        _ => "—".into(),
+    }
+}
+
 fn fmt_value(m: &Metric, v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.*}", m.decimals))
 }
@@ -231,19 +264,11 @@ fn markdown(header: &[String], right: &[bool], rows: &[Vec<String>]) -> String {
 }
 
 /// Every group's candidate ÷ baseline ratios side by side, one column per
-/// pair (e.g. `vswitch / kernel bridge` and `vswitch overlay / kernel
-/// vxlan`), so what vswitch costs locally and across hosts reads in one
-/// table. `None` unless at least two pairs ran.
+/// pair (e.g. `local: vswitch / kernel bridge`, `publish: vswitch / pasta`),
+/// so what vswitch costs against each reference reads in one table. `None`
+/// unless at least two pairs ran.
 fn ratio_summary(results: &[ScenarioResult]) -> Option<String> {
-    let mut pairs: Vec<(&ScenarioResult, &ScenarioResult)> = Vec::new();
-    for base in results.iter().filter(|r| r.baseline) {
-        for cand in results
-            .iter()
-            .filter(|r| !r.baseline && r.group == base.group)
-        {
-            pairs.push((cand, base));
-        }
-    }
+    let pairs = pairs(results);
     if pairs.len() < 2 {
         return None;
     }
@@ -255,35 +280,35 @@ fn ratio_summary(results: &[ScenarioResult]) -> Option<String> {
     );
     let mut right = vec![false, false, false];
     right.resize(header.len(), true);
-    let rows: Vec<Vec<String>> = METRICS
-        .iter()
+    let rows: Vec<Vec<String>> = rows_of(pairs.iter().flat_map(|(c, b)| [*c, *b]))
+        .into_iter()
         .map(|m| {
-            let mut row = vec![
-                m.label.to_string(),
-                m.unit.to_string(),
-                match m.better {
-                    Better::Higher => "higher".into(),
-                    Better::Lower => "lower".into(),
-                },
-            ];
-            row.extend(
-                pairs
-                    .iter()
-                    .map(|(c, b)| match (b.value(m.key), c.value(m.key)) {
-                        (Some(bv), Some(cv)) if bv > 0.0 => fmt_ratio(cv / bv),
-                        _ => "—".into(),
-                    }),
-            );
+            let mut row = vec![m.label.to_string(), m.unit.to_string(), better_word(m)];
+            row.extend(pairs.iter().map(|(c, b)| ratio_cell(m, c, b)));
             row
         })
         .collect();
-    let mut out = String::from("### Ratios to the kernel, every group\n\n");
+    let mut out = String::from("### Ratios to each baseline, every group\n\n");
     out.push_str(&markdown(&header, &right, &rows));
     out.push_str(
-        "\nEach column is a group's vswitch scenario divided by the kernel doing the same job \
-         (the figures are in the group's table above).\n\n",
+        "\nEach column is a group's vswitch scenario divided by one of the group's baselines \
+         (the kernel, or a userspace forwarder); the figures are in the group's table above.\n\n",
     );
     Some(out)
+}
+
+/// Every (candidate, baseline) pair of one group, in run order.
+fn pairs(results: &[ScenarioResult]) -> Vec<(&ScenarioResult, &ScenarioResult)> {
+    let mut pairs = Vec::new();
+    for cand in results.iter().filter(|r| !r.baseline) {
+        for base in results
+            .iter()
+            .filter(|r| r.baseline && r.group == cand.group)
+        {
+            pairs.push((cand, base));
+        }
+    }
+    pairs
 }
 
 /// The report a person reads: per group, one row per metric with every
@@ -300,7 +325,7 @@ pub fn render(results: &[ScenarioResult], duration: u32) -> String {
     }
     for g in groups {
         let members: Vec<&ScenarioResult> = results.iter().filter(|r| r.group == g).collect();
-        let base = members.iter().find(|r| r.baseline).copied();
+        let bases: Vec<&ScenarioResult> = members.iter().filter(|r| r.baseline).copied().collect();
         let cands: Vec<&ScenarioResult> = members.iter().filter(|r| !r.baseline).copied().collect();
         let titles: Vec<&str> = members.iter().map(|r| r.title.as_str()).collect();
         let _ = writeln!(
@@ -310,39 +335,27 @@ pub fn render(results: &[ScenarioResult], duration: u32) -> String {
         );
         let mut header: Vec<String> = vec!["workload".into(), "unit".into(), "better".into()];
         header.extend(members.iter().map(|r| r.title.clone()));
-        if let Some(b) = base {
-            header.extend(cands.iter().map(|c| format!("{} / {}", c.title, b.title)));
+        for c in &cands {
+            header.extend(bases.iter().map(|b| format!("{} / {}", c.title, b.title)));
         }
         let mut right = vec![false, false, false];
         right.resize(header.len(), true);
         let mut rows = Vec::new();
-        for m in METRICS {
-            let mut row = vec![
-                m.label.to_string(),
-                m.unit.to_string(),
-                match m.better {
-                    Better::Higher => "higher".into(),
-                    Better::Lower => "lower".into(),
-                },
-            ];
+        for m in rows_of(members.iter().copied()) {
+            let mut row = vec![m.label.to_string(), m.unit.to_string(), better_word(m)];
             row.extend(members.iter().map(|r| fmt_value(m, r.value(m.key))));
-            if let Some(b) = base {
-                for c in &cands {
-                    row.push(match (b.value(m.key), c.value(m.key)) {
-                        (Some(bv), Some(cv)) if bv > 0.0 => fmt_ratio(cv / bv),
-                        _ => "—".into(),
-                    });
-                }
+            for c in &cands {
+                row.extend(bases.iter().map(|b| ratio_cell(m, c, b)));
             }
             rows.push(row);
         }
         out.push_str(&markdown(&header, &right, &rows));
-        if let Some(b) = base {
-            for c in &cands {
+        for c in &cands {
+            for b in &bases {
                 let _ = writeln!(
                     out,
-                    "\nRatio = {c} / {b}. Gbit/s rows: higher is better, below 1.00 {c} is slower. \
-                     µs rows: lower is better, above 1.00 {c} is slower.",
+                    "\nRatio = {c} / {b}. Rows where higher is better (Gbit/s, conn/s): below 1.00 {c} is \
+                     slower. Rows where lower is better (µs): above 1.00 {c} is slower.",
                     c = c.title,
                     b = b.title
                 );
@@ -411,6 +424,9 @@ pub fn render(results: &[ScenarioResult], duration: u32) -> String {
 
     let mut notes = Vec::new();
     for r in results {
+        if let Some(s) = &r.skipped {
+            notes.push(format!("{}: skipped: {s}", r.title));
+        }
         if let Some(e) = &r.setup_error {
             notes.push(format!("{}: setup failed: {e}", r.title));
         }
@@ -459,6 +475,16 @@ mod tests {
             title: key.into(),
             group: "local".into(),
             baseline,
+            metrics: [
+                "tcp_1_gbps",
+                "tcp_2_gbps",
+                "tcp_rr_avg_us",
+                "tcp_rr_p99_us",
+                "icmp_avg_us",
+                "icmp_p99_us",
+            ]
+            .map(String::from)
+            .to_vec(),
             workloads: vec![WorkloadResult {
                 name: "w".into(),
                 values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -542,7 +568,7 @@ mod tests {
             "{table}"
         );
         let summary = table
-            .split("### Ratios to the kernel, every group")
+            .split("### Ratios to each baseline, every group")
             .nth(1)
             .expect("a summary table");
         let header = summary

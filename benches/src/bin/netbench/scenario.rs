@@ -19,6 +19,8 @@ use serde::Serialize;
 use crate::cpu::Watched;
 use crate::exec::{in_ns, interrupted, Background, Shell};
 use crate::overlay;
+use crate::publish;
+use crate::workload::Workload;
 use crate::Error;
 
 /// The subnet both local scenarios use; only inside their own namespaces.
@@ -47,7 +49,11 @@ pub struct Env {
 pub struct Endpoints {
     pub a_ns: String,
     pub b_ns: String,
+    /// The address A sends to: B's own, or a forwarder's in front of B.
     pub b_ip: IpAddr,
+    /// The address B's servers listen on: B's own address, or unspecified
+    /// (every address) when A reaches B through a forwarder.
+    pub server_ip: IpAddr,
     pub mtu: u32,
     /// Processes whose threads' CPU time is worth reporting (the switch).
     pub watched: Vec<Watched>,
@@ -71,6 +77,10 @@ pub trait Scenario: std::fmt::Debug {
     /// The group's reference: the kernel doing the same job.
     fn is_baseline(&self) -> bool;
     fn description(&self) -> &'static str;
+    /// What runs between A and B, in table order.
+    fn workloads(&self) -> Vec<Workload> {
+        Workload::all()
+    }
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error>;
 }
 
@@ -81,6 +91,12 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(VswitchBridge),
         Box::new(overlay::KernelVxlan),
         Box::new(overlay::VswitchOverlay),
+        Box::new(publish::SocatRelay),
+        Box::new(publish::PastaPublish),
+        Box::new(publish::VswitchPublish),
+        Box::new(publish::PastaEgress),
+        Box::new(publish::SlirpEgress),
+        Box::new(publish::VswitchEgress),
     ]
 }
 
@@ -218,6 +234,7 @@ impl Scenario for KernelBridge {
             a_ns: a.name().to_string(),
             b_ns: b.name().to_string(),
             b_ip: IpAddr::V4(B_IP),
+            server_ip: IpAddr::V4(B_IP),
             mtu: MTU,
             watched: Vec::new(),
         };
@@ -281,6 +298,7 @@ impl Scenario for VswitchBridge {
             a_ns: a,
             b_ns: b,
             b_ip: IpAddr::V4(B_IP),
+            server_ip: IpAddr::V4(B_IP),
             mtu: MTU,
             watched: host.watched().into_iter().collect(),
         };
@@ -643,7 +661,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scenario_keys_are_unique_and_each_group_has_one_baseline_first() {
+    fn scenario_keys_are_unique_and_each_group_has_its_baselines_first() {
         let all = all();
         let mut keys: Vec<_> = all.iter().map(|s| s.key()).collect();
         keys.sort_unstable();
@@ -653,8 +671,13 @@ mod tests {
         groups.dedup();
         for g in groups {
             let members: Vec<_> = all.iter().filter(|s| s.group() == g).collect();
-            assert!(members[0].is_baseline(), "{g}: baseline first");
-            assert_eq!(members.iter().filter(|s| s.is_baseline()).count(), 1, "{g}");
+            let bases = members.iter().filter(|s| s.is_baseline()).count();
+            assert!(bases >= 1, "{g}: a baseline");
+            assert!(
+                members[..bases].iter().all(|s| s.is_baseline()),
+                "{g}: baselines first"
+            );
+            assert_eq!(members.len() - bases, 1, "{g}: one vswitch scenario");
         }
     }
 
@@ -696,7 +719,11 @@ mod tests {
     fn names_fit_an_interface_name() {
         // The longest tag: a 22-bit pid in hex (pid_max is at most 2^22).
         let tag = format!("{:x}", (1u32 << 22) - 1);
-        let suffixes = ["ka", "kb", "kbr", "vh", "va", "vb"];
+        let suffixes = [
+            "ka", "kb", "kbr", "vh", "va", "vb", // local
+            "psc", "psh", "psb", "ppc", "pph", "ppb", "pvc", "pvh", "pvb", "p", // publish
+            "epw", "eph", "epb", "esw", "esh", "esb", "evw", "evh", "evb", "e", // egress
+        ];
         let overlay = [
             "xu", "xh1", "xh2", "xa", "xb", "ou", "oh1", "oh2", "oa", "ob", "ov",
         ];

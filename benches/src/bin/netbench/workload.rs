@@ -8,10 +8,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::exec::{in_ns, wait_listening, Shell};
+use crate::rate;
 use crate::scenario::Endpoints;
 use crate::Error;
 
-const IPERF_PORT: u16 = 5201;
+/// iperf3's port; the publish group publishes it too.
+pub const IPERF_PORT: u16 = 5201;
+/// The connection-rate echo server's port; the publish group publishes it.
+pub const ECHO_PORT: u16 = 5202;
 const SOCKPERF_PORT: u16 = 11111;
 const PING_COUNT: u32 = 200;
 const PING_INTERVAL: &str = "0.01";
@@ -84,6 +88,20 @@ pub const METRICS: &[Metric] = &[
         better: Better::Lower,
         decimals: 1,
     },
+    Metric {
+        key: "tcp_conn_per_s",
+        label: "TCP connections/s (connect, 1-byte echo, close; 4 at once)",
+        unit: "conn/s",
+        better: Better::Higher,
+        decimals: 0,
+    },
+    Metric {
+        key: "tcp_down_gbps",
+        label: "TCP download, 1 stream (iperf3 -R)",
+        unit: "Gbit/s",
+        better: Better::Higher,
+        decimals: 2,
+    },
 ];
 
 /// A workload between A and B.
@@ -95,6 +113,11 @@ pub enum Workload {
     TcpRequestResponse,
     /// ping from A to B.
     IcmpEcho,
+    /// Short TCP connections from A to B's [`ECHO_PORT`], [`rate::WORKERS`]
+    /// at once (netbench's own client and server, see `rate.rs`).
+    ConnectRate,
+    /// iperf3 TCP from B to A, started by A (`iperf3 -c B -R`): A downloads.
+    TcpDownload,
 }
 
 /// What one workload measured.
@@ -109,7 +132,16 @@ pub struct Measured {
 }
 
 impl Workload {
-    /// All workloads, in table order.
+    /// Every workload there is (scenarios choose theirs).
+    #[cfg(test)]
+    pub fn every() -> Vec<Workload> {
+        let mut v = Workload::all();
+        v.extend([Workload::ConnectRate, Workload::TcpDownload]);
+        v
+    }
+
+    /// The workloads between two containers (the local and overlay
+    /// groups), in table order.
     pub fn all() -> Vec<Workload> {
         vec![
             Workload::TcpStream { streams: 1 },
@@ -124,6 +156,8 @@ impl Workload {
             Workload::TcpStream { streams } => format!("iperf3 TCP -P {streams}"),
             Workload::TcpRequestResponse => "sockperf TCP ping-pong".into(),
             Workload::IcmpEcho => "ping".into(),
+            Workload::ConnectRate => "TCP connect/echo/close".into(),
+            Workload::TcpDownload => "iperf3 TCP -R".into(),
         }
     }
 
@@ -133,6 +167,8 @@ impl Workload {
             Workload::TcpStream { .. } => "iperf3",
             Workload::TcpRequestResponse => "sockperf",
             Workload::IcmpEcho => "ping",
+            Workload::ConnectRate => "netbench",
+            Workload::TcpDownload => "iperf3",
         }
     }
 
@@ -143,6 +179,8 @@ impl Workload {
             Workload::TcpStream { .. } => &["tcp_2_gbps"],
             Workload::TcpRequestResponse => &["tcp_rr_avg_us", "tcp_rr_p99_us"],
             Workload::IcmpEcho => &["icmp_avg_us", "icmp_p99_us"],
+            Workload::ConnectRate => &["tcp_conn_per_s"],
+            Workload::TcpDownload => &["tcp_down_gbps"],
         }
     }
 
@@ -151,46 +189,46 @@ impl Workload {
         let b_ip = ep.b_ip.to_string();
         let limit = Duration::from_secs(u64::from(duration) + 30);
         match *self {
-            Workload::TcpStream { streams } => {
+            Workload::TcpStream { .. } | Workload::TcpDownload => {
+                let (streams, reverse) = match *self {
+                    Workload::TcpStream { streams } => (streams, false),
+                    _ => (1, true),
+                };
+                let port = IPERF_PORT.to_string();
+                let mut argv = vec!["iperf3", "-s", "-1", "-p", &port];
+                // Bound to B's address where it is B's own; listening on
+                // every address where A reaches B through a forwarder.
+                let server_ip = ep.server_ip.to_string();
+                if !ep.server_ip.is_unspecified() {
+                    argv.extend(["-B", &server_ip]);
+                }
                 let mut server = sh.spawn(
-                    &in_ns(
-                        &ep.b_ns,
-                        &[
-                            "iperf3",
-                            "-s",
-                            "-1",
-                            "-B",
-                            &b_ip,
-                            "-p",
-                            &IPERF_PORT.to_string(),
-                        ],
-                    ),
+                    &in_ns(&ep.b_ns, &argv),
                     &format!("iperf3-server-{}", ep.b_ns),
                 )?;
                 wait_listening(&mut server, "iperf3", IPERF_PORT, SERVER_START)?;
-                let out = sh.ok(
-                    &in_ns(
-                        &ep.a_ns,
-                        &[
-                            "iperf3",
-                            "-c",
-                            &b_ip,
-                            "-p",
-                            &IPERF_PORT.to_string(),
-                            "-t",
-                            &duration.to_string(),
-                            "-P",
-                            &streams.to_string(),
-                            "-J",
-                        ],
-                    ),
-                    limit,
-                )?;
+                let (duration_s, streams_s) = (duration.to_string(), streams.to_string());
+                let mut argv = vec![
+                    "iperf3",
+                    "-c",
+                    &b_ip,
+                    "-p",
+                    &port,
+                    "-t",
+                    &duration_s,
+                    "-P",
+                    &streams_s,
+                    "-J",
+                ];
+                if reverse {
+                    argv.push("-R");
+                }
+                let out = sh.ok(&in_ns(&ep.a_ns, &argv), limit)?;
                 let r = parse_iperf3(&out)?;
-                let key = if streams == 1 {
-                    "tcp_1_gbps"
-                } else {
-                    "tcp_2_gbps"
+                let key = match (reverse, streams) {
+                    (true, _) => "tcp_down_gbps",
+                    (false, 1) => "tcp_1_gbps",
+                    (false, _) => "tcp_2_gbps",
                 };
                 Ok(Measured {
                     note: None,
@@ -200,7 +238,53 @@ impl Workload {
                         "sent_bits_per_second": r.sent_bps,
                         "retransmits": r.retransmits,
                         "streams": streams,
+                        "reverse": reverse,
                     }),
+                })
+            }
+            Workload::ConnectRate => {
+                let exe = std::env::current_exe().map_err(|e| Error::Io {
+                    context: "finding netbench's own executable".into(),
+                    source: e,
+                })?;
+                let exe = exe.display().to_string();
+                let (port, lifetime) = (ECHO_PORT.to_string(), (duration + 30).to_string());
+                let mut server = sh.spawn(
+                    &in_ns(
+                        &ep.b_ns,
+                        &[&exe, "--echo-server", &port, "--lifetime", &lifetime],
+                    ),
+                    &format!("echo-server-{}", ep.b_ns),
+                )?;
+                wait_listening(&mut server, "netbench", ECHO_PORT, SERVER_START)?;
+                let target = std::net::SocketAddr::new(ep.b_ip, ECHO_PORT).to_string();
+                let out = sh.ok(
+                    &in_ns(
+                        &ep.a_ns,
+                        &[
+                            &exe,
+                            "--connect-rate",
+                            &target,
+                            "--duration",
+                            &duration.to_string(),
+                            "--workers",
+                            &rate::WORKERS.to_string(),
+                        ],
+                    ),
+                    limit,
+                )?;
+                let r = rate::parse_report(&out)?;
+                let note = (r.failures > 0).then(|| {
+                    format!(
+                        "{} of {} connections failed",
+                        r.failures,
+                        r.failures + r.connections
+                    )
+                });
+                Ok(Measured {
+                    note,
+                    values: vec![("tcp_conn_per_s", r.per_second())],
+                    detail: json!(r),
                 })
             }
             Workload::TcpRequestResponse => {
@@ -570,13 +654,13 @@ rtt min/avg/max/mdev = 0.050/0.352/1.200/0.490 ms
 
     #[test]
     fn every_metric_a_workload_fills_is_a_table_row() {
-        for w in Workload::all() {
+        for w in Workload::every() {
             for key in w.metric_keys() {
                 assert!(METRICS.iter().any(|m| m.key == *key), "{key}");
             }
         }
         assert_eq!(
-            Workload::all()
+            Workload::every()
                 .iter()
                 .map(|w| w.metric_keys().len())
                 .sum::<usize>(),
