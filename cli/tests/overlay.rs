@@ -632,5 +632,33 @@ fn cluster_ipam_never_hands_out_an_address_twice() {
     for (h, r) in hosts.iter().zip(&results) {
         disconnect_all(h, &net, &r.2);
     }
+
+    // A live host's ranges cannot be reclaimed; a dead one's can, by hand.
+    let mut hosts = hosts;
+    let h3_name = hosts[2].ns.name.clone();
+    let o = hosts[0].vs(&["ipam", "reclaim", &h3_name]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("alive"),
+        "{}",
+        stderr(&o)
+    );
+    hosts[2].kill9();
+    wait_for("host 3 declared dead", Duration::from_secs(20), || {
+        let v = hosts[0].vs_json(&["members", "--format", "json"]);
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|m| m["Name"] == h3_name.as_str() && m["State"] == "dead")
+        })
+    });
+    let out = hosts[0].vs_ok(&["ipam", "reclaim", &h3_name]);
+    assert!(
+        out.contains(&format!("{net}: ranges now owned by")),
+        "{out}"
+    );
+    // The survivors keep allocating without duplicates.
+    let (ips, errs, rest) = connect_many(&hosts[1], &net, "z", 3);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(ips.len(), 3);
+    disconnect_all(&hosts[1], &net, &rest);
     let _ = std::fs::remove_file(key);
 }

@@ -127,7 +127,10 @@ pub enum NetworkCmd {
 pub enum IpamCmd {
     /// Take back a dead host's overlay address ranges now, without waiting
     /// for the quarantine. Only for a host known to be gone for good.
-    Reclaim { host: String },
+    Reclaim {
+        #[arg(value_name = "HOST")]
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,9 +461,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .await?;
             Ok(0)
         }
-        Command::Ipam(IpamCmd::Reclaim { host }) => {
+        Command::Ipam(IpamCmd::Reclaim { node }) => {
             let out: BTreeMap<String, String> = client
-                .call("POST", "/v1/ipam/reclaim", Some(&api::Reclaim { host }))
+                .call(
+                    "POST",
+                    "/v1/ipam/reclaim",
+                    Some(&api::Reclaim { host: node }),
+                )
                 .await?;
             for (net, heir) in out {
                 println!("{net}: ranges now owned by {heir}");
