@@ -288,6 +288,8 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
 
     // A port in use: a clear error and nothing left behind.
     let name = unique("dup");
+    // Cleaned up by the harness if the daemon ever left it behind.
+    h.containers.push(name.clone());
     let o = h.vs(&[
         "run",
         "-d",
