@@ -96,7 +96,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -130,8 +131,6 @@ const HOP_LIMIT: u8 = 64;
 /// zero-window probe interval (60 s), so a container that merely stops
 /// reading keeps its connection, as with a kernel peer.
 const TCP_PEER_TIMEOUT: Duration = Duration::from_secs(180);
-/// Random tries at a free port in [`NAT_PORTS`] before a linear scan.
-const PORT_TRIES: usize = 32;
 /// Longest timeout accepted in [`NatLimits`] (keeps `Instant` arithmetic
 /// far from overflow).
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -851,6 +850,11 @@ pub struct Nat {
     inbound_flows: HashMap<(ListenerId, SocketAddr, SocketAddr), FlowId>,
     tcp_ports: HashSet<(IpAddr, u16)>,
     udp_ports: HashSet<(IpAddr, u16)>,
+    /// Where the search for a free gateway-side port starts: random at
+    /// first, then just past the last port taken (RFC 6056's algorithm 5),
+    /// so a port comes back only after the whole range was used, long after
+    /// the container's TIME-WAIT for it ended.
+    port_cursor: u16,
     timers: BTreeSet<(Instant, Timer)>,
     tx: TxQueue,
     datagrams: DatagramQueue,
@@ -989,6 +993,7 @@ impl Nat {
             inbound_flows: HashMap::new(),
             tcp_ports: HashSet::new(),
             udp_ports: HashSet::new(),
+            port_cursor: 0,
             timers: BTreeSet::new(),
             tx,
             datagrams: DatagramQueue::default(),
@@ -1665,6 +1670,7 @@ impl Nat {
         );
         // A relay does not know message boundaries: never hold bytes back.
         socket.set_nagle_enabled(false);
+        socket.set_tsval_generator(Some(tsval));
         socket.set_timeout(Some(smoltcp::time::Duration::from_micros(
             TCP_PEER_TIMEOUT.as_micros() as u64,
         )));
@@ -1748,6 +1754,7 @@ impl Nat {
             },
             caps: &self.caps,
         };
+        advance_tsval(now);
         self.iface.poll(
             smol_instant(self.epoch, now),
             &mut device,
@@ -2323,14 +2330,45 @@ impl Nat {
             Proto::Udp => &mut self.udp_ports,
         };
         let start = *NAT_PORTS.start();
-        let span = u64::from(*NAT_PORTS.end() - start) + 1;
-        let random = (0..PORT_TRIES).map(|_| start + (self.rng.next_u64() % span) as u16);
-        let port = random
-            .chain(NAT_PORTS)
+        let span = u32::from(*NAT_PORTS.end() - start) + 1;
+        if !NAT_PORTS.contains(&self.port_cursor) {
+            self.port_cursor = start + (self.rng.next_u64() % u64::from(span)) as u16;
+        }
+        let from = u32::from(self.port_cursor - start);
+        let port = (0..span)
+            .map(|i| start + ((from + i) % span) as u16)
             .find(|p| !used.contains(&(ip, *p)))?;
         used.insert((ip, port));
+        self.port_cursor = if port == *NAT_PORTS.end() {
+            start
+        } else {
+            port + 1
+        };
         Some(port)
     }
+}
+
+/// The TCP timestamp clock (RFC 7323), in milliseconds: advanced from the
+/// `now` the daemon passes in (never read from the OS here), shared by every
+/// NAT of the process so that it only goes forward.
+static TSVAL_MS: AtomicU32 = AtomicU32::new(1);
+/// The origin of [`TSVAL_MS`]: the `now` of the first NAT built.
+static TSVAL_EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Moves the timestamp clock to `now`.
+fn advance_tsval(now: Instant) {
+    let epoch = *TSVAL_EPOCH.get_or_init(|| now);
+    let ms = now.saturating_duration_since(epoch).as_millis() as u32;
+    TSVAL_MS.fetch_max(ms.wrapping_add(1), AtomicOrdering::Relaxed);
+}
+
+/// smoltcp's timestamp generator. Timestamps on the NAT's own connections
+/// let a container whose port is still in TIME-WAIT from an earlier
+/// connection of the same addresses accept the new SYN at once (Linux
+/// accepts a SYN with a newer timestamp), instead of answering with an ACK
+/// that costs the connection a one-second SYN retransmission.
+fn tsval() -> u32 {
+    TSVAL_MS.load(AtomicOrdering::Relaxed)
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack listener reports IPv4
@@ -2808,6 +2846,57 @@ mod tests {
         net.settle();
         assert_eq!(net.take_events(), [NatEvent::TcpReadable(id)]);
         assert_eq!(net.host_read(id), b"world");
+    }
+
+    #[test]
+    fn gateway_side_ports_are_not_reused_at_once() {
+        // Loopback clients come from the gateway address: each connection
+        // takes the next free port, so a port the container may still hold
+        // in TIME-WAIT is not handed out again soon.
+        let mut net = Net::new(true, limits());
+        let mut last = None;
+        for port in [80, 81, 82] {
+            let h = net.c.listen(port);
+            let id = net
+                .nat
+                .inbound_tcp(
+                    sa("127.0.0.1:40000"),
+                    SocketAddr::new("10.0.0.2".parse().unwrap(), port),
+                    C_MAC,
+                    net.now,
+                )
+                .unwrap();
+            net.settle();
+            let peer = SocketAddr::from(net.c.tcp(h).remote_endpoint().unwrap());
+            assert!(NAT_PORTS.contains(&peer.port()), "{peer}");
+            if let Some(prev) = last {
+                assert_eq!(peer.port(), prev + 1, "ports must advance, not repeat");
+            }
+            last = Some(peer.port());
+            // Close it before the next one: its port is free again, yet not
+            // taken next.
+            net.nat.tcp_abort(id, net.now);
+            net.settle();
+        }
+    }
+
+    #[test]
+    fn nat_syns_carry_tcp_timestamps() {
+        let now = Instant::now();
+        let mut nat = Nat::new(config(true, limits()), now).unwrap();
+        nat.inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, now)
+            .unwrap();
+        let mut out = [0u8; 2048];
+        let n = nat.poll_transmit(now, &mut out).expect("a SYN");
+        let p = etherparse::SlicedPacket::from_ethernet(&out[..n]).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = p.transport else {
+            panic!("not TCP")
+        };
+        assert!(tcp.syn() && !tcp.ack());
+        let has_ts = tcp
+            .options_iterator()
+            .any(|o| matches!(o, Ok(etherparse::TcpOptionElement::Timestamp(_, _))));
+        assert!(has_ts, "the NAT's SYN has no timestamp option");
     }
 
     #[test]
