@@ -67,6 +67,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport};
+use crate::stack::{smol_instant, Rng, TxQueue};
 use crate::MacAddr;
 
 /// The DNS port, UDP and TCP.
@@ -289,52 +290,6 @@ impl TcpConn {
     }
 }
 
-/// Frames waiting for `poll_transmit`, with a free list of buffers so the
-/// steady state allocates nothing.
-#[derive(Debug)]
-struct TxQueue {
-    frames: VecDeque<Vec<u8>>,
-    free: Vec<Vec<u8>>,
-    capacity: usize,
-    dropped: u64,
-}
-
-impl TxQueue {
-    fn new(capacity: usize) -> TxQueue {
-        TxQueue {
-            frames: VecDeque::with_capacity(capacity),
-            free: Vec::new(),
-            capacity,
-            dropped: 0,
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.frames.len() >= self.capacity
-    }
-
-    /// An empty buffer for the next frame, or `None` (counted) when full.
-    fn alloc(&mut self) -> Option<Vec<u8>> {
-        if self.is_full() {
-            self.dropped += 1;
-            return None;
-        }
-        let mut buf = self.free.pop().unwrap_or_default();
-        buf.clear();
-        Some(buf)
-    }
-
-    fn commit(&mut self, buf: Vec<u8>) {
-        self.frames.push_back(buf);
-    }
-
-    fn recycle(&mut self, buf: Vec<u8>) {
-        if self.free.len() < self.capacity {
-            self.free.push(buf);
-        }
-    }
-}
-
 /// The smoltcp device: at most one received frame (borrowed from the
 /// caller, never copied) and the shared transmit queue.
 struct FrameDevice<'a> {
@@ -401,21 +356,6 @@ impl phy::TxToken for FrameTx<'_> {
             // smoltcp needs its closure run; the frame is dropped (counted).
             None => f(&mut vec![0; len]),
         }
-    }
-}
-
-/// splitmix64: fast, good enough to make transaction ids unguessable from
-/// the outside when seeded with a random value.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
@@ -509,7 +449,7 @@ impl Gateway {
         caps.max_transmission_unit = config.mtu + ETH_LEN;
 
         let mut rng = Rng(config.random_seed);
-        let mut tx = TxQueue::new(TX_QUEUE_FRAMES);
+        let mut tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_FRAMES);
         let mut device = FrameDevice {
             rx: None,
             tx: &mut tx,
@@ -1287,12 +1227,6 @@ impl Gateway {
 fn next_message_len(buf: &[u8]) -> Option<usize> {
     let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
     (buf.len() >= 2 + len).then_some(len)
-}
-
-/// smoltcp's clock: microseconds since the gateway was made.
-fn smol_instant(epoch: Instant, now: Instant) -> smoltcp::time::Instant {
-    let micros = now.saturating_duration_since(epoch).as_micros();
-    smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
 /// The EUI-64 link-local address of `mac`.

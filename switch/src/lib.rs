@@ -23,6 +23,7 @@ pub mod fdb;
 pub mod gateway;
 pub mod nat;
 pub mod neighbor;
+mod stack;
 pub mod tap;
 mod types;
 pub mod wire;

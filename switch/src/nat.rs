@@ -107,6 +107,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 
+use crate::stack::{smol_instant, Rng, TxQueue};
 use crate::MacAddr;
 
 /// Ports the NAT takes on the gateway address when a client cannot appear
@@ -614,52 +615,6 @@ struct Neighbor {
     refs: u32,
 }
 
-/// Frames waiting for `poll_transmit`, with a free list of buffers so the
-/// steady state allocates nothing.
-#[derive(Debug)]
-struct TxQueue {
-    frames: VecDeque<Vec<u8>>,
-    free: Vec<Vec<u8>>,
-    capacity: usize,
-    dropped: u64,
-}
-
-impl TxQueue {
-    fn new(capacity: usize) -> TxQueue {
-        TxQueue {
-            frames: VecDeque::new(),
-            free: Vec::new(),
-            capacity,
-            dropped: 0,
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.frames.len() >= self.capacity
-    }
-
-    /// An empty buffer for the next frame, or `None` (counted) when full.
-    fn alloc(&mut self) -> Option<Vec<u8>> {
-        if self.is_full() {
-            self.dropped += 1;
-            return None;
-        }
-        let mut buf = self.free.pop().unwrap_or_default();
-        buf.clear();
-        Some(buf)
-    }
-
-    fn commit(&mut self, buf: Vec<u8>) {
-        self.frames.push_back(buf);
-    }
-
-    fn recycle(&mut self, buf: Vec<u8>) {
-        if self.free.len() < 64 {
-            self.free.push(buf);
-        }
-    }
-}
-
 /// Datagrams waiting for `poll_datagram`.
 #[derive(Debug, Default)]
 struct DatagramQueue {
@@ -798,20 +753,6 @@ fn packet_destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// splitmix64, for port choice.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Transport protocols, for the port tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -937,7 +878,7 @@ impl Nat {
         caps.max_transmission_unit = config.mtu;
 
         let mut rng = Rng(config.random_seed);
-        let mut tx = TxQueue::new(TX_QUEUE_FRAMES);
+        let mut tx = TxQueue::new(TX_QUEUE_FRAMES, 64);
         let neighbors = HashMap::new();
         let mut no_neighbor = 0;
         let mut device = NatDevice {
@@ -2396,12 +2337,6 @@ fn prefix_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
     }
     let mask = 0xffu8 << (8 - rest);
     a[whole] & mask == b[whole] & mask
-}
-
-/// smoltcp's clock: microseconds since the NAT was made.
-fn smol_instant(epoch: Instant, now: Instant) -> smoltcp::time::Instant {
-    let micros = now.saturating_duration_since(epoch).as_micros();
-    smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
