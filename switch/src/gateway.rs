@@ -154,6 +154,42 @@ pub enum GatewayError {
     PrefixLen(u8),
 }
 
+/// Checks the link settings a network's gateway side is built from (also
+/// the NAT's): a unicast MAC, an MTU smoltcp and IPv6 accept, unicast
+/// addresses with prefixes that fit.
+pub(crate) fn check_interface(
+    mac: MacAddr,
+    mtu: usize,
+    ipv4: Option<(Ipv4Addr, u8)>,
+    ipv6: Option<(Ipv6Addr, u8)>,
+) -> Result<(), GatewayError> {
+    if mac.is_multicast() || mac.is_zero() {
+        return Err(GatewayError::MacNotUnicast(mac));
+    }
+    let min_mtu = if ipv6.is_some() { 1280 } else { 576 };
+    if mtu < min_mtu || mtu > usize::from(u16::MAX) {
+        return Err(GatewayError::Mtu(mtu));
+    }
+    if let Some((addr, prefix)) = ipv4 {
+        if prefix > 32 {
+            return Err(GatewayError::PrefixLen(prefix));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
+        {
+            return Err(GatewayError::NotUnicast(addr.into()));
+        }
+    }
+    if let Some((addr, prefix)) = ipv6 {
+        if prefix > 128 {
+            return Err(GatewayError::PrefixLen(prefix));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+            return Err(GatewayError::NotUnicast(addr.into()));
+        }
+    }
+    Ok(())
+}
+
 /// What the gateway did, for `vswitch stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GatewayStats {
@@ -416,33 +452,7 @@ impl Gateway {
     /// timers.
     pub fn new(config: GatewayConfig, now: Instant) -> Result<Gateway, GatewayError> {
         let mac = config.mac;
-        if mac.is_multicast() || mac.is_zero() {
-            return Err(GatewayError::MacNotUnicast(mac));
-        }
-        let min_mtu = if config.ipv6.is_some() { 1280 } else { 576 };
-        if config.mtu < min_mtu || config.mtu > usize::from(u16::MAX) {
-            return Err(GatewayError::Mtu(config.mtu));
-        }
-        if let Some((addr, prefix)) = config.ipv4 {
-            if prefix > 32 {
-                return Err(GatewayError::PrefixLen(prefix));
-            }
-            if addr.is_unspecified()
-                || addr.is_multicast()
-                || addr.is_broadcast()
-                || addr.is_loopback()
-            {
-                return Err(GatewayError::NotUnicast(addr.into()));
-            }
-        }
-        if let Some((addr, prefix)) = config.ipv6 {
-            if prefix > 128 {
-                return Err(GatewayError::PrefixLen(prefix));
-            }
-            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-                return Err(GatewayError::NotUnicast(addr.into()));
-            }
-        }
+        check_interface(mac, config.mtu, config.ipv4, config.ipv6)?;
 
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;

@@ -107,6 +107,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 
+use crate::gateway::{check_interface, GatewayError};
 use crate::stack::{smol_instant, Rng, TxQueue};
 use crate::MacAddr;
 
@@ -753,6 +754,18 @@ fn packet_destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The link checks are the gateway's: the same faults, as NAT errors.
+impl From<GatewayError> for NatError {
+    fn from(e: GatewayError) -> NatError {
+        match e {
+            GatewayError::MacNotUnicast(m) => NatError::MacNotUnicast(m),
+            GatewayError::Mtu(m) => NatError::Mtu(m),
+            GatewayError::NotUnicast(a) => NatError::NotUnicast(a),
+            GatewayError::PrefixLen(p) => NatError::PrefixLen(p),
+        }
+    }
+}
+
 /// Transport protocols, for the port tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -832,33 +845,7 @@ impl Nat {
     /// Builds the NAT of a network. `now` is the clock origin of its timers.
     pub fn new(config: NatConfig, now: Instant) -> Result<Nat, NatError> {
         let mac = config.gateway_mac;
-        if mac.is_multicast() || mac.is_zero() {
-            return Err(NatError::MacNotUnicast(mac));
-        }
-        let min_mtu = if config.ipv6.is_some() { 1280 } else { 576 };
-        if config.mtu < min_mtu || config.mtu > usize::from(u16::MAX) {
-            return Err(NatError::Mtu(config.mtu));
-        }
-        if let Some((addr, prefix)) = config.ipv4 {
-            if prefix > 32 {
-                return Err(NatError::PrefixLen(prefix));
-            }
-            if addr.is_unspecified()
-                || addr.is_multicast()
-                || addr.is_broadcast()
-                || addr.is_loopback()
-            {
-                return Err(NatError::NotUnicast(addr.into()));
-            }
-        }
-        if let Some((addr, prefix)) = config.ipv6 {
-            if prefix > 128 {
-                return Err(NatError::PrefixLen(prefix));
-            }
-            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-                return Err(NatError::NotUnicast(addr.into()));
-            }
-        }
+        check_interface(mac, config.mtu, config.ipv4, config.ipv6)?;
         let limits = config.limits;
         if !TCP_BUFFER_RANGE.contains(&limits.tcp_buffer) {
             return Err(NatError::Limit("tcp_buffer"));
