@@ -8,7 +8,7 @@
 //! by the control plane through [`Command::Stats`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
 use overlay::vxlan::{self, Vni, VxlanPacket};
 use switch::bridge::{Action, Bridge, BridgeConfig, PortSecurity};
 use switch::gateway::{Gateway, GatewayConfig};
@@ -39,6 +40,8 @@ const BATCH: usize = 64;
 /// allow jumbo MTUs and, later, 64 KiB super-frames.
 const FRAME_BUF: usize = 65_536 + 64;
 
+/// Room for an ARP or neighbour advertisement built by the switch.
+const NEIGHBOR_REPLY_BUF: usize = 512;
 /// Receive and send buffer asked for the tunnel socket.
 const TUNNEL_SOCKET_BUF: usize = 4 << 20;
 
@@ -385,6 +388,8 @@ struct GatewayPort {
 
 struct VtepPort {
     remote: SocketAddr,
+    /// `remote` as the kernel takes it, converted once.
+    remote_sockaddr: SockaddrStorage,
     network: NetworkId,
     counters: PortCounters,
 }
@@ -415,8 +420,8 @@ struct Datapath {
     dirty: Vec<PortId>,
     buf: Box<[u8]>,
     out: Box<[u8]>,
-    /// Where frames bound for a VTEP are encapsulated.
-    encap: Box<[u8]>,
+    /// Where ARP/ND answers for remote endpoints are built.
+    reply: Box<[u8]>,
     tunnel: Option<UdpSocket>,
     vni_of: HashMap<NetworkId, Vni>,
     network_of_vni: HashMap<Vni, NetworkId>,
@@ -464,7 +469,7 @@ impl Datapath {
             dirty: Vec::new(),
             buf: vec![0u8; FRAME_BUF].into_boxed_slice(),
             out: vec![0u8; FRAME_BUF].into_boxed_slice(),
-            encap: vec![0u8; FRAME_BUF + vxlan::HEADER_LEN].into_boxed_slice(),
+            reply: vec![0u8; NEIGHBOR_REPLY_BUF].into_boxed_slice(),
             tunnel,
             vni_of: HashMap::new(),
             network_of_vni: HashMap::new(),
@@ -645,6 +650,7 @@ impl Datapath {
                         port,
                         Slot::Vtep(VtepPort {
                             remote,
+                            remote_sockaddr: SockaddrStorage::from(remote),
                             network,
                             counters: PortCounters::default(),
                         }),
@@ -869,7 +875,7 @@ impl Datapath {
             dirty,
             buf,
             out,
-            encap,
+            reply,
             tunnel,
             neighbors,
             tunnel_counters,
@@ -890,9 +896,9 @@ impl Datapath {
         // ARP/ND for remote endpoints: answered here, never flooded.
         if from == Ingress::Local && !neighbors.is_empty() {
             if let Some(network) = bridge.network_of(ingress) {
-                if let Some(n) = neighbors.answer(network, frame, encap) {
+                if let Some(n) = neighbors.answer(network, frame, reply) {
                     if let Some(Slot::Tap(t)) = ports.get_mut(&ingress) {
-                        if t.tap.write(&encap[..n]).is_ok() {
+                        if t.tap.write(&reply[..n]).is_ok() {
                             t.counters.tx_packets += 1;
                             t.counters.tx_bytes += n as u64;
                             *suppressed += 1;
@@ -906,7 +912,6 @@ impl Datapath {
         let mut out_ctx = Egress {
             ports,
             dirty,
-            encap,
             tunnel: tunnel.as_ref(),
             tunnel_counters,
             vni_of,
@@ -1169,7 +1174,6 @@ enum Ingress {
 struct Egress<'a> {
     ports: &'a mut HashMap<PortId, Slot>,
     dirty: &'a mut Vec<PortId>,
-    encap: &'a mut [u8],
     tunnel: Option<&'a UdpSocket>,
     tunnel_counters: &'a mut TunnelCounters,
     vni_of: &'a HashMap<NetworkId, Vni>,
@@ -1207,22 +1211,26 @@ impl Egress<'_> {
                 let Some(sock) = self.tunnel else {
                     return;
                 };
-                let total = vxlan::HEADER_LEN + frame.len();
-                let Some(buf) = self.encap.get_mut(..total) else {
-                    v.counters.tx_drops += 1;
-                    return;
-                };
                 let Some(&vni) = self.vni_of.get(&v.network) else {
                     return;
                 };
-                buf[..vxlan::HEADER_LEN].fill(0);
+                let mut header = [0u8; vxlan::HEADER_LEN];
                 {
-                    let mut pkt = VxlanPacket::new_unchecked(&mut buf[..]);
+                    let mut pkt = VxlanPacket::new_unchecked(&mut header[..]);
                     pkt.set_flags(vxlan::FLAG_VNI);
                     pkt.set_vni(vni);
                 }
-                buf[vxlan::HEADER_LEN..].copy_from_slice(frame);
-                match sock.send_to(buf, v.remote) {
+                // Header and frame go out as one datagram from two buffers:
+                // the frame is not copied.
+                let iov = [IoSlice::new(&header), IoSlice::new(frame)];
+                let sent = sendmsg(
+                    sock.as_raw_fd(),
+                    &iov,
+                    &[],
+                    MsgFlags::empty(),
+                    Some(&v.remote_sockaddr),
+                );
+                match sent {
                     Ok(_) => {
                         v.counters.tx_packets += 1;
                         v.counters.tx_bytes += frame.len() as u64;
