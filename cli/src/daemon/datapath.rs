@@ -376,6 +376,8 @@ impl Drop for DatapathHandle {
 struct TapPort {
     tap: Tap,
     counters: PortCounters,
+    /// In `ready` already.
+    queued: bool,
 }
 
 struct GatewayPort {
@@ -515,9 +517,7 @@ impl Datapath {
                     self.read_upstream(network, t.0 & UPSTREAM_V6 != 0, now);
                 } else {
                     let port = PortId(t.0 as u32);
-                    if !self.ready.contains(&port) {
-                        self.ready.push_back(port);
-                    }
+                    self.mark_ready(port);
                 }
             }
             self.drain_commands();
@@ -771,10 +771,11 @@ impl Datapath {
             Slot::Tap(TapPort {
                 tap,
                 counters: PortCounters::default(),
+                queued: false,
             }),
         );
         // Frames may have queued before registration.
-        self.ready.push_back(port);
+        self.mark_ready(port);
         Ok(())
     }
 
@@ -838,8 +839,12 @@ impl Datapath {
             let Some(port) = self.ready.pop_front() else {
                 break;
             };
-            let mut more = false;
-            for _ in 0..BATCH {
+            if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+                t.queued = false;
+            }
+            // Counted here, flushed to the port once per batch.
+            let (mut frames, mut bytes) = (0u64, 0u64);
+            while frames < BATCH as u64 {
                 let n = match self.ports.get(&port) {
                     Some(Slot::Tap(t)) => match t.tap.read(&mut self.buf) {
                         Ok(n) => n,
@@ -852,15 +857,27 @@ impl Datapath {
                     },
                     _ => break,
                 };
-                more = true;
-                if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
-                    t.counters.rx_packets += 1;
-                    t.counters.rx_bytes += n as u64;
-                }
+                frames += 1;
+                bytes += n as u64;
                 self.switch_frame(port, Src::Buf, 0, n, now);
             }
-            if more {
-                // The batch may have ended before the queue did.
+            if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+                t.counters.rx_packets += frames;
+                t.counters.rx_bytes += bytes;
+                // The batch ended before the queue did: another turn, after
+                // the other ports had theirs.
+                if frames == BATCH as u64 {
+                    self.mark_ready(port);
+                }
+            }
+        }
+    }
+
+    /// Queues `port` for reading, once.
+    fn mark_ready(&mut self, port: PortId) {
+        if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+            if !t.queued {
+                t.queued = true;
                 self.ready.push_back(port);
             }
         }
