@@ -157,40 +157,41 @@ impl Controller {
             tracing::error!(network, error = %e, "storing IPAM state; not sending");
             return;
         }
-        if out.is_empty() {
-            return;
-        }
+        let out = out.into_iter().map(|t| (t.to, t.message)).collect();
+        self.send_ipam(&id, out);
+    }
+
+    /// Sends IPAM messages of the network with id `network_id` to other
+    /// members, sealed by gossip.
+    fn send_ipam(&self, network_id: &str, messages: Vec<(Destination, Message)>) {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        if messages.is_empty() {
+            return;
+        }
         cluster.with(|g, _| {
-            let members = g.members();
-            let addr_of = |name: &str| {
-                members
-                    .iter()
-                    .find(|m| {
-                        !m.local && m.meta.name == name && m.state != overlay::MemberState::Down
-                    })
-                    .map(|m| m.meta.gossip_addr)
-            };
-            let everyone: Vec<SocketAddr> = members
-                .iter()
+            let live: Vec<(String, SocketAddr)> = g
+                .members()
+                .into_iter()
                 .filter(|m| !m.local && m.state != overlay::MemberState::Down)
-                .map(|m| m.meta.gossip_addr)
+                .map(|m| (m.meta.name, m.meta.gossip_addr))
                 .collect();
-            for t in out {
+            for (to, message) in messages {
                 let env = Envelope {
-                    network: id.clone(),
-                    message: t.message.encode(),
+                    network: network_id.to_string(),
+                    message: message.encode(),
                 };
                 let mut payload = vec![APP_IPAM];
                 payload.extend(postcard::to_stdvec(&env).unwrap_or_default());
-                let dests: Vec<SocketAddr> = match &t.to {
-                    Destination::All => everyone.clone(),
-                    Destination::Host(h) => addr_of(h.as_str()).into_iter().collect(),
-                };
-                for d in dests {
-                    g.send_app(d, &payload);
+                for (name, addr) in &live {
+                    let wanted = match &to {
+                        Destination::All => true,
+                        Destination::Host(h) => h.as_str() == name,
+                    };
+                    if wanted {
+                        g.send_app(*addr, &payload);
+                    }
                 }
             }
         });
@@ -220,42 +221,15 @@ impl Controller {
 
     /// Sends this host's ownership view to everyone (after a member came up,
     /// so a returning host converges).
-    pub(super) fn advertise_ipam(&mut self) {
-        let names: Vec<String> = self
-            .networks
-            .values()
-            .filter(|n| n.alloc.is_some())
-            .map(|n| n.record.name.clone())
-            .collect();
-        for name in names {
-            let Some(net) = self.networks.get(&name) else {
-                continue;
-            };
-            let Some(alloc) = net.alloc.as_ref() else {
-                continue;
-            };
-            let id = net.record.id.clone();
-            let chunks = alloc.state_chunks(32);
-            if let Some(cluster) = &self.cluster {
-                cluster.with(|g, _| {
-                    let everyone: Vec<SocketAddr> = g
-                        .members()
-                        .iter()
-                        .filter(|m| !m.local && m.state != overlay::MemberState::Down)
-                        .map(|m| m.meta.gossip_addr)
-                        .collect();
-                    for chunk in chunks {
-                        let env = Envelope {
-                            network: id.clone(),
-                            message: Message::Update(chunk).encode(),
-                        };
-                        let mut payload = vec![APP_IPAM];
-                        payload.extend(postcard::to_stdvec(&env).unwrap_or_default());
-                        for d in &everyone {
-                            g.send_app(*d, &payload);
-                        }
-                    }
-                });
+    pub(super) fn advertise_ipam(&self) {
+        for net in self.networks.values() {
+            if let Some(alloc) = &net.alloc {
+                let chunks = alloc
+                    .state_chunks(32)
+                    .into_iter()
+                    .map(|c| (Destination::All, Message::Update(c)))
+                    .collect();
+                self.send_ipam(&net.record.id, chunks);
             }
         }
     }
