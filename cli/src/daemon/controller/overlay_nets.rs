@@ -14,9 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use overlay::{
-    ClusterKey, Gossip, GossipConfig, GossipEvent, IpamConfig, MemberMeta, NetworkSpec, Vni,
-};
+use overlay::{Gossip, GossipConfig, GossipEvent, IpamConfig, MemberMeta, NetworkSpec, Vni};
 use switch::MacAddr;
 
 use super::{
@@ -52,7 +50,7 @@ pub(super) fn start_cluster(
     config.max_datagram = underlay_mtu(cs.advertise).saturating_sub(48).max(512) as usize;
     let gossip = Gossip::new(
         meta,
-        clone_key(&cs.key),
+        cs.key.clone(),
         config,
         random_u64(),
         std::time::Instant::now(),
@@ -60,10 +58,6 @@ pub(super) fn start_cluster(
     let (tx, rx) = mpsc::channel();
     let cluster = Cluster::start(gossip, socket, tx)?;
     Ok((cluster, rx))
-}
-
-fn clone_key(k: &ClusterKey) -> ClusterKey {
-    k.clone()
 }
 
 /// The MTU of the interface that holds `ip` (1500 if it cannot be told).
