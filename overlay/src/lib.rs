@@ -10,6 +10,9 @@
 //!   style of smoltcp's `wire` module, and decapsulation of UDP payloads.
 //! - [`key`]: the cluster key (from a key file) and the XChaCha20-Poly1305
 //!   sealing of every gossip datagram.
+//! - [`identity`]: each host's key pair and self-signed certificate for
+//!   QUIC tunnels, and TLS verifiers that accept exactly the certificates
+//!   whose fingerprints live members publish in gossip.
 //! - [`gossip`]: [`Gossip`], SWIM membership through `foca`, carrying the
 //!   directory's changes in foca's custom broadcasts, with a periodic
 //!   anti-entropy exchange.
@@ -23,6 +26,7 @@
 
 pub mod directory;
 pub mod gossip;
+pub mod identity;
 pub mod key;
 pub mod sim;
 pub mod vxlan;
@@ -33,6 +37,7 @@ pub use directory::{
 pub use gossip::{
     Gossip, GossipConfig, GossipEvent, GossipStats, MemberInfo, MemberMeta, MemberState,
 };
+pub use identity::{Fingerprint, Identity, TrustSet};
 pub use key::ClusterKey;
 pub use vxlan::{Vni, VxlanPacket, VxlanRepr};
 
@@ -53,6 +58,9 @@ pub enum OverlayError {
     /// The member has no name.
     #[error("a cluster member needs a node name (--node-name)")]
     NoName,
+    /// The host's QUIC identity could not be made or read.
+    #[error("QUIC identity: {0}")]
+    Identity(#[source] identity::IdentityError),
     /// The datagram size is too small for gossip.
     #[error("gossip datagrams of {0} bytes are too small; use at least 512 (underlay MTU minus 28 for IPv4, 48 for IPv6)")]
     DatagramTooSmall(usize),
@@ -61,6 +69,12 @@ pub enum OverlayError {
 impl From<key::KeyError> for OverlayError {
     fn from(e: key::KeyError) -> Self {
         OverlayError::Key(e)
+    }
+}
+
+impl From<identity::IdentityError> for OverlayError {
+    fn from(e: identity::IdentityError) -> Self {
+        OverlayError::Identity(e)
     }
 }
 
