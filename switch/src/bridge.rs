@@ -379,6 +379,15 @@ impl Bridge {
         }
     }
 
+    /// Counts a frame dropped on ingress at `port` before it reached
+    /// [`Bridge::process`] (a TAP frame whose `virtio_net_hdr` is bad, say).
+    pub fn count_drop(&mut self, port: PortId, reason: DropReason) {
+        self.drops.bump(reason);
+        if let Some(p) = self.ports.get_mut(&port) {
+            p.drops += 1;
+        }
+    }
+
     /// The ports of `network` (empty if it does not exist), for flooding.
     pub fn ports(&self, network: NetworkId) -> &[PortId] {
         self.networks

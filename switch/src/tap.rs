@@ -31,9 +31,13 @@ pub const MAX_IFNAME_LEN: usize = 15;
 pub struct TapOptions {
     /// Keep the interface after the descriptor is closed (`TUNSETPERSIST 1`).
     pub persist: bool,
-    /// Prefix every frame with a `virtio_net_hdr` (`IFF_VNET_HDR`). Not used
-    /// by the daemon yet; the flag is kept so offloads can be added later.
+    /// Prefix every frame with a 10-byte `virtio_net_hdr` (`IFF_VNET_HDR`),
+    /// in both directions; needed for offloads ([`Tap::set_offload`]).
     pub vnet_hdr: bool,
+    /// One interface, several queues (`IFF_MULTI_QUEUE`): every `open` of
+    /// the same name with this flag attaches one more descriptor (queue),
+    /// and the kernel spreads the interface's flows over them.
+    pub multi_queue: bool,
     /// Let this uid open the interface too (`TUNSETOWNER`).
     pub owner: Option<u32>,
 }
@@ -43,6 +47,25 @@ pub struct TapOptions {
 pub struct Tap {
     fd: OwnedFd,
     name: String,
+    vnet_hdr: bool,
+}
+
+/// `TUNSETOFFLOAD` flags: what userspace accepts in frames *read* from the
+/// TAP. With them the kernel hands over partial checksums and TCP/UDP
+/// super-frames up to 64 KiB instead of segmenting them first.
+pub mod offload {
+    /// Partial checksums (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+    pub const CSUM: u32 = 0x01;
+    /// TCP over IPv4 segmentation.
+    pub const TSO4: u32 = 0x02;
+    /// TCP over IPv6 segmentation.
+    pub const TSO6: u32 = 0x04;
+    /// TSO with the ECN bit.
+    pub const TSO_ECN: u32 = 0x08;
+    /// UDP segmentation over IPv4 (Linux 6.2 and later).
+    pub const USO4: u32 = 0x20;
+    /// UDP segmentation over IPv6 (Linux 6.2 and later).
+    pub const USO6: u32 = 0x40;
 }
 
 impl Tap {
@@ -69,10 +92,17 @@ impl Tap {
         if opts.vnet_hdr {
             flags |= libc::IFF_VNET_HDR;
         }
+        if opts.multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
         // The kernel may rewrite the name (it never does for a literal name,
         // but it is the authoritative one), so take it back from the ioctl.
         let name = sys::set_iff(fd.as_fd(), name, flags)?;
-        let tap = Tap { fd, name };
+        let tap = Tap {
+            fd,
+            name,
+            vnet_hdr: opts.vnet_hdr,
+        };
         if let Some(uid) = opts.owner {
             sys::set_owner(tap.fd.as_fd(), uid)?;
         }
@@ -96,6 +126,40 @@ impl Tap {
     /// Write one whole frame. Fails with `EIO` while the interface is down.
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
         sys::write(self.fd.as_fd(), frame)
+    }
+
+    /// Write one frame gathered from several buffers (a `virtio_net_hdr`
+    /// and the frame, say), with one syscall and no copy.
+    pub fn write_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        sys::writev(self.fd.as_fd(), parts)
+    }
+
+    /// Whether every frame carries a `virtio_net_hdr` ([`TapOptions::vnet_hdr`]).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// `TUNSETOFFLOAD`: accept exactly these [`offload`] flags in frames
+    /// read from the TAP. Needs [`TapOptions::vnet_hdr`]; `EINVAL` for a
+    /// flag the kernel does not know.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        sys::set_offload(self.fd.as_fd(), flags)
+    }
+
+    /// Turn on every offload the datapath handles: checksum, TSO4/6 with
+    /// ECN, and USO4/6 where the kernel has it (6.2+). Returns the flags
+    /// set.
+    pub fn enable_offloads(&self) -> io::Result<u32> {
+        use offload::*;
+        let base = CSUM | TSO4 | TSO6 | TSO_ECN;
+        match self.set_offload(base | USO4 | USO6) {
+            Ok(()) => Ok(base | USO4 | USO6),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.set_offload(base)?;
+                Ok(base)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Turn persistence on or off. A TAP that is not persistent disappears
@@ -257,6 +321,38 @@ mod sys {
         Ok(n as usize)
     }
 
+    /// writev(2) of one frame from several buffers.
+    pub(super) fn writev(fd: BorrowedFd<'_>, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(parts.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std
+        // guarantees it on Unix); `parts` and the buffers it points to are
+        // valid and readable for the duration of the call, and `fd` is open.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), parts.as_ptr().cast(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // n >= 0 and at most the sum of the lengths.
+        Ok(n as usize)
+    }
+
+    /// TUNSETOFFLOAD: the offloads userspace accepts.
+    pub(super) fn set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+        // SAFETY: `fd` is an open, attached TUN descriptor; TUNSETOFFLOAD
+        // takes the flags by value, no memory is passed.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Move the calling thread into a fresh network namespace of its own, so
     /// tests create interfaces without touching the host's.
     #[cfg(test)]
@@ -382,10 +478,50 @@ mod tests {
                 persist: false,
                 vnet_hdr: true,
                 owner: Some(65534),
+                multi_queue: false,
             };
             let tap = Tap::open("vswt2", &opts).unwrap();
             assert!(tap.as_raw_fd() >= 0);
+            assert!(tap.vnet_hdr());
             assert!(thread_ifnames().iter().any(|n| n == "vswt2"));
+        });
+    }
+
+    #[test]
+    fn offloads_are_set_on_a_vnet_header_tap() {
+        in_private_netns(|| {
+            let opts = TapOptions {
+                vnet_hdr: true,
+                ..TapOptions::default()
+            };
+            let tap = Tap::open("vswt4", &opts).unwrap();
+            let set = tap.enable_offloads().unwrap();
+            assert_eq!(set & offload::TSO4, offload::TSO4);
+            assert_eq!(set & offload::CSUM, offload::CSUM);
+        });
+    }
+
+    #[test]
+    fn a_multi_queue_tap_takes_one_descriptor_per_queue() {
+        in_private_netns(|| {
+            let opts = TapOptions {
+                vnet_hdr: true,
+                multi_queue: true,
+                ..TapOptions::default()
+            };
+            let q0 = Tap::open("vswt5", &opts).unwrap();
+            let q1 = Tap::open("vswt5", &opts).unwrap();
+            assert_ne!(q0.as_raw_fd(), q1.as_raw_fd());
+            // A single-queue attach to a multi-queue interface is refused.
+            let single = Tap::open(
+                "vswt5",
+                &TapOptions {
+                    vnet_hdr: true,
+                    ..TapOptions::default()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(single.raw_os_error(), Some(libc::EINVAL));
         });
     }
 
