@@ -14,6 +14,8 @@
 //!   over UDP and TCP) on a smoltcp interface.
 //! - [`dns`]: the embedded DNS responder (hickory-proto messages).
 //! - [`neighbor`]: ARP/ND answered locally for known remote endpoints.
+//! - [`offload`]: super-frame offloads: `virtio_net_hdr`, software GSO
+//!   toward the tunnel, GRO toward TAPs, the Internet checksum.
 //! - [`tap`]: TAP device IO (the one module with `unsafe`, in `tap::sys`).
 #![deny(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod fdb;
 pub mod gateway;
 pub mod nat;
 pub mod neighbor;
+pub mod offload;
 mod stack;
 pub mod tap;
 mod types;
