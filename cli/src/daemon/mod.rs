@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod datapath;
+pub mod quic;
 pub mod server;
 pub mod state;
 
