@@ -23,6 +23,7 @@ use switch::{MacAddr, NetworkId, PortId};
 
 use super::cluster::Cluster;
 use super::datapath::DatapathHandle;
+use super::quic::{self, QuicTransport};
 use super::state::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
 use super::ApiError;
 use crate::api::{self, Driver, Request, SubnetSpec};
@@ -57,8 +58,16 @@ pub struct ClusterSettings {
     pub advertise: IpAddr,
     /// UDP port of the VXLAN tunnel.
     pub tunnel_port: u16,
+    /// UDP port of the QUIC endpoint (encrypted overlays).
+    pub quic_port: u16,
     pub key: overlay::ClusterKey,
 }
+
+/// Test-only: when set, the daemon presents a freshly made certificate in
+/// QUIC handshakes while gossip still publishes its stored one's
+/// fingerprint, as a host would that is not who it claims to be. Tests
+/// use it to check that such a host exchanges no frame.
+pub const IMPOSTOR_ENV: &str = "VSWITCH_TEST_QUIC_IMPOSTOR";
 
 /// Default MTU of bridge networks, as Docker's.
 const DEFAULT_MTU: u32 = 1500;
@@ -169,6 +178,8 @@ pub struct Controller {
     ipam: ipam::Ipam<String>,
     datapath: DatapathHandle,
     cluster: Option<Cluster>,
+    /// The QUIC endpoint of encrypted overlays (with a cluster).
+    quic: Option<QuicTransport>,
     /// Members declared dead, and since when (for IPAM reclaims).
     dead_since: BTreeMap<String, std::time::Instant>,
     /// Gossip events, until the daemon takes them to feed them back.
@@ -259,10 +270,18 @@ impl Controller {
             }
             None => (None, None),
         };
+        let (quic, published) = match &config.cluster {
+            Some(cs) => {
+                let (t, fingerprint) = start_quic(cs, &config.state_dir, &config.node_name)?;
+                (Some(t), Some(fingerprint))
+            }
+            None => (None, None),
+        };
         let datapath = DatapathHandle::start(BridgeConfig::default(), tunnel)?;
-        let (cluster, events) = match (&config.cluster, gossip_socket) {
-            (Some(cs), Some(sock)) => {
-                let (c, rx) = overlay_nets::start_cluster(cs, &config.node_name, sock)?;
+        let (cluster, events) = match (&config.cluster, gossip_socket, published) {
+            (Some(cs), Some(sock), Some(fingerprint)) => {
+                let (c, rx) =
+                    overlay_nets::start_cluster(cs, &config.node_name, sock, fingerprint)?;
                 (Some(c), Some(rx))
             }
             _ => (None, None),
@@ -273,6 +292,7 @@ impl Controller {
             ipam: ipam::Ipam::new(),
             datapath,
             cluster,
+            quic,
             dead_since: BTreeMap::new(),
             events,
             networks: BTreeMap::new(),
@@ -306,6 +326,9 @@ impl Controller {
     pub fn shutdown(&mut self) {
         if let Some(mut c) = self.cluster.take() {
             c.shutdown();
+        }
+        if let Some(mut q) = self.quic.take() {
+            q.shutdown();
         }
         self.datapath.shutdown();
     }
@@ -592,11 +615,18 @@ impl Controller {
             )));
         }
         for key in req.options.keys() {
-            if !matches!(key.as_str(), "vni") {
+            if !matches!(key.as_str(), "vni" | "encrypted" | "transport") {
                 return Err(ApiError::bad(format!(
-                    "unknown network option `{key}`; known options: vni=N (overlays, to meet a kernel VTEP)"
+                    "unknown network option `{key}`; known options: vni=N (overlays, to meet a kernel VTEP), encrypted and transport=udp|quic (overlays)"
                 )));
             }
+        }
+        let encrypted = is_encrypted(&req.options)?;
+        if encrypted && req.driver != Driver::Overlay {
+            return Err(ApiError::bad(format!(
+                "--opt encrypted is for overlay networks, whose frames cross the underlay; the {} driver keeps frames on this host",
+                req.driver.as_str()
+            )));
         }
         match req.driver {
             Driver::Overlay => return self.create_overlay(req),
@@ -1278,6 +1308,11 @@ impl Controller {
             }
         }
         let t = dp.tunnel;
+        let quic_stats = self
+            .quic
+            .as_ref()
+            .map(|q| q.handle().stats())
+            .unwrap_or_default();
         let tunnel = [
             ("RxPackets", t.rx_packets),
             ("TxPackets", t.tx_packets),
@@ -1288,6 +1323,12 @@ impl Controller {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(
+            quic_stats
+                .named()
+                .into_iter()
+                .map(|(k, v)| (format!("Quic{k}"), v)),
+        )
         .collect();
         let gossip = match &self.cluster {
             Some(c) => {
@@ -1339,6 +1380,69 @@ impl Controller {
                 .collect(),
         })
     }
+}
+
+/// Whether a network's options ask for an encrypted overlay:
+/// `encrypted` (or `encrypted=true`) or `transport=quic`.
+pub(crate) fn is_encrypted(options: &BTreeMap<String, String>) -> Result<bool, ApiError> {
+    let flag = match options.get("encrypted").map(|v| v.to_ascii_lowercase()) {
+        None => None,
+        Some(v) if matches!(v.as_str(), "" | "true" | "1" | "yes") => Some(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "--opt encrypted={v}: say --opt encrypted (or encrypted=true|false)"
+            )))
+        }
+    };
+    let transport = match options.get("transport").map(|v| v.to_ascii_lowercase()) {
+        None => None,
+        Some(v) if v == "quic" => Some(true),
+        Some(v) if v == "udp" => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "--opt transport={v}: the transports are udp (VXLAN, in the clear) and quic (encrypted)"
+            )))
+        }
+    };
+    match (flag, transport) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad(
+            "--opt encrypted and --opt transport=udp contradict each other; encrypted overlays travel over QUIC",
+        )),
+        (a, b) => Ok(a.or(b).unwrap_or(false)),
+    }
+}
+
+/// Starts the QUIC endpoint with the host's stored identity; returns it and
+/// the fingerprint to publish in gossip.
+fn start_quic(
+    cs: &ClusterSettings,
+    state_dir: &Path,
+    node_name: &str,
+) -> anyhow::Result<(QuicTransport, overlay::Fingerprint)> {
+    let bind = SocketAddr::new(cs.bind.ip(), cs.quic_port);
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| {
+        anyhow::anyhow!("binding the QUIC port {bind}: {e}; pick another --quic-port")
+    })?;
+    let identity = quic::load_or_create_identity(state_dir, node_name)?;
+    let published = identity.fingerprint();
+    let presented = if std::env::var_os(IMPOSTOR_ENV).is_some() {
+        tracing::warn!("{IMPOSTOR_ENV} is set: presenting a certificate that is not the published one (tests only)");
+        overlay::Identity::generate(node_name)?
+    } else {
+        identity
+    };
+    let underlay = overlay_nets::underlay_mtu(cs.advertise);
+    let transport = QuicTransport::start(
+        quic::QuicConfig {
+            identity: presented,
+            local_tunnel: SocketAddr::new(cs.advertise, cs.tunnel_port),
+            udp_payload: quic::udp_payload(underlay, cs.advertise.is_ipv6()),
+        },
+        socket,
+    )?;
+    tracing::info!(fingerprint = %published, "QUIC identity");
+    Ok((transport, published))
 }
 
 fn iface_config(net: &Network, rec: &EndpointRecord) -> IfaceConfig {
@@ -1425,6 +1529,25 @@ mod tests {
         assert_eq!(s.len(), 20, "{s}");
         assert!(s.starts_with("20"), "{s}");
         assert!(s.ends_with('Z'));
+    }
+
+    #[rstest::rstest]
+    #[case::none(&[], Ok(false))]
+    #[case::flag(&[("encrypted", "true")], Ok(true))]
+    #[case::flag_empty(&[("encrypted", "")], Ok(true))]
+    #[case::flag_off(&[("encrypted", "false")], Ok(false))]
+    #[case::quic(&[("transport", "quic")], Ok(true))]
+    #[case::udp(&[("transport", "UDP")], Ok(false))]
+    #[case::both(&[("encrypted", "true"), ("transport", "quic")], Ok(true))]
+    #[case::contradiction(&[("encrypted", "true"), ("transport", "udp")], Err(()))]
+    #[case::bad_flag(&[("encrypted", "maybe")], Err(()))]
+    #[case::bad_transport(&[("transport", "tcp")], Err(()))]
+    fn encrypted_option(#[case] opts: &[(&str, &str)], #[case] want: Result<bool, ()>) {
+        let opts: BTreeMap<String, String> = opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(is_encrypted(&opts).map_err(|_| ()), want);
     }
 
     #[test]

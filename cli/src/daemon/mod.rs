@@ -80,6 +80,10 @@ pub struct DaemonArgs {
     /// UDP port of the VXLAN tunnel.
     #[arg(long, value_name = "PORT", default_value_t = 4789)]
     pub tunnel_port: u16,
+    /// UDP port of the QUIC endpoint that carries encrypted overlays
+    /// (`--opt encrypted`).
+    #[arg(long, value_name = "PORT", default_value_t = quic::DEFAULT_PORT)]
+    pub quic_port: u16,
     /// File holding the cluster key.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
@@ -217,6 +221,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
                 bind: args.bind,
                 advertise,
                 tunnel_port: args.tunnel_port,
+                quic_port: args.quic_port,
                 key,
             })
         }
