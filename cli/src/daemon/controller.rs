@@ -628,6 +628,13 @@ impl Controller {
                 req.driver.as_str()
             )));
         }
+        if encrypted {
+            // Until the datapath sends these frames through QUIC, an
+            // encrypted network would travel in the clear: refused.
+            return Err(ApiError::bad(
+                "encrypted overlays are not wired into the datapath yet; create the network without --opt encrypted",
+            ));
+        }
         match req.driver {
             Driver::Overlay => return self.create_overlay(req),
             Driver::Host | Driver::None => {
