@@ -374,9 +374,17 @@ fn open_netns(netns: &Path) -> Result<std::fs::File, NetnsError> {
 fn open_tap(netns: &Path, name: &str) -> Result<Tap, NetnsError> {
     let opts = TapOptions {
         persist: true,
+        // Every frame carries a virtio_net_hdr, and the kernel may hand over
+        // partial checksums and 64 KiB super-frames (the datapath's
+        // offloads; see `switch::offload`).
+        vnet_hdr: true,
         ..TapOptions::default()
     };
-    Tap::open(name, &opts).map_err(|source| match source.raw_os_error() {
+    let tap = Tap::open(name, &opts).and_then(|tap| {
+        tap.enable_offloads()?;
+        Ok(tap)
+    });
+    tap.map_err(|source| match source.raw_os_error() {
         Some(libc::EBUSY) => NetnsError::TapBusy {
             name: name.to_string(),
             netns: netns.to_path_buf(),
