@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use overlay::identity::CERT_TAG;
 use overlay::{Gossip, GossipConfig, GossipEvent, IpamConfig, MemberMeta, NetworkSpec, Vni};
 use switch::MacAddr;
 
@@ -23,21 +24,28 @@ use super::{
 };
 use crate::api::{self, Driver, SubnetSpec};
 use crate::daemon::cluster::Cluster;
+use crate::daemon::quic::{self, QuicPeer};
 
 /// Default gossip port, for `join-cluster IP`.
 pub const GOSSIP_PORT: u16 = 7946;
 
-/// Starts gossip on `socket`.
+/// Starts gossip on `socket`; the member's tags publish the fingerprint of
+/// its QUIC certificate and its QUIC port.
 pub(super) fn start_cluster(
     cs: &ClusterSettings,
     node_name: &str,
     socket: std::net::UdpSocket,
+    fingerprint: overlay::Fingerprint,
 ) -> anyhow::Result<(Cluster, mpsc::Receiver<GossipEvent>)> {
     let meta = MemberMeta {
         name: node_name.to_string(),
         gossip_addr: SocketAddr::new(cs.advertise, cs.bind.port()),
         tunnel_addr: SocketAddr::new(cs.advertise, cs.tunnel_port),
-        tags: BTreeMap::new(),
+        tags: [
+            (CERT_TAG.to_string(), fingerprint.to_string()),
+            (quic::PORT_TAG.to_string(), cs.quic_port.to_string()),
+        ]
+        .into(),
     };
     // Grows at every start, so a restarted host supersedes its former self.
     let boot = SystemTime::now()
@@ -167,6 +175,10 @@ impl Controller {
         let cluster = self.cluster.as_ref().ok_or_else(no_cluster)?;
         cluster.with(|g, now| g.leave(now));
         let _ = std::fs::remove_file(self.peers_file());
+        // Encrypted tunnels close with the membership.
+        if let Some(q) = &self.quic {
+            q.handle().set_peers([]);
+        }
         let overlays = self.overlay_names();
         for n in overlays {
             self.resync_overlay(&n);
@@ -243,16 +255,37 @@ impl Controller {
                 req.name
             )));
         }
-        let overhead = if cs.advertise.is_ipv4() {
-            overlay::vxlan::OVERHEAD_V4
+        let underlay = underlay_mtu(cs.advertise);
+        let (max_mtu, why) = if super::is_encrypted(&req.options)? {
+            // What one QUIC datagram carries, less the VXLAN and Ethernet
+            // headers: a larger frame could never be sent.
+            let mtu = quic::overlay_mtu(underlay, cs.advertise.is_ipv6()).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "this underlay's MTU of {underlay} is too small for QUIC (at least 1228 over IPv4, 1248 over IPv6); encrypted overlays cannot run here"
+                ))
+            })?;
+            (
+                mtu,
+                format!(
+                    "underlay MTU {underlay} minus {} bytes of IP, UDP, QUIC, VXLAN and Ethernet headers",
+                    underlay - mtu
+                ),
+            )
         } else {
-            overlay::vxlan::OVERHEAD_V6
+            let overhead = if cs.advertise.is_ipv4() {
+                overlay::vxlan::OVERHEAD_V4
+            } else {
+                overlay::vxlan::OVERHEAD_V6
+            };
+            (
+                underlay.saturating_sub(overhead),
+                format!("underlay MTU minus {overhead} bytes of encapsulation"),
+            )
         };
-        let max_mtu = underlay_mtu(cs.advertise).saturating_sub(overhead);
         let mtu = match req.mtu {
             Some(m) if m > max_mtu => {
                 return Err(ApiError::bad(format!(
-                    "--mtu {m} is too large for this underlay: at most {max_mtu} (underlay MTU minus {overhead} bytes of encapsulation), or frames would fragment"
+                    "--mtu {m} is too large for this underlay: at most {max_mtu} ({why}), or frames would fragment"
                 )))
             }
             Some(m) => m,
@@ -432,6 +465,7 @@ impl Controller {
             GossipEvent::MemberUp(meta) => {
                 tracing::info!(member = %meta.name, addr = %meta.gossip_addr, "member up");
                 self.dead_since.remove(&meta.name);
+                self.sync_quic_peers();
                 self.resync_all_overlays();
                 self.advertise_ipam();
             }
@@ -441,6 +475,7 @@ impl Controller {
                 self.dead_since
                     .entry(name)
                     .or_insert_with(std::time::Instant::now);
+                self.sync_quic_peers();
                 self.resync_all_overlays();
             }
             GossipEvent::App { from, payload } => match payload.split_first() {
@@ -477,6 +512,38 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Hands the live members (with their published certificate
+    /// fingerprints) to the QUIC endpoint: its trust set, and the
+    /// connections it keeps, follow membership.
+    fn sync_quic_peers(&self) {
+        let (Some(cluster), Some(q)) = (&self.cluster, &self.quic) else {
+            return;
+        };
+        let peers: Vec<QuicPeer> = cluster.with(|g, _| {
+            g.members()
+                .into_iter()
+                .filter(|m| !m.local && m.state != overlay::MemberState::Down)
+                .filter_map(|m| {
+                    let fingerprint = m.meta.tags.get(CERT_TAG)?.parse().ok()?;
+                    let port = m
+                        .meta
+                        .tags
+                        .get(quic::PORT_TAG)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(quic::DEFAULT_PORT);
+                    Some(QuicPeer {
+                        quic: SocketAddr::new(m.meta.tunnel_addr.ip(), port),
+                        tunnel: m.meta.tunnel_addr,
+                        name: m.meta.name,
+                        fingerprint,
+                    })
+                })
+                .collect()
+        });
+        tracing::debug!(peers = peers.len(), "QUIC peers");
+        q.handle().set_peers(peers);
     }
 
     fn network_name_by_id(&self, id: &str) -> Option<String> {
@@ -607,6 +674,11 @@ impl Controller {
         if n.record.driver != Driver::Overlay {
             return Err(ApiError::bad(format!(
                 "network `{network}` is not an overlay; VTEPs belong to overlay networks"
+            )));
+        }
+        if super::is_encrypted(&n.record.options)? {
+            return Err(ApiError::bad(format!(
+                "network `{network}` is encrypted; a foreign VXLAN VTEP would receive its frames in the clear, so none is admitted"
             )));
         }
         if n.static_vteps.contains_key(&addr) {
