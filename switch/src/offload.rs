@@ -234,15 +234,28 @@ fn sum_native(data: &[u8]) -> u64 {
         a0 += u128::from(u64::from_ne_bytes(lo.try_into().unwrap_or([0; 8])));
         a1 += u128::from(u64::from_ne_bytes(hi.try_into().unwrap_or([0; 8])));
     }
-    let rest = chunks.remainder();
-    let mut tail = [0u8; 16];
-    tail[..rest.len()].copy_from_slice(rest);
-    let (lo, hi) = tail.split_at(8);
-    a0 += u128::from(u64::from_ne_bytes(lo.try_into().unwrap_or([0; 8])));
-    a1 += u128::from(u64::from_ne_bytes(hi.try_into().unwrap_or([0; 8])));
-    // Neither accumulator can overflow: each gains < 2^64 per 16 bytes.
-    let (s, carry) = a0.overflowing_add(a1);
-    let s = if carry { s.wrapping_add(1 << 64) } else { s };
+    // The tail (under 16 bytes) in fixed-size pieces: no call to memcpy.
+    let mut rest = chunks.remainder();
+    if let Some((word, after)) = rest.split_first_chunk::<8>() {
+        a0 += u128::from(u64::from_ne_bytes(*word));
+        rest = after;
+    }
+    let mut tail = [0u8; 8];
+    let mut at = 0;
+    if let Some((word, _)) = rest.split_first_chunk::<4>() {
+        tail[..4].copy_from_slice(word);
+        at = 4;
+    }
+    if let Some((pair, _)) = rest[at..].split_first_chunk::<2>() {
+        tail[at..at + 2].copy_from_slice(pair);
+        at += 2;
+    }
+    if let Some(&byte) = rest.get(at) {
+        tail[at] = byte;
+    }
+    a1 += u128::from(u64::from_ne_bytes(tail));
+    // No overflow: each accumulator gains under 2^64 per 16 bytes.
+    let s = a0 + a1;
     let (low, high) = (s as u64, (s >> 64) as u64);
     let (r, c) = low.overflowing_add(high);
     r + u64::from(c)
@@ -1379,6 +1392,24 @@ mod tests {
             prop_assert_eq!(&frame, &spec.plain());
             check_segment(&frame, &spec);
         }
+    }
+
+    #[test]
+    fn checksum_every_short_length_and_offset() {
+        let data: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(97) ^ 0xc3).collect();
+        for start in 0..8 {
+            for len in 0..=64 {
+                let d = &data[start..start + len];
+                assert_eq!(
+                    ones_sum(d, 0x1_fffe),
+                    naive_sum(d, 0x1_fffe),
+                    "{start}+{len}"
+                );
+            }
+        }
+        // Carries out of 64 bits: all ones.
+        let ones = vec![0xffu8; 4099];
+        assert_eq!(ones_sum(&ones, u32::MAX), naive_sum(&ones, u32::MAX));
     }
 
     #[rstest]
