@@ -8,4 +8,5 @@ pub mod api;
 pub mod client;
 pub mod daemon;
 pub mod netns;
+pub mod rootless;
 pub mod sandbox;

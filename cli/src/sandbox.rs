@@ -5,7 +5,12 @@
 //! A sandbox `NAME` is a network namespace bind-mounted on
 //! `/run/netns/NAME`, plus an optional directory `/etc/netns/NAME` whose
 //! files replace their `/etc` namesakes for commands run inside (this is
-//! how a container gets its own `resolv.conf`). Root mode only for now.
+//! how a container gets its own `resolv.conf`).
+//!
+//! Rootless, the same layout lives under the rootless daemon's runtime
+//! directory ([`crate::rootless::Layout`]): `netns/NAME` and `etc/NAME`, used
+//! by a process that joined the daemon's user and mount namespaces
+//! ([`crate::rootless::join`]) after [`use_dirs`] said so.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -16,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -30,6 +35,51 @@ pub const NETNS_ETC_DIR: &str = "/etc/netns";
 /// Serialises the shared-mount setup of /run/netns within this process, so
 /// two threads never stack two bind mounts on it.
 static RUN_DIR_SETUP: Mutex<()> = Mutex::new(());
+
+/// The directories of this process's sandboxes, fixed at the first use.
+static DIRS: OnceLock<SandboxDirs> = OnceLock::new();
+
+/// Where sandboxes live: iproute2's directories as root
+/// ([`SandboxDirs::iproute2`]), a rootless daemon's runtime directory
+/// otherwise ([`crate::rootless::Layout::sandbox_dirs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxDirs {
+    /// Where namespaces are mounted (`/run/netns`).
+    pub netns: PathBuf,
+    /// Where per-namespace `/etc` overrides live (`/etc/netns`).
+    pub etc: PathBuf,
+}
+
+impl SandboxDirs {
+    /// `/run/netns` and `/etc/netns`, shared with `ip netns`.
+    pub fn iproute2() -> SandboxDirs {
+        SandboxDirs {
+            netns: PathBuf::from(NETNS_RUN_DIR),
+            etc: PathBuf::from(NETNS_ETC_DIR),
+        }
+    }
+}
+
+/// Use `dirs` for every sandbox of this process (a rootless daemon, or
+/// `vswitch run` against one). Once per process, before the first sandbox
+/// is made or named; [`SandboxError::DirsFixed`] if other directories are
+/// already in use.
+pub fn use_dirs(dirs: SandboxDirs) -> Result<(), SandboxError> {
+    let current = DIRS.get_or_init(|| dirs.clone());
+    if *current == dirs {
+        Ok(())
+    } else {
+        Err(SandboxError::DirsFixed {
+            current: current.netns.clone(),
+        })
+    }
+}
+
+/// The directories in use ([`SandboxDirs::iproute2`] unless [`use_dirs`]
+/// said otherwise first).
+pub fn dirs() -> &'static SandboxDirs {
+    DIRS.get_or_init(SandboxDirs::iproute2)
+}
 
 /// What went wrong with a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +120,21 @@ pub enum SandboxError {
         source: io::Error,
     },
     /// A namespace or mount system call failed.
-    #[error("cannot {what}: {source}; this needs root (CAP_SYS_ADMIN)")]
+    #[error(
+        "cannot {what}: {source}; this needs root (CAP_SYS_ADMIN), or a rootless vswitchd's namespaces"
+    )]
     Sys {
         /// What was being done, in words.
         what: String,
         /// The errno.
         #[source]
         source: Errno,
+    },
+    /// [`use_dirs`] came after other directories were already in use.
+    #[error("sandboxes of this process already live under {}; they cannot move", current.display())]
+    DirsFixed {
+        /// The namespace directory in use.
+        current: PathBuf,
     },
     /// Configuring the namespace's interfaces failed.
     #[error(transparent)]
@@ -109,14 +167,14 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(Errno) -> SandboxError {
     move |source| SandboxError::Sys { what, source }
 }
 
-/// `/run/netns/NAME`.
+/// `/run/netns/NAME` (rootless: `RUNTIME/netns/NAME`).
 pub fn netns_path(name: &str) -> PathBuf {
-    Path::new(NETNS_RUN_DIR).join(name)
+    dirs().netns.join(name)
 }
 
-/// `/etc/netns/NAME`.
+/// `/etc/netns/NAME` (rootless: `RUNTIME/etc/NAME`).
 fn etc_dir(name: &str) -> PathBuf {
-    Path::new(NETNS_ETC_DIR).join(name)
+    dirs().etc.join(name)
 }
 
 fn validate_name(name: &str) -> Result<(), SandboxError> {
@@ -197,19 +255,22 @@ pub fn create_netns(name: &str) -> Result<PathBuf, SandboxError> {
 
 /// Make /run/netns a shared mount point, as iproute2's `netns_add` does, so
 /// namespace mounts made later propagate to every mount namespace that was
-/// cloned from this one (and `ip netns` sees them).
+/// cloned from this one (and `ip netns` sees them), and unmounts reach the
+/// copies that commands run in. (Rootless, the pause process did this
+/// already; the call just confirms it.)
 fn make_run_dir_shared() -> Result<(), SandboxError> {
     let _guard = RUN_DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = dirs().netns.as_path();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(NETNS_RUN_DIR)
-        .map_err(io_err(format!("create {NETNS_RUN_DIR}")))?;
+        .create(dir)
+        .map_err(io_err(format!("create {}", dir.display())))?;
     let mut bound = false;
     loop {
         match nix::mount::mount(
             None::<&str>,
-            NETNS_RUN_DIR,
+            dir,
             Some("none"),
             MsFlags::MS_SHARED | MsFlags::MS_REC,
             None::<&str>,
@@ -218,16 +279,16 @@ fn make_run_dir_shared() -> Result<(), SandboxError> {
             // EINVAL: not a mount point yet. Bind it onto itself, once.
             Err(Errno::EINVAL) if !bound => {
                 nix::mount::mount(
-                    Some(NETNS_RUN_DIR),
-                    NETNS_RUN_DIR,
+                    Some(dir),
+                    dir,
                     Some("none"),
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None::<&str>,
                 )
-                .map_err(sys_err(format!("bind-mount {NETNS_RUN_DIR} on itself")))?;
+                .map_err(sys_err(format!("bind-mount {} on itself", dir.display())))?;
                 bound = true;
             }
-            Err(e) => return Err(sys_err(format!("make {NETNS_RUN_DIR} a shared mount"))(e)),
+            Err(e) => return Err(sys_err(format!("make {} a shared mount", dir.display()))(e)),
         }
     }
 }
@@ -539,6 +600,22 @@ mod tests {
     fn paths_follow_iproute2() {
         assert_eq!(netns_path("web"), Path::new("/run/netns/web"));
         assert_eq!(etc_dir("web"), Path::new("/etc/netns/web"));
+    }
+
+    #[test]
+    fn dirs_are_fixed_once_in_use() {
+        // Unit tests never switch to rootless directories, so iproute2's are
+        // in use; asking for them again is fine, moving is refused.
+        assert_eq!(*dirs(), SandboxDirs::iproute2());
+        use_dirs(SandboxDirs::iproute2()).unwrap();
+        let err = use_dirs(SandboxDirs {
+            netns: PathBuf::from("/run/user/1000/vswitch/netns"),
+            etc: PathBuf::from("/run/user/1000/vswitch/etc"),
+        })
+        .unwrap_err();
+        assert!(matches!(err, SandboxError::DirsFixed { .. }), "{err}");
+        assert!(err.to_string().contains("/run/netns"), "{err}");
+        assert_eq!(netns_path("web"), Path::new("/run/netns/web"));
     }
 
     #[test]
