@@ -560,6 +560,30 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `GET /v1/info`: how the daemon runs. `vswitch run` reads it to learn
+/// whether it must join a rootless daemon's namespaces. Answered by the
+/// server itself, not through [`Request`]: it describes the process, not
+/// the state. A daemon without this route runs as root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// `vswitchd --rootless`: sandboxes live in a user namespace.
+    #[serde(rename = "Rootless", default)]
+    pub rootless: bool,
+    /// Rootless: the pause process holding the user and mount namespaces.
+    #[serde(rename = "PausePid", default, skip_serializing_if = "Option::is_none")]
+    pub pause_pid: Option<u32>,
+    /// Rootless: the runtime directory (`netns/`, `etc/`, `pause.pid`).
+    #[serde(
+        rename = "RuntimeDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// The path of [`Info`].
+pub const INFO_PATH: &str = "/v1/info";
+
 /// A decoded API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {

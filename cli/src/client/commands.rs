@@ -639,6 +639,25 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
     Ok(())
 }
 
+/// With a rootless daemon, make this process part of its user and mount
+/// namespaces, where its sandboxes live (and where this user may make,
+/// configure and enter them). The client is still single-threaded here: its
+/// runtime runs on this thread, and nothing so far started another.
+async fn join_if_rootless(client: &Client) -> Result<()> {
+    let info = client.info().await?;
+    if !info.rootless {
+        return Ok(());
+    }
+    let (Some(pid), Some(dir)) = (info.pause_pid, info.runtime_dir) else {
+        bail!("the rootless vswitchd did not say where its namespaces are; upgrade vswitch to the daemon's version");
+    };
+    let layout = crate::rootless::Layout::new(dir);
+    sandbox::use_dirs(layout.sandbox_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::rootless::join(pid)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("joining the rootless vswitchd's namespaces")
+}
+
 /// `vswitch run`: make the sandbox, connect it, run the command in it.
 async fn run_container(client: &Client, a: RunArgs) -> Result<i32> {
     api::validate_name("container", &a.name).map_err(anyhow::Error::msg)?;
@@ -675,6 +694,9 @@ async fn run_container(client: &Client, a: RunArgs) -> Result<i32> {
         );
     }
 
+    if !host_mode {
+        join_if_rootless(client).await?;
+    }
     let netns = if host_mode {
         None
     } else {

@@ -92,6 +92,22 @@ impl Client {
         Ok((status, bytes.to_vec()))
     }
 
+    /// How the daemon runs (`GET /v1/info`); a daemon that predates the
+    /// route runs as root.
+    pub async fn info(&self) -> Result<crate::api::Info> {
+        let (status, bytes) = self.raw("GET", crate::api::INFO_PATH, Vec::new()).await?;
+        match status {
+            200 => serde_json::from_slice(&bytes).context(
+                "vswitchd answered GET /v1/info with something this client does not understand",
+            ),
+            404 => Ok(crate::api::Info::default()),
+            _ => bail!(
+                "vswitchd answered GET /v1/info with status {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+
     /// Sends a request and decodes a JSON answer, turning an error status
     /// into the daemon's message.
     pub async fn call<T: DeserializeOwned>(

@@ -16,6 +16,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::net::UnixListener;
 
+use crate::api::Info;
+use crate::{rootless, sandbox};
+
 /// An error the API returns: an HTTP status and a sentence a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -84,6 +87,9 @@ pub struct DaemonArgs {
     /// (`--opt encrypted`).
     #[arg(long, value_name = "PORT", default_value_t = quic::DEFAULT_PORT)]
     pub quic_port: u16,
+    /// Tests only: present a QUIC certificate other than the published one.
+    #[arg(long, hide = true)]
+    pub test_quic_impostor: bool,
     /// File holding the cluster key.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
@@ -91,7 +97,9 @@ pub struct DaemonArgs {
     /// takes them over (`vswitch ipam reclaim HOST` does it at once).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub ipam_quarantine: u64,
-    /// Run as an ordinary user in user namespaces.
+    /// Run as an ordinary user: containers' namespaces live in a user
+    /// namespace held by a pause process; state under
+    /// $XDG_RUNTIME_DIR/vswitch. Needs /dev/net/tun at mode 0666.
     #[arg(long)]
     pub rootless: bool,
     /// Upstream DNS servers for names that are not containers' (default: the
@@ -175,19 +183,53 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
         .with_context(|| format!("binding the control socket {}", path.display()))
 }
 
+/// Rootless: find or start the pause process and join its user and mount
+/// namespaces (see [`crate::rootless`]); sandboxes then live under the
+/// runtime directory. Must run before any thread exists.
+fn enter_rootless() -> Result<Info> {
+    if nix::unistd::geteuid().is_root() {
+        tracing::warn!("--rootless given while running as root");
+    }
+    let layout = rootless::Layout::from_env();
+    let pause = rootless::enter(&layout).context("rootless mode")?;
+    sandbox::use_dirs(layout.sandbox_dirs()).context("rootless mode")?;
+    tracing::info!(
+        pause = pause.pid,
+        started = pause.started,
+        runtime_dir = %layout.runtime_dir().display(),
+        "rootless: in the user and mount namespaces of the pause process"
+    );
+    Ok(Info {
+        rootless: true,
+        pause_pid: Some(pause.pid),
+        runtime_dir: Some(layout.runtime_dir().to_path_buf()),
+    })
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: DaemonArgs) -> Result<()> {
     init_logging(&args);
-    if args.rootless && nix::unistd::geteuid().is_root() {
-        tracing::warn!("--rootless given while running as root");
-    }
+    // Defaults that depend on the user, decided before a rootless daemon
+    // becomes uid 0 of its user namespace.
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let socket = args
         .socket
         .clone()
         .unwrap_or_else(crate::client::default_socket);
+    // Before any thread: joining a user namespace needs a single thread.
+    let info = if args.rootless {
+        enter_rootless()?
+    } else {
+        if !nix::unistd::geteuid().is_root() {
+            tracing::warn!(
+                "running as uid {} without --rootless: making TAP devices in containers' namespaces will fail; pass --rootless",
+                nix::unistd::geteuid()
+            );
+        }
+        Info::default()
+    };
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let upstreams = if args.dns.is_empty() {
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         resolv_conf_servers(&text)
@@ -222,6 +264,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
                 advertise,
                 tunnel_port: args.tunnel_port,
                 quic_port: args.quic_port,
+                quic_impostor: args.test_quic_impostor,
                 key,
             })
         }
@@ -269,7 +312,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         }
         tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "vswitchd ready");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(server::serve(listener, ctrl.clone(), stop_rx));
+        let server = tokio::spawn(server::serve(listener, ctrl.clone(), info, stop_rx));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

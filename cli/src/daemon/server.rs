@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::controller::Controller;
 use super::ApiError;
-use crate::api::{ErrorBody, Request, MAX_BODY};
+use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
 
 /// How long a request waiting for another host is retried.
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
@@ -39,10 +39,18 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
 
 async fn handle(
     ctrl: Arc<Mutex<Controller>>,
+    info: Arc<Info>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
+    // How this process runs: the server's to answer, not the controller's.
+    if method == "GET" && path == INFO_PATH {
+        return Ok(json_response(
+            200,
+            serde_json::to_vec(&*info).unwrap_or_default(),
+        ));
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -98,12 +106,14 @@ fn count_bad(ctrl: &Arc<Mutex<Controller>>) {
     }
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves until `shutdown` turns true; `GET /v1/info` answers `info`.
 pub async fn serve(
     listener: UnixListener,
     ctrl: Arc<Mutex<Controller>>,
+    info: Info,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let info = Arc::new(info);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -116,8 +126,9 @@ pub async fn serve(
                     }
                 };
                 let ctrl = ctrl.clone();
+                let info = info.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(ctrl.clone(), req));
+                    let svc = service_fn(move |req| handle(ctrl.clone(), info.clone(), req));
                     let conn = http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(10))
