@@ -60,14 +60,13 @@ pub struct ClusterSettings {
     pub tunnel_port: u16,
     /// UDP port of the QUIC endpoint (encrypted overlays).
     pub quic_port: u16,
+    /// Test-only (`--test-quic-impostor`): present a freshly made
+    /// certificate in QUIC handshakes while gossip still publishes the
+    /// stored one's fingerprint, as a host would that is not who it claims
+    /// to be; tests check that such a host exchanges no frame.
+    pub quic_impostor: bool,
     pub key: overlay::ClusterKey,
 }
-
-/// Test-only: when set, the daemon presents a freshly made certificate in
-/// QUIC handshakes while gossip still publishes its stored one's
-/// fingerprint, as a host would that is not who it claims to be. Tests
-/// use it to check that such a host exchanges no frame.
-pub const IMPOSTOR_ENV: &str = "VSWITCH_TEST_QUIC_IMPOSTOR";
 
 /// Default MTU of bridge networks, as Docker's.
 const DEFAULT_MTU: u32 = 1500;
@@ -1433,8 +1432,10 @@ fn start_quic(
     })?;
     let identity = quic::load_or_create_identity(state_dir, node_name)?;
     let published = identity.fingerprint();
-    let presented = if std::env::var_os(IMPOSTOR_ENV).is_some() {
-        tracing::warn!("{IMPOSTOR_ENV} is set: presenting a certificate that is not the published one (tests only)");
+    let presented = if cs.quic_impostor {
+        tracing::warn!(
+            "--test-quic-impostor: presenting a certificate that is not the published one"
+        );
         overlay::Identity::generate(node_name)?
     } else {
         identity
