@@ -1,13 +1,17 @@
-//! `netbench`: the end-to-end network benchmark. In one run it measures the
-//! same workloads (iperf3 TCP throughput, sockperf TCP request/response
-//! latency, ping RTT) between two endpoints A and B on every selected
-//! scenario, in groups of "the kernel doing the job" against "vswitch doing
-//! it": `local`, a Linux bridge (Docker's bridge driver) against two
-//! containers on a vswitch bridge network; `overlay`, two hosts with kernel
-//! `vxlan` devices bridged to containers (Docker's overlay driver) against
-//! two vswitchd hosts carrying an overlay network. It prints a table per
-//! group with each figure and vswitch's ratio to the kernel, the ratios of
-//! every group side by side, and can write everything as JSON.
+//! `netbench`: the end-to-end network benchmark and the project's
+//! scoreboard. In one run it measures the same workloads (iperf3 TCP
+//! throughput with one and two streams, sockperf TCP request/response
+//! latency, the 64-byte packet rate, ping RTT) between two endpoints A and B
+//! on every selected scenario, in groups of references against vswitch:
+//! `local`, a Linux bridge (Docker's bridge driver) and Open vSwitch's
+//! userspace datapath (with and without its userspace TSO) against two
+//! containers on a vswitch bridge network; `overlay`, kernel `vxlan`
+//! devices bridged to containers (Docker's overlay driver) and OVS's
+//! userspace VXLAN against two vswitchd hosts carrying an overlay network
+//! (plain, and with `--opt encrypted`); `publish` and `egress` against
+//! userspace forwarders. It prints a table per group with each figure and
+//! vswitch's ratio to each reference, every group's ratios side by side,
+//! the issue's targets met or not, and can write everything as JSON.
 //!
 //! Runs as root. Traffic goes only between namespaces it creates; nothing is
 //! routed out of them. Everything it makes carries the pid in its name and
@@ -26,6 +30,10 @@ mod cpu;
 mod exec;
 #[path = "netbench/overlay.rs"]
 mod overlay;
+#[path = "netbench/ovs.rs"]
+mod ovs;
+#[path = "netbench/pps.rs"]
+mod pps;
 #[path = "netbench/publish.rs"]
 mod publish;
 #[path = "netbench/rate.rs"]
@@ -134,6 +142,28 @@ struct Args {
     #[arg(long, value_name = "N", hide = true, default_value_t = rate::WORKERS,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
+    /// Internal (the packet-rate workload's receiver): count this run's
+    /// datagrams on this UDP port until a second after the last one (or
+    /// `--lifetime`); print JSON.
+    #[arg(
+        long,
+        value_name = "PORT",
+        hide = true,
+        conflicts_with_all = ["connect_rate", "echo_server", "udp_flood"]
+    )]
+    udp_sink: Option<u16>,
+    /// Internal (the packet-rate workload's sender): 64-byte frames to ADDR
+    /// for `--duration` seconds; print JSON.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        hide = true,
+        conflicts_with_all = ["connect_rate", "echo_server"]
+    )]
+    udp_flood: Option<std::net::SocketAddr>,
+    /// Internal: the packet-rate run's tag (both ends the same).
+    #[arg(long, value_name = "N", hide = true, default_value_t = 0)]
+    tag: u32,
 }
 
 fn main() -> ExitCode {
@@ -148,6 +178,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(port) = args.udp_sink {
+        return report_json(
+            "--udp-sink",
+            pps::sink(port, Duration::from_secs(args.lifetime), args.tag),
+        );
+    }
+    if let Some(addr) = args.udp_flood {
+        return report_json(
+            "--udp-flood",
+            pps::flood(addr, Duration::from_secs(args.duration.into()), args.tag),
+        );
     }
     if let Some(addr) = args.connect_rate {
         let r = rate::connect_rate(
@@ -172,6 +214,20 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("netbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A hidden mode's end: its report as one JSON line, or the error.
+fn report_json<T: serde::Serialize>(mode: &str, r: Result<T, Error>) -> ExitCode {
+    match r {
+        Ok(r) => {
+            println!("{}", json!(r));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netbench {mode}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -369,6 +425,7 @@ fn write_json(
         "metrics": workload::METRICS,
         "scenarios": results,
         "comparisons": report::comparisons(results),
+        "targets": report::targets(results),
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Io {
         context: "encoding JSON".into(),
@@ -387,6 +444,7 @@ fn run_scenario(s: &dyn Scenario, env: &Env, have_sockperf: bool) -> ScenarioRes
         title: s.title().into(),
         group: s.group().into(),
         baseline: s.is_baseline(),
+        compared_to: s.also_compared_to().iter().map(|k| k.to_string()).collect(),
         description: s.description().into(),
         metrics: s
             .workloads()
@@ -509,15 +567,18 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case(&[], &["kernel-bridge", "vswitch-bridge", "kernel-vxlan", "vswitch-overlay",
+    #[case(&[], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge",
+                  "kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay", "vswitch-overlay-encrypted",
                   "socat-relay", "pasta-publish", "vswitch-publish",
                   "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
     #[case(&["publish", "egress"], &["socat-relay", "pasta-publish", "vswitch-publish",
                                      "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
-    #[case(&["local"], &["kernel-bridge", "vswitch-bridge"])]
-    #[case(&["overlay"], &["kernel-vxlan", "vswitch-overlay"])]
+    #[case(&["local"], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge"])]
+    #[case(&["overlay"], &["kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay",
+                           "vswitch-overlay-encrypted"])]
     #[case(&["vswitch-bridge"], &["vswitch-bridge"])]
-    #[case(&["vswitch-overlay", "local"], &["kernel-bridge", "vswitch-bridge", "vswitch-overlay"])]
+    #[case(&["vswitch-overlay", "local"], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev",
+                                            "vswitch-bridge", "vswitch-overlay"])]
     fn only_selects_groups_and_scenarios(#[case] only: &[&str], #[case] want: &[&str]) {
         let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
         let got: Vec<&str> = select(scenario::all(), &only)

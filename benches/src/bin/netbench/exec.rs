@@ -268,6 +268,26 @@ impl Background {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Waits up to `limit` for the child to exit by itself (returns early on
+    /// Ctrl-C); its exit status, or None if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if interrupted() || Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Everything it printed so far (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `n` lines of its output.
     pub fn log_tail(&self, n: usize) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -302,29 +322,60 @@ impl Drop for Background {
     }
 }
 
+/// A transport whose sockets `/proc/PID/net/*` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// Listening TCP sockets (state `0A`).
+    Tcp,
+    /// Bound, unconnected UDP sockets (state `07`).
+    Udp,
+}
+
+impl Proto {
+    fn tables(self) -> [&'static str; 2] {
+        match self {
+            Proto::Tcp => ["tcp", "tcp6"],
+            Proto::Udp => ["udp", "udp6"],
+        }
+    }
+
+    fn state(self) -> &'static str {
+        match self {
+            Proto::Tcp => "0A",
+            Proto::Udp => "07",
+        }
+    }
+}
+
 /// The TCP ports a process's network namespace listens on, from
 /// `/proc/PID/net/tcp` and `tcp6` (which show the namespace the process is
 /// in now).
 pub fn listening_ports(pid: u32) -> Vec<u16> {
+    bound_ports(pid, Proto::Tcp)
+}
+
+/// The ports of `proto` sockets waiting for peers (listening TCP, bound
+/// UDP) in a process's network namespace.
+pub fn bound_ports(pid: u32, proto: Proto) -> Vec<u16> {
     let mut ports = Vec::new();
-    for file in ["tcp", "tcp6"] {
+    for file in proto.tables() {
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
-            ports.extend(parse_listening(&s));
+            ports.extend(parse_ports(&s, proto.state()));
         }
     }
     ports
 }
 
-/// Local ports in state LISTEN (`0A`) of a `/proc/net/tcp` table.
-pub fn parse_listening(table: &str) -> Vec<u16> {
+/// Local ports of the sockets in `state` (hex, as the table prints it) of
+/// a `/proc/net/{tcp,udp}` table.
+fn parse_ports(table: &str, state: &str) -> Vec<u16> {
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let local = f.nth(1)?;
-            let state = f.nth(1)?;
-            if state != "0A" {
+            if f.nth(1)? != state {
                 return None;
             }
             let (_, port) = local.rsplit_once(':')?;
@@ -341,6 +392,18 @@ pub fn wait_listening(
     port: u16,
     limit: Duration,
 ) -> Result<(), Error> {
+    wait_bound(server, comm, Proto::Tcp, port, limit)
+}
+
+/// Waits until `server` (started through `ip netns exec`) runs `comm` and
+/// has a `proto` socket waiting on `port`, bounded by `limit`.
+pub fn wait_bound(
+    server: &mut Background,
+    comm: &str,
+    proto: Proto,
+    port: u16,
+    limit: Duration,
+) -> Result<(), Error> {
     let pid = server
         .pid()
         .ok_or_else(|| Error::Setup("server not running".into()))?;
@@ -354,7 +417,7 @@ pub fn wait_listening(
             )));
         }
         let running = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if running.trim() == comm && listening_ports(pid).contains(&port) {
+        if running.trim() == comm && bound_ports(pid, proto).contains(&port) {
             return Ok(());
         }
         if interrupted() {
@@ -362,7 +425,7 @@ pub fn wait_listening(
         }
         if Instant::now() >= deadline {
             return Err(Error::Setup(format!(
-                "`{}` did not listen on port {port} within {limit:?}: {}",
+                "`{}` did not open {proto:?} port {port} within {limit:?}: {}",
                 server.argv(),
                 server.log_tail(10)
             )));
@@ -400,8 +463,26 @@ mod tests {
 
     #[test]
     fn listening_ports_are_only_those_in_listen_state() {
-        assert_eq!(parse_listening(TCP), vec![5201, 11111]);
-        assert!(parse_listening("header only\n").is_empty());
+        assert_eq!(parse_ports(TCP, Proto::Tcp.state()), vec![5201, 11111]);
+        assert!(parse_ports("header only\n", "0A").is_empty());
+    }
+
+    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  123: 00000000:1453 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0
+  124: 0200F70A:9C40 0300F70A:1453 01 00000000:00000000 00:00000000 00000000     0        0 2 2 0000000000000000 0
+";
+
+    #[test]
+    fn bound_udp_ports_are_the_unconnected_ones() {
+        assert_eq!(parse_ports(UDP, Proto::Udp.state()), vec![5203]);
+        assert!(parse_ports(UDP, Proto::Tcp.state()).is_empty());
+    }
+
+    #[test]
+    fn our_own_udp_socket_is_seen_bound() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        assert!(bound_ports(std::process::id(), Proto::Udp).contains(&port));
     }
 
     #[test]
@@ -440,6 +521,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(start.elapsed() < Duration::from_secs(5));
+        // A background child's exit and everything it printed.
+        let mut bg = sh
+            .spawn(&["sh", "-c", "echo one; echo two >&2"], "bg")
+            .unwrap();
+        assert!(bg
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()));
+        assert_eq!(bg.log_text(), "one\ntwo\n");
+        let mut slow = sh.spawn(&["sleep", "30"], "slow").unwrap();
+        assert_eq!(slow.wait_exit(Duration::from_millis(100)), None);
+        drop(slow);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -34,6 +34,8 @@ pub struct ScenarioResult {
     pub title: String,
     pub group: String,
     pub baseline: bool,
+    /// Candidates of the group it is compared with besides the baselines.
+    pub compared_to: Vec<String>,
     pub description: String,
     /// The metric keys its workloads fill (its table rows).
     pub metrics: Vec<String>,
@@ -75,34 +77,171 @@ pub struct Comparison {
     pub ratio: f64,
 }
 
-/// Ratios of every non-baseline scenario to its group's baseline.
+/// Ratios of every non-baseline scenario to each of its references (the
+/// group's baselines, and the scenarios it names in `compared_to`).
 pub fn comparisons(results: &[ScenarioResult]) -> Vec<Comparison> {
     let mut out = Vec::new();
-    for base in results.iter().filter(|r| r.baseline) {
-        for cand in results
-            .iter()
-            .filter(|r| !r.baseline && r.group == base.group)
-        {
-            for m in METRICS {
-                if let (Some(b), Some(c)) = (base.value(m.key), cand.value(m.key)) {
-                    if b > 0.0 {
-                        out.push(Comparison {
-                            group: base.group.clone(),
-                            metric: m.key,
-                            unit: m.unit,
-                            better: m.better,
-                            baseline: base.key.clone(),
-                            baseline_value: b,
-                            candidate: cand.key.clone(),
-                            candidate_value: c,
-                            ratio: c / b,
-                        });
-                    }
+    for (cand, base) in pairs(results) {
+        for m in METRICS {
+            if let (Some(b), Some(c)) = (base.value(m.key), cand.value(m.key)) {
+                if b > 0.0 {
+                    out.push(Comparison {
+                        group: base.group.clone(),
+                        metric: m.key,
+                        unit: m.unit,
+                        better: m.better,
+                        baseline: base.key.clone(),
+                        baseline_value: b,
+                        candidate: cand.key.clone(),
+                        candidate_value: c,
+                        ratio: c / b,
+                    });
                 }
             }
         }
     }
     out
+}
+
+/// How a ratio must compare with a bound for a target to be met.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+    Above(f64),
+}
+
+impl Bound {
+    pub fn met(self, ratio: f64) -> bool {
+        match self {
+            Bound::AtLeast(b) => ratio >= b,
+            Bound::AtMost(b) => ratio <= b,
+            Bound::Above(b) => ratio > b,
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Bound::AtLeast(b) => format!("≥ {b}"),
+            Bound::AtMost(b) => format!("≤ {b}"),
+            Bound::Above(b) => format!("> {b}"),
+        }
+    }
+}
+
+/// A target of issue 5: `candidate / reference` on `metric` within `bound`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Target {
+    pub what: &'static str,
+    pub candidate: &'static str,
+    pub reference: &'static str,
+    pub metric: &'static str,
+    pub bound: Bound,
+}
+
+/// The scoreboard's targets (issue 5), checked on every run that measured
+/// both sides.
+pub const TARGETS: &[Target] = &[
+    Target {
+        what: "local, one TCP stream: at least 0.85× the kernel bridge",
+        candidate: "vswitch-bridge",
+        reference: "kernel-bridge",
+        metric: "tcp_1_gbps",
+        bound: Bound::AtLeast(0.85),
+    },
+    Target {
+        what: "local, one TCP stream: ahead of OVS userspace with TSO",
+        candidate: "vswitch-bridge",
+        reference: "ovs-netdev-tso",
+        metric: "tcp_1_gbps",
+        bound: Bound::Above(1.0),
+    },
+    Target {
+        what: "overlay, one TCP stream: at least 0.7× kernel VXLAN (goal 1.0×)",
+        candidate: "vswitch-overlay",
+        reference: "kernel-vxlan",
+        metric: "tcp_1_gbps",
+        bound: Bound::AtLeast(0.7),
+    },
+    Target {
+        what: "request/response round trip: at most 1.5× the kernel bridge's",
+        candidate: "vswitch-bridge",
+        reference: "kernel-bridge",
+        metric: "tcp_rr_avg_us",
+        bound: Bound::AtMost(1.5),
+    },
+];
+
+/// One target and what this run measured for it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TargetResult {
+    pub target: &'static str,
+    pub candidate: &'static str,
+    pub reference: &'static str,
+    pub metric: &'static str,
+    pub bound: Bound,
+    /// None when one side was not measured in this run.
+    pub ratio: Option<f64>,
+    pub met: Option<bool>,
+}
+
+/// Every target, with the ratio this run measured (if it did).
+pub fn targets(results: &[ScenarioResult]) -> Vec<TargetResult> {
+    let value = |key: &str, metric: &str| {
+        results
+            .iter()
+            .find(|r| r.key == key)
+            .and_then(|r| r.value(metric))
+    };
+    TARGETS
+        .iter()
+        .map(|t| {
+            let ratio = match (value(t.candidate, t.metric), value(t.reference, t.metric)) {
+                (Some(c), Some(b)) if b > 0.0 => Some(c / b),
+                _ => None,
+            };
+            TargetResult {
+                target: t.what,
+                candidate: t.candidate,
+                reference: t.reference,
+                metric: t.metric,
+                bound: t.bound,
+                ratio,
+                met: ratio.map(|r| t.bound.met(r)),
+            }
+        })
+        .collect()
+}
+
+/// The targets as a table; None when the run measured none of them.
+fn targets_table(results: &[ScenarioResult]) -> Option<String> {
+    let rows: Vec<Vec<String>> = targets(results)
+        .into_iter()
+        .filter(|t| t.ratio.is_some())
+        .map(|t| {
+            let r = t.ratio.unwrap_or(f64::NAN);
+            vec![
+                t.target.to_string(),
+                format!("{} / {}", t.candidate, t.reference),
+                fmt_ratio(r),
+                t.bound.text(),
+                if t.met == Some(true) { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let header = ["target (issue 5)", "ratio", "measured", "wanted", "met"].map(String::from);
+    let mut out = String::from("### Targets\n\n");
+    out.push_str(&markdown(
+        &header,
+        &[false, false, true, true, false],
+        &rows,
+    ));
+    out.push('\n');
+    Some(out)
 }
 
 /// The machine and the tools, for the record.
@@ -288,27 +427,37 @@ fn ratio_summary(results: &[ScenarioResult]) -> Option<String> {
             row
         })
         .collect();
-    let mut out = String::from("### Ratios to each baseline, every group\n\n");
+    let mut out = String::from("### Scoreboard: ratios to each reference, every group\n\n");
     out.push_str(&markdown(&header, &right, &rows));
     out.push_str(
-        "\nEach column is a group's vswitch scenario divided by one of the group's baselines \
-         (the kernel, or a userspace forwarder); the figures are in the group's table above.\n\n",
+        "\nEach column is a group's vswitch scenario divided by one of its references (the \
+         kernel, Open vSwitch's userspace datapath, a userspace forwarder, or for the encrypted \
+         overlay the plain one); the figures are in the group's table above.\n\n",
     );
     Some(out)
 }
 
-/// Every (candidate, baseline) pair of one group, in run order.
+/// Every (candidate, reference) pair of one group, in run order: each
+/// candidate with every baseline, then with the candidates it names.
 fn pairs(results: &[ScenarioResult]) -> Vec<(&ScenarioResult, &ScenarioResult)> {
     let mut pairs = Vec::new();
     for cand in results.iter().filter(|r| !r.baseline) {
-        for base in results
-            .iter()
-            .filter(|r| r.baseline && r.group == cand.group)
-        {
+        for base in references(results, cand) {
             pairs.push((cand, base));
         }
     }
     pairs
+}
+
+/// What `cand` is compared with: its group's baselines, then the
+/// candidates it names in `compared_to`, as far as they are in `results`.
+fn references<'a>(results: &'a [ScenarioResult], cand: &ScenarioResult) -> Vec<&'a ScenarioResult> {
+    let same_group = results.iter().filter(|r| r.group == cand.group);
+    same_group
+        .clone()
+        .filter(|r| r.baseline)
+        .chain(same_group.filter(|r| !r.baseline && cand.compared_to.contains(&r.key)))
+        .collect()
 }
 
 /// The report a person reads: per group, one row per metric with every
@@ -325,8 +474,11 @@ pub fn render(results: &[ScenarioResult], duration: u32) -> String {
     }
     for g in groups {
         let members: Vec<&ScenarioResult> = results.iter().filter(|r| r.group == g).collect();
-        let bases: Vec<&ScenarioResult> = members.iter().filter(|r| r.baseline).copied().collect();
         let cands: Vec<&ScenarioResult> = members.iter().filter(|r| !r.baseline).copied().collect();
+        let group_pairs: Vec<(&ScenarioResult, &ScenarioResult)> = cands
+            .iter()
+            .flat_map(|c| references(results, c).into_iter().map(move |b| (*c, b)))
+            .collect();
         let titles: Vec<&str> = members.iter().map(|r| r.title.as_str()).collect();
         let _ = writeln!(
             out,
@@ -335,37 +487,36 @@ pub fn render(results: &[ScenarioResult], duration: u32) -> String {
         );
         let mut header: Vec<String> = vec!["workload".into(), "unit".into(), "better".into()];
         header.extend(members.iter().map(|r| r.title.clone()));
-        for c in &cands {
-            header.extend(bases.iter().map(|b| format!("{} / {}", c.title, b.title)));
-        }
+        header.extend(
+            group_pairs
+                .iter()
+                .map(|(c, b)| format!("{} / {}", c.title, b.title)),
+        );
         let mut right = vec![false, false, false];
         right.resize(header.len(), true);
         let mut rows = Vec::new();
         for m in rows_of(members.iter().copied()) {
             let mut row = vec![m.label.to_string(), m.unit.to_string(), better_word(m)];
             row.extend(members.iter().map(|r| fmt_value(m, r.value(m.key))));
-            for c in &cands {
-                row.extend(bases.iter().map(|b| ratio_cell(m, c, b)));
-            }
+            row.extend(group_pairs.iter().map(|(c, b)| ratio_cell(m, c, b)));
             rows.push(row);
         }
         out.push_str(&markdown(&header, &right, &rows));
-        for c in &cands {
-            for b in &bases {
-                let _ = writeln!(
-                    out,
-                    "\nRatio = {c} / {b}. Rows where higher is better (Gbit/s, conn/s): below 1.00 {c} is \
-                     slower. Rows where lower is better (µs): above 1.00 {c} is slower.",
-                    c = c.title,
-                    b = b.title
-                );
-            }
+        if !group_pairs.is_empty() {
+            out.push_str(
+                "\nRatio = candidate / reference. Rows where higher is better (Gbit/s, conn/s, kpps): \
+                 below 1.00 the candidate is slower. Rows where lower is better (µs): above 1.00 it \
+                 is slower.\n",
+            );
         }
         out.push('\n');
     }
 
     if let Some(summary) = ratio_summary(results) {
         out.push_str(&summary);
+    }
+    if let Some(t) = targets_table(results) {
+        out.push_str(&t);
     }
 
     // Where the CPU went.
@@ -568,7 +719,7 @@ mod tests {
             "{table}"
         );
         let summary = table
-            .split("### Ratios to each baseline, every group")
+            .split("### Scoreboard: ratios to each reference, every group")
             .nth(1)
             .expect("a summary table");
         let header = summary
@@ -594,6 +745,94 @@ mod tests {
         assert_eq!(cells[4..6], ["—", "3.00"], "{row}");
         // One group alone has no summary: its own table says it all.
         assert!(!render(&results[..2], 5).contains("every group"));
+    }
+
+    #[test]
+    fn a_candidate_is_compared_with_the_candidates_it_names_too() {
+        let in_overlay = |mut r: ScenarioResult, compared_to: &[&str]| {
+            r.group = "overlay".into();
+            r.compared_to = compared_to.iter().map(|s| s.to_string()).collect();
+            r
+        };
+        let results = [
+            in_overlay(scenario("kernel-vxlan", true, &[("tcp_1_gbps", 10.0)]), &[]),
+            in_overlay(scenario("ovs", true, &[("tcp_1_gbps", 1.0)]), &[]),
+            in_overlay(scenario("plain", false, &[("tcp_1_gbps", 5.0)]), &[]),
+            in_overlay(
+                scenario("encrypted", false, &[("tcp_1_gbps", 4.0)]),
+                &["plain"],
+            ),
+        ];
+        let got: Vec<(String, String, f64)> = comparisons(&results)
+            .into_iter()
+            .map(|c| (c.candidate, c.baseline, c.ratio))
+            .collect();
+        let want = [
+            ("plain", "kernel-vxlan", 0.5),
+            ("plain", "ovs", 5.0),
+            ("encrypted", "kernel-vxlan", 0.4),
+            ("encrypted", "ovs", 4.0),
+            ("encrypted", "plain", 0.8),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((c, b, r), (wc, wb, wr)) in got.iter().zip(want) {
+            assert_eq!((c.as_str(), b.as_str()), (wc, wb));
+            assert!((r - wr).abs() < 1e-12, "{c}/{b}: {r}");
+        }
+        let table = render(&results, 5);
+        let header = table.lines().find(|l| l.starts_with("| workload")).unwrap();
+        assert!(header.contains("encrypted / plain"), "{header}");
+        assert!(!header.contains("plain / encrypted"), "{header}");
+        // A failed (absent) reference leaves its column out, not the run.
+        let got = comparisons(&results[..2]);
+        assert!(got.is_empty());
+    }
+
+    #[rstest]
+    #[case(Bound::AtLeast(0.85), 0.85, true)]
+    #[case(Bound::AtLeast(0.85), 0.84, false)]
+    #[case(Bound::AtMost(1.5), 1.5, true)]
+    #[case(Bound::AtMost(1.5), 1.6, false)]
+    #[case(Bound::Above(1.0), 1.0, false)]
+    #[case(Bound::Above(1.0), 1.01, true)]
+    fn bounds(#[case] b: Bound, #[case] ratio: f64, #[case] met: bool) {
+        assert_eq!(b.met(ratio), met);
+    }
+
+    #[test]
+    fn targets_are_checked_where_both_sides_ran() {
+        let named = |key: &str, baseline: bool, v: &[(&str, f64)]| scenario(key, baseline, v);
+        let results = [
+            named(
+                "kernel-bridge",
+                true,
+                &[("tcp_1_gbps", 10.0), ("tcp_rr_avg_us", 20.0)],
+            ),
+            named("ovs-netdev-tso", true, &[("tcp_1_gbps", 12.0)]),
+            named(
+                "vswitch-bridge",
+                false,
+                &[("tcp_1_gbps", 9.0), ("tcp_rr_avg_us", 40.0)],
+            ),
+        ];
+        let t = targets(&results);
+        assert_eq!(t.len(), TARGETS.len());
+        let by_ref = |reference: &str, metric: &str| {
+            t.iter()
+                .find(|t| t.reference == reference && t.metric == metric)
+                .unwrap()
+        };
+        assert_eq!(by_ref("kernel-bridge", "tcp_1_gbps").met, Some(true));
+        assert_eq!(by_ref("ovs-netdev-tso", "tcp_1_gbps").met, Some(false));
+        assert_eq!(by_ref("kernel-bridge", "tcp_rr_avg_us").ratio, Some(2.0));
+        assert_eq!(by_ref("kernel-bridge", "tcp_rr_avg_us").met, Some(false));
+        // The overlay did not run: no verdict.
+        assert_eq!(by_ref("kernel-vxlan", "tcp_1_gbps").met, None);
+        let table = render(&results, 5);
+        let section = table.split("### Targets").nth(1).expect("targets table");
+        assert_eq!(section.matches("| yes").count(), 1, "{section}");
+        assert_eq!(section.matches("| no").count(), 2, "{section}");
+        assert!(!section.contains("overlay, one TCP stream"), "{section}");
     }
 
     #[test]

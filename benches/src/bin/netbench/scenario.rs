@@ -19,16 +19,17 @@ use serde::Serialize;
 use crate::cpu::Watched;
 use crate::exec::{in_ns, interrupted, Background, Shell};
 use crate::overlay;
+use crate::ovs;
 use crate::publish;
 use crate::workload::Workload;
 use crate::Error;
 
 /// The subnet both local scenarios use; only inside their own namespaces.
 const SUBNET: &str = "10.247.0.0/24";
-const PREFIX_LEN: u8 = 24;
-const A_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 2);
-const B_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 3);
-const MTU: u32 = 1500;
+pub const PREFIX_LEN: u8 = 24;
+pub const A_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 2);
+pub const B_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 3);
+pub const MTU: u32 = 1500;
 /// Time for one setup command (`ip`, `vswitch network create`, ...).
 pub const STEP: Duration = Duration::from_secs(30);
 
@@ -74,8 +75,15 @@ pub trait Scenario: std::fmt::Debug {
     fn title(&self) -> &'static str;
     /// Scenarios of one group are compared; `--only GROUP` selects them.
     fn group(&self) -> &'static str;
-    /// The group's reference: the kernel doing the same job.
+    /// One of the group's references (the kernel, OVS, a userspace
+    /// forwarder doing the same job); every other scenario of the group is
+    /// compared with each of them.
     fn is_baseline(&self) -> bool;
+    /// Scenarios of the group, beyond its baselines, that this one is
+    /// compared with too (e.g. the encrypted overlay with the plain one).
+    fn also_compared_to(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn description(&self) -> &'static str;
     /// What runs between A and B, in table order.
     fn workloads(&self) -> Vec<Workload> {
@@ -88,9 +96,13 @@ pub trait Scenario: std::fmt::Debug {
 pub fn all() -> Vec<Box<dyn Scenario>> {
     vec![
         Box::new(KernelBridge),
+        Box::new(ovs::OvsBridge { tso: true }),
+        Box::new(ovs::OvsBridge { tso: false }),
         Box::new(VswitchBridge),
         Box::new(overlay::KernelVxlan),
-        Box::new(overlay::VswitchOverlay),
+        Box::new(ovs::OvsVxlan),
+        Box::new(overlay::VswitchOverlay { encrypted: false }),
+        Box::new(overlay::VswitchOverlay { encrypted: true }),
         Box::new(publish::SocatRelay),
         Box::new(publish::PastaPublish),
         Box::new(publish::VswitchPublish),
@@ -677,7 +689,19 @@ mod tests {
                 members[..bases].iter().all(|s| s.is_baseline()),
                 "{g}: baselines first"
             );
-            assert_eq!(members.len() - bases, 1, "{g}: one vswitch scenario");
+            assert!(members.len() > bases, "{g}: a vswitch scenario");
+            // Extra references are candidates of the same group.
+            for s in &members {
+                for r in s.also_compared_to() {
+                    assert!(
+                        members
+                            .iter()
+                            .any(|m| m.key() == *r && !m.is_baseline() && m.key() != s.key()),
+                        "{}: {r}",
+                        s.key()
+                    );
+                }
+            }
         }
     }
 
@@ -725,9 +749,11 @@ mod tests {
             "epw", "eph", "epb", "esw", "esh", "esb", "evw", "evh", "evb", "e", // egress
         ];
         let overlay = [
-            "xu", "xh1", "xh2", "xa", "xb", "ou", "oh1", "oh2", "oa", "ob", "ov",
+            "xu", "xh1", "xh2", "xa", "xb", "ou", "oh1", "oh2", "oa", "ob", "ov", "qu", "qh1",
+            "qh2", "qa", "qb", "qv", "wu", "wh1", "wh2", "wa", "wb",
         ];
-        for suffix in suffixes.iter().chain(&overlay) {
+        let ovs = ["th", "ta", "tb", "sh", "sa", "sb"];
+        for suffix in suffixes.iter().chain(&overlay).chain(&ovs) {
             assert!(format!("nb{tag}{suffix}").len() <= 15);
         }
     }

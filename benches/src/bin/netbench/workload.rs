@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::exec::{in_ns, wait_listening, Shell};
+use crate::exec::{in_ns, wait_bound, wait_listening, Proto, Shell};
+use crate::pps::{self, FloodReport, PacketRate, SinkReport};
 use crate::rate;
 use crate::scenario::Endpoints;
 use crate::Error;
@@ -17,6 +18,8 @@ pub const IPERF_PORT: u16 = 5201;
 /// The connection-rate echo server's port; the publish group publishes it.
 pub const ECHO_PORT: u16 = 5202;
 const SOCKPERF_PORT: u16 = 11111;
+/// The 64-byte packet-rate receiver's UDP port.
+pub const PPS_PORT: u16 = 5203;
 const PING_COUNT: u32 = 200;
 const PING_INTERVAL: &str = "0.01";
 /// Time a server gets to listen.
@@ -75,6 +78,13 @@ pub const METRICS: &[Metric] = &[
         decimals: 1,
     },
     Metric {
+        key: "udp64_kpps",
+        label: "UDP packet rate, 64-byte frames (received)",
+        unit: "kpps",
+        better: Better::Higher,
+        decimals: 0,
+    },
+    Metric {
         key: "icmp_avg_us",
         label: "ICMP echo RTT avg (ping, 200 × 10 ms)",
         unit: "µs",
@@ -118,6 +128,9 @@ pub enum Workload {
     ConnectRate,
     /// iperf3 TCP from B to A, started by A (`iperf3 -c B -R`): A downloads.
     TcpDownload,
+    /// 64-byte frames (UDP, 18 bytes of payload) from A to B as fast as
+    /// they go, `sendmmsg`/`recvmmsg` (netbench's own ends, see `pps.rs`).
+    PacketRate,
 }
 
 /// What one workload measured.
@@ -147,6 +160,7 @@ impl Workload {
             Workload::TcpStream { streams: 1 },
             Workload::TcpStream { streams: 2 },
             Workload::TcpRequestResponse,
+            Workload::PacketRate,
             Workload::IcmpEcho,
         ]
     }
@@ -158,6 +172,7 @@ impl Workload {
             Workload::IcmpEcho => "ping".into(),
             Workload::ConnectRate => "TCP connect/echo/close".into(),
             Workload::TcpDownload => "iperf3 TCP -R".into(),
+            Workload::PacketRate => "UDP 64-byte flood".into(),
         }
     }
 
@@ -169,6 +184,7 @@ impl Workload {
             Workload::IcmpEcho => "ping",
             Workload::ConnectRate => "netbench",
             Workload::TcpDownload => "iperf3",
+            Workload::PacketRate => "netbench",
         }
     }
 
@@ -181,6 +197,7 @@ impl Workload {
             Workload::IcmpEcho => &["icmp_avg_us", "icmp_p99_us"],
             Workload::ConnectRate => &["tcp_conn_per_s"],
             Workload::TcpDownload => &["tcp_down_gbps"],
+            Workload::PacketRate => &["udp64_kpps"],
         }
     }
 
@@ -243,11 +260,7 @@ impl Workload {
                 })
             }
             Workload::ConnectRate => {
-                let exe = std::env::current_exe().map_err(|e| Error::Io {
-                    context: "finding netbench's own executable".into(),
-                    source: e,
-                })?;
-                let exe = exe.display().to_string();
+                let exe = own_exe()?;
                 let (port, lifetime) = (ECHO_PORT.to_string(), (duration + 30).to_string());
                 let mut server = sh.spawn(
                     &in_ns(
@@ -285,6 +298,35 @@ impl Workload {
                     note,
                     values: vec![("tcp_conn_per_s", r.per_second())],
                     detail: json!(r),
+                })
+            }
+            Workload::PacketRate => {
+                let r = packet_rate(sh, ep, duration)?;
+                let note = Some(format!(
+                    "{:.0} kpps sent, {:.1}% lost{}",
+                    r.sent_per_second() / 1e3,
+                    r.loss_percent(),
+                    if r.send_errors > 0 {
+                        format!(", {} send calls refused (ENOBUFS)", r.send_errors)
+                    } else {
+                        String::new()
+                    }
+                ));
+                Ok(Measured {
+                    note,
+                    values: vec![("udp64_kpps", r.received_per_second() / 1e3)],
+                    detail: json!({
+                        "sent": r.sent,
+                        "received": r.received,
+                        "send_seconds": r.send_seconds,
+                        "send_errors": r.send_errors,
+                        "receive_active_seconds": r.receive_active_seconds,
+                        "sent_per_second": r.sent_per_second(),
+                        "received_per_second": r.received_per_second(),
+                        "loss_percent": r.loss_percent(),
+                        "udp_payload_bytes": pps::PAYLOAD,
+                        "batch": pps::BATCH,
+                    }),
                 })
             }
             Workload::TcpRequestResponse => {
@@ -375,6 +417,81 @@ impl Workload {
             }
         }
     }
+}
+
+fn own_exe() -> Result<String, Error> {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .map_err(|e| Error::Io {
+            context: "finding netbench's own executable".into(),
+            source: e,
+        })
+}
+
+/// The packet-rate workload: the sink in B, then the flood from A, then the
+/// sink's count once it has seen the flood end.
+fn packet_rate(sh: &Shell, ep: &Endpoints, duration: u32) -> Result<PacketRate, Error> {
+    let exe = own_exe()?;
+    // A tag per run, so datagrams of another run never count.
+    let tag = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let (port, tag_s) = (PPS_PORT.to_string(), tag.to_string());
+    let lifetime = (duration + 30).to_string();
+    let mut sink = sh.spawn(
+        &in_ns(
+            &ep.b_ns,
+            &[
+                &exe,
+                "--udp-sink",
+                &port,
+                "--lifetime",
+                &lifetime,
+                "--tag",
+                &tag_s,
+            ],
+        ),
+        &format!("udp-sink-{}", ep.b_ns),
+    )?;
+    wait_bound(&mut sink, "netbench", Proto::Udp, PPS_PORT, SERVER_START)?;
+    let target = std::net::SocketAddr::new(ep.b_ip, PPS_PORT).to_string();
+    let out = sh.ok(
+        &in_ns(
+            &ep.a_ns,
+            &[
+                &exe,
+                "--udp-flood",
+                &target,
+                "--duration",
+                &duration.to_string(),
+                "--tag",
+                &tag_s,
+            ],
+        ),
+        Duration::from_secs(u64::from(duration) + 30),
+    )?;
+    let flood: FloodReport = pps::parse_last_json("netbench --udp-flood", &out)?;
+    // The sink ends IDLE_END after the last datagram.
+    let within = pps::IDLE_END + Duration::from_secs(10);
+    match sink.wait_exit(within) {
+        Some(s) if s.success() => {}
+        Some(s) => {
+            return Err(Error::Setup(format!(
+                "`{}` failed ({s}): {}",
+                sink.argv(),
+                sink.log_tail(10)
+            )))
+        }
+        None => {
+            return Err(Error::Timeout {
+                argv: sink.argv().to_string(),
+                limit: within,
+            })
+        }
+    }
+    let report: SinkReport = pps::parse_last_json("netbench --udp-sink", &sink.log_text())?;
+    Ok(PacketRate::new(flood, report))
 }
 
 /// What `iperf3 -J` reports at the end of a client run.
