@@ -276,7 +276,11 @@ impl Controller {
             }
             None => (None, None),
         };
-        let datapath = DatapathHandle::start(BridgeConfig::default(), tunnel)?;
+        let datapath = DatapathHandle::start(
+            BridgeConfig::default(),
+            tunnel,
+            quic.as_ref().map(QuicTransport::handle),
+        )?;
         let (cluster, events) = match (&config.cluster, gossip_socket, published) {
             (Some(cs), Some(sock), Some(fingerprint)) => {
                 let (c, rx) =
@@ -626,13 +630,6 @@ impl Controller {
                 "--opt encrypted is for overlay networks, whose frames cross the underlay; the {} driver keeps frames on this host",
                 req.driver.as_str()
             )));
-        }
-        if encrypted {
-            // Until the datapath sends these frames through QUIC, an
-            // encrypted network would travel in the clear: refused.
-            return Err(ApiError::bad(
-                "encrypted overlays are not wired into the datapath yet; create the network without --opt encrypted",
-            ));
         }
         match req.driver {
             Driver::Overlay => return self.create_overlay(req),
@@ -1326,6 +1323,9 @@ impl Controller {
             ("UnknownVni", t.unknown_vni),
             ("NonMember", t.non_member),
             ("SendErrors", t.send_errors),
+            ("ClearOnEncrypted", t.clear_on_encrypted),
+            ("QuicOnPlain", t.quic_on_plain),
+            ("QuicRejected", t.quic_rejected),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

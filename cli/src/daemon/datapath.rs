@@ -30,6 +30,8 @@ use switch::offload::{self, Gro, Offer, VnetHdr};
 use switch::tap::Tap;
 use switch::{MacAddr, NetworkId, PortId};
 
+use super::quic::{QuicHandle, QuicRx};
+
 #[path = "nat_io.rs"]
 mod nat_io;
 
@@ -60,6 +62,8 @@ const TUNNEL_SOCKET_BUF: usize = 4 << 20;
 
 const WAKER: Token = Token(usize::MAX);
 const TUNNEL: Token = Token(usize::MAX - 1);
+/// QUIC datagrams waiting (encrypted overlays; see [`super::quic`]).
+const QUIC: Token = Token(usize::MAX - 2);
 const UPSTREAM_V4: usize = 1 << 40;
 const UPSTREAM_V6: usize = 1 << 41;
 
@@ -119,6 +123,8 @@ pub enum Command {
         remote: SocketAddr,
         /// A vswitch member rather than a static (kernel) VTEP.
         member: bool,
+        /// An encrypted network's: frames go through QUIC, never UDP.
+        quic: bool,
         reply: mpsc::Sender<Result<(), String>>,
     },
     /// Pins a remote endpoint's MAC to its VTEP port and answers ARP/ND for
@@ -187,6 +193,13 @@ pub struct TunnelCounters {
     pub non_member: u64,
     /// Sends that failed.
     pub send_errors: u64,
+    /// Plain VXLAN for an encrypted network: dropped.
+    pub clear_on_encrypted: u64,
+    /// A QUIC datagram for a network that is not encrypted: dropped.
+    pub quic_on_plain: u64,
+    /// QUIC datagrams from a member that is not a VTEP of that network,
+    /// or for a VNI no network here has, or malformed.
+    pub quic_rejected: u64,
 }
 
 /// Everything [`Command::Stats`] returns.
@@ -211,13 +224,22 @@ pub struct DatapathHandle {
 
 impl DatapathHandle {
     /// Starts the datapath thread.
-    /// `tunnel`: the bound UDP socket of the VXLAN tunnel, for overlays.
+    /// `tunnel`: the bound UDP socket of the VXLAN tunnel, for overlays;
+    /// `quic`: the QUIC endpoint of encrypted overlays.
     pub fn start(
         config: BridgeConfig,
         tunnel: Option<std::net::UdpSocket>,
+        quic: Option<QuicHandle>,
     ) -> io::Result<DatapathHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let quic = match quic {
+            Some(q) => {
+                let rx = q.register(poll.registry(), QUIC)?;
+                Some((q, rx))
+            }
+            None => None,
+        };
         let tunnel = match tunnel {
             Some(sock) => {
                 sock.set_nonblocking(true)?;
@@ -240,6 +262,7 @@ impl DatapathHandle {
             .name("vswitch-datapath".into())
             .spawn(move || {
                 let mut dp = Datapath::new(poll, rx, config, tunnel);
+                (dp.quic, dp.quic_rx) = quic.unzip();
                 if let Err(e) = dp.run() {
                     tracing::error!(error = %e, "datapath stopped");
                 }
@@ -344,22 +367,27 @@ impl DatapathHandle {
             network,
             remote,
             member: false,
+            quic: false,
             reply,
         })?
     }
 
-    /// A tunnel port toward another vswitch host of the cluster.
+    /// A tunnel port toward another vswitch host of the cluster; `quic`
+    /// for an encrypted network (`remote` is then the member's tunnel
+    /// address, by which the QUIC endpoint knows it).
     pub fn add_member_vtep(
         &self,
         port: PortId,
         network: NetworkId,
         remote: SocketAddr,
+        quic: bool,
     ) -> Result<(), String> {
         self.ask(|reply| Command::AddVtep {
             port,
             network,
             remote,
             member: true,
+            quic,
             reply,
         })?
     }
@@ -432,6 +460,9 @@ struct VtepPort {
     /// static VTEP (a kernel vxlan device, whose UDP checksum may be
     /// zero) gets its frames delivered one by one, as sent.
     coalesce: bool,
+    /// An encrypted network's: frames go through QUIC only, and plain
+    /// VXLAN from this member is dropped.
+    quic: bool,
     counters: PortCounters,
 }
 
@@ -502,6 +533,9 @@ struct Datapath {
     seg: Box<[u8]>,
     gro: GroRun,
     tunnel: Option<Tunnel>,
+    /// The QUIC endpoint and its receive queue (encrypted overlays).
+    quic: Option<QuicHandle>,
+    quic_rx: Option<QuicRx>,
     vni_of: HashMap<NetworkId, Vni>,
     network_of_vni: HashMap<Vni, NetworkId>,
     /// (network, remote IP) -> VTEP port.
@@ -555,6 +589,8 @@ impl Datapath {
                 port: None,
             },
             tunnel,
+            quic: None,
+            quic_rx: None,
             vni_of: HashMap::new(),
             network_of_vni: HashMap::new(),
             vteps: HashMap::new(),
@@ -607,6 +643,8 @@ impl Datapath {
                 continue;
             } else if t == TUNNEL {
                 self.read_tunnel(now);
+            } else if t == QUIC {
+                self.read_quic(now);
             } else if t.0 & NAT_SOCK != 0 {
                 self.nat_ready.push(t.0 & (NAT_SOCK - 1));
             } else if t.0 & (UPSTREAM_V4 | UPSTREAM_V6) != 0 {
@@ -735,6 +773,7 @@ impl Datapath {
                 network,
                 remote,
                 member,
+                quic,
                 reply,
             } => {
                 let r = self
@@ -750,6 +789,7 @@ impl Datapath {
                             remote_sockaddr: SockaddrStorage::from(remote),
                             network,
                             coalesce: member,
+                            quic,
                             counters: PortCounters::default(),
                         }),
                     );
@@ -1015,6 +1055,7 @@ impl Datapath {
             seg,
             gro,
             tunnel,
+            quic,
             neighbors,
             tunnel_counters,
             suppressed,
@@ -1057,6 +1098,7 @@ impl Datapath {
             seg,
             gro,
             tunnel: tunnel.as_ref(),
+            quic: quic.as_ref(),
             tunnel_counters,
             vni_of,
             from,
@@ -1158,6 +1200,11 @@ impl Datapath {
             return;
         };
         if let Some(Slot::Vtep(v)) = self.ports.get_mut(&port) {
+            if v.quic {
+                // An encrypted network takes nothing in the clear.
+                self.tunnel_counters.clear_on_encrypted += 1;
+                return;
+            }
             v.counters.rx_packets += 1;
             v.counters.rx_bytes += (len - vxlan::HEADER_LEN) as u64;
         }
@@ -1165,6 +1212,58 @@ impl Datapath {
             port,
             Src::Tunnel(buf),
             start + vxlan::HEADER_LEN,
+            len - vxlan::HEADER_LEN,
+            &VnetHdr::NONE,
+            now,
+        );
+    }
+
+    /// Switches the frames of the QUIC datagrams that arrived (a bounded
+    /// number; the QUIC side wakes the datapath again for the rest).
+    fn read_quic(&mut self, now: Instant) {
+        let Some(mut rx) = self.quic_rx.take() else {
+            return;
+        };
+        rx.drain(|peer, datagram| self.quic_datagram(peer, datagram, now));
+        self.quic_rx = Some(rx);
+        flush_gro(&mut self.ports, &mut self.gro);
+    }
+
+    /// One datagram from the member whose tunnel address is `peer` (the
+    /// QUIC endpoint tells it by its certificate): a VXLAN header and a
+    /// frame, as on the UDP tunnel, accepted only for encrypted networks.
+    fn quic_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
+        let len = datagram.len();
+        let vni = match VxlanPacket::new_checked(datagram) {
+            Ok(p) if p.payload().len() >= 14 && len <= self.buf.len() => p.vni(),
+            _ => {
+                self.tunnel_counters.quic_rejected += 1;
+                return;
+            }
+        };
+        let port = self
+            .network_of_vni
+            .get(&vni)
+            .and_then(|n| self.vteps.get(&(*n, canonical_ip(peer.ip()))));
+        let Some(&port) = port else {
+            self.tunnel_counters.quic_rejected += 1;
+            return;
+        };
+        match self.ports.get_mut(&port) {
+            Some(Slot::Vtep(v)) if v.quic => {
+                v.counters.rx_packets += 1;
+                v.counters.rx_bytes += (len - vxlan::HEADER_LEN) as u64;
+            }
+            _ => {
+                self.tunnel_counters.quic_on_plain += 1;
+                return;
+            }
+        }
+        self.buf[..len].copy_from_slice(datagram);
+        self.switch_frame(
+            port,
+            Src::Buf,
+            vxlan::HEADER_LEN,
             len - vxlan::HEADER_LEN,
             &VnetHdr::NONE,
             now,
@@ -1391,6 +1490,7 @@ struct Egress<'a> {
     seg: &'a mut [u8],
     gro: &'a mut GroRun,
     tunnel: Option<&'a Tunnel>,
+    quic: Option<&'a QuicHandle>,
     tunnel_counters: &'a mut TunnelCounters,
     vni_of: &'a HashMap<NetworkId, Vni>,
     from: Ingress,
@@ -1451,10 +1551,27 @@ impl Egress<'_> {
                 if self.from != Ingress::Local {
                     return;
                 }
-                let Some(tunnel) = self.tunnel else {
+                let Some(&vni) = self.vni_of.get(&v.network) else {
                     return;
                 };
-                let Some(&vni) = self.vni_of.get(&v.network) else {
+                if v.quic {
+                    // Encrypted: through QUIC or not at all.
+                    let sent = match self.quic {
+                        Some(q) => send_quic(q, v, vni, hdr, frame, self.seg),
+                        None => Err(0),
+                    };
+                    let (ok, dropped) = match sent {
+                        Ok(n) => (n, 0),
+                        Err(sent) => (sent, 1),
+                    };
+                    v.counters.tx_packets += ok;
+                    if ok > 0 {
+                        v.counters.tx_bytes += frame.len() as u64;
+                    }
+                    v.counters.tx_drops += dropped;
+                    return;
+                }
+                let Some(tunnel) = self.tunnel else {
                     return;
                 };
                 let mut header = [0u8; vxlan::HEADER_LEN];
@@ -1527,6 +1644,45 @@ fn feed_gateway(g: &mut GatewayPort, frame: &[u8], now: Instant) {
         Some(nat) if nat.is_for_nat(frame) => nat.handle_frame(frame, now),
         _ => g.gateway.handle_frame(frame, now),
     }
+}
+
+/// Sends a frame of an encrypted network as QUIC datagrams (a super-frame
+/// segmented first, each segment behind its VXLAN header in `seg`).
+/// Returns the datagrams sent, or, if any was dropped (no connection yet,
+/// too large; the QUIC side counts why), how many went before.
+fn send_quic(
+    quic: &QuicHandle,
+    v: &VtepPort,
+    vni: Vni,
+    hdr: &VnetHdr,
+    frame: &[u8],
+    seg: &mut [u8],
+) -> Result<u64, u64> {
+    if !(hdr.is_gso() || hdr.needs_csum()) {
+        return if quic.send_vxlan(v.remote, vni, frame) {
+            Ok(1)
+        } else {
+            Err(0)
+        };
+    }
+    let segs = offload::segment(hdr, frame, vxlan::HEADER_LEN, seg).map_err(|_| 0u64)?;
+    let mut header = [0u8; vxlan::HEADER_LEN];
+    {
+        let mut pkt = VxlanPacket::new_unchecked(&mut header[..]);
+        pkt.set_flags(vxlan::FLAG_VNI);
+        pkt.set_vni(vni);
+    }
+    let mut sent = 0;
+    for i in 0..segs.count {
+        let at = i * segs.stride;
+        let len = vxlan::HEADER_LEN + seg_len(&segs, i, vxlan::HEADER_LEN);
+        seg[at..at + vxlan::HEADER_LEN].copy_from_slice(&header);
+        if !quic.send(v.remote, &seg[at..at + len]) {
+            return Err(sent);
+        }
+        sent += 1;
+    }
+    Ok(sent)
 }
 
 /// Segments a super-frame into MTU-sized frames, each behind a copy of the
@@ -1747,6 +1903,7 @@ mod alloc_tests {
             network: net,
             remote: addr2,
             member: true,
+            quic: false,
             reply,
         });
         dp1.handle_command(Command::AddRemote {
@@ -1769,6 +1926,7 @@ mod alloc_tests {
             network: net,
             remote: addr1,
             member: true,
+            quic: false,
             reply,
         });
         dp2.handle_command(Command::SetVni {

@@ -25,9 +25,10 @@
 //!   from the underlay's MTU, so the largest datagram is known before any
 //!   connection exists ([`max_datagram`], [`overlay_mtu`]).
 //! - **Receive**: datagrams go to the datapath in bounded batches through a
-//!   bounded channel and a [`mio::Waker`] the datapath registers
-//!   ([`QuicHandle::register`]), tagged with the sending member's tunnel
-//!   address, which is what the datapath's VTEP lookup uses.
+//!   bounded channel, announced on a pipe the datapath's poll watches
+//!   ([`QuicHandle::register`]; a second `mio::Waker` on one poll is not
+//!   allowed), tagged with the sending member's tunnel address, which is
+//!   what the datapath's VTEP lookup uses.
 
 use std::collections::HashMap;
 use std::io;
@@ -220,7 +221,8 @@ struct Shared {
     cmds: mpsc::Sender<Cmd>,
     rx_tx: std_mpsc::SyncSender<RxBatch>,
     rx: Mutex<Option<std_mpsc::Receiver<RxBatch>>>,
-    waker: ArcSwapOption<mio::Waker>,
+    /// The write end of the datapath's wake-up pipe.
+    waker: ArcSwapOption<mio::unix::pipe::Sender>,
     /// A wake-up is on its way to the datapath.
     wake_pending: AtomicBool,
     counters: Counters,
@@ -230,7 +232,9 @@ impl Shared {
     fn wake_datapath(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             if let Some(w) = self.waker.load().as_ref() {
-                let _ = w.wake();
+                // At most one byte is ever in the pipe (the flag), so this
+                // never blocks; a full pipe would mean a wake-up is due.
+                let _ = io::Write::write(&mut &**w, &[1]);
             }
         }
     }
@@ -339,7 +343,8 @@ impl QuicHandle {
     }
 
     /// Registers the datapath's poll: received datagrams are announced by
-    /// an event with `token`. Once only: the receiving end is handed over.
+    /// a readable event with `token`, after which the datapath calls
+    /// [`QuicRx::drain`]. Once only: the receiving end is handed over.
     pub fn register(&self, registry: &mio::Registry, token: mio::Token) -> io::Result<QuicRx> {
         let rx = self
             .shared
@@ -348,14 +353,16 @@ impl QuicHandle {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| io::Error::other("the QUIC receive queue is taken already"))?;
-        let waker = Arc::new(mio::Waker::new(registry, token)?);
-        self.shared.waker.store(Some(waker));
+        let (sender, mut wake) = mio::unix::pipe::new()?;
+        registry.register(&mut wake, token, mio::Interest::READABLE)?;
+        self.shared.waker.store(Some(Arc::new(sender)));
         // Whatever arrived before registration is announced now.
         self.shared.wake_pending.store(false, Ordering::Release);
         self.shared.wake_datapath();
         Ok(QuicRx {
             shared: self.shared.clone(),
             rx,
+            wake,
         })
     }
 
@@ -389,6 +396,9 @@ impl QuicHandle {
 pub struct QuicRx {
     shared: Arc<Shared>,
     rx: std_mpsc::Receiver<RxBatch>,
+    /// The read end of the wake-up pipe (edge-triggered: emptied at every
+    /// drain).
+    wake: mio::unix::pipe::Receiver,
 }
 
 impl QuicRx {
@@ -396,7 +406,10 @@ impl QuicRx {
     /// most a bounded number of batches; if more is left the waker fires
     /// again, so the datapath comes back after its other work.
     pub fn drain(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
-        // Cleared first: a batch sent from now on wakes the datapath again.
+        let mut sink = [0u8; 16];
+        while matches!(io::Read::read(&mut &self.wake, &mut sink), Ok(n) if n > 0) {}
+        // Cleared after the pipe and before the queue: a batch sent from
+        // now on wakes the datapath again.
         self.shared.wake_pending.store(false, Ordering::Release);
         for _ in 0..RX_DRAIN {
             match self.rx.try_recv() {

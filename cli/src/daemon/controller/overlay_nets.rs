@@ -573,6 +573,7 @@ impl Controller {
             return;
         };
         let id = net.record.id.clone();
+        let encrypted = super::is_encrypted(&net.record.options).unwrap_or(true);
         let local = self.config.node_name.clone();
         // What should be: remote endpoints of live hosts, and where each
         // host's tunnel ends.
@@ -634,7 +635,7 @@ impl Controller {
             if !net.vteps.contains_key(h) {
                 let port = switch::PortId(self.next_port);
                 self.next_port += 1;
-                match self.datapath.add_member_vtep(port, dp, *addr) {
+                match self.datapath.add_member_vtep(port, dp, *addr, encrypted) {
                     Ok(()) => {
                         net.vteps.insert(h.clone(), (port, *addr));
                     }
