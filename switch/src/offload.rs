@@ -26,10 +26,11 @@
 //!
 //! # Panics
 //!
-//! No function or method of this module panics, whatever the bytes are:
-//! every length and offset read from a header is checked against the buffer
-//! first, and anything that does not add up is an [`OffloadError`] (or, for
-//! [`Gro::offer`], [`Offer::Rejected`]).
+//! No function or method of this module panics, whatever the bytes are
+//! (the one exception: [`VnetHdr::write`] into a buffer shorter than
+//! [`VnetHdr::LEN`]): every length and offset read from a header is checked
+//! against the buffer first, and anything that does not add up is an
+//! [`OffloadError`] (or, for [`Gro::offer`], [`Offer::Rejected`]).
 
 /// Bits of [`VnetHdr::flags`].
 pub mod flags {
@@ -474,15 +475,16 @@ impl Segments {
         let len = if i + 1 == self.count {
             self.last_len
         } else {
-            self.stride - headroom
+            self.stride.checked_sub(headroom)?
         };
-        out.get(i * self.stride + headroom..)?.get(..len)
+        let start = i.checked_mul(self.stride)?.checked_add(headroom)?;
+        out.get(start..)?.get(..len)
     }
 
     /// Bytes of `out` the segments span, every headroom included: the
     /// length of the `UDP_SEGMENT` send.
     pub fn total_len(&self, headroom: usize) -> usize {
-        (self.count - 1) * self.stride + headroom + self.last_len
+        self.count.saturating_sub(1) * self.stride + headroom + self.last_len
     }
 }
 
