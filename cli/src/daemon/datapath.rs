@@ -50,6 +50,8 @@ const FRAME_BUF: usize = VnetHdr::LEN + 65_536 + 64;
 /// front: 64 KiB of payload plus up to 138 bytes of headers per segment
 /// at the smallest segment size the datapath meets (an MSS of 500).
 const SEG_BUF: usize = 256 << 10;
+/// Largest UDP payload of one GSO send (IPv4: 65,535 - 20 - 8).
+const MAX_GSO_PAYLOAD: usize = 65_507;
 /// Receive buffers of the tunnel: each takes one datagram, or a run of
 /// them coalesced by UDP GRO (at most 64 KiB).
 const TUNNEL_RX_BUFS: usize = 8;
@@ -1702,7 +1704,15 @@ fn send_segmented(
         let at = i * segs.stride;
         seg[at..at + vxlan::HEADER_LEN].copy_from_slice(header);
     }
-    let per_send = tunnel.state.max_gso_segments().max(1);
+    // One UDP GSO send is one UDP datagram before segmentation: at most
+    // 65,507 bytes of payload over IPv4 (65,535 minus the IP and UDP
+    // headers), whatever the kernel's segment limit; a 64 KiB super-frame
+    // grows past that once every segment has its own headers.
+    let per_send = tunnel
+        .state
+        .max_gso_segments()
+        .min(MAX_GSO_PAYLOAD / segs.stride)
+        .max(1);
     let mut first = 0;
     while first < segs.count {
         let last = (first + per_send).min(segs.count) - 1;
