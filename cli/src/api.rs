@@ -542,6 +542,10 @@ pub struct Stats {
     /// ARP requests and neighbour solicitations answered locally.
     #[serde(rename = "Suppressed")]
     pub suppressed: u64,
+    /// Frames each datapath worker read from its TAP queues (one entry per
+    /// worker): how the kernel spreads flows over the queues.
+    #[serde(rename = "WorkerRxPackets", default)]
+    pub worker_rx_packets: Vec<u64>,
     /// The VXLAN tunnel.
     #[serde(rename = "Tunnel")]
     pub tunnel: BTreeMap<String, u64>,

@@ -252,6 +252,21 @@ pub fn in_netns<T: Send + 'static>(
 /// while another descriptor still holds the device. If configuring a device
 /// this call created fails, the device is removed again.
 pub fn attach_tap(netns: &Path, cfg: &IfaceConfig) -> Result<Tap, NetnsError> {
+    attach(netns, cfg, None).map(|mut q| q.swap_remove(0))
+}
+
+/// [`attach_tap`] of a multi-queue TAP (`IFF_MULTI_QUEUE`): `queues`
+/// descriptors, one per datapath worker, the first of them first. A device
+/// an older version made single-queue is attached as it is (one queue).
+pub fn attach_tap_queues(
+    netns: &Path,
+    cfg: &IfaceConfig,
+    queues: usize,
+) -> Result<Vec<Tap>, NetnsError> {
+    attach(netns, cfg, Some(queues))
+}
+
+fn attach(netns: &Path, cfg: &IfaceConfig, queues: Option<usize>) -> Result<Vec<Tap>, NetnsError> {
     validate_ifname(&cfg.name)?;
     validate_mtu(cfg)?;
     let cfg = cfg.clone();
@@ -259,11 +274,11 @@ pub fn attach_tap(netns: &Path, cfg: &IfaceConfig) -> Result<Tap, NetnsError> {
     in_netns(netns, move || {
         let rtnl = Rtnl::new()?;
         let existed = rtnl.link_index(&cfg.name, &path)?.is_some();
-        let tap = open_tap(&path, &cfg.name)?;
+        let tap = open_tap(&path, &cfg.name, queues)?;
         if let Err(err) = rtnl.configure(&path, &cfg) {
             if !existed {
                 // Closing a TAP that is not persistent deletes it.
-                if let Err(e) = tap.set_persist(false) {
+                if let Err(e) = tap[0].set_persist(false) {
                     tracing::warn!(tap = %cfg.name, netns = %path.display(), error = %e,
                         "cannot remove half-configured TAP");
                 }
@@ -278,6 +293,16 @@ pub fn attach_tap(netns: &Path, cfg: &IfaceConfig) -> Result<Tap, NetnsError> {
 /// Re-open an existing persistent TAP after a daemon restart without changing
 /// its configuration. [`NetnsError::NoSuchTap`] if the device is gone.
 pub fn reopen_tap(netns: &Path, name: &str) -> Result<Tap, NetnsError> {
+    reopen(netns, name, None).map(|mut q| q.swap_remove(0))
+}
+
+/// [`reopen_tap`] of a multi-queue TAP: `queues` descriptors (see
+/// [`attach_tap_queues`]).
+pub fn reopen_tap_queues(netns: &Path, name: &str, queues: usize) -> Result<Vec<Tap>, NetnsError> {
+    reopen(netns, name, Some(queues))
+}
+
+fn reopen(netns: &Path, name: &str, queues: Option<usize>) -> Result<Vec<Tap>, NetnsError> {
     validate_ifname(name)?;
     let name = name.to_string();
     let path = netns.to_path_buf();
@@ -287,7 +312,7 @@ pub fn reopen_tap(netns: &Path, name: &str) -> Result<Tap, NetnsError> {
             // TUNSETIFF would create a fresh, unconfigured device instead.
             return Err(NetnsError::NoSuchTap { name, netns: path });
         }
-        open_tap(&path, &name)
+        open_tap(&path, &name, queues)
     })
 }
 
@@ -371,20 +396,48 @@ fn open_netns(netns: &Path) -> Result<std::fs::File, NetnsError> {
 }
 
 /// Open (create or attach) a persistent TAP in the current thread's namespace.
-fn open_tap(netns: &Path, name: &str) -> Result<Tap, NetnsError> {
-    let opts = TapOptions {
-        persist: true,
-        // Every frame carries a virtio_net_hdr, and the kernel may hand over
-        // partial checksums and 64 KiB super-frames (the datapath's
-        // offloads; see `switch::offload`).
-        vnet_hdr: true,
-        ..TapOptions::default()
+/// Open (create or attach) a persistent TAP in the current thread's
+/// namespace: one single-queue descriptor (`queues` None), or that many
+/// queues of a multi-queue device. A single-queue device that already
+/// exists is attached as it is, with one descriptor.
+fn open_tap(netns: &Path, name: &str, queues: Option<usize>) -> Result<Vec<Tap>, NetnsError> {
+    let open = |multi_queue: bool| {
+        let opts = TapOptions {
+            persist: true,
+            // Every frame carries a virtio_net_hdr, and the kernel may hand
+            // over partial checksums and 64 KiB super-frames (the
+            // datapath's offloads; see `switch::offload`).
+            vnet_hdr: true,
+            multi_queue,
+            ..TapOptions::default()
+        };
+        Tap::open(name, &opts).and_then(|tap| {
+            tap.enable_offloads()?;
+            Ok(tap)
+        })
     };
-    let tap = Tap::open(name, &opts).and_then(|tap| {
-        tap.enable_offloads()?;
-        Ok(tap)
-    });
-    tap.map_err(|source| match source.raw_os_error() {
+    let opened = match queues {
+        None => open(false).map(|t| vec![t]),
+        Some(n) => match open(true) {
+            Ok(first) => {
+                let mut all = vec![first];
+                for _ in 1..n.max(1) {
+                    match open(true) {
+                        Ok(t) => all.push(t),
+                        Err(e) => {
+                            tracing::warn!(tap = name, error = %e, "fewer TAP queues than workers");
+                            break;
+                        }
+                    }
+                }
+                Ok(all)
+            }
+            // An existing single-queue device (made before multi-queue).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(false).map(|t| vec![t]),
+            Err(e) => Err(e),
+        },
+    };
+    opened.map_err(|source| match source.raw_os_error() {
         Some(libc::EBUSY) => NetnsError::TapBusy {
             name: name.to_string(),
             netns: netns.to_path_buf(),

@@ -234,3 +234,61 @@ fn overlay_tcp_is_intact_with_offloads_on_and_off() {
     drop(h1);
     drop(h2);
 }
+
+#[test]
+fn multi_queue_taps_spread_flows_over_workers() {
+    if !root_or_skip("multi_queue_taps_spread_flows_over_workers") {
+        return;
+    }
+    let mut h = Host::start(&["--workers", "2"]);
+    let net = unique("mq");
+    h.vs_ok(&["network", "create", "--subnet", "10.234.0.0/24", &net]);
+    let a = h.run("a", &net, &[]);
+    let b = h.run("b", &net, &[]);
+    let b_ip = h.ip_of(&b, &net);
+    // One queue per worker on each container's interface.
+    for c in [&a, &b] {
+        let q = stdout(&ns_exec(c, &["ls", "/sys/class/net/eth0/queues"]));
+        let tx: Vec<&str> = q
+            .split_whitespace()
+            .filter(|q| q.starts_with("tx-"))
+            .collect();
+        assert_eq!(tx, ["tx-0", "tx-1"], "{c}: {q}");
+    }
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &b, "timeout", "30", "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // 16 flows: the kernel hashes each to a queue, so both workers get
+    // some (all on one queue: 1 chance in 32,768).
+    loop {
+        let o = ns_exec(
+            &a,
+            &[
+                "timeout", "30", "iperf3", "-c", &b_ip, "-P", "16", "-t", "2",
+            ],
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "iperf3: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.wait();
+    let stats = h.vs_json(&["stats", "--json"]);
+    let per_worker: Vec<u64> = stats["WorkerRxPackets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    eprintln!("frames read per worker: {per_worker:?}");
+    assert_eq!(per_worker.len(), 2, "{stats}");
+    assert!(per_worker.iter().all(|&n| n > 100), "{per_worker:?}");
+}

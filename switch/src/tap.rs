@@ -134,6 +134,16 @@ impl Tap {
         sys::writev(self.fd.as_fd(), parts)
     }
 
+    /// Another descriptor of the same queue (`dup`): frames written to
+    /// either go out of the interface; only one of them should read.
+    pub fn try_clone(&self) -> io::Result<Tap> {
+        Ok(Tap {
+            fd: self.fd.try_clone()?,
+            name: self.name.clone(),
+            vnet_hdr: self.vnet_hdr,
+        })
+    }
+
     /// Whether every frame carries a `virtio_net_hdr` ([`TapOptions::vnet_hdr`]).
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr

@@ -42,6 +42,8 @@ pub struct ControllerConfig {
     /// Upstream resolvers for names that are not containers'.
     pub upstreams: Vec<SocketAddr>,
     pub rootless: bool,
+    /// Datapath worker threads (TAP queues per port).
+    pub workers: usize,
     /// Gossip and tunnels, when the daemon has a cluster key.
     pub cluster: Option<ClusterSettings>,
     /// How long a dead host's overlay address ranges wait before another
@@ -280,6 +282,7 @@ impl Controller {
             BridgeConfig::default(),
             tunnel,
             quic.as_ref().map(QuicTransport::handle),
+            config.workers,
         )?;
         let (cluster, events) = match (&config.cluster, gossip_socket, published) {
             (Some(cs), Some(sock), Some(fingerprint)) => {
@@ -401,9 +404,10 @@ impl Controller {
         let id = net
             .id
             .ok_or_else(|| ApiError::internal("network has no datapath"))?;
-        let tap = match netns::reopen_tap(&netns, &rec.ifname) {
+        let queues = self.datapath.queues();
+        let tap = match netns::reopen_tap_queues(&netns, &rec.ifname, queues) {
             Ok(t) => t,
-            Err(_) => netns::attach_tap(&netns, &iface_config(net, &rec))
+            Err(_) => netns::attach_tap_queues(&netns, &iface_config(net, &rec), queues)
                 .map_err(|e| ApiError::internal(e.to_string()))?,
         };
         if let Some(a) = rec.ipv4 {
@@ -1061,7 +1065,11 @@ impl Controller {
             aliases: req.aliases.clone(),
         };
         let net = &self.networks[network];
-        let tap = match netns::attach_tap(&netns, &iface_config(net, &rec)) {
+        let tap = match netns::attach_tap_queues(
+            &netns,
+            &iface_config(net, &rec),
+            self.datapath.queues(),
+        ) {
             Ok(t) => t,
             Err(e) => {
                 self.release_addrs(network, is_overlay, &allocated);
@@ -1357,6 +1365,7 @@ impl Controller {
             drops: dp.drops,
             bad_requests: self.bad_requests,
             suppressed: dp.suppressed,
+            worker_rx_packets: dp.worker_rx_packets.clone(),
             tunnel,
             gossip,
             nat: self

@@ -59,6 +59,10 @@ const TUNNEL_RX_BUF: usize = 65_536;
 
 /// Room for an ARP or neighbour advertisement built by the switch.
 const NEIGHBOR_REPLY_BUF: usize = 512;
+/// Frames a worker may have in flight to the first worker's gateways.
+const HANDOFF_BUFS: usize = 32;
+/// Most datapath workers (TAP queues per port).
+pub const MAX_WORKERS: usize = 8;
 /// Receive and send buffer asked for the tunnel socket.
 const TUNNEL_SOCKET_BUF: usize = 4 << 20;
 
@@ -103,8 +107,20 @@ pub enum Command {
     AddPort {
         port: PortId,
         network: NetworkId,
+        /// This worker's queue of the TAP.
         tap: Tap,
+        /// Read frames from it. False for a descriptor shared with another
+        /// worker (a single-queue TAP): this worker only writes to it.
+        read: bool,
         security: PortSecurity,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    /// On workers other than the first: frames for this gateway port are
+    /// handed to the first worker, which owns the gateway and its NAT.
+    AddHandoff {
+        port: PortId,
+        network: NetworkId,
+        mac: MacAddr,
         reply: mpsc::Sender<Result<(), String>>,
     },
     /// Detaches a port and hands its TAP back (to be deleted or kept).
@@ -161,6 +177,7 @@ impl std::fmt::Debug for Command {
             Command::RemovePort { .. } => "RemovePort",
             Command::SetVni { .. } => "SetVni",
             Command::AddVtep { .. } => "AddVtep",
+            Command::AddHandoff { .. } => "AddHandoff",
             Command::AddRemote { .. } => "AddRemote",
             Command::RemoveRemote { .. } => "RemoveRemote",
             Command::Stats { .. } => "Stats",
@@ -204,6 +221,21 @@ pub struct TunnelCounters {
     pub quic_rejected: u64,
 }
 
+impl TunnelCounters {
+    /// Adds another worker's counters.
+    fn add(&mut self, o: &TunnelCounters) {
+        self.rx_packets += o.rx_packets;
+        self.tx_packets += o.tx_packets;
+        self.malformed += o.malformed;
+        self.unknown_vni += o.unknown_vni;
+        self.non_member += o.non_member;
+        self.send_errors += o.send_errors;
+        self.clear_on_encrypted += o.clear_on_encrypted;
+        self.quic_on_plain += o.quic_on_plain;
+        self.quic_rejected += o.quic_rejected;
+    }
+}
+
 /// Everything [`Command::Stats`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct DatapathStats {
@@ -214,68 +246,19 @@ pub struct DatapathStats {
     pub suppressed: u64,
     /// NAT counters of each network.
     pub nat: HashMap<NetworkId, NatStats>,
+    /// Frames each worker read from its TAP queues.
+    pub worker_rx_packets: Vec<u64>,
 }
 
-/// The control plane's end.
+/// One datapath thread's command queue.
 #[derive(Debug)]
-pub struct DatapathHandle {
+struct Worker {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl DatapathHandle {
-    /// Starts the datapath thread.
-    /// `tunnel`: the bound UDP socket of the VXLAN tunnel, for overlays;
-    /// `quic`: the QUIC endpoint of encrypted overlays.
-    pub fn start(
-        config: BridgeConfig,
-        tunnel: Option<std::net::UdpSocket>,
-        quic: Option<QuicHandle>,
-    ) -> io::Result<DatapathHandle> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let quic = match quic {
-            Some(q) => {
-                let rx = q.register(poll.registry(), QUIC)?;
-                Some((q, rx))
-            }
-            None => None,
-        };
-        let tunnel = match tunnel {
-            Some(sock) => {
-                sock.set_nonblocking(true)?;
-                // Bursts of a TCP window arrive faster than one wake-up
-                // drains them: the default 208 KiB overflowed (17 % of
-                // datagrams lost in netbench). The kernel caps these at
-                // net.core.{r,w}mem_max.
-                use nix::sys::socket::{setsockopt, sockopt};
-                let _ = setsockopt(&sock, sockopt::RcvBuf, &TUNNEL_SOCKET_BUF);
-                let _ = setsockopt(&sock, sockopt::SndBuf, &TUNNEL_SOCKET_BUF);
-                let mut sock = UdpSocket::from_std(sock);
-                poll.registry()
-                    .register(&mut sock, TUNNEL, Interest::READABLE)?;
-                Some(Tunnel::new(sock)?)
-            }
-            None => None,
-        };
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("vswitch-datapath".into())
-            .spawn(move || {
-                let mut dp = Datapath::new(poll, rx, config, tunnel);
-                (dp.quic, dp.quic_rx) = quic.unzip();
-                if let Err(e) = dp.run() {
-                    tracing::error!(error = %e, "datapath stopped");
-                }
-            })?;
-        Ok(DatapathHandle {
-            tx,
-            waker,
-            thread: Some(thread),
-        })
-    }
-
+impl Worker {
     fn send(&self, cmd: Command) -> Result<(), String> {
         self.tx
             .send(cmd)
@@ -291,6 +274,149 @@ impl DatapathHandle {
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| "the datapath did not answer".to_string())
     }
+}
+
+/// The control plane's end of the datapath workers.
+///
+/// Every worker is a thread with its own poller, its own copy of the
+/// switching tables (kept equal by sending each the same commands), and
+/// its own queue of every TAP (`IFF_MULTI_QUEUE`): the kernel spreads a
+/// container's flows over the queues, so each worker switches the flows of
+/// its queue, TAP to TAP and TAP to tunnel, without sharing anything on
+/// the way. The first worker also owns what has state of its own: the
+/// gateways and NATs (the others hand frames for them over through a
+/// bounded queue of preallocated buffers), the tunnel's receive side and
+/// the QUIC receive queue.
+#[derive(Debug)]
+pub struct DatapathHandle {
+    workers: Vec<Worker>,
+}
+
+impl DatapathHandle {
+    /// Starts `workers` datapath threads (at least one, at most
+    /// [`MAX_WORKERS`]).
+    /// `tunnel`: the bound UDP socket of the VXLAN tunnel, for overlays;
+    /// `quic`: the QUIC endpoint of encrypted overlays.
+    pub fn start(
+        config: BridgeConfig,
+        tunnel: Option<std::net::UdpSocket>,
+        quic: Option<QuicHandle>,
+        workers: usize,
+    ) -> io::Result<DatapathHandle> {
+        let count = workers.clamp(1, MAX_WORKERS);
+        let polls = (0..count)
+            .map(|_| Poll::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let wakers = polls
+            .iter()
+            .map(|p| Waker::new(p.registry(), WAKER).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        if let Some(sock) = &tunnel {
+            sock.set_nonblocking(true)?;
+            // Bursts of a TCP window arrive faster than one wake-up
+            // drains them: the default 208 KiB overflowed (17 % of
+            // datagrams lost in netbench). The kernel caps these at
+            // net.core.{r,w}mem_max.
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(sock, sockopt::RcvBuf, &TUNNEL_SOCKET_BUF);
+            let _ = setsockopt(sock, sockopt::SndBuf, &TUNNEL_SOCKET_BUF);
+        }
+        let mut handed = Vec::new();
+        let mut out = Vec::with_capacity(count);
+        for (k, poll) in polls.into_iter().enumerate() {
+            // The first worker reads the tunnel; the others send on a
+            // descriptor of the same socket.
+            let tunnel = match &tunnel {
+                Some(sock) if k == 0 => {
+                    let mut sock = UdpSocket::from_std(sock.try_clone()?);
+                    poll.registry()
+                        .register(&mut sock, TUNNEL, Interest::READABLE)?;
+                    Some(Tunnel::new(sock)?)
+                }
+                Some(sock) => Some(Tunnel::new(UdpSocket::from_std(sock.try_clone()?))?),
+                None => None,
+            };
+            let quic_rx = match &quic {
+                Some(q) if k == 0 => Some(q.register(poll.registry(), QUIC)?),
+                _ => None,
+            };
+            let handoff = if k == 0 {
+                None
+            } else {
+                let (tx, rx) = handoff_pair(wakers[0].clone());
+                handed.push(rx);
+                Some(tx)
+            };
+            let (tx, rx) = mpsc::channel();
+            let mut dp = Datapath::new(poll, rx, config, tunnel);
+            dp.quic = quic.clone();
+            dp.quic_rx = quic_rx;
+            dp.handoff = handoff;
+            out.push((dp, tx));
+        }
+        // The first worker's handoff ends were taken before the others
+        // were made: give it them now.
+        if let Some((first, _)) = out.first_mut() {
+            first.handed.append(&mut handed);
+        }
+        let mut list = Vec::with_capacity(count);
+        for (k, ((mut dp, tx), waker)) in out.into_iter().zip(wakers).enumerate() {
+            let thread = std::thread::Builder::new()
+                .name(format!("vswitch-dp{k}"))
+                .spawn(move || {
+                    if let Err(e) = dp.run() {
+                        tracing::error!(error = %e, "datapath stopped");
+                    }
+                })?;
+            list.push(Worker {
+                tx,
+                waker,
+                thread: Some(thread),
+            });
+        }
+        Ok(DatapathHandle { workers: list })
+    }
+
+    /// How many workers, and so how many queues each TAP should have.
+    pub fn queues(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn first(&self) -> &Worker {
+        &self.workers[0]
+    }
+
+    /// Sends every worker its command and waits for all the answers.
+    fn ask_all<T>(
+        &self,
+        mut make: impl FnMut(usize, mpsc::Sender<T>) -> Command,
+    ) -> Result<Vec<T>, String> {
+        let mut answers = Vec::with_capacity(self.workers.len());
+        for (k, w) in self.workers.iter().enumerate() {
+            let (reply, rx) = mpsc::channel();
+            w.send(make(k, reply))?;
+            answers.push(rx);
+        }
+        answers
+            .into_iter()
+            .map(|rx| {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| "the datapath did not answer".to_string())
+            })
+            .collect()
+    }
+
+    /// The first error of answers that are results.
+    fn all_ok(answers: Vec<Result<(), String>>) -> Result<(), String> {
+        answers.into_iter().collect()
+    }
+
+    fn send_all(&self, mut make: impl FnMut() -> Command) -> Result<(), String> {
+        for w in &self.workers {
+            w.send(make())?;
+        }
+        Ok(())
+    }
 
     pub fn add_network(
         &self,
@@ -298,12 +424,26 @@ impl DatapathHandle {
         gateway: Option<(PortId, GatewayConfig)>,
         nat: Option<NatConfig>,
     ) -> Result<(), String> {
-        self.ask(|reply| Command::AddNetwork {
+        let handoff = gateway.as_ref().map(|(port, c)| (*port, c.mac));
+        let mut gateway = gateway;
+        let mut nat = nat;
+        Self::all_ok(self.ask_all(|k, reply| Command::AddNetwork {
             network,
-            gateway,
-            nat,
+            gateway: if k == 0 { gateway.take() } else { None },
+            nat: if k == 0 { nat.take() } else { None },
             reply,
-        })?
+        })?)?;
+        if let Some((port, mac)) = handoff {
+            for w in &self.workers[1..] {
+                w.ask(|reply| Command::AddHandoff {
+                    port,
+                    network,
+                    mac,
+                    reply,
+                })??;
+            }
+        }
+        Ok(())
     }
 
     pub fn publish(
@@ -312,7 +452,7 @@ impl DatapathHandle {
         owner: PortId,
         published: Vec<Published>,
     ) -> Result<(), String> {
-        self.ask(|reply| Command::Publish {
+        self.first().ask(|reply| Command::Publish {
             network,
             owner,
             published,
@@ -321,7 +461,7 @@ impl DatapathHandle {
     }
 
     pub fn unpublish(&self, network: NetworkId, owner: PortId) -> Result<(), String> {
-        self.ask(|reply| Command::Unpublish {
+        self.first().ask(|reply| Command::Unpublish {
             network,
             owner,
             reply,
@@ -329,31 +469,71 @@ impl DatapathHandle {
     }
 
     pub fn remove_network(&self, network: NetworkId) -> Result<(), String> {
-        self.ask(|reply| Command::RemoveNetwork { network, reply })
+        self.ask_all(|_, reply| Command::RemoveNetwork { network, reply })
+            .map(|_| ())
     }
 
+    /// Attaches a TAP given as its queues (the first is kept when the port
+    /// is removed). Each worker takes one queue; with fewer queues than
+    /// workers (a TAP made single-queue by an older version), the others
+    /// share the first queue's descriptor to write only.
     pub fn add_port(
         &self,
         port: PortId,
         network: NetworkId,
-        tap: Tap,
+        queues: Vec<Tap>,
         security: PortSecurity,
     ) -> Result<(), String> {
-        self.ask(|reply| Command::AddPort {
-            port,
-            network,
-            tap,
-            security,
-            reply,
-        })?
+        if queues.is_empty() {
+            return Err("a port needs at least one TAP queue".to_string());
+        }
+        let mut taps: Vec<(Tap, bool)> = Vec::with_capacity(self.workers.len());
+        let shared = queues.len() < self.workers.len();
+        let mut queues = queues.into_iter();
+        for k in 0..self.workers.len() {
+            match queues.next() {
+                Some(t) => taps.push((t, true)),
+                None => {
+                    let t = taps[0]
+                        .0
+                        .try_clone()
+                        .map_err(|e| format!("sharing a TAP queue: {e}"))?;
+                    taps.push((t, false));
+                }
+            }
+            debug_assert!(k < taps.len());
+        }
+        if shared {
+            tracing::debug!(port = port.0, "single-queue TAP: one worker reads it");
+        }
+        let mut taps = taps.into_iter();
+        let answers = self.ask_all(|_, reply| {
+            let (tap, read) = taps.next().expect("one per worker");
+            Command::AddPort {
+                port,
+                network,
+                tap,
+                read,
+                security: security.clone(),
+                reply,
+            }
+        })?;
+        if let Err(e) = Self::all_ok(answers) {
+            let _ = self.remove_port(port);
+            return Err(e);
+        }
+        Ok(())
     }
 
+    /// Detaches a port from every worker; returns the first queue (the
+    /// others are closed).
     pub fn remove_port(&self, port: PortId) -> Result<Option<Tap>, String> {
-        self.ask(|reply| Command::RemovePort { port, reply })
+        let mut taps = self.ask_all(|_, reply| Command::RemovePort { port, reply })?;
+        Ok(taps.swap_remove(0))
     }
 
     pub fn set_vni(&self, network: NetworkId, vni: Option<Vni>) -> Result<(), String> {
-        self.send(Command::SetVni { network, vni })
+        self.send_all(|| Command::SetVni { network, vni })
     }
 
     /// A tunnel port toward a static VTEP (`vswitch network vtep add`,
@@ -364,14 +544,14 @@ impl DatapathHandle {
         network: NetworkId,
         remote: SocketAddr,
     ) -> Result<(), String> {
-        self.ask(|reply| Command::AddVtep {
+        Self::all_ok(self.ask_all(|_, reply| Command::AddVtep {
             port,
             network,
             remote,
             member: false,
             quic: false,
             reply,
-        })?
+        })?)
     }
 
     /// A tunnel port toward another vswitch host of the cluster; `quic`
@@ -384,14 +564,14 @@ impl DatapathHandle {
         remote: SocketAddr,
         quic: bool,
     ) -> Result<(), String> {
-        self.ask(|reply| Command::AddVtep {
+        Self::all_ok(self.ask_all(|_, reply| Command::AddVtep {
             port,
             network,
             remote,
             member: true,
             quic,
             reply,
-        })?
+        })?)
     }
 
     pub fn add_remote(
@@ -401,11 +581,11 @@ impl DatapathHandle {
         mac: MacAddr,
         ips: Vec<IpAddr>,
     ) -> Result<(), String> {
-        self.send(Command::AddRemote {
+        self.send_all(|| Command::AddRemote {
             network,
             port,
             mac,
-            ips,
+            ips: ips.clone(),
         })
     }
 
@@ -415,18 +595,47 @@ impl DatapathHandle {
         mac: MacAddr,
         ips: Vec<IpAddr>,
     ) -> Result<(), String> {
-        self.send(Command::RemoveRemote { network, mac, ips })
+        self.send_all(|| Command::RemoveRemote {
+            network,
+            mac,
+            ips: ips.clone(),
+        })
     }
 
+    /// Every worker's counters, added up.
     pub fn stats(&self) -> Result<DatapathStats, String> {
-        self.ask(|reply| Command::Stats { reply })
+        let all = self.ask_all(|_, reply| Command::Stats { reply })?;
+        let mut all = all.into_iter();
+        let mut total = all.next().unwrap_or_default();
+        for s in all {
+            total.worker_rx_packets.extend(s.worker_rx_packets);
+            for (port, c) in s.ports {
+                let t = total.ports.entry(port).or_default();
+                t.rx_packets += c.rx_packets;
+                t.rx_bytes += c.rx_bytes;
+                t.tx_packets += c.tx_packets;
+                t.tx_bytes += c.tx_bytes;
+                t.tx_drops += c.tx_drops;
+                t.drops += c.drops;
+            }
+            for (reason, n) in s.drops {
+                *total.drops.entry(reason).or_default() += n;
+            }
+            total.tunnel.add(&s.tunnel);
+            total.suppressed += s.suppressed;
+        }
+        Ok(total)
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the threads and waits for them.
     pub fn shutdown(&mut self) {
-        let _ = self.send(Command::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for w in &self.workers {
+            let _ = w.send(Command::Shutdown);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -439,6 +648,8 @@ impl Drop for DatapathHandle {
 
 struct TapPort {
     tap: Tap,
+    /// Registered for reading (see [`Command::AddPort`]).
+    read: bool,
     counters: PortCounters,
     /// In `ready` already.
     queued: bool,
@@ -503,6 +714,70 @@ enum Slot {
     Tap(TapPort),
     Gateway(Box<GatewayPort>),
     Vtep(VtepPort),
+    /// A gateway owned by the first worker (see [`Handoff`]).
+    Handoff(PortCounters),
+}
+
+/// A frame handed from a worker to the first one: `[virtio_net_hdr |
+/// frame]` in a buffer of the sender's pool, bound for `port`.
+struct Handed {
+    port: PortId,
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+/// A worker's way to the first worker, for frames bound for gateways:
+/// a bounded queue, a pool of buffers allocated once (the first worker
+/// sends them back), and the first worker's waker.
+struct Handoff {
+    tx: mpsc::SyncSender<Handed>,
+    free: mpsc::Receiver<Box<[u8]>>,
+    waker: Arc<Waker>,
+}
+
+/// The first worker's end of one other worker's [`Handoff`].
+struct HandoffRx {
+    rx: mpsc::Receiver<Handed>,
+    free: mpsc::SyncSender<Box<[u8]>>,
+}
+
+fn handoff_pair(waker: Arc<Waker>) -> (Handoff, HandoffRx) {
+    let (tx, rx) = mpsc::sync_channel(HANDOFF_BUFS);
+    let (free_tx, free_rx) = mpsc::sync_channel(HANDOFF_BUFS);
+    for _ in 0..HANDOFF_BUFS {
+        let _ = free_tx.try_send(vec![0u8; FRAME_BUF].into_boxed_slice());
+    }
+    (
+        Handoff {
+            tx,
+            free: free_rx,
+            waker,
+        },
+        HandoffRx { rx, free: free_tx },
+    )
+}
+
+impl Handoff {
+    /// Copies `[hdr | frame]` into a free buffer and queues it for the
+    /// first worker. False when no buffer is free (the first worker is
+    /// behind): the frame is dropped.
+    fn hand(&self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> bool {
+        let Ok(mut buf) = self.free.try_recv() else {
+            return false;
+        };
+        let len = VnetHdr::LEN + frame.len();
+        if len > buf.len() {
+            return false;
+        }
+        hdr.write(&mut buf[..VnetHdr::LEN]);
+        buf[VnetHdr::LEN..len].copy_from_slice(frame);
+        // The queue holds as many entries as there are buffers: never full.
+        if self.tx.try_send(Handed { port, buf, len }).is_err() {
+            return false;
+        }
+        let _ = self.waker.wake();
+        true
+    }
 }
 
 /// Which buffer a frame being switched sits in.
@@ -549,6 +824,12 @@ struct Datapath {
     nat_io: NatIo,
     /// NAT sockets that reported readiness this turn (token indexes).
     nat_ready: Vec<usize>,
+    /// Workers other than the first: the way to the gateways.
+    handoff: Option<Handoff>,
+    /// The first worker: frames the others hand over.
+    handed: Vec<HandoffRx>,
+    /// Frames read from TAP queues.
+    tap_rx: u64,
     running: bool,
 }
 
@@ -601,6 +882,9 @@ impl Datapath {
             suppressed: 0,
             nat_io: NatIo::new(),
             nat_ready: Vec::new(),
+            handoff: None,
+            handed: Vec::new(),
+            tap_rx: 0,
             running: true,
         }
     }
@@ -658,6 +942,7 @@ impl Datapath {
             }
         }
         self.drain_commands();
+        self.drain_handed(now);
         self.service_nat_sockets(now);
         self.service_ready(now);
         self.service_gateways(now);
@@ -678,6 +963,54 @@ impl Datapath {
             }
         }
         next
+    }
+
+    /// Delivers the frames other workers handed over (at most one pool's
+    /// worth each, which is all they can have in flight) and gives their
+    /// buffers back.
+    fn drain_handed(&mut self, now: Instant) {
+        for i in 0..self.handed.len() {
+            for _ in 0..HANDOFF_BUFS {
+                let Ok(h) = self.handed[i].rx.try_recv() else {
+                    break;
+                };
+                if let Ok(hdr) = VnetHdr::parse(&h.buf[..h.len]) {
+                    self.deliver_handed(h.port, &hdr, &h.buf[VnetHdr::LEN..h.len], now);
+                }
+                let _ = self.handed[i].free.try_send(h.buf);
+            }
+        }
+    }
+
+    /// Delivers a frame another worker switched to `to` (a gateway here).
+    fn deliver_handed(&mut self, to: PortId, hdr: &VnetHdr, frame: &[u8], now: Instant) {
+        let Datapath {
+            ports,
+            dirty,
+            seg,
+            gro,
+            tunnel,
+            quic,
+            tunnel_counters,
+            vni_of,
+            handoff,
+            ..
+        } = self;
+        Egress {
+            ports,
+            dirty,
+            seg,
+            gro,
+            tunnel: tunnel.as_ref(),
+            quic: quic.as_ref(),
+            tunnel_counters,
+            vni_of,
+            handoff: handoff.as_ref(),
+            from: Ingress::Local,
+            coalesce: false,
+            now,
+        }
+        .deliver(to, hdr, frame);
     }
 
     fn drain_commands(&mut self) {
@@ -747,10 +1080,28 @@ impl Datapath {
                 port,
                 network,
                 tap,
+                read,
                 security,
                 reply,
             } => {
-                let r = self.add_port(port, network, tap, security);
+                let r = self.add_port(port, network, tap, read, security);
+                let _ = reply.send(r);
+            }
+            Command::AddHandoff {
+                port,
+                network,
+                mac,
+                reply,
+            } => {
+                let r = self
+                    .bridge
+                    .add_port(port, network, None)
+                    .and_then(|()| self.bridge.set_static_mac(network, mac, port))
+                    .map_err(|e| e.to_string());
+                if r.is_ok() {
+                    self.ports
+                        .insert(port, Slot::Handoff(PortCounters::default()));
+                }
                 let _ = reply.send(r);
             }
             Command::RemovePort { port, reply } => {
@@ -887,6 +1238,7 @@ impl Datapath {
         port: PortId,
         network: NetworkId,
         tap: Tap,
+        read: bool,
         security: PortSecurity,
     ) -> Result<(), String> {
         if !tap.vnet_hdr() {
@@ -904,18 +1256,21 @@ impl Datapath {
             return Err(e.to_string());
         }
         let fd = tap.as_raw_fd();
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&fd),
-            Token(port.0 as usize),
-            Interest::READABLE,
-        ) {
-            self.bridge.remove_port(port);
-            return Err(format!("registering TAP {}: {e}", tap.name()));
+        if read {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(port.0 as usize),
+                Interest::READABLE,
+            ) {
+                self.bridge.remove_port(port);
+                return Err(format!("registering TAP {}: {e}", tap.name()));
+            }
         }
         self.ports.insert(
             port,
             Slot::Tap(TapPort {
                 tap,
+                read,
                 counters: PortCounters::default(),
                 queued: false,
             }),
@@ -929,9 +1284,12 @@ impl Datapath {
         let mut slot = self.ports.remove(&port)?;
         match &mut slot {
             Slot::Tap(t) => {
-                let fd = t.tap.as_raw_fd();
-                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                if t.read {
+                    let fd = t.tap.as_raw_fd();
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                }
             }
+            Slot::Handoff(_) => {}
             Slot::Gateway(g) => {
                 for s in [&mut g.upstream4, &mut g.upstream6].into_iter().flatten() {
                     let _ = self.poll.registry().deregister(s);
@@ -953,6 +1311,7 @@ impl Datapath {
                 Slot::Tap(t) => t.counters,
                 Slot::Gateway(g) => g.counters,
                 Slot::Vtep(v) => v.counters,
+                Slot::Handoff(c) => *c,
             };
             c.drops = self.bridge.port_drops(*id);
             ports.insert(*id, c);
@@ -975,6 +1334,7 @@ impl Datapath {
                     _ => None,
                 })
                 .collect(),
+            worker_rx_packets: vec![self.tap_rx],
         }
     }
 
@@ -1014,6 +1374,7 @@ impl Datapath {
                 };
                 self.switch_frame(port, Src::Buf, VnetHdr::LEN, n - VnetHdr::LEN, &hdr, now);
             }
+            self.tap_rx += frames;
             if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
                 t.counters.rx_packets += frames;
                 t.counters.rx_bytes += bytes;
@@ -1062,6 +1423,7 @@ impl Datapath {
             tunnel_counters,
             suppressed,
             vni_of,
+            handoff,
             ..
         } = self;
         let frame = match src {
@@ -1076,7 +1438,8 @@ impl Datapath {
             Some(Slot::Tap(_)) => (Ingress::Local, false),
             Some(Slot::Gateway(_)) => (Ingress::Gateway, false),
             Some(Slot::Vtep(v)) => (Ingress::Tunnel, v.coalesce),
-            None => return,
+            // A handoff port never sends: its frames arrive at the first worker.
+            Some(Slot::Handoff(_)) | None => return,
         };
         // ARP/ND for remote endpoints: answered here, never flooded.
         if from == Ingress::Local && !neighbors.is_empty() {
@@ -1103,6 +1466,7 @@ impl Datapath {
             quic: quic.as_ref(),
             tunnel_counters,
             vni_of,
+            handoff: handoff.as_ref(),
             from,
             coalesce,
             now,
@@ -1495,6 +1859,7 @@ struct Egress<'a> {
     quic: Option<&'a QuicHandle>,
     tunnel_counters: &'a mut TunnelCounters,
     vni_of: &'a HashMap<NetworkId, Vni>,
+    handoff: Option<&'a Handoff>,
     from: Ingress,
     /// The frame came from a member's tunnel port: TCP segments may be
     /// coalesced.
@@ -1522,6 +1887,15 @@ impl Egress<'_> {
                 }
                 Err(_) => t.counters.tx_drops += 1,
             },
+            Some(Slot::Handoff(c)) => {
+                // The first worker owns this gateway: the frame goes there.
+                if self.handoff.is_some_and(|h| h.hand(to, hdr, frame)) {
+                    c.tx_packets += 1;
+                    c.tx_bytes += frame.len() as u64;
+                } else {
+                    c.tx_drops += 1;
+                }
+            }
             Some(Slot::Gateway(g)) => {
                 g.counters.tx_packets += 1;
                 g.counters.tx_bytes += frame.len() as u64;
@@ -1902,10 +2276,11 @@ mod alloc_tests {
             PortId(1),
             net,
             tap_a,
+            true,
             security(mac_a, Some(Ipv4Addr::new(10, 77, 0, 1))),
         )
         .unwrap();
-        dp1.add_port(PortId(2), net, tap_b, security(mac_b, None))
+        dp1.add_port(PortId(2), net, tap_b, true, security(mac_b, None))
             .unwrap();
         let (reply, _r) = mpsc::channel();
         dp1.handle_command(Command::AddVtep {
@@ -1928,7 +2303,7 @@ mod alloc_tests {
         });
         // Host 2: c local, host 1 behind the tunnel.
         dp2.add_network(net, None, None).unwrap();
-        dp2.add_port(PortId(1), net, tap_c, security(mac_c, None))
+        dp2.add_port(PortId(1), net, tap_c, true, security(mac_c, None))
             .unwrap();
         let (reply, _r) = mpsc::channel();
         dp2.handle_command(Command::AddVtep {

@@ -102,6 +102,10 @@ pub struct DaemonArgs {
     /// $XDG_RUNTIME_DIR/vswitch. Needs /dev/net/tun at mode 0666.
     #[arg(long)]
     pub rootless: bool,
+    /// Datapath worker threads, each with its own queue of every TAP
+    /// (default: one per CPU, at most 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub workers: Option<u16>,
     /// Upstream DNS servers for names that are not containers' (default: the
     /// nameservers of /etc/resolv.conf). Repeatable; IP or IP:PORT.
     #[arg(long = "dns", value_name = "IP[:PORT]")]
@@ -275,6 +279,12 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         node_name,
         upstreams,
         rootless: args.rootless,
+        workers: args.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+                .min(datapath::MAX_WORKERS)
+        }),
         cluster,
         ipam_quarantine: std::time::Duration::from_secs(args.ipam_quarantine),
     };
