@@ -361,17 +361,26 @@ fn run(args: &Args) -> Result<bool, Error> {
             ),
         );
     }
-    let commit = version_line(
-        &sh,
-        &[
-            "git",
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ],
-    );
+    // Built from an export (no `.git`): say so rather than git's error.
+    let commit = sh
+        .ok(
+            &[
+                "git",
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+            Duration::from_secs(10),
+        )
+        .map(|out| out.trim().to_string())
+        .unwrap_or_else(|_| {
+            format!(
+                "unknown ({} is not a git checkout)",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        });
     tools.insert("workspace_git_at_run".into(), commit);
     let machine = MachineInfo::collect(tools);
 
