@@ -44,6 +44,9 @@ pub struct ControllerConfig {
     pub rootless: bool,
     /// Datapath worker threads (TAP queues per port).
     pub workers: usize,
+    /// How long a datapath worker polls after its last event before it
+    /// sleeps.
+    pub busy_poll: Duration,
     /// Gossip and tunnels, when the daemon has a cluster key.
     pub cluster: Option<ClusterSettings>,
     /// How long a dead host's overlay address ranges wait before another
@@ -283,6 +286,7 @@ impl Controller {
             tunnel,
             quic.as_ref().map(QuicTransport::handle),
             config.workers,
+            config.busy_poll,
         )?;
         let (cluster, events) = match (&config.cluster, gossip_socket, published) {
             (Some(cs), Some(sock), Some(fingerprint)) => {

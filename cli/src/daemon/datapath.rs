@@ -40,9 +40,9 @@ use nat_io::{NatIo, NAT_SOCK};
 
 /// Frames read from one port per wake-up before the others get a turn.
 const BATCH: usize = 64;
-/// How long the datapath keeps polling after the last event before it
-/// sleeps in the kernel.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long a worker keeps polling after its last event before it sleeps
+/// in the kernel, unless told otherwise (`vswitchd --busy-poll`).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 /// `[virtio_net_hdr | frame]` as a TAP with offloads hands it over: a
 /// super-frame of up to 64 KiB of IP plus its Ethernet header.
 const FRAME_BUF: usize = VnetHdr::LEN + 65_536 + 64;
@@ -302,6 +302,7 @@ impl DatapathHandle {
         tunnel: Option<std::net::UdpSocket>,
         quic: Option<QuicHandle>,
         workers: usize,
+        busy_poll: Duration,
     ) -> io::Result<DatapathHandle> {
         let count = workers.clamp(1, MAX_WORKERS);
         let polls = (0..count)
@@ -352,6 +353,7 @@ impl DatapathHandle {
             dp.quic = quic.clone();
             dp.quic_rx = quic_rx;
             dp.handoff = handoff;
+            dp.busy_poll = busy_poll;
             out.push((dp, tx));
         }
         // The first worker's handoff ends were taken before the others
@@ -733,6 +735,9 @@ struct Handoff {
     tx: mpsc::SyncSender<Handed>,
     free: mpsc::Receiver<Box<[u8]>>,
     waker: Arc<Waker>,
+    /// Frames were queued since the first worker was last woken: it is
+    /// woken once per turn, not once per frame.
+    queued: std::cell::Cell<bool>,
 }
 
 /// The first worker's end of one other worker's [`Handoff`].
@@ -752,6 +757,7 @@ fn handoff_pair(waker: Arc<Waker>) -> (Handoff, HandoffRx) {
             tx,
             free: free_rx,
             waker,
+            queued: std::cell::Cell::new(false),
         },
         HandoffRx { rx, free: free_tx },
     )
@@ -775,8 +781,15 @@ impl Handoff {
         if self.tx.try_send(Handed { port, buf, len }).is_err() {
             return false;
         }
-        let _ = self.waker.wake();
+        self.queued.set(true);
         true
+    }
+
+    /// Wakes the first worker if frames were queued since the last call.
+    fn flush(&self) {
+        if self.queued.replace(false) {
+            let _ = self.waker.wake();
+        }
     }
 }
 
@@ -830,6 +843,8 @@ struct Datapath {
     handed: Vec<HandoffRx>,
     /// Frames read from TAP queues.
     tap_rx: u64,
+    /// How long to keep polling after an event.
+    busy_poll: Duration,
     running: bool,
 }
 
@@ -885,6 +900,7 @@ impl Datapath {
             handoff: None,
             handed: Vec::new(),
             tap_rx: 0,
+            busy_poll: DEFAULT_BUSY_POLL,
             running: true,
         }
     }
@@ -921,7 +937,7 @@ impl Datapath {
         }
         let now = Instant::now();
         if !events.is_empty() {
-            *spin_until = now + SPIN;
+            *spin_until = now + self.busy_poll;
         }
         for ev in events.iter() {
             let t = ev.token();
@@ -947,6 +963,9 @@ impl Datapath {
         self.service_ready(now);
         self.service_gateways(now);
         self.bridge.handle_timeout(now);
+        if let Some(h) = &self.handoff {
+            h.flush();
+        }
         Ok(())
     }
 
