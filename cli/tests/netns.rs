@@ -276,7 +276,7 @@ fn taps_in_two_namespaces_carry_ping_and_survive_a_reopen() {
         link_exists(&b, "eth0"),
         "a persistent TAP outlives its descriptor"
     );
-    let tap_b = netns::reopen_tap(&b.path, "eth0").unwrap();
+    let tap_b = when_released(|| netns::reopen_tap(&b.path, "eth0"));
     let wire = Wire::new(tap_a, tap_b);
     assert!(ping(&a, IpAddr::V4(v4(3)), 2), "ping after reopen");
     let (tap_a, tap_b) = wire.into_taps();
@@ -304,6 +304,22 @@ fn taps_in_two_namespaces_carry_ping_and_survive_a_reopen() {
     drop(tap_a);
 }
 
+/// Attaches (`f`) a TAP right after its last descriptor was dropped. A
+/// process forked at that moment by a test running in parallel holds a copy
+/// of every descriptor until it execs (close-on-exec acts only then), and
+/// the kernel keeps the TAP attached meanwhile: retry for a bounded time.
+fn when_released(f: impl Fn() -> Result<Tap, NetnsError>) -> Tap {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match f() {
+            Err(NetnsError::TapBusy { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 #[test]
 fn attach_again_reapplies_the_configuration() {
     require_root!();
@@ -324,7 +340,7 @@ fn attach_again_reapplies_the_configuration() {
     second.mtu = 1500;
     second.gateway4 = None;
     second.gateway6 = None;
-    let tap = netns::attach_tap(&ns.path, &second).unwrap();
+    let tap = when_released(|| netns::attach_tap(&ns.path, &second));
     let addrs = ip_stdout(&ns, &["-o", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains(&format!("{}/24", v4(7))), "{addrs}");
     assert!(
