@@ -256,6 +256,13 @@ pub fn decapsulate(udp_payload: &[u8]) -> Result<(Vni, &[u8]), VxlanError> {
     Ok((vni, inner))
 }
 
+/// The 8-byte VXLAN header for `vni` (the `I` flag, zeroes elsewhere).
+pub fn header(vni: Vni) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    VxlanRepr { vni }.emit(&mut VxlanPacket::new_unchecked(&mut h[..]));
+    h
+}
+
 /// Writes a VXLAN header for `vni` and then `frame` into `out`; returns the
 /// length written. On the hot path, prefer reading the frame straight into
 /// `out[HEADER_LEN..]` and emitting a [`VxlanRepr`] over the first bytes.
@@ -284,6 +291,16 @@ pub const fn overlay_mtu(underlay_mtu: u32, ipv6_underlay: bool) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_is_what_encapsulate_writes() {
+        let vni = Vni::new(0x00ab_cdef).unwrap();
+        let frame = [0x11u8; 60];
+        let mut out = [0u8; 68];
+        encapsulate(vni, &frame, &mut out).unwrap();
+        assert_eq!(header(vni), out[..HEADER_LEN]);
+        assert_eq!(decapsulate(&out).unwrap().0, vni);
+    }
     use rstest::rstest;
 
     /// An Ethernet frame: broadcast destination, a source MAC, ARP.

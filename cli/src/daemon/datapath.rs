@@ -20,7 +20,7 @@ use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
-use overlay::vxlan::{self, Vni, VxlanPacket};
+use overlay::vxlan::{self, Vni};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use switch::bridge::{Action, Bridge, BridgeConfig, DropReason, PortSecurity};
 use switch::gateway::{Gateway, GatewayConfig};
@@ -795,7 +795,9 @@ impl Handoff {
 
 /// Which buffer a frame being switched sits in.
 #[derive(Clone, Copy)]
-enum Src {
+enum Src<'a> {
+    /// A frame outside the datapath's buffers (a QUIC datagram).
+    Slice(&'a [u8]),
     Buf,
     Out,
     /// The tunnel's receive buffer of that index.
@@ -843,6 +845,8 @@ struct Datapath {
     handed: Vec<HandoffRx>,
     /// Frames read from TAP queues.
     tap_rx: u64,
+    /// The tunnel's last batch ended before its queue did.
+    tunnel_more: bool,
     /// How long to keep polling after an event.
     busy_poll: Duration,
     running: bool,
@@ -900,6 +904,7 @@ impl Datapath {
             handoff: None,
             handed: Vec::new(),
             tap_rx: 0,
+            tunnel_more: false,
             busy_poll: DEFAULT_BUSY_POLL,
             running: true,
         }
@@ -921,7 +926,10 @@ impl Datapath {
     /// then services every source that has work.
     fn turn(&mut self, events: &mut Events, spin_until: &mut Instant) -> io::Result<()> {
         let now = Instant::now();
-        let busy = !self.ready.is_empty() || !self.dirty.is_empty() || self.nat_io.has_retry();
+        let busy = !self.ready.is_empty()
+            || !self.dirty.is_empty()
+            || self.nat_io.has_retry()
+            || self.tunnel_more;
         let timeout = if busy || now < *spin_until {
             Duration::ZERO
         } else {
@@ -939,12 +947,16 @@ impl Datapath {
         if !events.is_empty() {
             *spin_until = now + self.busy_poll;
         }
+        // The tunnel is read once per turn: on its event, or because the
+        // last turn's batch ended before its queue did (edge-triggered: no
+        // new event comes for datagrams already queued).
+        let mut tunnel_ready = std::mem::take(&mut self.tunnel_more);
         for ev in events.iter() {
             let t = ev.token();
             if t == WAKER {
                 continue;
             } else if t == TUNNEL {
-                self.read_tunnel(now);
+                tunnel_ready = true;
             } else if t == QUIC {
                 self.read_quic(now);
             } else if t.0 & NAT_SOCK != 0 {
@@ -956,6 +968,9 @@ impl Datapath {
                 let port = PortId(t.0 as u32);
                 self.mark_ready(port);
             }
+        }
+        if tunnel_ready {
+            self.read_tunnel(now);
         }
         self.drain_commands();
         self.drain_handed(now);
@@ -1421,7 +1436,7 @@ impl Datapath {
     fn switch_frame(
         &mut self,
         ingress: PortId,
-        src: Src,
+        src: Src<'_>,
         start: usize,
         len: usize,
         hdr: &VnetHdr,
@@ -1446,6 +1461,7 @@ impl Datapath {
             ..
         } = self;
         let frame = match src {
+            Src::Slice(s) => &s[start..start + len],
             Src::Buf => &buf[start..start + len],
             Src::Out => &out[start..start + len],
             Src::Tunnel(i) => match &*tunnel {
@@ -1510,6 +1526,8 @@ impl Datapath {
     /// frames; consecutive TCP segments bound for one TAP leave as one
     /// super-frame.
     fn read_tunnel(&mut self, now: Instant) {
+        // Stays set if the batch ends before the queue does.
+        self.tunnel_more = self.tunnel.is_some();
         for _ in 0..BATCH {
             let Some(t) = self.tunnel.as_mut() else {
                 return;
@@ -1526,10 +1544,13 @@ impl Datapath {
                     .recv(UdpSockRef::from(&t.sock), &mut iovs[..n], &mut t.meta)
                 {
                     Ok(count) => count,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::debug!(error = %e, "tunnel receive");
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::debug!(error = %e, "tunnel receive");
+                        }
+                        // Drained (or failing): the next datagram brings an event.
+                        self.tunnel_more = false;
                         break;
                     }
                 }
@@ -1546,14 +1567,6 @@ impl Datapath {
             }
             flush_gro(&mut self.ports, &mut self.gro);
         }
-        flush_gro(&mut self.ports, &mut self.gro);
-        // More may be queued: the tunnel stays ready (edge-triggered).
-        if let Some(t) = self.tunnel.as_mut() {
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut t.sock, TUNNEL, Interest::READABLE);
-        }
     }
 
     /// One VXLAN datagram at `start..start + len` of receive buffer `buf`.
@@ -1569,9 +1582,9 @@ impl Datapath {
             return;
         };
         self.tunnel_counters.rx_packets += 1;
-        let vni = match VxlanPacket::new_checked(&t.rx[buf][start..start + len]) {
-            Ok(p) if p.payload().len() >= 14 => p.vni(),
-            _ => {
+        let vni = match vxlan::decapsulate(&t.rx[buf][start..start + len]) {
+            Ok((vni, _)) => vni,
+            Err(_) => {
                 self.tunnel_counters.malformed += 1;
                 return;
             }
@@ -1619,9 +1632,9 @@ impl Datapath {
     /// frame, as on the UDP tunnel, accepted only for encrypted networks.
     fn quic_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
         let len = datagram.len();
-        let vni = match VxlanPacket::new_checked(datagram) {
-            Ok(p) if p.payload().len() >= 14 && len <= self.buf.len() => p.vni(),
-            _ => {
+        let vni = match vxlan::decapsulate(datagram) {
+            Ok((vni, _)) => vni,
+            Err(_) => {
                 self.tunnel_counters.quic_rejected += 1;
                 return;
             }
@@ -1644,10 +1657,9 @@ impl Datapath {
                 return;
             }
         }
-        self.buf[..len].copy_from_slice(datagram);
         self.switch_frame(
             port,
-            Src::Buf,
+            Src::Slice(datagram),
             vxlan::HEADER_LEN,
             len - vxlan::HEADER_LEN,
             &VnetHdr::NONE,
@@ -1923,9 +1935,9 @@ impl Egress<'_> {
                     match offload::segment(hdr, frame, 0, self.seg) {
                         Ok(segs) => {
                             for i in 0..segs.count {
-                                let at = i * segs.stride;
-                                let len = seg_len(&segs, i, 0);
-                                feed_gateway(g, &self.seg[at..at + len], self.now);
+                                if let Some(f) = segs.frame(self.seg, 0, i) {
+                                    feed_gateway(g, f, self.now);
+                                }
                             }
                         }
                         Err(e) => {
@@ -1949,10 +1961,11 @@ impl Egress<'_> {
                 let Some(&vni) = self.vni_of.get(&v.network) else {
                     return;
                 };
+                let header = vxlan::header(vni);
                 if v.quic {
                     // Encrypted: through QUIC or not at all.
                     let sent = match self.quic {
-                        Some(q) => send_quic(q, v, vni, hdr, frame, self.seg),
+                        Some(q) => send_quic(q, v, &header, hdr, frame, self.seg),
                         None => Err(0),
                     };
                     let (ok, dropped) = match sent {
@@ -1969,12 +1982,6 @@ impl Egress<'_> {
                 let Some(tunnel) = self.tunnel else {
                     return;
                 };
-                let mut header = [0u8; vxlan::HEADER_LEN];
-                {
-                    let mut pkt = VxlanPacket::new_unchecked(&mut header[..]);
-                    pkt.set_flags(vxlan::FLAG_VNI);
-                    pkt.set_vni(vni);
-                }
                 let sent = if offloaded {
                     send_segmented(tunnel, v, &header, hdr, frame, self.seg)
                 } else {
@@ -2024,15 +2031,6 @@ impl Egress<'_> {
     }
 }
 
-/// Length of segment `i` of `segs`, which were laid out with `headroom`.
-fn seg_len(segs: &offload::Segments, i: usize, headroom: usize) -> usize {
-    if i + 1 == segs.count {
-        segs.last_len
-    } else {
-        segs.stride - headroom
-    }
-}
-
 /// Hands a frame to the network's NAT or gateway.
 fn feed_gateway(g: &mut GatewayPort, frame: &[u8], now: Instant) {
     match g.nat.as_mut() {
@@ -2041,38 +2039,49 @@ fn feed_gateway(g: &mut GatewayPort, frame: &[u8], now: Instant) {
     }
 }
 
+/// Segments a super-frame into `seg`, each segment behind a copy of the
+/// VXLAN `header`: datagram `i` is `seg[i * stride..][..stride]`, the last
+/// one `HEADER_LEN + last_len` bytes.
+fn segment_behind(
+    header: &[u8; vxlan::HEADER_LEN],
+    hdr: &VnetHdr,
+    frame: &[u8],
+    seg: &mut [u8],
+) -> Result<offload::Segments, offload::OffloadError> {
+    let segs = offload::segment(hdr, frame, vxlan::HEADER_LEN, seg)?;
+    for i in 0..segs.count {
+        seg[i * segs.stride..][..vxlan::HEADER_LEN].copy_from_slice(header);
+    }
+    Ok(segs)
+}
+
 /// Sends a frame of an encrypted network as QUIC datagrams (a super-frame
-/// segmented first, each segment behind its VXLAN header in `seg`).
-/// Returns the datagrams sent, or, if any was dropped (no connection yet,
-/// too large; the QUIC side counts why), how many went before.
+/// segmented first, the segments sent as slices of one shared buffer).
+/// Ok: datagrams sent; Err: how many went before one was dropped (no
+/// connection yet, too large; the QUIC side counts why).
 fn send_quic(
     quic: &QuicHandle,
     v: &VtepPort,
-    vni: Vni,
+    header: &[u8; vxlan::HEADER_LEN],
     hdr: &VnetHdr,
     frame: &[u8],
     seg: &mut [u8],
 ) -> Result<u64, u64> {
     if !(hdr.is_gso() || hdr.needs_csum()) {
-        return if quic.send_vxlan(v.remote, vni, frame) {
+        return if quic.send_parts(v.remote, &[header, frame]) {
             Ok(1)
         } else {
             Err(0)
         };
     }
-    let segs = offload::segment(hdr, frame, vxlan::HEADER_LEN, seg).map_err(|_| 0u64)?;
-    let mut header = [0u8; vxlan::HEADER_LEN];
-    {
-        let mut pkt = VxlanPacket::new_unchecked(&mut header[..]);
-        pkt.set_flags(vxlan::FLAG_VNI);
-        pkt.set_vni(vni);
-    }
+    let segs = segment_behind(header, hdr, frame, seg).map_err(|_| 0u64)?;
+    // One allocation per super-frame; every datagram is a slice of it.
+    let all = bytes::Bytes::copy_from_slice(&seg[..segs.total_len(vxlan::HEADER_LEN)]);
     let mut sent = 0;
     for i in 0..segs.count {
         let at = i * segs.stride;
-        let len = vxlan::HEADER_LEN + seg_len(&segs, i, vxlan::HEADER_LEN);
-        seg[at..at + vxlan::HEADER_LEN].copy_from_slice(&header);
-        if !quic.send(v.remote, &seg[at..at + len]) {
+        let end = (at + segs.stride).min(all.len());
+        if !quic.send_bytes(v.remote, all.slice(at..end)) {
             return Err(sent);
         }
         sent += 1;
@@ -2091,12 +2100,9 @@ fn send_segmented(
     frame: &[u8],
     seg: &mut [u8],
 ) -> io::Result<u64> {
-    let segs = offload::segment(hdr, frame, vxlan::HEADER_LEN, seg)
+    let segs = segment_behind(header, hdr, frame, seg)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    for i in 0..segs.count {
-        let at = i * segs.stride;
-        seg[at..at + vxlan::HEADER_LEN].copy_from_slice(header);
-    }
+    let total = segs.total_len(vxlan::HEADER_LEN);
     // One UDP GSO send is one UDP datagram before segmentation: at most
     // 65,507 bytes of payload over IPv4 (65,535 minus the IP and UDP
     // headers), whatever the kernel's segment limit; a 64 KiB super-frame
@@ -2106,22 +2112,18 @@ fn send_segmented(
         .max_gso_segments()
         .min(MAX_GSO_PAYLOAD / segs.stride)
         .max(1);
-    let mut first = 0;
-    while first < segs.count {
-        let last = (first + per_send).min(segs.count) - 1;
-        let start = first * segs.stride;
-        let end = last * segs.stride + vxlan::HEADER_LEN + seg_len(&segs, last, vxlan::HEADER_LEN);
+    for start in (0..total).step_by(per_send * segs.stride) {
+        let end = (start + per_send * segs.stride).min(total);
         let transmit = Transmit {
             destination: v.remote,
             ecn: None,
             contents: &seg[start..end],
-            segment_size: (last > first).then_some(segs.stride),
+            segment_size: (end - start > segs.stride).then_some(segs.stride),
             src_ip: None,
         };
         tunnel
             .state
             .try_send(UdpSockRef::from(&tunnel.sock), &transmit)?;
-        first = last + 1;
     }
     Ok(segs.count as u64)
 }

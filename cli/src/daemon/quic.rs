@@ -44,7 +44,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use overlay::identity::{self, Fingerprint, Identity, TrustSet};
-use overlay::vxlan::{self, Vni, VxlanPacket};
+use overlay::vxlan::{self, Vni};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, VarInt};
 use tokio::sync::mpsc;
@@ -267,18 +267,24 @@ impl QuicHandle {
 
     /// [`QuicHandle::send`] of a VXLAN header for `vni` followed by `frame`.
     pub fn send_vxlan(&self, peer: SocketAddr, vni: Vni, frame: &[u8]) -> bool {
-        let mut header = [0u8; vxlan::HEADER_LEN];
-        {
-            let mut pkt = VxlanPacket::new_unchecked(&mut header[..]);
-            pkt.set_flags(vxlan::FLAG_VNI);
-            pkt.set_vni(vni);
-        }
-        self.send_parts(peer, &[&header, frame])
+        self.send_parts(peer, &[&vxlan::header(vni), frame])
     }
 
-    fn send_parts(&self, peer: SocketAddr, parts: &[&[u8]]) -> bool {
-        let s = &self.shared;
+    /// [`QuicHandle::send`] of a datagram gathered from `parts`.
+    pub fn send_parts(&self, peer: SocketAddr, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut buf = BytesMut::with_capacity(len);
+        for p in parts {
+            buf.put_slice(p);
+        }
+        self.send_bytes(peer, buf.freeze())
+    }
+
+    /// [`QuicHandle::send`] of a datagram already in a `Bytes` (a slice of
+    /// a buffer shared by several datagrams, say): nothing is copied.
+    pub fn send_bytes(&self, peer: SocketAddr, datagram: Bytes) -> bool {
+        let s = &self.shared;
+        let len = datagram.len();
         if len > s.max_datagram {
             bump(&s.counters.drops_too_large, 1);
             return false;
@@ -290,11 +296,7 @@ impl QuicHandle {
             let _ = s.cmds.try_send(Cmd::Dial(peer));
             return false;
         };
-        let mut buf = BytesMut::with_capacity(len);
-        for p in parts {
-            buf.put_slice(p);
-        }
-        match conn.send_datagram(buf.freeze()) {
+        match conn.send_datagram(datagram) {
             Ok(()) => {
                 bump(&s.counters.datagrams_out, 1);
                 bump(&s.counters.bytes_out, len as u64);
@@ -1208,7 +1210,7 @@ mod tests {
             .send_vxlan(b.tunnel, Vni::new(77).unwrap(), &frame));
         let got = sink_b.recv(Duration::from_secs(5));
         let (_, d) = got.iter().find(|(_, d)| d.len() == 68).expect("the frame");
-        let pkt = VxlanPacket::new_checked(&d[..]).unwrap();
+        let pkt = overlay::vxlan::VxlanPacket::new_checked(&d[..]).unwrap();
         assert_eq!(pkt.vni(), Vni::new(77).unwrap());
         assert_eq!(pkt.payload(), &frame[..]);
     }
