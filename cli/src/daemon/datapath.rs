@@ -322,9 +322,13 @@ impl DatapathHandle {
             let _ = setsockopt(sock, sockopt::RcvBuf, &TUNNEL_SOCKET_BUF);
             let _ = setsockopt(sock, sockopt::SndBuf, &TUNNEL_SOCKET_BUF);
         }
-        let mut handed = Vec::new();
-        let mut out = Vec::with_capacity(count);
-        for (k, poll) in polls.into_iter().enumerate() {
+        // Every other worker's way to the first one's gateways.
+        let (handoffs, handed): (Vec<_>, Vec<_>) =
+            (1..count).map(|_| handoff_pair(wakers[0].clone())).unzip();
+        let mut handoffs = handoffs.into_iter();
+        let mut handed = Some(handed);
+        let mut list = Vec::with_capacity(count);
+        for (k, (poll, waker)) in polls.into_iter().zip(wakers).enumerate() {
             // The first worker reads the tunnel; the others send on a
             // descriptor of the same socket.
             let tunnel = match &tunnel {
@@ -341,28 +345,16 @@ impl DatapathHandle {
                 Some(q) if k == 0 => Some(q.register(poll.registry(), QUIC)?),
                 _ => None,
             };
-            let handoff = if k == 0 {
-                None
-            } else {
-                let (tx, rx) = handoff_pair(wakers[0].clone());
-                handed.push(rx);
-                Some(tx)
-            };
             let (tx, rx) = mpsc::channel();
             let mut dp = Datapath::new(poll, rx, config, tunnel);
             dp.quic = quic.clone();
             dp.quic_rx = quic_rx;
-            dp.handoff = handoff;
             dp.busy_poll = busy_poll;
-            out.push((dp, tx));
-        }
-        // The first worker's handoff ends were taken before the others
-        // were made: give it them now.
-        if let Some((first, _)) = out.first_mut() {
-            first.handed.append(&mut handed);
-        }
-        let mut list = Vec::with_capacity(count);
-        for (k, ((mut dp, tx), waker)) in out.into_iter().zip(wakers).enumerate() {
+            if k == 0 {
+                dp.handed = handed.take().unwrap_or_default();
+            } else {
+                dp.handoff = handoffs.next();
+            }
             let thread = std::thread::Builder::new()
                 .name(format!("vswitch-dp{k}"))
                 .spawn(move || {
@@ -486,28 +478,26 @@ impl DatapathHandle {
         queues: Vec<Tap>,
         security: PortSecurity,
     ) -> Result<(), String> {
-        if queues.is_empty() {
-            return Err("a port needs at least one TAP queue".to_string());
-        }
-        let mut taps: Vec<(Tap, bool)> = Vec::with_capacity(self.workers.len());
-        let shared = queues.len() < self.workers.len();
+        let workers = self.workers.len();
         let mut queues = queues.into_iter();
-        for k in 0..self.workers.len() {
-            match queues.next() {
-                Some(t) => taps.push((t, true)),
-                None => {
-                    let t = taps[0]
-                        .0
-                        .try_clone()
-                        .map_err(|e| format!("sharing a TAP queue: {e}"))?;
-                    taps.push((t, false));
-                }
-            }
-            debug_assert!(k < taps.len());
+        let first = queues
+            .next()
+            .ok_or_else(|| "a port needs at least one TAP queue".to_string())?;
+        // Workers without a queue of their own (a TAP left single-queue by
+        // an older version) write through a copy of the first descriptor
+        // and leave the reading to the first worker.
+        let mut shared = Vec::new();
+        for _ in 1 + queues.len()..workers {
+            let t = first
+                .try_clone()
+                .map_err(|e| format!("sharing a TAP queue: {e}"))?;
+            shared.push((t, false));
         }
-        if shared {
-            tracing::debug!(port = port.0, "single-queue TAP: one worker reads it");
-        }
+        let taps: Vec<(Tap, bool)> = std::iter::once((first, true))
+            .chain(queues.map(|t| (t, true)))
+            .take(workers)
+            .chain(shared)
+            .collect();
         let mut taps = taps.into_iter();
         let answers = self.ask_all(|_, reply| {
             let (tap, read) = taps.next().expect("one per worker");
