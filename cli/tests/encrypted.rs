@@ -11,55 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The underlay: a namespace with a Linux bridge; hosts plug in with veths.
-struct Underlay {
-    ns: Netns,
-}
-
-impl Underlay {
-    fn new() -> Underlay {
-        let ns = Netns::new("vseu");
-        ok(&["ip", "-n", &ns.name, "link", "add", "br0", "type", "bridge"]);
-        ok(&["ip", "-n", &ns.name, "link", "set", "br0", "up"]);
-        Underlay { ns }
-    }
-
-    /// A namespace plugged into the underlay with `addr` (CIDR).
-    fn plug(&self, prefix: &str, addr: &str) -> Netns {
-        let ns = Netns::new(prefix);
-        let (a, b) = (unique("ea"), unique("eb"));
-        ok(&[
-            "ip",
-            "link",
-            "add",
-            &a,
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b,
-            "netns",
-            &self.ns.name,
-        ]);
-        ok(&["ip", "-n", &ns.name, "addr", "add", addr, "dev", &a]);
-        ok(&["ip", "-n", &ns.name, "link", "set", &a, "up"]);
-        ok(&[
-            "ip",
-            "-n",
-            &self.ns.name,
-            "link",
-            "set",
-            &b,
-            "master",
-            "br0",
-        ]);
-        ok(&["ip", "-n", &self.ns.name, "link", "set", &b, "up"]);
-        ns
-    }
-}
-
 /// A key file removed on drop.
 struct KeyFile(PathBuf);
 
@@ -94,47 +45,6 @@ fn cluster_host(ul: &Underlay, ip: &str, key: &KeyFile, extra: &[&str]) -> Host 
     ];
     args.extend_from_slice(extra);
     Host::start_in(ns, &args)
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {within:?} waiting for {what}");
-}
-
-fn alive_members(h: &Host) -> usize {
-    let out = h.vs(&["members", "--format", "json"]);
-    if !out.status.success() {
-        return 0;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .map(|a| a.iter().filter(|m| m["State"] == "alive").count())
-        .unwrap_or(0)
-}
-
-fn resolves(ns: &str, server: &str, name: &str) -> Option<String> {
-    let o = ns_exec(
-        ns,
-        &[
-            "dig",
-            &format!("@{server}"),
-            "+short",
-            "+time=1",
-            "+tries=1",
-            name,
-        ],
-    );
-    stdout(&o)
-        .lines()
-        .map(str::trim)
-        .find(|l| l.parse::<std::net::IpAddr>().is_ok())
-        .map(str::to_string)
 }
 
 fn has_container(h: &Host, net: &str, name: &str) -> bool {

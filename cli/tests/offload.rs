@@ -155,34 +155,13 @@ fn overlay_tcp_is_intact_with_offloads_on_and_off() {
     }
     let (file, want) = payload("overlay");
     let _f = TempFile(file.clone());
-    let ul = Netns::new("vsoul");
-    ok(&["ip", "-n", &ul.name, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", &ul.name, "link", "set", "br0", "up"]);
+    let ul = Underlay::new();
     let key = std::env::temp_dir().join(format!("vsoff-key-{}", std::process::id()));
     let _k = TempFile(key.clone());
     std::fs::write(&key, "offload test cluster key, long enough").unwrap();
     let plug = |ip: &str| {
-        let ns = Netns::new("vsoh");
-        let (x, y) = (unique("ox"), unique("oy"));
-        ok(&[
-            "ip", "link", "add", &x, "netns", &ns.name, "type", "veth", "peer", "name", &y,
-            "netns", &ul.name,
-        ]);
-        ok(&[
-            "ip",
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            &x,
-        ]);
-        ok(&["ip", "-n", &ns.name, "link", "set", &x, "up"]);
-        ok(&["ip", "-n", &ul.name, "link", "set", &y, "master", "br0"]);
-        ok(&["ip", "-n", &ul.name, "link", "set", &y, "up"]);
         Host::start_in(
-            ns,
+            ul.plug("vsoh", &format!("{ip}/24")),
             &[
                 "--cluster-key-file",
                 key.to_str().unwrap(),

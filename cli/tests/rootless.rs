@@ -728,66 +728,6 @@ fn rootless_daemon_killed_and_restarted_keeps_its_containers() {
     assert!(ok_dns && out.contains(&h.ip_of(&a, &net)), "{out}");
 }
 
-/// The underlay: a namespace with a Linux bridge; hosts plug in by veths.
-struct Underlay {
-    ns: Netns,
-}
-
-impl Underlay {
-    fn new() -> Underlay {
-        let ns = Netns::new("vsru");
-        ok(&["ip", "-n", &ns.name, "link", "add", "br0", "type", "bridge"]);
-        ok(&["ip", "-n", &ns.name, "link", "set", "br0", "up"]);
-        Underlay { ns }
-    }
-
-    /// A namespace plugged into the underlay with `addr` (CIDR).
-    fn plug(&self, prefix: &str, addr: &str) -> Netns {
-        let ns = Netns::new(prefix);
-        let (a, b) = (unique("ua"), unique("ub"));
-        ok(&[
-            "ip",
-            "link",
-            "add",
-            &a,
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b,
-            "netns",
-            &self.ns.name,
-        ]);
-        ok(&["ip", "-n", &ns.name, "addr", "add", addr, "dev", &a]);
-        ok(&["ip", "-n", &ns.name, "link", "set", &a, "up"]);
-        ok(&[
-            "ip",
-            "-n",
-            &self.ns.name,
-            "link",
-            "set",
-            &b,
-            "master",
-            "br0",
-        ]);
-        ok(&["ip", "-n", &self.ns.name, "link", "set", &b, "up"]);
-        ns
-    }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < PATIENCE {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {PATIENCE:?} waiting for {what}");
-}
-
 #[test]
 fn two_rootless_daemons_build_an_overlay() {
     if !root_or_skip("two_rootless_daemons_build_an_overlay") {
@@ -827,7 +767,7 @@ fn two_rootless_daemons_build_an_overlay() {
     assert_ne!(h1.pause_pid(), h2.pause_pid());
     h2.vs_ok(&["join-cluster", "192.0.2.21"]);
     for h in [&h1, &h2] {
-        wait_for("2 alive members", || {
+        wait_for("2 alive members", PATIENCE, || {
             let o = h.vs(&["members", "--format", "json"]);
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
             v.as_array()
@@ -845,13 +785,13 @@ fn two_rootless_daemons_build_an_overlay() {
         "10.243.0.0/24",
         &net,
     ]);
-    wait_for("the overlay on h2", || {
+    wait_for("the overlay on h2", PATIENCE, || {
         h2.vs(&["network", "inspect", &net]).status.success()
     });
     let a = h1.run("a", &net);
     let b = h2.run("b", &net);
     let b_ip = h2.ip_of(&b, &net);
-    wait_for("b's endpoint on h1", || {
+    wait_for("b's endpoint on h1", PATIENCE, || {
         h1.vs_json(&["network", "inspect", &net])[0]["Containers"]
             .as_object()
             .is_some_and(|c| c.values().any(|v| v["Name"] == b.as_str()))

@@ -330,3 +330,119 @@ pub fn ping_until(ns: &str, target: &str, within: Duration) -> Option<Duration> 
     }
     None
 }
+
+/// The underlay: a namespace with a Linux bridge; hosts plug in with veths.
+pub struct Underlay {
+    pub ns: Netns,
+    pub bridge: String,
+}
+
+impl Underlay {
+    pub fn new() -> Underlay {
+        let ns = Netns::new("vsul");
+        let bridge = "br0".to_string();
+        ok(&[
+            "ip", "-n", &ns.name, "link", "add", &bridge, "type", "bridge",
+        ]);
+        ok(&["ip", "-n", &ns.name, "link", "set", &bridge, "up"]);
+        Underlay { ns, bridge }
+    }
+
+    /// A namespace plugged into the underlay with `addr` (CIDR).
+    pub fn plug(&self, prefix: &str, addr: &str) -> Netns {
+        let ns = Netns::new(prefix);
+        let (a, b) = (unique("ua"), unique("ub"));
+        ok(&[
+            "ip",
+            "link",
+            "add",
+            &a,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &self.ns.name,
+        ]);
+        ok(&["ip", "-n", &ns.name, "addr", "add", addr, "dev", &a]);
+        ok(&["ip", "-n", &ns.name, "link", "set", &a, "up"]);
+        ok(&[
+            "ip",
+            "-n",
+            &self.ns.name,
+            "link",
+            "set",
+            &b,
+            "master",
+            &self.bridge,
+        ]);
+        ok(&["ip", "-n", &self.ns.name, "link", "set", &b, "up"]);
+        ns
+    }
+
+    /// Cuts (or restores) a host's link into the underlay bridge.
+    pub fn set_link(&self, host_ns: &str, up: bool) {
+        let links = stdout(&cmd(&[
+            "ip", "-n", host_ns, "-o", "link", "show", "type", "veth",
+        ]));
+        let dev = links
+            .split(':')
+            .nth(1)
+            .map(|s| s.trim().split('@').next().unwrap().to_string())
+            .expect("host has a veth");
+        ok(&[
+            "ip",
+            "-n",
+            host_ns,
+            "link",
+            "set",
+            &dev,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {within:?} waiting for {what}");
+}
+
+pub fn alive_members(h: &Host) -> usize {
+    let out = h.vs(&["members", "--format", "json"]);
+    if !out.status.success() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| a.iter().filter(|m| m["State"] == "alive").count())
+        .unwrap_or(0)
+}
+
+pub fn resolves(ns: &str, server: &str, name: &str) -> Option<String> {
+    let o = ns_exec(
+        ns,
+        &[
+            "dig",
+            &format!("@{server}"),
+            "+short",
+            "+time=1",
+            "+tries=1",
+            name,
+        ],
+    );
+    // Only addresses count: dig prints its own errors on stdout too.
+    stdout(&o)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.parse::<std::net::IpAddr>().is_ok())
+        .map(str::to_string)
+}
