@@ -2375,47 +2375,7 @@ mod tests {
 
     // ---- a container: a smoltcp stack on an in-memory wire ----
 
-    #[derive(Default)]
-    struct Wire {
-        rx: VecDeque<Vec<u8>>,
-        tx: VecDeque<Vec<u8>>,
-    }
-
-    struct WireRx(Vec<u8>);
-    impl phy::RxToken for WireRx {
-        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-            f(&self.0)
-        }
-    }
-    struct WireTx<'a>(&'a mut VecDeque<Vec<u8>>);
-    impl phy::TxToken for WireTx<'_> {
-        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-            let mut buf = vec![0; len];
-            let r = f(&mut buf);
-            self.0.push_back(buf);
-            r
-        }
-    }
-    impl Device for Wire {
-        type RxToken<'a> = WireRx;
-        type TxToken<'a> = WireTx<'a>;
-        fn receive(
-            &mut self,
-            _: smoltcp::time::Instant,
-        ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-            let f = self.rx.pop_front()?;
-            Some((WireRx(f), WireTx(&mut self.tx)))
-        }
-        fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-            Some(WireTx(&mut self.tx))
-        }
-        fn capabilities(&self) -> DeviceCapabilities {
-            let mut caps = DeviceCapabilities::default();
-            caps.medium = Medium::Ethernet;
-            caps.max_transmission_unit = MTU + ETH_LEN;
-            caps
-        }
-    }
+    use crate::stack::test_wire::Wire;
 
     struct Container {
         iface: Interface,

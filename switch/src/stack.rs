@@ -76,6 +76,59 @@ pub(crate) fn smol_instant(epoch: Instant, now: Instant) -> smoltcp::time::Insta
     smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
+/// An in-memory Ethernet wire for smoltcp stacks in tests: a container's
+/// stack talks to a gateway or NAT through it.
+#[cfg(test)]
+pub(crate) mod test_wire {
+    use std::collections::VecDeque;
+
+    use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+
+    #[derive(Default)]
+    pub(crate) struct Wire {
+        /// Frames for the stack to receive.
+        pub(crate) rx: VecDeque<Vec<u8>>,
+        /// Frames the stack sent.
+        pub(crate) tx: VecDeque<Vec<u8>>,
+    }
+
+    pub(crate) struct WireRx(Vec<u8>);
+    impl phy::RxToken for WireRx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+    pub(crate) struct WireTx<'a>(&'a mut VecDeque<Vec<u8>>);
+    impl phy::TxToken for WireTx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut buf = vec![0; len];
+            let r = f(&mut buf);
+            self.0.push_back(buf);
+            r
+        }
+    }
+    impl Device for Wire {
+        type RxToken<'a> = WireRx;
+        type TxToken<'a> = WireTx<'a>;
+        fn receive(
+            &mut self,
+            _: smoltcp::time::Instant,
+        ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+            let f = self.rx.pop_front()?;
+            Some((WireRx(f), WireTx(&mut self.tx)))
+        }
+        fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+            Some(WireTx(&mut self.tx))
+        }
+        fn capabilities(&self) -> DeviceCapabilities {
+            let mut caps = DeviceCapabilities::default();
+            caps.medium = Medium::Ethernet;
+            caps.max_transmission_unit = 1514;
+            caps
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
