@@ -171,6 +171,13 @@ impl DropCounters {
         self.counts.iter().sum()
     }
 
+    /// Adds another bridge's counts (another worker's copy of the tables).
+    pub fn add(&mut self, other: &DropCounters) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+    }
+
     #[inline]
     fn bump(&mut self, reason: DropReason) {
         self.counts[reason.index()] += 1;

@@ -443,7 +443,7 @@ impl Controller {
         let port = self.alloc_port();
         self.datapath
             .add_port(port, id, tap, security(&rec))
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let (container, network) = (rec.container.clone(), rec.network.clone());
         let ports = self.load_ports(&container, &network);
         let net = self.networks.get_mut(&rec.network).expect("checked above");
@@ -820,18 +820,18 @@ impl Controller {
             };
             self.datapath
                 .add_network(id, Some((gw_port, config)), nat)
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
             net.id = Some(id);
             if let Some(vni) = net.record.vni.and_then(overlay::Vni::new) {
                 self.datapath
                     .set_vni(id, Some(vni))
-                    .map_err(ApiError::internal)?;
+                    .map_err(ApiError::from)?;
             }
             for addr in net.record.static_vteps.clone() {
                 let port = self.alloc_port();
                 self.datapath
                     .add_vtep(port, id, addr)
-                    .map_err(ApiError::internal)?;
+                    .map_err(ApiError::from)?;
                 net.static_vteps.insert(addr, port);
             }
         }
@@ -1086,7 +1086,7 @@ impl Controller {
         if let Err(e) = self.datapath.add_port(port, id, tap, security(&rec)) {
             self.release_addrs(network, is_overlay, &allocated);
             let _ = netns::remove_tap(&netns, &rec.ifname);
-            return Err(ApiError::internal(e));
+            return Err(e.into());
         }
         if let Err(e) = self.store.put_endpoint(&rec) {
             self.teardown_port(port, &netns, &rec.ifname);
@@ -1304,7 +1304,7 @@ impl Controller {
     }
 
     fn stats(&self) -> Result<api::Stats, ApiError> {
-        let dp = self.datapath.stats().map_err(ApiError::internal)?;
+        let dp = self.datapath.stats().map_err(ApiError::from)?;
         let mut ports = Vec::new();
         for n in self.networks.values() {
             for e in n.endpoints.values() {
@@ -1366,7 +1366,11 @@ impl Controller {
         };
         Ok(api::Stats {
             ports,
-            drops: dp.drops,
+            drops: dp
+                .drops
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_string(), n))
+                .collect(),
             bad_requests: self.bad_requests,
             suppressed: dp.suppressed,
             worker_rx_packets: dp.worker_rx_packets.clone(),

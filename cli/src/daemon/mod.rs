@@ -51,6 +51,13 @@ impl ApiError {
     }
 }
 
+impl From<datapath::DatapathError> for ApiError {
+    /// The datapath failing a request is the daemon's failure: 500.
+    fn from(e: datapath::DatapathError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

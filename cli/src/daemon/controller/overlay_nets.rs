@@ -352,7 +352,7 @@ impl Controller {
                 if let Some(id) = n.id {
                     self.datapath
                         .set_vni(id, Some(vni))
-                        .map_err(ApiError::internal)?;
+                        .map_err(ApiError::from)?;
                 }
                 let rec = n.record.clone();
                 self.store.put_network(&rec).map_err(internal)?;
@@ -691,7 +691,7 @@ impl Controller {
         let port = self.alloc_port();
         self.datapath
             .add_vtep(port, dp, addr)
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let n = self.networks.get_mut(network).expect("checked");
         n.static_vteps.insert(addr, port);
         n.record.static_vteps.push(addr);

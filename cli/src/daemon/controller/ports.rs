@@ -175,7 +175,7 @@ impl Controller {
             .collect();
         self.datapath
             .publish(id, ep.port, published)
-            .map_err(ApiError::internal)
+            .map_err(ApiError::from)
     }
 
     /// Stores the mappings of an endpoint (or removes the record when

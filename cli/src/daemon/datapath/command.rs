@@ -1,0 +1,114 @@
+use super::*;
+/// What the control plane asks of the datapath.
+pub enum Command {
+    /// Adds a bridge domain and, for networks with a gateway, its gateway
+    /// port.
+    AddNetwork {
+        network: NetworkId,
+        gateway: Option<(PortId, GatewayConfig)>,
+        /// The network's NAT (published ports, egress), next to its gateway.
+        nat: Option<NatConfig>,
+        reply: mpsc::Sender<Result<(), DatapathError>>,
+    },
+    /// Starts forwarding the published ports of endpoint `owner` (host
+    /// sockets already bound) through `network`'s NAT.
+    Publish {
+        network: NetworkId,
+        owner: PortId,
+        published: Vec<Published>,
+        reply: mpsc::Sender<Result<(), DatapathError>>,
+    },
+    /// Closes the published ports of endpoint `owner`.
+    Unpublish {
+        network: NetworkId,
+        owner: PortId,
+        reply: mpsc::Sender<()>,
+    },
+    /// Removes a network (its ports must be gone already).
+    RemoveNetwork {
+        network: NetworkId,
+        reply: mpsc::Sender<()>,
+    },
+    /// Attaches a TAP as a port of a network.
+    AddPort {
+        port: PortId,
+        network: NetworkId,
+        /// This worker's queue of the TAP.
+        tap: Tap,
+        /// Read frames from it. False for a descriptor shared with another
+        /// worker (a single-queue TAP): this worker only writes to it.
+        read: bool,
+        security: PortSecurity,
+        reply: mpsc::Sender<Result<(), DatapathError>>,
+    },
+    /// On workers other than the first: frames for this gateway port are
+    /// handed to the first worker, which owns the gateway and its NAT.
+    AddHandoff {
+        port: PortId,
+        network: NetworkId,
+        mac: MacAddr,
+        reply: mpsc::Sender<Result<(), DatapathError>>,
+    },
+    /// Detaches a port and hands its TAP back (to be deleted or kept).
+    RemovePort {
+        port: PortId,
+        reply: mpsc::Sender<Option<Tap>>,
+    },
+    /// Sets (or clears) the VNI of an overlay network.
+    SetVni {
+        network: NetworkId,
+        vni: Option<Vni>,
+    },
+    /// Adds a tunnel port: the VTEP `remote` (another host, or a foreign
+    /// VXLAN VTEP) as a port of `network`.
+    AddVtep {
+        port: PortId,
+        network: NetworkId,
+        remote: SocketAddr,
+        /// A vswitch member rather than a static (kernel) VTEP.
+        member: bool,
+        /// An encrypted network's: frames go through QUIC, never UDP.
+        quic: bool,
+        reply: mpsc::Sender<Result<(), DatapathError>>,
+    },
+    /// Pins a remote endpoint's MAC to its VTEP port and answers ARP/ND for
+    /// its addresses locally.
+    AddRemote {
+        network: NetworkId,
+        port: PortId,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+    },
+    /// Forgets a remote endpoint.
+    RemoveRemote {
+        network: NetworkId,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+    },
+    /// Reads the counters.
+    Stats { reply: mpsc::Sender<DatapathStats> },
+    /// Ends the thread; TAPs are closed (persistent ones stay in their
+    /// namespaces).
+    Shutdown,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::AddNetwork { .. } => "AddNetwork",
+            Command::RemoveNetwork { .. } => "RemoveNetwork",
+            Command::Publish { .. } => "Publish",
+            Command::Unpublish { .. } => "Unpublish",
+            Command::AddPort { .. } => "AddPort",
+            Command::RemovePort { .. } => "RemovePort",
+            Command::SetVni { .. } => "SetVni",
+            Command::AddVtep { .. } => "AddVtep",
+            Command::AddHandoff { .. } => "AddHandoff",
+            Command::AddRemote { .. } => "AddRemote",
+            Command::RemoveRemote { .. } => "RemoveRemote",
+            Command::Stats { .. } => "Stats",
+            Command::Shutdown => "Shutdown",
+        };
+        f.write_str(name)
+    }
+}

@@ -1,0 +1,152 @@
+use super::egress::{write_tap, Egress};
+use super::*;
+impl Datapath {
+    /// Reads a bounded batch from each ready port.
+    pub(super) fn service_ready(&mut self, now: Instant) {
+        let rounds = self.ready.len();
+        for _ in 0..rounds {
+            let Some(port) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+                t.queued = false;
+            }
+            // Counted here, flushed to the port once per batch.
+            let (mut frames, mut bytes) = (0u64, 0u64);
+            while frames < BATCH as u64 {
+                let n = match self.ports.get(&port) {
+                    Some(Slot::Tap(t)) => match t.tap.read(&mut self.buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::debug!(port = port.0, error = %e, "TAP read failed");
+                            break;
+                        }
+                    },
+                    _ => break,
+                };
+                frames += 1;
+                bytes += n as u64;
+                let hdr = match VnetHdr::parse(&self.buf[..n]) {
+                    Ok(h) if n >= VnetHdr::LEN + 14 => h,
+                    _ => {
+                        self.bridge.count_drop(port, DropReason::Malformed);
+                        continue;
+                    }
+                };
+                self.switch_frame(port, Src::Buf, VnetHdr::LEN, n - VnetHdr::LEN, &hdr, now);
+            }
+            self.tap_rx += frames;
+            if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+                t.counters.rx_packets += frames;
+                t.counters.rx_bytes += bytes;
+                // The batch ended before the queue did: another turn, after
+                // the other ports had theirs.
+                if frames == BATCH as u64 {
+                    self.mark_ready(port);
+                }
+            }
+        }
+    }
+
+    /// Queues `port` for reading, once.
+    pub(super) fn mark_ready(&mut self, port: PortId) {
+        if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+            if !t.queued {
+                t.queued = true;
+                self.ready.push_back(port);
+            }
+        }
+    }
+
+    /// Decides and delivers the frame at `start..start + len` of the `src`
+    /// buffer, which arrived on `ingress`.
+    pub(super) fn switch_frame(
+        &mut self,
+        ingress: PortId,
+        src: Src<'_>,
+        start: usize,
+        len: usize,
+        hdr: &VnetHdr,
+        now: Instant,
+    ) {
+        let Datapath {
+            bridge,
+            ports,
+            dirty,
+            buf,
+            out,
+            reply,
+            seg,
+            gro,
+            tunnel,
+            quic,
+            neighbors,
+            tunnel_counters,
+            suppressed,
+            vni_of,
+            handoff,
+            ..
+        } = self;
+        let frame = match src {
+            Src::Slice(s) => &s[start..start + len],
+            Src::Buf => &buf[start..start + len],
+            Src::Out => &out[start..start + len],
+            Src::Tunnel(i) => match &*tunnel {
+                Some(t) => &t.rx[i][start..start + len],
+                None => return,
+            },
+        };
+        let (from, coalesce) = match ports.get(&ingress) {
+            Some(Slot::Tap(_)) => (Ingress::Local, false),
+            Some(Slot::Gateway(_)) => (Ingress::Gateway, false),
+            Some(Slot::Vtep(v)) => (Ingress::Tunnel, v.coalesce),
+            // A handoff port never sends: its frames arrive at the first worker.
+            Some(Slot::Handoff(_)) | None => return,
+        };
+        // ARP/ND for remote endpoints: answered here, never flooded.
+        if from == Ingress::Local && !neighbors.is_empty() {
+            if let Some(network) = bridge.network_of(ingress) {
+                if let Some(n) = neighbors.answer(network, frame, reply) {
+                    if let Some(Slot::Tap(t)) = ports.get_mut(&ingress) {
+                        if write_tap(&t.tap, &VnetHdr::NONE, &reply[..n]).is_ok() {
+                            t.counters.tx_packets += 1;
+                            t.counters.tx_bytes += n as u64;
+                            *suppressed += 1;
+                            let _ = bridge.process(ingress, frame, now); // learn
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let mut out_ctx = Egress {
+            ports,
+            dirty,
+            seg,
+            gro,
+            tunnel: tunnel.as_ref(),
+            quic: quic.as_ref(),
+            tunnel_counters,
+            vni_of,
+            handoff: handoff.as_ref(),
+            from,
+            coalesce,
+            now,
+        };
+        match bridge.process(ingress, frame, now) {
+            Action::Forward(p) => out_ctx.deliver(p, hdr, frame),
+            Action::Flood { network, except } => {
+                for &p in bridge.ports(network) {
+                    if p != except {
+                        out_ctx.deliver(p, hdr, frame);
+                    }
+                }
+            }
+            Action::Drop(reason) => {
+                tracing::trace!(port = ingress.0, reason = reason.as_str(), "drop");
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The datapath: worker threads that own the [`Bridge`], every network's
+//! [`Gateway`] and NAT, the tunnel sockets and every TAP file descriptor,
+//! and move frames between them.
+//!
+//! Each worker is one thread with one `mio` poll and no locks: the control
+//! plane talks to it through a channel and a waker ([`handle`]), and each
+//! worker keeps its own copy of the tables. Each wake-up reads a bounded
+//! batch of frames per port into buffers allocated at start, asks the
+//! sans-IO cores what to do with each (the bridge for switching, the
+//! overlay's tunnel rules for VXLAN and QUIC datagrams), and writes them
+//! out; counters are kept locally and read through [`Command::Stats`].
+//!
+//! The seams, one file each:
+//! - [`handle`]: [`DatapathHandle`], the control plane's end (one RPC per
+//!   [`Command`], answered by every worker), with [`DatapathError`].
+//! - `worker`: a worker's loop (poll, turn, timers) and its table upkeep.
+//! - `ingress`: TAP reads and the switching of one frame.
+//! - `tunnel`: the UDP tunnel socket (recvmmsg + GRO) and QUIC datagrams in.
+//! - `egress`: delivering a switched frame to a TAP, a gateway, another
+//!   worker or a VTEP (GSO for UDP, one DATAGRAM per segment for QUIC).
+//! - `gateways`: servicing the gateways, their NATs and upstream DNS.
+//! - `handoff`: frames from the other workers to the first one's gateways.
+//! - `nat_io`: the NAT's host sockets (published ports, egress flows).
+//! - `tokens`: what each poll token stands for.
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Waker};
+use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
+use overlay::vxlan::{self, Vni};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use switch::bridge::{Action, Bridge, BridgeConfig, DropCounters, DropReason, PortSecurity};
+use switch::gateway::{Gateway, GatewayConfig};
+use switch::nat::{Nat, NatConfig, NatStats};
+use switch::neighbor::Neighbors;
+use switch::offload::{self, Gro, Offer, VnetHdr};
+use switch::tap::Tap;
+use switch::{MacAddr, NetworkId, PortId};
+
+use super::quic::{QuicHandle, QuicRx};
+
+mod command;
+mod egress;
+mod error;
+mod gateways;
+mod handle;
+mod handoff;
+mod ingress;
+mod nat_io;
+mod stats;
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests;
+mod tokens;
+mod tunnel;
+mod worker;
+
+pub use command::Command;
+pub use error::DatapathError;
+pub use handle::DatapathHandle;
+use handoff::{Handoff, HandoffRx};
+pub use stats::{DatapathStats, PortCounters, TunnelCounters};
+use tokens::*;
+use tunnel::Tunnel;
+
+use nat_io::NatIo;
+pub use nat_io::{bind_published, Published, PublishedProto, PublishedSocket};
+
+/// Frames read from one port per wake-up before the others get a turn.
+const BATCH: usize = 64;
+/// How long a worker keeps polling after its last event before it sleeps
+/// in the kernel, unless told otherwise (`vswitchd --busy-poll`).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
+/// `[virtio_net_hdr | frame]` as a TAP with offloads hands it over: a
+/// super-frame of up to 64 KiB of IP plus its Ethernet header.
+const FRAME_BUF: usize = VnetHdr::LEN + 65_536 + 64;
+/// The segments of one super-frame, each with room for a VXLAN header in
+/// front: 64 KiB of payload plus up to 138 bytes of headers per segment
+/// at the smallest segment size the datapath meets (an MSS of 500).
+const SEG_BUF: usize = 256 << 10;
+/// Largest UDP payload of one GSO send (IPv4: 65,535 - 20 - 8).
+const MAX_GSO_PAYLOAD: usize = 65_507;
+/// Receive buffers of the tunnel: each takes one datagram, or a run of
+/// them coalesced by UDP GRO (at most 64 KiB).
+const TUNNEL_RX_BUFS: usize = 8;
+const TUNNEL_RX_BUF: usize = 65_536;
+
+/// Room for an ARP or neighbour advertisement built by the switch.
+const NEIGHBOR_REPLY_BUF: usize = 512;
+/// Frames a worker may have in flight to the first worker's gateways.
+const HANDOFF_BUFS: usize = 32;
+/// Most datapath workers (TAP queues per port).
+pub const MAX_WORKERS: usize = 8;
+/// Receive and send buffer asked for the tunnel socket.
+const TUNNEL_SOCKET_BUF: usize = 4 << 20;
+
+struct TapPort {
+    tap: Tap,
+    /// Registered for reading (see [`Command::AddPort`]).
+    read: bool,
+    counters: PortCounters,
+    /// In `ready` already.
+    queued: bool,
+}
+
+struct GatewayPort {
+    gateway: Gateway,
+    nat: Option<Nat>,
+    upstream4: Option<UdpSocket>,
+    upstream6: Option<UdpSocket>,
+    counters: PortCounters,
+}
+
+struct VtepPort {
+    remote: SocketAddr,
+    /// `remote` as the kernel takes it, converted once.
+    remote_sockaddr: SockaddrStorage,
+    network: NetworkId,
+    /// A vswitch member: its datagrams carry UDP checksums, so the inner
+    /// TCP segments it sends are coalesced without checking theirs. A
+    /// static VTEP (a kernel vxlan device, whose UDP checksum may be
+    /// zero) gets its frames delivered one by one, as sent.
+    coalesce: bool,
+    /// An encrypted network's: frames go through QUIC only, and plain
+    /// VXLAN from this member is dropped.
+    quic: bool,
+    counters: PortCounters,
+}
+
+/// A super-frame being built from consecutive tunnel segments for one TAP.
+struct GroRun {
+    gro: Gro,
+    port: Option<PortId>,
+}
+
+enum Slot {
+    Tap(TapPort),
+    Gateway(Box<GatewayPort>),
+    Vtep(VtepPort),
+    /// A gateway owned by the first worker (see [`Handoff`]).
+    Handoff(PortCounters),
+}
+
+/// Which buffer a frame being switched sits in.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    /// A frame outside the datapath's buffers (a QUIC datagram).
+    Slice(&'a [u8]),
+    Buf,
+    Out,
+    /// The tunnel's receive buffer of that index.
+    Tunnel(usize),
+}
+
+/// Where the frame being switched came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Local,
+    Gateway,
+    Tunnel,
+}
+
+struct Datapath {
+    poll: Poll,
+    rx: mpsc::Receiver<Command>,
+    bridge: Bridge,
+    ports: HashMap<PortId, Slot>,
+    /// Gateway port of each network.
+    gateways: HashMap<NetworkId, PortId>,
+    /// Ports with frames possibly left to read (edge-triggered polling).
+    ready: VecDeque<PortId>,
+    /// Gateways that were handed frames and may have output.
+    dirty: Vec<PortId>,
+    /// `[virtio_net_hdr | frame]` read from a TAP.
+    buf: Box<[u8]>,
+    /// Frames made by gateways and NATs.
+    out: Box<[u8]>,
+    /// Where ARP/ND answers for remote endpoints are built.
+    reply: Box<[u8]>,
+    /// Where super-frames are segmented.
+    seg: Box<[u8]>,
+    gro: GroRun,
+    tunnel: Option<Tunnel>,
+    /// The QUIC endpoint and its receive queue (encrypted overlays).
+    quic: Option<QuicHandle>,
+    quic_rx: Option<QuicRx>,
+    vni_of: HashMap<NetworkId, Vni>,
+    network_of_vni: HashMap<Vni, NetworkId>,
+    /// (network, remote IP) -> VTEP port.
+    vteps: HashMap<(NetworkId, IpAddr), PortId>,
+    neighbors: Neighbors,
+    tunnel_counters: TunnelCounters,
+    suppressed: u64,
+    /// Host sockets of every network's NAT.
+    nat_io: NatIo,
+    /// NAT sockets that reported readiness this turn (token indexes).
+    nat_ready: Vec<usize>,
+    /// Workers other than the first: the way to the gateways.
+    handoff: Option<Handoff>,
+    /// The first worker: frames the others hand over.
+    handed: Vec<HandoffRx>,
+    /// Frames read from TAP queues.
+    tap_rx: u64,
+    /// The tunnel's last batch ended before its queue did.
+    tunnel_more: bool,
+    /// How long to keep polling after an event.
+    busy_poll: Duration,
+    running: bool,
+}
