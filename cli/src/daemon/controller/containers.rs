@@ -1,0 +1,139 @@
+//! Containers (sandboxes): records, `vswitch rm`, `vswitch inspect`.
+
+use super::*;
+
+impl Controller {
+    pub(super) fn create_container(&mut self, c: api::ContainerCreate) -> Result<(), ApiError> {
+        if self.containers.contains_key(&c.name) {
+            return Err(ApiError::conflict(format!(
+                "container `{}` already exists; remove it with `vswitch rm {}` or pick another --name",
+                c.name, c.name
+            )));
+        }
+        if let Some(p) = &c.netns {
+            check_netns(p)?;
+        }
+        let rec = ContainerRecord {
+            name: c.name.clone(),
+            id: random_id(),
+            netns: c.netns,
+            owns_netns: c.owns_netns,
+            pid: c.pid,
+        };
+        self.store.put_container(&rec).map_err(internal)?;
+        self.containers.insert(rec.name.clone(), rec);
+        Ok(())
+    }
+
+    pub(super) fn remove_container(&mut self, name: &str) -> Result<(), ApiError> {
+        let c = self
+            .containers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| no_container(name))?;
+        let mut errors = Vec::new();
+        if let Some(pid) = c.pid {
+            stop_process(pid);
+        }
+        let nets: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|(_, n)| n.endpoints.contains_key(name))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for n in nets {
+            if let Err(e) = self.disconnect(&n, name) {
+                errors.push(format!("disconnecting from `{n}`: {e}"));
+            }
+        }
+        if c.owns_netns {
+            if let Some(p) = &c.netns {
+                let ns_name = p.file_name().and_then(|s| s.to_str()).unwrap_or(name);
+                if let Err(e) = sandbox::delete_netns(ns_name) {
+                    errors.push(format!("deleting namespace {}: {e}", p.display()));
+                }
+            }
+        }
+        if let Err(e) = self.store.delete_container(name) {
+            errors.push(e.to_string());
+        }
+        self.containers.remove(name);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::internal(format!(
+                "container `{name}` removed with errors: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+
+    pub(super) fn container_inspect(&self, name: &str) -> Result<api::ContainerInspect, ApiError> {
+        let c = self
+            .containers
+            .get(name)
+            .ok_or_else(|| no_container(name))?;
+        let networks = self
+            .networks
+            .values()
+            .filter_map(|n| {
+                let e = n.endpoints.get(name)?;
+                Some((
+                    n.record.name.clone(),
+                    api::EndpointInspect {
+                        network: n.record.name.clone(),
+                        endpoint_id: e.record.id.clone(),
+                        interface: e.record.ifname.clone(),
+                        mac: MacAddr(e.record.mac).to_string(),
+                        ipv4: e.record.ipv4.map(|a| a.addr()),
+                        ipv4_prefix: e.record.ipv4.map(|a| a.prefix_len()),
+                        ipv6: e.record.ipv6.map(|a| a.addr()),
+                        ipv6_prefix: e.record.ipv6.map(|a| a.prefix_len()),
+                        gateway: n.gateway4(),
+                        gateway6: n.gateway6(),
+                        aliases: e.record.aliases.clone(),
+                    },
+                ))
+            })
+            .collect();
+        Ok(api::ContainerInspect {
+            name: c.name.clone(),
+            id: c.id.clone(),
+            netns: c.netns.clone(),
+            pid: c.pid,
+            host: self.config.node_name.clone(),
+            networks,
+            ports: self.port_bindings(name),
+        })
+    }
+}
+
+/// SIGTERM, then SIGKILL after a grace period, as `docker stop` does.
+pub(super) fn stop_process(pid: u32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(pid as i32);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if !is_running(pid) {
+            return;
+        }
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// True while `pid` exists and is not a zombie waiting for its parent (a
+/// zombie still answers `kill(pid, 0)`).
+pub(super) fn is_running(pid: nix::unistd::Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}

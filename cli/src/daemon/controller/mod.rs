@@ -1,0 +1,525 @@
+//! The controller: the daemon's control plane. It owns the durable state,
+//! IPAM and the network/endpoint tables, sets up TAPs in namespaces, and
+//! tells the datapath thread what to switch.
+//!
+//! Every change is made in an order that can be undone: when a step fails,
+//! the steps before it are rolled back, so a refused request leaves nothing
+//! half set up.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde_json::Value;
+use switch::bridge::{BridgeConfig, PortSecurity};
+use switch::dns::{DnsEntry, Zone};
+use switch::gateway::GatewayConfig;
+use switch::nat::{NatConfig, NatLimits};
+use switch::{MacAddr, NetworkId, PortId};
+
+use super::cluster::Cluster;
+use super::datapath::DatapathHandle;
+use super::quic::{self, QuicTransport};
+use super::state::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
+use super::ApiError;
+use crate::api::{self, Driver, Request, SubnetSpec};
+use crate::netns::{self, IfaceConfig};
+use crate::sandbox;
+
+mod cluster_ipam;
+mod containers;
+mod endpoints;
+mod ids;
+mod networks;
+mod overlay_nets;
+mod ports;
+mod restore;
+mod stats;
+
+use ids::{now_rfc3339, random_id, random_u64};
+
+/// What the controller needs to know at start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub state_dir: PathBuf,
+    pub node_name: String,
+    /// Upstream resolvers for names that are not containers'.
+    pub upstreams: Vec<SocketAddr>,
+    pub rootless: bool,
+    /// Datapath worker threads (TAP queues per port).
+    pub workers: usize,
+    /// How long a datapath worker polls after its last event before it
+    /// sleeps.
+    pub busy_poll: Duration,
+    /// Gossip and tunnels, when the daemon has a cluster key.
+    pub cluster: Option<ClusterSettings>,
+    /// How long a dead host's overlay address ranges wait before another
+    /// host takes them over.
+    pub ipam_quarantine: Duration,
+}
+
+/// How this host takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Gossip listen address.
+    pub bind: SocketAddr,
+    /// The address other hosts reach this one at.
+    pub advertise: IpAddr,
+    /// UDP port of the VXLAN tunnel.
+    pub tunnel_port: u16,
+    /// UDP port of the QUIC endpoint (encrypted overlays).
+    pub quic_port: u16,
+    /// Test-only (`--test-quic-impostor`): present a freshly made
+    /// certificate in QUIC handshakes while gossip still publishes the
+    /// stored one's fingerprint, as a host would that is not who it claims
+    /// to be; tests check that such a host exchanges no frame.
+    pub quic_impostor: bool,
+    pub key: overlay::ClusterKey,
+}
+
+/// Default MTU of bridge networks, as Docker's.
+const DEFAULT_MTU: u32 = 1500;
+/// How long an upstream resolver gets before the next one is asked.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Endpoint {
+    record: EndpointRecord,
+    port: PortId,
+    /// Published ports (`-p`).
+    ports: Vec<api::PortMapping>,
+}
+
+#[derive(Debug)]
+struct Network {
+    record: NetworkRecord,
+    /// The bridge domain, for networks that switch frames.
+    id: Option<NetworkId>,
+    zone: Arc<ArcSwap<Zone>>,
+    /// Keyed by container name.
+    endpoints: BTreeMap<String, Endpoint>,
+    /// Overlays: endpoints on other hosts, keyed by (host, key).
+    remotes: BTreeMap<(String, String), overlay::EndpointRecord>,
+    /// Overlays: the tunnel port to each host with endpoints here, and
+    /// where it points.
+    vteps: BTreeMap<String, (PortId, SocketAddr)>,
+    /// Overlays: tunnel ports of admitted foreign VTEPs.
+    static_vteps: BTreeMap<SocketAddr, PortId>,
+    /// Overlays: the cluster-wide allocator (this host's owned ranges).
+    alloc: Option<ipam::cluster::ClusterAllocator>,
+}
+
+impl Network {
+    fn gateway4(&self) -> Option<Ipv4Addr> {
+        self.record.subnets.iter().find_map(|s| match s.gateway {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
+    }
+
+    fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.record.subnets.iter().find_map(|s| match s.gateway {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => None,
+        })
+    }
+
+    fn subnet4(&self) -> Option<Ipv4Net> {
+        self.record.subnets.iter().find_map(|s| match s.subnet {
+            Some(IpNet::V4(n)) => Some(n),
+            _ => None,
+        })
+    }
+
+    fn subnet6(&self) -> Option<Ipv6Net> {
+        self.record.subnets.iter().find_map(|s| match s.subnet {
+            Some(IpNet::V6(n)) => Some(n),
+            _ => None,
+        })
+    }
+
+    fn is_switched(&self) -> bool {
+        matches!(self.record.driver, Driver::Bridge | Driver::Overlay)
+    }
+
+    fn scope(&self) -> &'static str {
+        match self.record.driver {
+            Driver::Overlay => "global",
+            _ => "local",
+        }
+    }
+
+    /// Publishes this network's DNS records (local and, for overlays,
+    /// remote endpoints) to the gateway.
+    fn publish_zone(&self) {
+        let local = self.endpoints.values().map(|e| DnsEntry {
+            name: e.record.container.clone(),
+            aliases: e.record.aliases.clone(),
+            addrs: e
+                .record
+                .ipv4
+                .map(|n| IpAddr::V4(n.addr()))
+                .into_iter()
+                .chain(e.record.ipv6.map(|n| IpAddr::V6(n.addr())))
+                .collect(),
+        });
+        let remote = self.remotes.values().map(|r| DnsEntry {
+            name: r.container.clone(),
+            aliases: r.aliases.clone(),
+            addrs: r
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(r.ipv6.map(IpAddr::V6))
+                .collect(),
+        });
+        self.zone
+            .store(Arc::new(Zone::new(local.chain(remote).collect::<Vec<_>>())));
+    }
+}
+
+/// The control plane.
+#[derive(Debug)]
+pub struct Controller {
+    config: ControllerConfig,
+    store: Store,
+    ipam: ipam::Ipam<String>,
+    datapath: DatapathHandle,
+    cluster: Option<Cluster>,
+    /// The QUIC endpoint of encrypted overlays (with a cluster).
+    quic: Option<QuicTransport>,
+    /// Members declared dead, and since when (for IPAM reclaims).
+    dead_since: BTreeMap<String, std::time::Instant>,
+    /// Gossip events, until the daemon takes them to feed them back.
+    events: Option<std::sync::mpsc::Receiver<overlay::GossipEvent>>,
+    networks: BTreeMap<String, Network>,
+    containers: BTreeMap<String, ContainerRecord>,
+    next_port: u32,
+    next_network: u32,
+    bad_requests: u64,
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn ipam_err(e: ipam::Error) -> ApiError {
+    ApiError::bad(e.to_string())
+}
+
+impl Controller {
+    /// Opens the state, restores networks and endpoints, starts the datapath.
+    pub fn start(config: ControllerConfig) -> anyhow::Result<Controller> {
+        let store = Store::open(&config.state_dir)?;
+        let (tunnel, gossip_socket) = match &config.cluster {
+            Some(cs) => {
+                let tunnel_bind = SocketAddr::new(cs.bind.ip(), cs.tunnel_port);
+                let tunnel = std::net::UdpSocket::bind(tunnel_bind).map_err(|e| {
+                    anyhow::anyhow!(
+                        "binding the tunnel port {tunnel_bind}: {e}; pick another --tunnel-port"
+                    )
+                })?;
+                let gossip = std::net::UdpSocket::bind(cs.bind).map_err(|e| {
+                    anyhow::anyhow!(
+                        "binding the gossip address {}: {e}; pick another --bind",
+                        cs.bind
+                    )
+                })?;
+                (Some(tunnel), Some(gossip))
+            }
+            None => (None, None),
+        };
+        let (quic, published) = match &config.cluster {
+            Some(cs) => {
+                let (t, fingerprint) = start_quic(cs, &config.state_dir, &config.node_name)?;
+                (Some(t), Some(fingerprint))
+            }
+            None => (None, None),
+        };
+        let datapath = DatapathHandle::start(
+            BridgeConfig::default(),
+            tunnel,
+            quic.as_ref().map(QuicTransport::handle),
+            config.workers,
+            config.busy_poll,
+        )?;
+        let (cluster, events) = match (&config.cluster, gossip_socket, published) {
+            (Some(cs), Some(sock), Some(fingerprint)) => {
+                let (c, rx) =
+                    overlay_nets::start_cluster(cs, &config.node_name, sock, fingerprint)?;
+                (Some(c), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let mut c = Controller {
+            config,
+            store,
+            ipam: ipam::Ipam::new(),
+            datapath,
+            cluster,
+            quic,
+            dead_since: BTreeMap::new(),
+            events,
+            networks: BTreeMap::new(),
+            containers: BTreeMap::new(),
+            next_port: 1,
+            next_network: 1,
+            bad_requests: 0,
+        };
+        c.restore()?;
+        c.rejoin_cluster();
+        for (name, driver) in [("host", Driver::Host), ("none", Driver::None)] {
+            if !c.networks.contains_key(name) {
+                c.create_network(api::NetworkCreate {
+                    name: name.into(),
+                    driver,
+                    ..Default::default()
+                })
+                .map_err(|e| anyhow::anyhow!("creating the predefined network `{name}`: {e}"))?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Counts a request refused before decoding.
+    pub fn count_bad_request(&mut self) {
+        self.bad_requests += 1;
+    }
+
+    /// Stops the datapath. TAPs stay in their namespaces (they are
+    /// persistent), so a restarted daemon finds them again.
+    pub fn shutdown(&mut self) {
+        if let Some(mut c) = self.cluster.take() {
+            c.shutdown();
+        }
+        if let Some(mut q) = self.quic.take() {
+            q.shutdown();
+        }
+        self.datapath.shutdown();
+    }
+
+    /// The gossip events, for the daemon to feed back through
+    /// [`Controller::handle_cluster_event`].
+    pub fn take_events(&mut self) -> Option<std::sync::mpsc::Receiver<overlay::GossipEvent>> {
+        self.events.take()
+    }
+
+    fn alloc_port(&mut self) -> PortId {
+        let p = PortId(self.next_port);
+        self.next_port += 1;
+        p
+    }
+
+    /// Executes one API request.
+    pub fn handle(&mut self, req: Request) -> Result<Value, ApiError> {
+        match req {
+            Request::Ping => to_value("OK"),
+            Request::NetworkList => to_value(self.network_list()),
+            Request::NetworkCreate(c) => {
+                let name = c.name.clone();
+                self.create_network(c)?;
+                to_value(self.network_inspect(&name)?)
+            }
+            Request::NetworkInspect(name) => to_value(self.network_inspect(&name)?),
+            Request::NetworkRemove(name) => {
+                self.remove_network(&name)?;
+                to_value(name)
+            }
+            Request::NetworkConnect(net, c) => {
+                let container = c.container.clone();
+                self.connect(&net, c)?;
+                to_value(self.container_inspect(&container)?)
+            }
+            Request::NetworkDisconnect(net, d) => {
+                self.disconnect(&net, &d.container)?;
+                to_value(d.container)
+            }
+            Request::ContainerList => {
+                let names: Vec<_> = self.containers.keys().cloned().collect();
+                let list: Result<Vec<_>, _> =
+                    names.iter().map(|n| self.container_inspect(n)).collect();
+                to_value(list?)
+            }
+            Request::ContainerCreate(c) => {
+                self.create_container(c.clone())?;
+                to_value(self.container_inspect(&c.name)?)
+            }
+            Request::ContainerUpdate(name, u) => {
+                let c = self
+                    .containers
+                    .get_mut(&name)
+                    .ok_or_else(|| no_container(&name))?;
+                c.pid = u.pid;
+                let c = c.clone();
+                self.store.put_container(&c).map_err(internal)?;
+                to_value(self.container_inspect(&name)?)
+            }
+            Request::ContainerInspect(name) => to_value(self.container_inspect(&name)?),
+            Request::ContainerRemove(name) => {
+                self.remove_container(&name)?;
+                to_value(name)
+            }
+            Request::Stats => to_value(self.stats()?),
+            Request::ClusterJoin(j) => to_value(self.join_cluster(&j.peers)?),
+            Request::ClusterLeave => to_value(self.leave_cluster()?),
+            Request::ClusterMembers => to_value(self.members()?),
+            Request::VtepList(n) => to_value(self.vtep_list(&n)?),
+            Request::VtepAdd(n, v) => to_value(self.vtep_add(&n, &v.address)?),
+            Request::VtepRemove(n, v) => to_value(self.vtep_remove(&n, &v.address)?),
+            Request::IpamReclaim(r) => to_value(self.ipam_reclaim(&r.host)?),
+        }
+    }
+}
+
+/// Whether a network's options ask for an encrypted overlay:
+/// `encrypted` (or `encrypted=true`) or `transport=quic`.
+pub(crate) fn is_encrypted(options: &BTreeMap<String, String>) -> Result<bool, ApiError> {
+    let flag = match options.get("encrypted").map(|v| v.to_ascii_lowercase()) {
+        None => None,
+        Some(v) if matches!(v.as_str(), "" | "true" | "1" | "yes") => Some(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "--opt encrypted={v}: say --opt encrypted (or encrypted=true|false)"
+            )))
+        }
+    };
+    let transport = match options.get("transport").map(|v| v.to_ascii_lowercase()) {
+        None => None,
+        Some(v) if v == "quic" => Some(true),
+        Some(v) if v == "udp" => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "--opt transport={v}: the transports are udp (VXLAN, in the clear) and quic (encrypted)"
+            )))
+        }
+    };
+    match (flag, transport) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad(
+            "--opt encrypted and --opt transport=udp contradict each other; encrypted overlays travel over QUIC",
+        )),
+        (a, b) => Ok(a.or(b).unwrap_or(false)),
+    }
+}
+
+/// Starts the QUIC endpoint with the host's stored identity; returns it and
+/// the fingerprint to publish in gossip.
+fn start_quic(
+    cs: &ClusterSettings,
+    state_dir: &Path,
+    node_name: &str,
+) -> anyhow::Result<(QuicTransport, overlay::Fingerprint)> {
+    let bind = SocketAddr::new(cs.bind.ip(), cs.quic_port);
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| {
+        anyhow::anyhow!("binding the QUIC port {bind}: {e}; pick another --quic-port")
+    })?;
+    let identity = quic::load_or_create_identity(state_dir, node_name)?;
+    let published = identity.fingerprint();
+    let presented = if cs.quic_impostor {
+        tracing::warn!(
+            "--test-quic-impostor: presenting a certificate that is not the published one"
+        );
+        overlay::Identity::generate(node_name)?
+    } else {
+        identity
+    };
+    let underlay = overlay_nets::underlay_mtu(cs.advertise);
+    let transport = QuicTransport::start(
+        quic::QuicConfig {
+            identity: presented,
+            local_tunnel: SocketAddr::new(cs.advertise, cs.tunnel_port),
+            udp_payload: quic::udp_payload(underlay, cs.advertise.is_ipv6()),
+        },
+        socket,
+    )?;
+    tracing::info!(fingerprint = %published, "QUIC identity");
+    Ok((transport, published))
+}
+
+fn iface_config(net: &Network, rec: &EndpointRecord) -> IfaceConfig {
+    IfaceConfig {
+        name: rec.ifname.clone(),
+        mac: MacAddr(rec.mac),
+        mtu: net.record.mtu,
+        addrs: rec
+            .ipv4
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(rec.ipv6.map(IpNet::V6))
+            .collect(),
+        gateway4: rec.gateway4,
+        gateway6: rec.gateway6,
+    }
+}
+
+fn security(rec: &EndpointRecord) -> PortSecurity {
+    PortSecurity {
+        mac: MacAddr(rec.mac),
+        ipv4: rec.ipv4.map(|a| a.addr()).into_iter().collect(),
+        ipv6: rec.ipv6.map(|a| a.addr()).into_iter().collect(),
+    }
+}
+
+fn check_netns(p: &Path) -> Result<(), ApiError> {
+    if !p.exists() {
+        return Err(ApiError::bad(format!(
+            "network namespace {} does not exist; create it with `ip netns add NAME` or pass /proc/PID/ns/net of a running container",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+fn no_container(name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "container `{name}` not found; `vswitch network inspect NETWORK` lists connected containers"
+    ))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20"), "{s}");
+        assert!(s.ends_with('Z'));
+    }
+
+    #[rstest::rstest]
+    #[case::none(&[], Ok(false))]
+    #[case::flag(&[("encrypted", "true")], Ok(true))]
+    #[case::flag_empty(&[("encrypted", "")], Ok(true))]
+    #[case::flag_off(&[("encrypted", "false")], Ok(false))]
+    #[case::quic(&[("transport", "quic")], Ok(true))]
+    #[case::udp(&[("transport", "UDP")], Ok(false))]
+    #[case::both(&[("encrypted", "true"), ("transport", "quic")], Ok(true))]
+    #[case::contradiction(&[("encrypted", "true"), ("transport", "udp")], Err(()))]
+    #[case::bad_flag(&[("encrypted", "maybe")], Err(()))]
+    #[case::bad_transport(&[("transport", "tcp")], Err(()))]
+    fn encrypted_option(#[case] opts: &[(&str, &str)], #[case] want: Result<bool, ()>) {
+        let opts: BTreeMap<String, String> = opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(is_encrypted(&opts).map_err(|_| ()), want);
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let a = random_id();
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, random_id());
+    }
+}

@@ -1,0 +1,346 @@
+//! Networks: create (through the network's driver), install into the
+//! datapath, inspect, list, remove.
+
+use super::*;
+
+impl Controller {
+    pub(super) fn network_list(&self) -> Vec<api::NetworkSummary> {
+        self.networks
+            .values()
+            .map(|n| api::NetworkSummary {
+                id: n.record.id.clone(),
+                name: n.record.name.clone(),
+                driver: n.record.driver,
+                scope: n.scope().into(),
+            })
+            .collect()
+    }
+
+    pub(super) fn network(&self, name: &str) -> Result<&Network, ApiError> {
+        self.networks.get(name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "network `{name}` not found; `vswitch network ls` lists the networks"
+            ))
+        })
+    }
+
+    pub(super) fn network_inspect(&self, name: &str) -> Result<api::NetworkInspect, ApiError> {
+        let n = self.network(name)?;
+        let containers = n
+            .endpoints
+            .values()
+            .map(|e| {
+                let id = self
+                    .containers
+                    .get(&e.record.container)
+                    .map(|c| c.id.clone())
+                    .unwrap_or_default();
+                (
+                    id,
+                    api::NetworkContainer {
+                        name: e.record.container.clone(),
+                        endpoint_id: e.record.id.clone(),
+                        mac: MacAddr(e.record.mac).to_string(),
+                        ipv4: e.record.ipv4.map(|a| a.to_string()).unwrap_or_default(),
+                        ipv6: e.record.ipv6.map(|a| a.to_string()).unwrap_or_default(),
+                        host: self.config.node_name.clone(),
+                    },
+                )
+            })
+            .chain(n.remotes.iter().map(|((host, key), r)| {
+                let prefix4 = n.subnet4().map(|s| s.prefix_len()).unwrap_or(32);
+                let prefix6 = n.subnet6().map(|s| s.prefix_len()).unwrap_or(128);
+                (
+                    format!("ep-{key}"),
+                    api::NetworkContainer {
+                        name: r.container.clone(),
+                        endpoint_id: key.clone(),
+                        mac: MacAddr(r.mac).to_string(),
+                        ipv4: r.ipv4.map(|a| format!("{a}/{prefix4}")).unwrap_or_default(),
+                        ipv6: r.ipv6.map(|a| format!("{a}/{prefix6}")).unwrap_or_default(),
+                        host: host.clone(),
+                    },
+                )
+            }))
+            .collect();
+        Ok(api::NetworkInspect {
+            name: n.record.name.clone(),
+            id: n.record.id.clone(),
+            created: n.record.created.clone(),
+            scope: n.scope().into(),
+            driver: n.record.driver,
+            ipv6: n.record.ipv6,
+            internal: n.record.internal,
+            ipam: api::IpamInspect {
+                driver: "default".into(),
+                config: n.record.subnets.clone(),
+            },
+            options: n.record.options.clone(),
+            labels: n.record.labels.clone(),
+            containers,
+            mtu: n.record.mtu,
+            vni: n.record.vni,
+            peers: (n.record.driver == Driver::Overlay).then(|| self.overlay_peers(n)),
+            vteps: (n.record.driver == Driver::Overlay)
+                .then(|| n.static_vteps.keys().map(|a| a.to_string()).collect()),
+        })
+    }
+
+    pub(super) fn create_network(&mut self, req: api::NetworkCreate) -> Result<(), ApiError> {
+        if self.networks.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!(
+                "network `{}` already exists; pick another name or remove it with `vswitch network rm {}`",
+                req.name, req.name
+            )));
+        }
+        for key in req.options.keys() {
+            if !matches!(key.as_str(), "vni" | "encrypted" | "transport") {
+                return Err(ApiError::bad(format!(
+                    "unknown network option `{key}`; known options: vni=N (overlays, to meet a kernel VTEP), encrypted and transport=udp|quic (overlays)"
+                )));
+            }
+        }
+        let encrypted = is_encrypted(&req.options)?;
+        if encrypted && req.driver != Driver::Overlay {
+            return Err(ApiError::bad(format!(
+                "--opt encrypted is for overlay networks, whose frames cross the underlay; the {} driver keeps frames on this host",
+                req.driver.as_str()
+            )));
+        }
+        match req.driver {
+            Driver::Overlay => return self.create_overlay(req),
+            Driver::Host | Driver::None => {
+                if !req.subnets.is_empty() || req.ipv6 {
+                    return Err(ApiError::bad(format!(
+                        "the {} driver has no addresses; drop --subnet/--ipv6 or use --driver bridge",
+                        req.driver.as_str()
+                    )));
+                }
+            }
+            Driver::Bridge => {}
+        }
+        if let Some(mtu) = req.mtu {
+            if !(576..=65_535).contains(&mtu) {
+                return Err(ApiError::bad(format!(
+                    "--mtu {mtu} is out of range; use 576 to 65535"
+                )));
+            }
+        }
+        let subnets = if req.driver == Driver::Bridge {
+            self.allocate_subnets(&req)?
+        } else {
+            Vec::new()
+        };
+        let record = NetworkRecord {
+            name: req.name.clone(),
+            id: random_id(),
+            created: now_rfc3339(),
+            driver: req.driver,
+            ipv6: req.ipv6,
+            internal: req.internal,
+            mtu: req.mtu.unwrap_or(DEFAULT_MTU),
+            subnets,
+            options: req.options,
+            labels: req.labels,
+            vni: None,
+            static_vteps: Vec::new(),
+        };
+        if let Err(e) = self.install_network(record.clone()) {
+            let _ = self.ipam.remove_network(record.name.as_str());
+            return Err(e);
+        }
+        if let Err(e) = self.store.put_network(&record) {
+            self.uninstall_network(&record.name);
+            return Err(internal(e));
+        }
+        tracing::info!(network = %record.name, driver = record.driver.as_str(), "network created");
+        Ok(())
+    }
+
+    /// Resolves the requested subnets through IPAM.
+    pub(super) fn allocate_subnets(
+        &mut self,
+        req: &api::NetworkCreate,
+    ) -> Result<Vec<SubnetSpec>, ApiError> {
+        let mut requests: Vec<ipam::SubnetRequest> = Vec::new();
+        for s in &req.subnets {
+            if let Some(net) = s.subnet {
+                let mut r = ipam::SubnetRequest::fixed(net);
+                if let Some(g) = s.gateway {
+                    r = r.with_gateway(g);
+                }
+                if let Some(range) = s.ip_range {
+                    r = r.with_ip_range(range);
+                }
+                requests.push(r);
+            }
+        }
+        for s in &req.subnets {
+            if s.subnet.is_none() && (s.gateway.is_some() || s.ip_range.is_some()) {
+                return Err(ApiError::bad(
+                    "--gateway and --ip-range need a --subnet to belong to",
+                ));
+            }
+        }
+        let has_v4 = requests
+            .iter()
+            .any(|r| matches!(r.subnet, Some(IpNet::V4(_))));
+        let has_v6 = requests
+            .iter()
+            .any(|r| matches!(r.subnet, Some(IpNet::V6(_))));
+        if has_v6 && !req.ipv6 {
+            return Err(ApiError::bad(
+                "an IPv6 --subnet needs --ipv6 to turn IPv6 on for the network",
+            ));
+        }
+        if !has_v4 {
+            requests.push(ipam::SubnetRequest::auto(ipam::Family::V4));
+        }
+        if req.ipv6 && !has_v6 {
+            requests.push(ipam::SubnetRequest::auto(ipam::Family::V6));
+        }
+        // Connected and specific routes only: a default route covers
+        // everything and would leave no candidate.
+        let avoid: Vec<IpNet> = netns::host_routes()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the host's routes");
+                Vec::new()
+            })
+            .into_iter()
+            .filter(|r| r.prefix_len() > 0)
+            .collect();
+        let configs = self
+            .ipam
+            .add_network(req.name.clone(), &requests, &avoid)
+            .map_err(ipam_err)?;
+        Ok(configs
+            .into_iter()
+            .map(|c| SubnetSpec {
+                subnet: Some(c.subnet),
+                gateway: Some(c.gateway),
+                ip_range: c.ip_range,
+            })
+            .collect())
+    }
+
+    /// Makes a network live: IPAM (when restoring), bridge domain, gateway.
+    pub(super) fn install_network(&mut self, record: NetworkRecord) -> Result<(), ApiError> {
+        if matches!(record.driver, Driver::Bridge | Driver::Overlay)
+            && !self.ipam.contains_network(record.name.as_str())
+        {
+            let configs: Vec<ipam::SubnetConfig> = record
+                .subnets
+                .iter()
+                .filter_map(|s| {
+                    Some(ipam::SubnetConfig {
+                        subnet: s.subnet?,
+                        gateway: s.gateway?,
+                        ip_range: s.ip_range,
+                    })
+                })
+                .collect();
+            self.ipam
+                .restore_network(record.name.clone(), &configs)
+                .map_err(ipam_err)?;
+        }
+        let gateway_mac = MacAddr::local_from_seed(format!("gateway/{}", record.id).as_bytes());
+        let zone = Arc::new(ArcSwap::from_pointee(Zone::default()));
+        let mut net = Network {
+            record,
+            id: None,
+            zone,
+            endpoints: BTreeMap::new(),
+            remotes: BTreeMap::new(),
+            vteps: BTreeMap::new(),
+            static_vteps: BTreeMap::new(),
+            alloc: None,
+        };
+        if net.is_switched() {
+            let id = NetworkId(self.next_network);
+            self.next_network += 1;
+            let gw_port = self.alloc_port();
+            let upstreams = if net.record.internal {
+                Vec::new()
+            } else {
+                self.config.upstreams.clone()
+            };
+            let prefix4 = net.subnet4().map(|n| n.prefix_len());
+            let prefix6 = net.subnet6().map(|n| n.prefix_len());
+            // Every switched network gets a NAT for published ports and
+            // egress (no egress on internal ones). On an overlay each host
+            // has its own: a container's egress and its published ports go
+            // through the host it runs on, as with Docker's gwbridge.
+            let nat = net.is_switched().then(|| NatConfig {
+                gateway_mac,
+                ipv4: net.gateway4().zip(prefix4),
+                ipv6: net.gateway6().zip(prefix6),
+                mtu: net.record.mtu as usize,
+                egress: !net.record.internal,
+                limits: NatLimits::default(),
+                random_seed: random_u64(),
+            });
+            let config = GatewayConfig {
+                mac: gateway_mac,
+                ipv4: net.gateway4().zip(prefix4),
+                ipv6: net.gateway6().zip(prefix6),
+                mtu: net.record.mtu as usize,
+                zone: net.zone.clone(),
+                upstreams,
+                upstream_timeout: UPSTREAM_TIMEOUT,
+                random_seed: random_u64(),
+            };
+            self.datapath
+                .add_network(id, Some((gw_port, config)), nat)
+                .map_err(ApiError::from)?;
+            net.id = Some(id);
+            if let Some(vni) = net.record.vni.and_then(overlay::Vni::new) {
+                self.datapath
+                    .set_vni(id, Some(vni))
+                    .map_err(ApiError::from)?;
+            }
+            for addr in net.record.static_vteps.clone() {
+                let port = self.alloc_port();
+                self.datapath
+                    .add_vtep(port, id, addr)
+                    .map_err(ApiError::from)?;
+                net.static_vteps.insert(addr, port);
+            }
+        }
+        self.networks.insert(net.record.name.clone(), net);
+        Ok(())
+    }
+
+    pub(super) fn uninstall_network(&mut self, name: &str) {
+        if let Some(n) = self.networks.remove(name) {
+            if let Some(id) = n.id {
+                if let Err(e) = self.datapath.remove_network(id) {
+                    tracing::warn!(network = %name, error = %e, "removing bridge domain");
+                }
+            }
+        }
+        let _ = self.ipam.remove_network(name);
+    }
+
+    pub(super) fn remove_network(&mut self, name: &str) -> Result<(), ApiError> {
+        let n = self.network(name)?;
+        if matches!(name, "host" | "none") {
+            return Err(ApiError::bad(format!(
+                "`{name}` is a predefined network and cannot be removed"
+            )));
+        }
+        if !n.endpoints.is_empty() {
+            let names: Vec<&str> = n.endpoints.keys().map(String::as_str).collect();
+            return Err(ApiError::conflict(format!(
+                "network `{name}` has active endpoints ({}); disconnect them first with `vswitch network disconnect {name} CONTAINER`",
+                names.join(", ")
+            )));
+        }
+        if n.record.driver == Driver::Overlay {
+            return self.remove_overlay(name);
+        }
+        self.store.delete_network(name).map_err(internal)?;
+        self.uninstall_network(name);
+        tracing::info!(network = %name, "network removed");
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! `vswitch stats`: the datapath's, the tunnel's, gossip's and the NATs'
+//! counters under the API's names.
+
+use super::*;
+
+impl Controller {
+    pub(super) fn stats(&self) -> Result<api::Stats, ApiError> {
+        let dp = self.datapath.stats().map_err(ApiError::from)?;
+        let mut ports = Vec::new();
+        for n in self.networks.values() {
+            for e in n.endpoints.values() {
+                let c = dp.ports.get(&e.port).copied().unwrap_or_default();
+                ports.push(api::PortStats {
+                    network: n.record.name.clone(),
+                    container: e.record.container.clone(),
+                    interface: e.record.ifname.clone(),
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    tx_packets: c.tx_packets,
+                    tx_bytes: c.tx_bytes,
+                    drops: c.drops,
+                    tx_drops: c.tx_drops,
+                });
+            }
+        }
+        let t = dp.tunnel;
+        let quic_stats = self
+            .quic
+            .as_ref()
+            .map(|q| q.handle().stats())
+            .unwrap_or_default();
+        let tunnel = [
+            ("RxPackets", t.rx_packets),
+            ("TxPackets", t.tx_packets),
+            ("Malformed", t.malformed),
+            ("UnknownVni", t.unknown_vni),
+            ("NonMember", t.non_member),
+            ("SendErrors", t.send_errors),
+            ("ClearOnEncrypted", t.clear_on_encrypted),
+            ("QuicOnPlain", t.quic_on_plain),
+            ("QuicRejected", t.quic_rejected),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(
+            quic_stats
+                .named()
+                .into_iter()
+                .map(|(k, v)| (format!("Quic{k}"), v)),
+        )
+        .collect();
+        let gossip = match &self.cluster {
+            Some(c) => {
+                let g = c.with(|g, _| g.stats());
+                [
+                    ("DatagramsIn", g.datagrams_in),
+                    ("DatagramsOut", g.datagrams_out),
+                    ("AuthFailures", g.auth_failures),
+                    ("DecodeFailures", g.decode_failures),
+                    ("ProtocolErrors", g.protocol_errors),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+            }
+            None => BTreeMap::new(),
+        };
+        Ok(api::Stats {
+            ports,
+            drops: dp
+                .drops
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_string(), n))
+                .collect(),
+            bad_requests: self.bad_requests,
+            suppressed: dp.suppressed,
+            worker_rx_packets: dp.worker_rx_packets.clone(),
+            tunnel,
+            gossip,
+            nat: self
+                .networks
+                .values()
+                .filter_map(|n| {
+                    let st = dp.nat.get(&n.id?)?;
+                    let counters = [
+                        ("TcpInbound", st.tcp_inbound),
+                        ("TcpEgress", st.tcp_egress),
+                        ("TcpActive", st.tcp_active),
+                        ("TcpRefused", st.tcp_refused),
+                        ("TcpConnectFailed", st.tcp_connect_failed),
+                        ("UdpFlows", st.udp_flows),
+                        ("UdpActive", st.udp_active),
+                        ("UdpRefused", st.udp_refused),
+                        ("IcmpFlows", st.icmp_flows),
+                        ("EgressDenied", st.egress_denied),
+                        ("FramesMalformed", st.frames_malformed),
+                        ("FramesDropped", st.frames_dropped),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                    Some((n.record.name.clone(), counters))
+                })
+                .collect(),
+        })
+    }
+}
