@@ -10,7 +10,7 @@ pub mod state;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -97,6 +97,11 @@ pub struct DaemonArgs {
     /// Tests only: present a QUIC certificate other than the published one.
     #[arg(long, hide = true)]
     pub test_quic_impostor: bool,
+    /// Tests only: fail points to set, `NAME=ACTIONS;...` in fail-rs's
+    /// syntax (e.g. `connect::store=return;connect::netlink=sleep(3000)`),
+    /// to fail, slow down or panic a step of a request.
+    #[arg(long, hide = true, value_name = "SPEC")]
+    pub test_failpoints: Option<String>,
     /// File holding the cluster key.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
@@ -222,6 +227,23 @@ fn enter_rootless() -> Result<Info> {
     })
 }
 
+/// Sets the fail points of `--test-failpoints`.
+fn set_failpoints(spec: &str) -> Result<()> {
+    for item in spec.split(';').filter(|s| !s.trim().is_empty()) {
+        let (name, actions) = item
+            .split_once('=')
+            .with_context(|| format!("--test-failpoints: `{item}` is not NAME=ACTIONS"))?;
+        fail::cfg(name.trim(), actions.trim())
+            .map_err(|e| anyhow::anyhow!("--test-failpoints: `{item}`: {e}"))?;
+        tracing::warn!(
+            failpoint = name.trim(),
+            actions = actions.trim(),
+            "test fail point set"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: DaemonArgs) -> Result<()> {
     init_logging(&args);
@@ -246,6 +268,9 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    if let Some(spec) = &args.test_failpoints {
+        set_failpoints(spec)?;
+    }
     let upstreams = if args.dns.is_empty() {
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         resolv_conf_servers(&text)
@@ -312,24 +337,24 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         let ctrl = tokio::task::spawn_blocking(move || controller::Controller::start(config))
             .await
             .context("controller start")??;
-        let ctrl = Arc::new(Mutex::new(ctrl));
-        // Gossip events are applied by a thread of their own.
-        let events = ctrl.lock().unwrap_or_else(|p| p.into_inner()).take_events();
-        if let Some(events) = events {
+        let ctrl = Arc::new(controller::ControlPlane::new(ctrl));
+        // Gossip events are applied by a thread of their own, each under the
+        // controller's lock for as long as it takes to apply (never while a
+        // request waits on netlink: see `controller::plane`).
+        if let Some(events) = ctrl.take_events() {
             let ctrl = ctrl.clone();
             std::thread::Builder::new()
                 .name("vswitch-cluster-events".into())
                 .spawn(move || loop {
                     // Events as they come; timers at least every 250 ms.
-                    match events.recv_timeout(std::time::Duration::from_millis(250)) {
-                        Ok(ev) => ctrl
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .handle_cluster_event(ev),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            ctrl.lock().unwrap_or_else(|p| p.into_inner()).tick()
-                        }
+                    let applied = match events.recv_timeout(std::time::Duration::from_millis(250)) {
+                        Ok(ev) => ctrl.with(|c| c.handle_cluster_event(ev)),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => ctrl.with(|c| c.tick()),
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    if applied.is_none() {
+                        // The daemon is stopping after an internal error.
+                        break;
                     }
                 })?;
         }
@@ -337,17 +362,18 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(server::serve(listener, ctrl.clone(), info, stop_rx));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
+        let failure = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); None }
+            why = ctrl.failed() => Some(why),
+        };
         let _ = stop_tx.send(true);
         let _ = server.await;
         let _ = std::fs::remove_file(&socket);
-        tokio::task::spawn_blocking(move || {
-            ctrl.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
-        })
-        .await?;
+        tokio::task::spawn_blocking(move || ctrl.shutdown()).await?;
+        if let Some(why) = failure {
+            bail!("vswitchd stopped after an internal error ({why}); start it again to restore its state from the store");
+        }
         tracing::info!("vswitchd stopped");
         Ok(())
     })

@@ -1,9 +1,11 @@
 //! The control API server: HTTP/1.1 on a Unix socket, one task per
 //! connection, requests decoded by [`Request::decode`] and executed by the
-//! [`Controller`] on a blocking thread (it does netlink and namespace work).
+//! [`ControlPlane`] on a blocking thread (it does netlink and namespace
+//! work, with the controller's lock taken only for the steps that do not
+//! wait).
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -14,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use super::controller::Controller;
+use super::controller::ControlPlane;
 use super::ApiError;
 use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
 
@@ -38,7 +40,7 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    ctrl: Arc<Mutex<Controller>>,
+    ctrl: Arc<ControlPlane>,
     info: Arc<Info>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -76,12 +78,9 @@ async fn handle(
     let result = loop {
         let ctrl2 = ctrl.clone();
         let req = request.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut c = ctrl2.lock().unwrap_or_else(|p| p.into_inner());
-            c.handle(req)
-        })
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
+        let result = tokio::task::spawn_blocking(move || ctrl2.handle(req))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
         match result {
             Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -100,16 +99,14 @@ async fn handle(
     })
 }
 
-fn count_bad(ctrl: &Arc<Mutex<Controller>>) {
-    if let Ok(mut c) = ctrl.lock() {
-        c.count_bad_request();
-    }
+fn count_bad(ctrl: &Arc<ControlPlane>) {
+    ctrl.count_bad_request();
 }
 
 /// Serves until `shutdown` turns true; `GET /v1/info` answers `info`.
 pub async fn serve(
     listener: UnixListener,
-    ctrl: Arc<Mutex<Controller>>,
+    ctrl: Arc<ControlPlane>,
     info: Info,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -2,6 +2,61 @@
 
 use super::*;
 
+impl ControlPlane {
+    /// `vswitch rm`: stops the container's process (without the lock: it
+    /// may take seconds), disconnects it from every network, deletes its
+    /// namespace if vswitch made it. Every step is tried; the failures are
+    /// reported together.
+    pub(super) fn remove_container(&self, name: &str) -> Result<(), ApiError> {
+        let (pid, nets) = {
+            let c = self.lock()?;
+            let rec = c.containers.get(name).ok_or_else(|| no_container(name))?;
+            if let Some(network) = c.connecting.get(name) {
+                return Err(ApiError::conflict(format!(
+                    "container `{name}` is being connected to network `{network}`; try again when that is done"
+                )));
+            }
+            let nets: Vec<String> = c
+                .networks
+                .iter()
+                .filter(|(_, n)| n.endpoints.contains_key(name))
+                .map(|(k, _)| k.clone())
+                .collect();
+            (rec.pid, nets)
+        };
+        if let Some(pid) = pid {
+            stop_process(pid);
+        }
+        let mut errors = Vec::new();
+        for n in nets {
+            if let Err(e) = self.disconnect(&n, name) {
+                errors.push(format!("disconnecting from `{n}`: {e}"));
+            }
+        }
+        let record = {
+            let mut c = self.lock()?;
+            if let Err(e) = c.store.delete_container(name) {
+                errors.push(e.to_string());
+            }
+            c.containers.remove(name)
+        };
+        if let Some(p) = record.filter(|r| r.owns_netns).and_then(|r| r.netns) {
+            let ns_name = p.file_name().and_then(|s| s.to_str()).unwrap_or(name);
+            if let Err(e) = sandbox::delete_netns(ns_name) {
+                errors.push(format!("deleting namespace {}: {e}", p.display()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::internal(format!(
+                "container `{name}` removed with errors: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
 impl Controller {
     pub(super) fn create_container(&mut self, c: api::ContainerCreate) -> Result<(), ApiError> {
         if self.containers.contains_key(&c.name) {
@@ -23,49 +78,6 @@ impl Controller {
         self.store.put_container(&rec).map_err(internal)?;
         self.containers.insert(rec.name.clone(), rec);
         Ok(())
-    }
-
-    pub(super) fn remove_container(&mut self, name: &str) -> Result<(), ApiError> {
-        let c = self
-            .containers
-            .get(name)
-            .cloned()
-            .ok_or_else(|| no_container(name))?;
-        let mut errors = Vec::new();
-        if let Some(pid) = c.pid {
-            stop_process(pid);
-        }
-        let nets: Vec<String> = self
-            .networks
-            .iter()
-            .filter(|(_, n)| n.endpoints.contains_key(name))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for n in nets {
-            if let Err(e) = self.disconnect(&n, name) {
-                errors.push(format!("disconnecting from `{n}`: {e}"));
-            }
-        }
-        if c.owns_netns {
-            if let Some(p) = &c.netns {
-                let ns_name = p.file_name().and_then(|s| s.to_str()).unwrap_or(name);
-                if let Err(e) = sandbox::delete_netns(ns_name) {
-                    errors.push(format!("deleting namespace {}: {e}", p.display()));
-                }
-            }
-        }
-        if let Err(e) = self.store.delete_container(name) {
-            errors.push(e.to_string());
-        }
-        self.containers.remove(name);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::internal(format!(
-                "container `{name}` removed with errors: {}",
-                errors.join("; ")
-            )))
-        }
     }
 
     pub(super) fn container_inspect(&self, name: &str) -> Result<api::ContainerInspect, ApiError> {

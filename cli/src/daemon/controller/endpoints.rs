@@ -1,18 +1,140 @@
 //! Endpoints: `network connect` and `disconnect`.
+//!
+//! A connect runs in three phases so that the controller's lock is never
+//! held while netlink works in the container's namespace:
+//! 1. locked: checks, the container's record, host ports bound, addresses
+//!    from the network's driver, the endpoint's record decided;
+//! 2. unlocked: the interface name picked and the TAP made in the
+//!    namespace;
+//! 3. locked: the port attached to the datapath, the record stored, the
+//!    endpoint in the network's table, DNS and (overlays) the cluster
+//!    directory, published ports forwarding.
+//!
+//! Every step pushes its inverse on a [`Rollback`]; a failure at any step
+//! undoes all the earlier ones, so a refused connect leaves nothing. The
+//! steps are named fail points (`connect::addresses`, `connect::netlink`,
+//! `connect::tap`, `connect::datapath`, `connect::store`,
+//! `connect::endpoint`, `connect::published`), which tests set through
+//! `vswitchd --test-failpoints` to fail, slow down or panic a step.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use super::ports::Bound;
+use super::rollback::{Rollback, Undo};
 use super::*;
 
-impl Controller {
-    pub(super) fn connect(&mut self, network: &str, req: api::Connect) -> Result<(), ApiError> {
-        let net = self.network(network)?;
-        match net.record.driver {
-            Driver::Bridge | Driver::Overlay => {}
-            Driver::Host | Driver::None => {
-                return Err(ApiError::bad(format!(
-                    "network `{network}` uses the {} driver, which has no endpoints to connect; use `vswitch run --network {network}`",
-                    net.record.driver.as_str()
-                )))
+/// A fail point: in tests, the step `name` fails here.
+macro_rules! step {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| Err(ApiError::internal(concat!(
+            "fail point ",
+            $name
+        ))))
+    };
+}
+
+/// What phase 1 of a connect decided.
+struct Plan {
+    network: String,
+    driver: Driver,
+    netns: PathBuf,
+    /// The endpoint's record; its interface name is picked in phase 2.
+    record: EndpointRecord,
+    /// The interface as netlink makes it (name filled in phase 2).
+    iface: IfaceConfig,
+    queues: usize,
+    bound: Vec<Bound>,
+    mappings: Vec<api::PortMapping>,
+}
+
+/// A TAP detached from the datapath, still to be deleted (by netlink,
+/// without the lock).
+#[derive(Debug)]
+pub(super) struct Detached {
+    tap: Option<switch::tap::Tap>,
+    netns: Option<PathBuf>,
+    ifname: String,
+}
+
+impl Detached {
+    /// Deletes the TAP: not persistent any more, closed, and removed from
+    /// its namespace.
+    pub(super) fn delete(self) {
+        if let Some(tap) = self.tap {
+            let _ = tap.set_persist(false);
+        }
+        if let Some(netns) = &self.netns {
+            if let Err(e) = netns::remove_tap(netns, &self.ifname) {
+                tracing::warn!(ifname = %self.ifname, error = %e, "removing TAP");
             }
+        }
+    }
+}
+
+impl ControlPlane {
+    /// `network connect`.
+    pub(super) fn connect(&self, network: &str, req: api::Connect) -> Result<(), ApiError> {
+        let mut rollback = Rollback::default();
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.connect_steps(network, &req, &mut rollback)
+        })) {
+            Ok(Ok(())) => {
+                rollback.commit();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                rollback.run(self);
+                Err(e)
+            }
+            Err(panic) => {
+                // Undo what was set up, then let the request fail as a bug.
+                rollback.run(self);
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    fn connect_steps(
+        &self,
+        network: &str,
+        req: &api::Connect,
+        rollback: &mut Rollback,
+    ) -> Result<(), ApiError> {
+        let mut plan = self.lock()?.plan_connect(network, req, rollback)?;
+        step!("connect::netlink");
+        plan.record.ifname =
+            netns::next_ifname(&plan.netns).map_err(|e| ApiError::bad(e.to_string()))?;
+        plan.iface.name = plan.record.ifname.clone();
+        rollback.push(Undo::Tap {
+            netns: plan.netns.clone(),
+            ifname: plan.record.ifname.clone(),
+        });
+        let tap = netns::attach_tap_queues(&plan.netns, &plan.iface, plan.queues)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        step!("connect::tap");
+        self.lock()?.finish_connect(plan, tap, rollback)
+    }
+
+    /// `network disconnect`.
+    pub(super) fn disconnect(&self, network: &str, container: &str) -> Result<(), ApiError> {
+        let detached = self.lock()?.detach_endpoint(network, container)?;
+        detached.delete();
+        Ok(())
+    }
+}
+
+impl Controller {
+    /// Phase 1 of a connect.
+    fn plan_connect(
+        &mut self,
+        network: &str,
+        req: &api::Connect,
+        rollback: &mut Rollback,
+    ) -> Result<Plan, ApiError> {
+        let net = self.network(network)?;
+        let kind = net.record.driver;
+        if !drivers::of(kind).switches() {
+            return Err(drivers::no_endpoints(kind, network));
         }
         if net.endpoints.contains_key(&req.container) {
             return Err(ApiError::conflict(format!(
@@ -20,8 +142,13 @@ impl Controller {
                 req.container
             )));
         }
+        if let Some(other) = self.connecting.get(&req.container) {
+            return Err(ApiError::conflict(format!(
+                "container `{}` is being connected to network `{other}`; try again when that is done",
+                req.container
+            )));
+        }
         // The container: known, or introduced by this connect with --netns.
-        let mut created_container = false;
         match (self.containers.get(&req.container), &req.netns) {
             (Some(c), Some(p)) if c.netns.as_deref() != Some(p.as_path()) => {
                 return Err(ApiError::conflict(format!(
@@ -51,23 +178,15 @@ impl Controller {
                     owns_netns: false,
                     pid: None,
                 })?;
-                created_container = true;
+                rollback.push(Undo::Container(req.container.clone()));
             }
         }
-        let result = self.connect_endpoint(network, &req);
-        if result.is_err() && created_container {
-            self.forget_container_if_unused(&req.container);
-        }
-        result
-    }
+        self.connecting
+            .insert(req.container.clone(), network.to_string());
+        rollback.push(Undo::Connecting(req.container.clone()));
 
-    pub(super) fn connect_endpoint(
-        &mut self,
-        network: &str,
-        req: &api::Connect,
-    ) -> Result<(), ApiError> {
         let container = self.containers[&req.container].clone();
-        let netns = container.netns.clone().expect("checked by connect");
+        let netns = container.netns.clone().expect("checked above");
         let first = !self
             .networks
             .values()
@@ -98,7 +217,7 @@ impl Controller {
         // The ports as bound: a host port 0 became the one the kernel picked.
         let mappings: Vec<api::PortMapping> = bound.iter().map(|b| b.mapping()).collect();
         let net = &self.networks[network];
-        let (subnet4, subnet6, gw4, gw6, is_internal) = (
+        let (subnet4, subnet6, gw4, gw6, internal) = (
             net.subnet4(),
             net.subnet6(),
             net.gateway4(),
@@ -106,18 +225,15 @@ impl Controller {
             net.record.internal,
         );
 
-        // Addresses first: they are the easiest to give back.
-        let is_overlay = net.record.driver == Driver::Overlay;
-        let mut allocated: Vec<IpAddr> = Vec::new();
+        let driver = drivers::of(kind);
         let ipv4 = match subnet4 {
             Some(n) => {
-                let a = self.allocate_addr(
-                    network,
-                    is_overlay,
-                    ipam::Family::V4,
-                    req.ip.map(IpAddr::V4),
-                )?;
-                allocated.push(a);
+                let a = driver.allocate(self, network, ipam::Family::V4, req.ip.map(IpAddr::V4))?;
+                rollback.push(Undo::Addresses {
+                    network: network.to_string(),
+                    driver: kind,
+                    addrs: vec![a],
+                });
                 match a {
                     IpAddr::V4(a) => {
                         Some(Ipv4Net::new(a, n.prefix_len()).expect("prefix from a subnet"))
@@ -129,30 +245,23 @@ impl Controller {
         };
         let ipv6 = match subnet6 {
             Some(n) => {
-                let a = self.allocate_addr(
-                    network,
-                    is_overlay,
-                    ipam::Family::V6,
-                    req.ip6.map(IpAddr::V6),
-                );
+                let a =
+                    driver.allocate(self, network, ipam::Family::V6, req.ip6.map(IpAddr::V6))?;
+                rollback.push(Undo::Addresses {
+                    network: network.to_string(),
+                    driver: kind,
+                    addrs: vec![a],
+                });
                 match a {
-                    Ok(a) => {
-                        allocated.push(a);
-                        match a {
-                            IpAddr::V6(a) => {
-                                Some(Ipv6Net::new(a, n.prefix_len()).expect("prefix from a subnet"))
-                            }
-                            IpAddr::V4(_) => None,
-                        }
+                    IpAddr::V6(a) => {
+                        Some(Ipv6Net::new(a, n.prefix_len()).expect("prefix from a subnet"))
                     }
-                    Err(e) => {
-                        self.release_addrs(network, is_overlay, &allocated);
-                        return Err(e);
-                    }
+                    IpAddr::V4(_) => None,
                 }
             }
             None => None,
         };
+        step!("connect::addresses");
         let mac = mac.unwrap_or_else(|| match ipv4 {
             Some(a) => {
                 let o = a.addr().octets();
@@ -160,19 +269,12 @@ impl Controller {
             }
             None => MacAddr::local_from_seed(format!("{}/{network}", container.id).as_bytes()),
         });
-        let ifname = match netns::next_ifname(&netns) {
-            Ok(n) => n,
-            Err(e) => {
-                self.release_addrs(network, is_overlay, &allocated);
-                return Err(ApiError::bad(e.to_string()));
-            }
-        };
-        let default_route = first && !is_internal;
-        let rec = EndpointRecord {
+        let default_route = first && !internal;
+        let record = EndpointRecord {
             container: req.container.clone(),
             network: network.to_string(),
             id: random_id(),
-            ifname,
+            ifname: String::new(),
             mac: mac.0,
             ipv4,
             ipv6,
@@ -180,141 +282,128 @@ impl Controller {
             gateway6: if default_route { gw6 } else { None },
             aliases: req.aliases.clone(),
         };
-        let net = &self.networks[network];
-        let tap = match netns::attach_tap_queues(
-            &netns,
-            &iface_config(net, &rec),
-            self.datapath.queues(),
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                self.release_addrs(network, is_overlay, &allocated);
-                let _ = netns::remove_tap(&netns, &rec.ifname);
-                return Err(ApiError::bad(e.to_string()));
-            }
-        };
-        let id = net.id.expect("bridge networks have a datapath");
+        let iface = iface_config(&self.networks[network], &record);
+        Ok(Plan {
+            network: network.to_string(),
+            driver: kind,
+            netns,
+            record,
+            iface,
+            queues: self.datapath.queues(),
+            bound,
+            mappings,
+        })
+    }
+
+    /// Phase 3 of a connect.
+    fn finish_connect(
+        &mut self,
+        plan: Plan,
+        tap: Vec<switch::tap::Tap>,
+        rollback: &mut Rollback,
+    ) -> Result<(), ApiError> {
+        let Plan {
+            network,
+            driver,
+            record,
+            bound,
+            mappings,
+            ..
+        } = plan;
+        let container = record.container.clone();
+        // The network cannot have gone: removing it waits for connects.
+        let id = self.networks[&network]
+            .id
+            .expect("networks with endpoints have a datapath");
         let port = self.alloc_port();
-        if let Err(e) = self.datapath.add_port(port, id, tap, security(&rec)) {
-            self.release_addrs(network, is_overlay, &allocated);
-            let _ = netns::remove_tap(&netns, &rec.ifname);
-            return Err(e.into());
-        }
-        if let Err(e) = self.store.put_endpoint(&rec) {
-            self.teardown_port(port, &netns, &rec.ifname);
-            self.release_addrs(network, is_overlay, &allocated);
-            return Err(internal(e));
-        }
-        tracing::info!(container = %rec.container, network, ifname = %rec.ifname,
-            ipv4 = ?rec.ipv4, ipv6 = ?rec.ipv6, "endpoint connected");
-        let net = self.networks.get_mut(network).expect("exists");
-        let overlay = net.record.driver == Driver::Overlay;
+        self.datapath.add_port(port, id, tap, security(&record))?;
+        rollback.push(Undo::Port(port));
+        step!("connect::datapath");
+        self.store.put_endpoint(&record).map_err(internal)?;
+        rollback.push(Undo::Stored {
+            container: container.clone(),
+            network: network.clone(),
+        });
+        step!("connect::store");
+        tracing::info!(%container, %network, ifname = %record.ifname,
+            ipv4 = ?record.ipv4, ipv6 = ?record.ipv6, "endpoint connected");
+        let net = self.networks.get_mut(&network).expect("exists");
         net.endpoints.insert(
-            rec.container.clone(),
+            container.clone(),
             Endpoint {
-                record: rec,
+                record,
                 port,
                 ports: mappings.clone(),
             },
         );
         net.publish_zone();
-        if overlay {
-            self.publish_local_endpoint(network, &req.container);
-        }
-        let published = self
-            .save_ports(&req.container, network, &mappings)
-            .and_then(|()| self.start_forwarding(network, &req.container, bound));
-        if let Err(e) = published {
-            if let Err(undo) = self.disconnect(network, &req.container) {
-                tracing::warn!(error = %undo, "undoing a failed connect");
-            }
-            return Err(e);
-        }
+        drivers::of(driver).endpoint_connected(self, &network, &container);
+        rollback.push(Undo::Endpoint {
+            network: network.clone(),
+            container: container.clone(),
+            driver,
+        });
+        step!("connect::endpoint");
+        rollback.push(Undo::Published {
+            network: network.clone(),
+            container: container.clone(),
+            port,
+        });
+        self.save_ports(&container, &network, &mappings)?;
+        self.start_forwarding(&network, &container, bound)?;
+        step!("connect::published");
+        self.connecting.remove(&container);
         Ok(())
     }
 
-    /// An address for an endpoint: from this host's IPAM, or for overlays
-    /// from the ranges this host owns in the cluster.
-    pub(super) fn allocate_addr(
+    /// Takes an endpoint out of the tables, the store, DNS, the cluster
+    /// directory and the datapath, and gives its addresses back; the TAP is
+    /// left for the caller to delete without the lock.
+    pub(super) fn detach_endpoint(
         &mut self,
         network: &str,
-        overlay: bool,
-        family: ipam::Family,
-        wanted: Option<IpAddr>,
-    ) -> Result<IpAddr, ApiError> {
-        if overlay {
-            return self.overlay_allocate(network, family, wanted);
-        }
-        match wanted {
-            Some(ip) => self.ipam.allocate_static(network, ip),
-            None => self.ipam.allocate(network, family),
-        }
-        .map_err(ipam_err)
-    }
-
-    pub(super) fn release_addrs(&mut self, network: &str, overlay: bool, addrs: &[IpAddr]) {
-        for a in addrs {
-            if overlay {
-                self.overlay_release(network, *a);
-            } else if let Err(e) = self.ipam.release(network, *a) {
-                tracing::warn!(%a, error = %e, "releasing address");
-            }
-        }
-    }
-
-    /// Detaches a port from the datapath and deletes its TAP.
-    pub(super) fn teardown_port(&mut self, port: PortId, netns: &Path, ifname: &str) {
-        match self.datapath.remove_port(port) {
-            Ok(Some(tap)) => {
-                let _ = tap.set_persist(false);
-                drop(tap);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "detaching port"),
-        }
-        if let Err(e) = netns::remove_tap(netns, ifname) {
-            tracing::warn!(ifname, error = %e, "removing TAP");
-        }
-    }
-
-    pub(super) fn disconnect(&mut self, network: &str, container: &str) -> Result<(), ApiError> {
+        container: &str,
+    ) -> Result<Detached, ApiError> {
         let net = self.network(network)?;
         if !net.endpoints.contains_key(container) {
             return Err(ApiError::not_found(format!(
                 "container `{container}` is not connected to network `{network}`"
             )));
         }
+        let kind = net.record.driver;
+        let driver = drivers::of(kind);
         self.store
             .delete_endpoint(container, network)
             .map_err(internal)?;
         let net = self.networks.get_mut(network).expect("exists");
         let ep = net.endpoints.remove(container).expect("checked");
         net.publish_zone();
-        if net.record.driver == Driver::Overlay {
-            self.withdraw_local_endpoint(&ep.record.id);
-        }
+        driver.endpoint_disconnected(self, &ep.record.id);
         self.unpublish(network, container, ep.port);
-        let netns = self.containers.get(container).and_then(|c| c.netns.clone());
-        if let Some(netns) = netns {
-            self.teardown_port(ep.port, &netns, &ep.record.ifname);
-        } else {
-            let _ = self.datapath.remove_port(ep.port);
-        }
-        let is_overlay = self
-            .networks
-            .get(network)
-            .is_some_and(|n| n.record.driver == Driver::Overlay);
-        let addrs: Vec<IpAddr> = ep
+        let tap = match self.datapath.remove_port(ep.port) {
+            Ok(tap) => tap,
+            Err(e) => {
+                tracing::warn!(error = %e, "detaching port");
+                None
+            }
+        };
+        for a in ep
             .record
             .ipv4
             .map(|n| IpAddr::V4(n.addr()))
             .into_iter()
             .chain(ep.record.ipv6.map(|n| IpAddr::V6(n.addr())))
-            .collect();
-        self.release_addrs(network, is_overlay, &addrs);
+        {
+            driver.release(self, network, a);
+        }
         tracing::info!(container, network, "endpoint disconnected");
+        let netns = self.containers.get(container).and_then(|c| c.netns.clone());
         self.forget_container_if_unused(container);
-        Ok(())
+        Ok(Detached {
+            tap,
+            netns,
+            ifname: ep.record.ifname,
+        })
     }
 
     /// A container introduced by `network connect` goes when its last
@@ -323,7 +412,8 @@ impl Controller {
         let used = self
             .networks
             .values()
-            .any(|n| n.endpoints.contains_key(name));
+            .any(|n| n.endpoints.contains_key(name))
+            || self.connecting.contains_key(name);
         let Some(c) = self.containers.get(name) else {
             return;
         };

@@ -32,15 +32,19 @@ use crate::sandbox;
 
 mod cluster_ipam;
 mod containers;
+mod drivers;
 mod endpoints;
 mod ids;
 mod networks;
 mod overlay_nets;
+mod plane;
 mod ports;
 mod restore;
+mod rollback;
 mod stats;
 
 use ids::{now_rfc3339, random_id, random_u64};
+pub use plane::ControlPlane;
 
 /// What the controller needs to know at start.
 #[derive(Debug, Clone)]
@@ -87,7 +91,7 @@ const DEFAULT_MTU: u32 = 1500;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
-struct Endpoint {
+pub(super) struct Endpoint {
     record: EndpointRecord,
     port: PortId,
     /// Published ports (`-p`).
@@ -95,7 +99,7 @@ struct Endpoint {
 }
 
 #[derive(Debug)]
-struct Network {
+pub(super) struct Network {
     record: NetworkRecord,
     /// The bridge domain, for networks that switch frames.
     id: Option<NetworkId>,
@@ -143,14 +147,11 @@ impl Network {
     }
 
     fn is_switched(&self) -> bool {
-        matches!(self.record.driver, Driver::Bridge | Driver::Overlay)
+        drivers::of(self.record.driver).switches()
     }
 
     fn scope(&self) -> &'static str {
-        match self.record.driver {
-            Driver::Overlay => "global",
-            _ => "local",
-        }
+        drivers::of(self.record.driver).scope()
     }
 
     /// Publishes this network's DNS records (local and, for overlays,
@@ -198,6 +199,10 @@ pub struct Controller {
     events: Option<std::sync::mpsc::Receiver<overlay::GossipEvent>>,
     networks: BTreeMap<String, Network>,
     containers: BTreeMap<String, ContainerRecord>,
+    /// Connects in flight (container -> network), between their locked
+    /// phases: the container cannot be removed or connected again, nor the
+    /// network removed, meanwhile.
+    connecting: BTreeMap<String, String>,
     next_port: u32,
     next_network: u32,
     bad_requests: u64,
@@ -266,6 +271,7 @@ impl Controller {
             events,
             networks: BTreeMap::new(),
             containers: BTreeMap::new(),
+            connecting: BTreeMap::new(),
             next_port: 1,
             next_network: 1,
             bad_requests: 0,
@@ -329,15 +335,13 @@ impl Controller {
                 self.remove_network(&name)?;
                 to_value(name)
             }
-            Request::NetworkConnect(net, c) => {
-                let container = c.container.clone();
-                self.connect(&net, c)?;
-                to_value(self.container_inspect(&container)?)
-            }
-            Request::NetworkDisconnect(net, d) => {
-                self.disconnect(&net, &d.container)?;
-                to_value(d.container)
-            }
+            // These wait on netlink or on a process: [`ControlPlane`]
+            // runs them in phases, with the lock released in between.
+            Request::NetworkConnect(..)
+            | Request::NetworkDisconnect(..)
+            | Request::ContainerRemove(..) => Err(ApiError::internal(
+                "this request is handled by the control plane, not under the controller's lock",
+            )),
             Request::ContainerList => {
                 let names: Vec<_> = self.containers.keys().cloned().collect();
                 let list: Result<Vec<_>, _> =
@@ -359,10 +363,6 @@ impl Controller {
                 to_value(self.container_inspect(&name)?)
             }
             Request::ContainerInspect(name) => to_value(self.container_inspect(&name)?),
-            Request::ContainerRemove(name) => {
-                self.remove_container(&name)?;
-                to_value(name)
-            }
             Request::Stats => to_value(self.stats()?),
             Request::ClusterJoin(j) => to_value(self.join_cluster(&j.peers)?),
             Request::ClusterLeave => to_value(self.leave_cluster()?),

@@ -63,7 +63,7 @@ impl Controller {
                 )
             }))
             .collect();
-        Ok(api::NetworkInspect {
+        let mut out = api::NetworkInspect {
             name: n.record.name.clone(),
             id: n.record.id.clone(),
             created: n.record.created.clone(),
@@ -80,10 +80,11 @@ impl Controller {
             containers,
             mtu: n.record.mtu,
             vni: n.record.vni,
-            peers: (n.record.driver == Driver::Overlay).then(|| self.overlay_peers(n)),
-            vteps: (n.record.driver == Driver::Overlay)
-                .then(|| n.static_vteps.keys().map(|a| a.to_string()).collect()),
-        })
+            peers: None,
+            vteps: None,
+        };
+        drivers::of(n.record.driver).inspect(self, n, &mut out);
+        Ok(out)
     }
 
     pub(super) fn create_network(&mut self, req: api::NetworkCreate) -> Result<(), ApiError> {
@@ -100,37 +101,20 @@ impl Controller {
                 )));
             }
         }
-        let encrypted = is_encrypted(&req.options)?;
-        if encrypted && req.driver != Driver::Overlay {
-            return Err(ApiError::bad(format!(
-                "--opt encrypted is for overlay networks, whose frames cross the underlay; the {} driver keeps frames on this host",
-                req.driver.as_str()
-            )));
-        }
-        match req.driver {
-            Driver::Overlay => return self.create_overlay(req),
-            Driver::Host | Driver::None => {
-                if !req.subnets.is_empty() || req.ipv6 {
-                    return Err(ApiError::bad(format!(
-                        "the {} driver has no addresses; drop --subnet/--ipv6 or use --driver bridge",
-                        req.driver.as_str()
-                    )));
-                }
-            }
-            Driver::Bridge => {}
-        }
-        if let Some(mtu) = req.mtu {
-            if !(576..=65_535).contains(&mtu) {
-                return Err(ApiError::bad(format!(
-                    "--mtu {mtu} is out of range; use 576 to 65535"
-                )));
-            }
-        }
-        let subnets = if req.driver == Driver::Bridge {
-            self.allocate_subnets(&req)?
-        } else {
-            Vec::new()
-        };
+        // Malformed values are refused whatever the driver.
+        is_encrypted(&req.options)?;
+        let driver = drivers::of(req.driver);
+        driver.validate(self, &req)?;
+        driver.create(self, req)
+    }
+
+    /// Makes a network of a local driver from a validated request and its
+    /// resolved subnets: live, then durable.
+    pub(super) fn create_local(
+        &mut self,
+        req: api::NetworkCreate,
+        subnets: Vec<SubnetSpec>,
+    ) -> Result<(), ApiError> {
         let record = NetworkRecord {
             name: req.name.clone(),
             id: random_id(),
@@ -225,7 +209,7 @@ impl Controller {
 
     /// Makes a network live: IPAM (when restoring), bridge domain, gateway.
     pub(super) fn install_network(&mut self, record: NetworkRecord) -> Result<(), ApiError> {
-        if matches!(record.driver, Driver::Bridge | Driver::Overlay)
+        if drivers::of(record.driver).switches()
             && !self.ipam.contains_network(record.name.as_str())
         {
             let configs: Vec<ipam::SubnetConfig> = record
@@ -335,9 +319,16 @@ impl Controller {
                 names.join(", ")
             )));
         }
-        if n.record.driver == Driver::Overlay {
-            return self.remove_overlay(name);
+        if self.connecting.values().any(|n| n == name) {
+            return Err(ApiError::conflict(format!(
+                "a container is being connected to network `{name}`; try again when that is done"
+            )));
         }
+        drivers::of(n.record.driver).remove(self, name)
+    }
+
+    /// Removes a network of a local driver.
+    pub(super) fn remove_local(&mut self, name: &str) -> Result<(), ApiError> {
         self.store.delete_network(name).map_err(internal)?;
         self.uninstall_network(name);
         tracing::info!(network = %name, "network removed");

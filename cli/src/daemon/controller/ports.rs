@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use switch::MacAddr;
 
-use super::{internal, ApiError, Controller, Driver};
+use super::{internal, ApiError, Controller};
 use crate::api::{PortBinding, PortMapping, PortProto, MAX_PORT_MAPPINGS};
 use crate::daemon::datapath::{bind_published, Published, PublishedProto};
 
@@ -53,7 +53,7 @@ impl Controller {
             return Ok(Vec::new());
         }
         let net = self.network(network)?;
-        if !matches!(net.record.driver, Driver::Bridge | Driver::Overlay) {
+        if !super::drivers::of(net.record.driver).switches() {
             return Err(ApiError::bad(format!(
                 "network `{network}` is an {} network; ports can be published on bridge and overlay networks only",
                 net.record.driver.as_str()

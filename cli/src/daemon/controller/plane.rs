@@ -1,0 +1,166 @@
+//! [`ControlPlane`]: the controller as the API server and the gossip thread
+//! share it.
+//!
+//! One mutex guards the controller's tables, and it is held only for steps
+//! that do not wait: a request that works in a container's namespace
+//! (`network connect`, `disconnect`, `vswitch rm`) takes it for its
+//! bookkeeping, lets go while netlink or a stopping process is waited on,
+//! and takes it again to finish, so gossip events and other requests are
+//! applied meanwhile. The datapath answers within microseconds; its wait
+//! is bounded (see `datapath::handle`).
+//!
+//! A panic in a request is a bug that may have left the tables half
+//! changed: what the request had set up is undone where it kept an undo
+//! list, the request is answered with a 500, and the daemon stops (see
+//! [`ControlPlane::failed`]) so that a restart restores its state from the
+//! store instead of going on with the tables as the panic left them.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use super::{to_value, ApiError, Controller};
+use crate::api::Request;
+
+/// The shared controller.
+#[derive(Debug)]
+pub struct ControlPlane {
+    inner: Mutex<Controller>,
+    /// Why the daemon must stop, once a request has panicked.
+    failure: Mutex<Option<String>>,
+    stop: tokio::sync::Notify,
+}
+
+impl ControlPlane {
+    pub fn new(controller: Controller) -> ControlPlane {
+        ControlPlane {
+            inner: Mutex::new(controller),
+            failure: Mutex::new(None),
+            stop: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The controller, for a step that does not wait. Refused once a
+    /// request has panicked.
+    pub fn lock(&self) -> Result<MutexGuard<'_, Controller>, ApiError> {
+        if let Some(why) = self.failure() {
+            return Err(stopping(&why));
+        }
+        match self.inner.lock() {
+            Ok(c) => Ok(c),
+            Err(_) => {
+                let why = "a request panicked while it held the controller".to_string();
+                self.fail(why.clone());
+                Err(stopping(&why))
+            }
+        }
+    }
+
+    /// The controller even after a panic: for undoing a failed request's
+    /// steps and for stopping the threads, never for new changes.
+    pub(super) fn lock_for_undo(&self) -> MutexGuard<'_, Controller> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the controller, unless the daemon is stopping.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Controller) -> R) -> Option<R> {
+        let mut c = self.lock().ok()?;
+        Some(f(&mut c))
+    }
+
+    /// Executes one API request.
+    pub fn handle(&self, req: Request) -> Result<Value, ApiError> {
+        match catch_unwind(AssertUnwindSafe(|| self.dispatch(req))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic_message(&panic);
+                let why = format!("a request panicked: {what}");
+                self.fail(why);
+                Err(ApiError::internal(format!(
+                    "vswitchd hit a bug handling this request ({what}); what the request had set up was undone, and the daemon stops so that a restart restores its state from the store"
+                )))
+            }
+        }
+    }
+
+    fn dispatch(&self, req: Request) -> Result<Value, ApiError> {
+        match req {
+            Request::NetworkConnect(net, c) => {
+                let container = c.container.clone();
+                self.connect(&net, c)?;
+                to_value(self.lock()?.container_inspect(&container)?)
+            }
+            Request::NetworkDisconnect(net, d) => {
+                self.disconnect(&net, &d.container)?;
+                to_value(d.container)
+            }
+            Request::ContainerRemove(name) => {
+                self.remove_container(&name)?;
+                to_value(name)
+            }
+            other => self.lock()?.handle(other),
+        }
+    }
+
+    /// Counts a request refused before decoding.
+    pub fn count_bad_request(&self) {
+        let _ = self.with(|c| c.count_bad_request());
+    }
+
+    /// Marks the daemon as stopping for `why` and wakes [`Self::failed`].
+    pub(super) fn fail(&self, why: String) {
+        tracing::error!(reason = %why, "vswitchd stops: its state may be half changed; a restart restores it from the store");
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.stop.notify_one();
+    }
+
+    /// Why the daemon must stop, if it must.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Returns once a request has panicked, with the reason.
+    pub async fn failed(&self) -> String {
+        loop {
+            if let Some(why) = self.failure() {
+                return why;
+            }
+            self.stop.notified().await;
+        }
+    }
+
+    /// Stops the datapath, gossip and QUIC (also after a panic).
+    pub fn shutdown(&self) {
+        self.lock_for_undo().shutdown();
+    }
+
+    /// The gossip events, for [`Controller::handle_cluster_event`].
+    pub fn take_events(&self) -> Option<std::sync::mpsc::Receiver<overlay::GossipEvent>> {
+        self.with(|c| c.take_events()).flatten()
+    }
+}
+
+fn stopping(why: &str) -> ApiError {
+    // Not 503: the API server retries those.
+    ApiError::internal(format!(
+        "vswitchd is stopping after an internal error ({why}); restart it"
+    ))
+}
+
+/// The message of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
