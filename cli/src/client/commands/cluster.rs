@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::output::{print_json, Format};
+use super::output::{print_json, Col, Format, Table};
 use crate::api;
 use crate::client::Client;
 
@@ -38,26 +38,22 @@ pub(super) async fn leave(client: &Client) -> Result<()> {
 }
 
 pub(super) async fn members(client: &Client, a: MembersArgs) -> Result<()> {
-    let list: Vec<api::Member> = client
-        .call("GET", "/v1/cluster/members", None::<&()>)
-        .await?;
+    let list: Vec<api::Member> = client.get("/v1/cluster/members").await?;
     if a.format == Format::Json {
         return print_json(&list);
     }
-    println!("{:<20} {:<24} {:<8} NETWORKS", "NAME", "ADDRESS", "STATE");
+    const MEMBERS: Table = Table {
+        cols: &[Col::Left(20), Col::Left(24), Col::Left(8), Col::Rest],
+        sep: " ",
+    };
+    MEMBERS.print(&[&"NAME", &"ADDRESS", &"STATE", &"NETWORKS"]);
     for m in &list {
         let name = if m.local {
             format!("{} *", m.name)
         } else {
             m.name.clone()
         };
-        println!(
-            "{:<20} {:<24} {:<8} {}",
-            name,
-            m.address,
-            m.state,
-            m.networks.join(",")
-        );
+        MEMBERS.print(&[&name, &m.address, &m.state, &m.networks.join(",")]);
     }
     Ok(())
 }

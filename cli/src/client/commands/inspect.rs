@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::output::print_json;
 use crate::api;
@@ -14,12 +16,19 @@ pub struct InspectArgs {
 }
 
 pub(super) async fn run(client: &Client, a: InspectArgs) -> Result<()> {
-    let mut all = Vec::new();
-    for n in a.names {
-        let c: api::ContainerInspect = client
-            .call("GET", &format!("/v1/containers/{n}"), None::<&()>)
-            .await?;
-        all.push(c);
+    print_each::<api::ContainerInspect>(client, "/v1/containers", a.names).await
+}
+
+/// `GET COLLECTION/NAME` for each name, printed as one JSON array (nothing
+/// when one of them fails), as `docker inspect` does; `network inspect` too.
+pub(super) async fn print_each<T: DeserializeOwned + Serialize>(
+    client: &Client,
+    collection: &str,
+    names: Vec<String>,
+) -> Result<()> {
+    let mut all: Vec<T> = Vec::new();
+    for n in names {
+        all.push(client.get(&format!("{collection}/{n}")).await?);
     }
     print_json(&all)
 }

@@ -26,6 +26,7 @@ pub use ipam::IpamCmd;
 pub use network::{ConnectArgs, CreateArgs, NetworkCmd, VtepCmd};
 pub use output::Format;
 pub use port::PortArgs;
+pub use publish::Publish;
 pub use rm::RmArgs;
 pub use run::RunArgs;
 pub use stats::StatsArgs;

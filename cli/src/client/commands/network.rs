@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
-use super::output::{print_json, short, Format};
-use super::publish::port_mappings;
+use super::inspect::print_each;
+use super::output::{print_json, short, Col, Format, Table};
+use super::publish::Publish;
 use crate::api::{self, Driver, SubnetSpec};
 use crate::client::Client;
 
@@ -99,14 +100,8 @@ pub struct ConnectArgs {
     /// The container's network namespace (/run/netns/NAME or /proc/PID/ns/net).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-    /// Publish a container port on the host; repeatable, ranges allowed;
-    /// without HOSTPORT (`-p 80`, `-p IP::80`) a free host port is picked.
-    #[arg(
-        short = 'p',
-        long = "publish",
-        value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]"
-    )]
-    pub publish: Vec<String>,
+    #[command(flatten)]
+    pub publish: Publish,
     pub network: String,
     pub container: String,
 }
@@ -195,8 +190,7 @@ pub(super) async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
             println!("{}", n.id);
         }
         NetworkCmd::Ls { format, quiet } => {
-            let list: Vec<api::NetworkSummary> =
-                client.call("GET", "/v1/networks", None::<&()>).await?;
+            let list: Vec<api::NetworkSummary> = client.get("/v1/networks").await?;
             if format == Format::Json {
                 return print_json(&list);
             }
@@ -206,34 +200,22 @@ pub(super) async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 }
                 return Ok(());
             }
-            println!("{:<14}{:<24}{:<10}SCOPE", "NETWORK ID", "NAME", "DRIVER");
+            const NETWORKS: Table = Table {
+                cols: &[Col::Left(14), Col::Left(24), Col::Left(10), Col::Rest],
+                sep: "",
+            };
+            NETWORKS.print(&[&"NETWORK ID", &"NAME", &"DRIVER", &"SCOPE"]);
             for n in &list {
-                println!(
-                    "{:<14}{:<24}{:<10}{}",
-                    short(&n.id),
-                    n.name,
-                    n.driver.as_str(),
-                    n.scope
-                );
+                NETWORKS.print(&[&short(&n.id), &n.name, &n.driver.as_str(), &n.scope]);
             }
         }
         NetworkCmd::Inspect { names } => {
-            let mut all = Vec::new();
-            for n in names {
-                let i: api::NetworkInspect = client
-                    .call("GET", &format!("/v1/networks/{n}"), None::<&()>)
-                    .await?;
-                all.push(i);
-            }
-            print_json(&all)?;
+            print_each::<api::NetworkInspect>(client, "/v1/networks", names).await?;
         }
         NetworkCmd::Rm { names } => {
             let mut errors = Vec::new();
             for n in names {
-                match client
-                    .call::<String>("DELETE", &format!("/v1/networks/{n}"), None::<&()>)
-                    .await
-                {
+                match client.delete(&format!("/v1/networks/{n}")).await {
                     Ok(name) => println!("{name}"),
                     Err(e) => errors.push(format!("{e:#}")),
                 }
@@ -256,39 +238,16 @@ pub(super) async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 ip6: a.ip6,
                 mac: a.mac,
                 aliases: a.aliases,
-                ports: port_mappings(&a.publish)?,
+                ports: a.publish.mappings()?,
             };
-            let _: api::ContainerInspect = client
-                .call(
-                    "POST",
-                    &format!("/v1/networks/{}/connect", a.network),
-                    Some(&req),
-                )
-                .await?;
+            connect(client, &a.network, &req).await?;
         }
         NetworkCmd::Vtep(cmd) => match cmd {
-            VtepCmd::Add { network, addr } => {
-                let _: String = client
-                    .call(
-                        "POST",
-                        &format!("/v1/networks/{network}/vteps"),
-                        Some(&api::Vtep { address: addr }),
-                    )
-                    .await?;
-            }
-            VtepCmd::Rm { network, addr } => {
-                let _: String = client
-                    .call(
-                        "DELETE",
-                        &format!("/v1/networks/{network}/vteps"),
-                        Some(&api::Vtep { address: addr }),
-                    )
-                    .await?;
-            }
+            VtepCmd::Add { network, addr } => vtep(client, "POST", &network, addr).await?,
+            VtepCmd::Rm { network, addr } => vtep(client, "DELETE", &network, addr).await?,
             VtepCmd::Ls { network } => {
-                let list: Vec<String> = client
-                    .call("GET", &format!("/v1/networks/{network}/vteps"), None::<&()>)
-                    .await?;
+                let list: Vec<String> =
+                    client.get(&format!("/v1/networks/{network}/vteps")).await?;
                 for v in list {
                     println!("{v}");
                 }
@@ -304,6 +263,31 @@ pub(super) async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// `POST /v1/networks/NETWORK/connect`: `network connect`, and `run` on a
+/// bridge or an overlay.
+pub(super) async fn connect(client: &Client, network: &str, req: &api::Connect) -> Result<()> {
+    let _: api::ContainerInspect = client
+        .call(
+            "POST",
+            &format!("/v1/networks/{network}/connect"),
+            Some(req),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Admits (`POST`) or removes (`DELETE`) a VTEP of `network`.
+async fn vtep(client: &Client, method: &str, network: &str, addr: String) -> Result<()> {
+    let _: String = client
+        .call(
+            method,
+            &format!("/v1/networks/{network}/vteps"),
+            Some(&api::Vtep { address: addr }),
+        )
+        .await?;
     Ok(())
 }
 

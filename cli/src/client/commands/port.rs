@@ -17,9 +17,7 @@ pub struct PortArgs {
 
 pub(super) async fn run(client: &Client, a: PortArgs) -> Result<()> {
     let PortArgs { container, port } = a;
-    let c: api::ContainerInspect = client
-        .call("GET", &format!("/v1/containers/{container}"), None::<&()>)
-        .await?;
+    let c: api::ContainerInspect = client.get(&format!("/v1/containers/{container}")).await?;
     let lines = port_lines(&c, port.as_deref());
     if lines.is_empty() && port.is_some() {
         bail!(

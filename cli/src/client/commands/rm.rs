@@ -15,10 +15,7 @@ pub struct RmArgs {
 pub(super) async fn run(client: &Client, a: RmArgs) -> Result<i32> {
     let mut failed = false;
     for n in a.names {
-        match client
-            .call::<String>("DELETE", &format!("/v1/containers/{n}"), None::<&()>)
-            .await
-        {
+        match client.delete(&format!("/v1/containers/{n}")).await {
             Ok(name) => println!("{name}"),
             Err(e) => {
                 eprintln!("Error: {e:#}");

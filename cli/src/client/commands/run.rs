@@ -6,7 +6,8 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::publish::port_mappings;
+use super::network;
+use super::publish::Publish;
 use crate::api::{self, Driver};
 use crate::client::Client;
 use crate::sandbox;
@@ -29,14 +30,8 @@ pub struct RunArgs {
     pub ip6: Option<Ipv6Addr>,
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
-    /// Publish a container port on the host; repeatable, ranges allowed;
-    /// without HOSTPORT (`-p 80`, `-p IP::80`) a free host port is picked.
-    #[arg(
-        short = 'p',
-        long = "publish",
-        value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]"
-    )]
-    pub publish: Vec<String>,
+    #[command(flatten)]
+    pub publish: Publish,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -55,9 +50,9 @@ async fn join_if_rootless(client: &Client) -> Result<()> {
         bail!("the rootless vswitchd did not say where its namespaces are; upgrade vswitch to the daemon's version");
     };
     let layout = crate::rootless::Layout::new(dir);
-    sandbox::use_dirs(layout.sandbox_dirs()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    sandbox::use_dirs(layout.sandbox_dirs()).map_err(anyhow::Error::msg)?;
     crate::rootless::join(pid)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(anyhow::Error::msg)
         .context("joining the rootless vswitchd's namespaces")
 }
 
@@ -67,13 +62,11 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
     for alias in &a.aliases {
         api::validate_name("alias", alias).map_err(anyhow::Error::msg)?;
     }
-    let ports = port_mappings(&a.publish)?;
+    let ports = a.publish.mappings()?;
     if a.detach && a.rm {
         bail!("--rm and -d do not go together: a detached container stays until `vswitch rm`");
     }
-    let net: api::NetworkInspect = client
-        .call("GET", &format!("/v1/networks/{}", a.network), None::<&()>)
-        .await?;
+    let net: api::NetworkInspect = client.get(&format!("/v1/networks/{}", a.network)).await?;
     let host_mode = net.driver == Driver::Host;
     if host_mode && (a.ip.is_some() || a.ip6.is_some() || !a.aliases.is_empty()) {
         bail!("--ip, --ip6 and --alias do not apply to the host network");
@@ -103,7 +96,7 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
     let netns = if host_mode {
         None
     } else {
-        Some(sandbox::create_netns(&a.name).map_err(|e| anyhow::anyhow!("{e}"))?)
+        Some(sandbox::create_netns(&a.name).map_err(anyhow::Error::msg)?)
     };
     let cleanup_ns = |name: &str| {
         if !host_mode {
@@ -128,7 +121,7 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
         match net.driver {
             Driver::Host => {}
             Driver::None => {
-                sandbox::loopback_up(&a.name).map_err(|e| anyhow::anyhow!("{e}"))?;
+                sandbox::loopback_up(&a.name).map_err(anyhow::Error::msg)?;
             }
             Driver::Bridge | Driver::Overlay => {
                 let req = api::Connect {
@@ -140,17 +133,10 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
                     aliases: a.aliases.clone(),
                     ports: ports.clone(),
                 };
-                let _: api::ContainerInspect = client
-                    .call(
-                        "POST",
-                        &format!("/v1/networks/{}/connect", a.network),
-                        Some(&req),
-                    )
-                    .await?;
+                network::connect(client, &a.network, &req).await?;
                 let servers: Vec<IpAddr> =
                     net.ipam.config.iter().filter_map(|c| c.gateway).collect();
-                sandbox::write_resolv_conf(&a.name, &servers)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                sandbox::write_resolv_conf(&a.name, &servers).map_err(anyhow::Error::msg)?;
             }
         }
         let mut cmd = if host_mode {
@@ -158,7 +144,7 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
             c.args(&a.cmd[1..]);
             c
         } else {
-            sandbox::command_in_netns(&a.name, &a.cmd).map_err(|e| anyhow::anyhow!("{e}"))?
+            sandbox::command_in_netns(&a.name, &a.cmd).map_err(anyhow::Error::msg)?
         };
         if a.detach {
             use std::os::unix::process::CommandExt;
@@ -192,9 +178,7 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
         }
     };
     if a.detach {
-        let c: api::ContainerInspect = client
-            .call("GET", &format!("/v1/containers/{}", a.name), None::<&()>)
-            .await?;
+        let c: api::ContainerInspect = client.get(&format!("/v1/containers/{}", a.name)).await?;
         println!("{}", c.id);
         return Ok(0);
     }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::output::{print_json, Format};
+use super::output::{print_json, Col, Format, Table};
 use crate::api;
 use crate::client::Client;
 
@@ -17,26 +17,44 @@ pub struct StatsArgs {
 }
 
 pub(super) async fn run(client: &Client, a: StatsArgs) -> Result<()> {
-    let s: api::Stats = client.call("GET", "/v1/stats", None::<&()>).await?;
+    let s: api::Stats = client.get("/v1/stats").await?;
     if a.json || a.format == Some(Format::Json) {
         return print_json(&s);
     }
-    println!(
-        "{:<16} {:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>8}",
-        "NETWORK", "CONTAINER", "IFACE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS"
-    );
+    const PORTS: Table = Table {
+        cols: &[
+            Col::Left(16),
+            Col::Left(20),
+            Col::Left(8),
+            Col::Right(10),
+            Col::Right(12),
+            Col::Right(10),
+            Col::Right(12),
+            Col::Right(8),
+        ],
+        sep: " ",
+    };
+    PORTS.print(&[
+        &"NETWORK",
+        &"CONTAINER",
+        &"IFACE",
+        &"RX PKTS",
+        &"RX BYTES",
+        &"TX PKTS",
+        &"TX BYTES",
+        &"DROPS",
+    ]);
     for p in &s.ports {
-        println!(
-            "{:<16} {:<20} {:<8} {:>10} {:>12} {:>10} {:>12} {:>8}",
-            p.network,
-            p.container,
-            p.interface,
-            p.rx_packets,
-            p.rx_bytes,
-            p.tx_packets,
-            p.tx_bytes,
-            p.drops + p.tx_drops
-        );
+        PORTS.print(&[
+            &p.network,
+            &p.container,
+            &p.interface,
+            &p.rx_packets,
+            &p.rx_bytes,
+            &p.tx_packets,
+            &p.tx_bytes,
+            &(p.drops + p.tx_drops),
+        ]);
     }
     for (net, c) in &s.nat {
         let get = |k: &str| c.get(k).copied().unwrap_or(0);
