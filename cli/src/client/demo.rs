@@ -42,11 +42,22 @@ impl Demo {
         Ok(text)
     }
 
+    /// `vswitch run -d --name NAME --network NET [FLAGS...] -- sleep 600`;
+    /// the container is removed on drop.
+    fn run_sleeper(&mut self, name: &str, net: &str, flags: &[&str]) -> Result<()> {
+        let mut args = vec!["run", "-d", "--name", name, "--network", net];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "sleep", "600"]);
+        self.vswitch(&args)?;
+        self.containers.push(name.to_string());
+        Ok(())
+    }
+
     fn in_container(&self, name: &str, argv: &[&str]) -> Result<bool> {
         println!("$ ip netns exec {name} {}", argv.join(" "));
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let status = sandbox::command_in_netns(name, &argv)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(anyhow::Error::msg)?
             .status()
             .with_context(|| format!("running {}", argv[0]))?;
         Ok(status.success())
@@ -124,8 +135,8 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
         "# a private vswitchd in namespace {} (nothing leaves this machine)",
         demo.host_ns
     );
-    sandbox::create_netns(&demo.host_ns).map_err(|e| anyhow::anyhow!("{e}"))?;
-    sandbox::loopback_up(&demo.host_ns).map_err(|e| anyhow::anyhow!("{e}"))?;
+    sandbox::create_netns(&demo.host_ns).map_err(anyhow::Error::msg)?;
+    sandbox::loopback_up(&demo.host_ns).map_err(anyhow::Error::msg)?;
     let argv: Vec<String> = vec![
         daemon_exe.display().to_string(),
         "--state-dir".into(),
@@ -141,7 +152,7 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
         "warn".into(),
     ];
     let mut daemon = sandbox::command_in_netns(&demo.host_ns, &argv)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(anyhow::Error::msg)?
         .spawn()
         .context("starting vswitchd")?;
     let started = wait_for_socket(&demo.socket, &mut daemon);
@@ -156,32 +167,8 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
     demo.vswitch(&["network", "ls"])?;
 
     println!("\n# two containers: each is a network namespace with a TAP the daemon holds");
-    demo.vswitch(&[
-        "run",
-        "-d",
-        "--name",
-        &a,
-        "--network",
-        &net,
-        "--",
-        "sleep",
-        "600",
-    ])?;
-    demo.containers.push(a.clone());
-    demo.vswitch(&[
-        "run",
-        "-d",
-        "--name",
-        &b,
-        "--network",
-        &net,
-        "--alias",
-        "database",
-        "--",
-        "sleep",
-        "600",
-    ])?;
-    demo.containers.push(b.clone());
+    demo.run_sleeper(&a, &net, &[])?;
+    demo.run_sleeper(&b, &net, &["--alias", "database"])?;
     demo.vswitch(&["network", "inspect", &net])?;
 
     println!("\n# ping by name, through the userspace switch and the embedded DNS");

@@ -108,6 +108,16 @@ impl Client {
         }
     }
 
+    /// `GET path`, decoded as [`Client::call`] does.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call("GET", path, None::<&()>).await
+    }
+
+    /// `DELETE path` without a body; the daemon answers with the name it removed.
+    pub async fn delete(&self, path: &str) -> Result<String> {
+        self.call("DELETE", path, None::<&()>).await
+    }
+
     /// Sends a request and decodes a JSON answer, turning an error status
     /// into the daemon's message.
     pub async fn call<T: DeserializeOwned>(

@@ -1,0 +1,112 @@
+//! `vswitch` subcommands, shaped like `docker network` and `docker run`:
+//! one module per subcommand, as netavark's `src/commands/` has them, and
+//! here the command line itself and its dispatch.
+
+mod cluster;
+mod inspect;
+mod ipam;
+mod network;
+mod output;
+mod port;
+mod publish;
+mod rm;
+mod run;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use super::Client;
+
+pub use cluster::{JoinArgs, MembersArgs};
+pub use inspect::InspectArgs;
+pub use ipam::IpamCmd;
+pub use network::{ConnectArgs, CreateArgs, NetworkCmd, VtepCmd};
+pub use output::Format;
+pub use port::PortArgs;
+pub use publish::Publish;
+pub use rm::RmArgs;
+pub use run::RunArgs;
+pub use stats::StatsArgs;
+
+/// The `vswitch` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vswitch",
+    version,
+    about = "Drive vswitchd, the userspace virtual switch for containers"
+)]
+pub struct Cli {
+    /// The daemon's socket, as unix://PATH (default: VSWITCH_HOST, then
+    /// /run/vswitch/vswitchd.sock, or $XDG_RUNTIME_DIR/vswitch/vswitchd.sock rootless).
+    #[arg(long, global = true, value_name = "unix://PATH")]
+    pub host: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Run a command in a new sandbox (a network namespace) on a network.
+    Run(RunArgs),
+    /// Stop what `run` started, disconnect it and free its addresses.
+    Rm(RmArgs),
+    /// List a container's published ports, as `docker container port`.
+    Port(PortArgs),
+    /// Show a container's endpoints, addresses and MACs.
+    Inspect(InspectArgs),
+    /// Per-port packets, bytes and drops.
+    Stats(StatsArgs),
+    /// Join the cluster through one or more members (IP or IP:PORT).
+    JoinCluster(JoinArgs),
+    /// Leave the cluster.
+    LeaveCluster,
+    /// Cluster IPAM.
+    #[command(subcommand)]
+    Ipam(IpamCmd),
+    /// Cluster members: name, address, state, networks.
+    Members(MembersArgs),
+    /// A self-contained tour on real namespaces; cleans up after itself.
+    Demo {
+        /// The vswitchd binary to start (default: next to this one).
+        #[arg(long, value_name = "PATH")]
+        vswitchd: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    if let Command::Demo { vswitchd } = cli.command {
+        return super::demo::run(vswitchd).await.map(|()| 0);
+    }
+    let client = Client::new(super::resolve_socket(cli.host.as_deref())?);
+    match cli.command {
+        Command::Network(cmd) => network::run(&client, cmd).await.map(|()| 0),
+        Command::Run(args) => run::run(&client, args).await,
+        Command::Rm(args) => rm::run(&client, args).await,
+        Command::Port(args) => port::run(&client, args).await.map(|()| 0),
+        Command::Inspect(args) => inspect::run(&client, args).await.map(|()| 0),
+        Command::Stats(args) => stats::run(&client, args).await.map(|()| 0),
+        Command::JoinCluster(args) => cluster::join(&client, args).await.map(|()| 0),
+        Command::Ipam(cmd) => ipam::run(&client, cmd).await.map(|()| 0),
+        Command::LeaveCluster => cluster::leave(&client).await.map(|()| 0),
+        Command::Members(args) => cluster::members(&client, args).await.map(|()| 0),
+        Command::Demo { .. } => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
