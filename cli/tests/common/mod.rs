@@ -228,6 +228,27 @@ impl Host {
         self.spawn_daemon();
     }
 
+    /// Starts the daemon again (after it stopped or was killed) with
+    /// other extra flags.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn_daemon();
+    }
+
+    /// Waits up to `within` for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.daemon.as_mut()?.try_wait().unwrap() {
+                self.daemon = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// `vswitch --host unix://SOCKET args...`
     pub fn vs(&self, args: &[&str]) -> Output {
         Command::new(bin("vswitch"))

@@ -74,7 +74,7 @@ impl ControlPlane {
         match catch_unwind(AssertUnwindSafe(|| self.dispatch(req))) {
             Ok(result) => result,
             Err(panic) => {
-                let what = panic_message(&panic);
+                let what = panic_message(&*panic);
                 let why = format!("a request panicked: {what}");
                 self.fail(why);
                 Err(ApiError::internal(format!(
