@@ -1,18 +1,29 @@
-//! Durable state in the state directory: networks, containers and endpoints
-//! (whose addresses are the IPAM allocations), in a redb database.
+//! Durable state in the state directory, all of it in one redb database
+//! (`state.redb`): networks, containers, endpoints (whose addresses are the
+//! IPAM allocations), the overlays' cluster IPAM state, each endpoint's
+//! published ports and the cluster peers to rejoin after a restart.
 //!
 //! Records are `postcard` (a stable, specified wire format) behind a
 //! one-byte format version, so a later release can read what this one wrote.
+//! Every change is one redb transaction.
+//!
+//! Releases up to 89781ca kept published ports in JSON files of their own
+//! (`published/CONTAINER@NETWORK.json`) and the cluster peers in
+//! `cluster-peers.json`. [`Store::open`] imports such files in one
+//! transaction and removes them only after it committed, so a daemon that
+//! dies in between imports the same files again at its next start. A file
+//! that cannot be read is reported and left where it is.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::api::{Driver, SubnetSpec};
+use crate::api::{Driver, PortMapping, PortProto, SubnetSpec};
 
 /// A subnet as stored: every field present (postcard is not
 /// self-describing, so nothing may be skipped).
@@ -50,12 +61,67 @@ mod subnets_format {
     }
 }
 
+/// A published port as stored: every field present, and a protocol of
+/// our own whose variant order is the stored format (postcard writes the
+/// index), so a change to the API type cannot change what is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredPort {
+    host_ip: Option<IpAddr>,
+    host_port: u16,
+    container_port: u16,
+    proto: StoredProto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredProto {
+    Tcp,
+    Udp,
+}
+
+impl From<&PortMapping> for StoredPort {
+    fn from(p: &PortMapping) -> StoredPort {
+        StoredPort {
+            host_ip: p.host_ip,
+            host_port: p.host_port,
+            container_port: p.container_port,
+            proto: match p.proto {
+                PortProto::Tcp => StoredProto::Tcp,
+                PortProto::Udp => StoredProto::Udp,
+            },
+        }
+    }
+}
+
+impl From<StoredPort> for PortMapping {
+    fn from(p: StoredPort) -> PortMapping {
+        PortMapping {
+            host_ip: p.host_ip,
+            host_port: p.host_port,
+            container_port: p.container_port,
+            proto: match p.proto {
+                StoredProto::Tcp => PortProto::Tcp,
+                StoredProto::Udp => PortProto::Udp,
+            },
+        }
+    }
+}
+
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 /// Cluster IPAM ownership state of overlay networks (encoded
 /// `ipam::cluster::Message::Update`), by network name.
 const IPAM: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam");
+/// Published ports (`Vec<StoredPort>`), keyed like endpoints; an endpoint
+/// without published ports has no record.
+const PORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ports");
+/// The cluster peers `join-cluster` was given, as `IP:PORT` keys; the key is
+/// the whole record.
+const PEERS: TableDefinition<&str, ()> = TableDefinition::new("peers");
+
+/// The files of releases up to 89781ca that [`Store::open`] imports.
+const LEGACY_PORTS_DIR: &str = "published";
+const LEGACY_PEERS_FILE: &str = "cluster-peers.json";
 
 /// Format version of every record.
 const FORMAT: u8 = 1;
@@ -152,6 +218,10 @@ pub struct Store {
     path: PathBuf,
 }
 
+fn encode_ports(ports: &[PortMapping]) -> Vec<u8> {
+    encode(&ports.iter().map(StoredPort::from).collect::<Vec<_>>())
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![FORMAT];
     // Serializing our own plain structs to a Vec cannot fail.
@@ -191,8 +261,11 @@ impl Store {
             txn.open_table(CONTAINERS)?;
             txn.open_table(ENDPOINTS)?;
             txn.open_table(IPAM)?;
+            txn.open_table(PORTS)?;
+            txn.open_table(PEERS)?;
             Ok(())
         })?;
+        store.import_legacy(dir)?;
         Ok(store)
     }
 
@@ -251,8 +324,89 @@ impl Store {
         self.put(ENDPOINTS, &e.key(), &encode(e))
     }
 
+    /// Deletes an endpoint and its published ports.
     pub fn delete_endpoint(&self, container: &str, network: &str) -> Result<(), StateError> {
-        self.delete(ENDPOINTS, &endpoint_key(container, network))
+        let key = endpoint_key(container, network);
+        self.write(|txn| {
+            txn.open_table(ENDPOINTS)?.remove(key.as_str())?;
+            txn.open_table(PORTS)?.remove(key.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Stores the published ports of an endpoint; none removes the record.
+    pub fn put_ports(
+        &self,
+        container: &str,
+        network: &str,
+        ports: &[PortMapping],
+    ) -> Result<(), StateError> {
+        if ports.is_empty() {
+            return self.delete_ports(container, network);
+        }
+        self.put(
+            PORTS,
+            &endpoint_key(container, network),
+            &encode_ports(ports),
+        )
+    }
+
+    /// The published ports of an endpoint (none when there is no record).
+    pub fn load_ports(
+        &self,
+        container: &str,
+        network: &str,
+    ) -> Result<Vec<PortMapping>, StateError> {
+        let key = endpoint_key(container, network);
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(PORTS).map_err(|e| self.db_err(e))?;
+        match t.get(key.as_str()).map_err(|e| self.db_err(e))? {
+            Some(v) => {
+                let stored: Vec<StoredPort> = decode("ports", &key, v.value())?;
+                Ok(stored.into_iter().map(PortMapping::from).collect())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn delete_ports(&self, container: &str, network: &str) -> Result<(), StateError> {
+        self.delete(PORTS, &endpoint_key(container, network))
+    }
+
+    /// Adds cluster peers to those remembered (one transaction for all).
+    pub fn add_peers(&self, peers: &[SocketAddr]) -> Result<(), StateError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(PEERS)?;
+            for p in peers {
+                t.insert(p.to_string().as_str(), ())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The remembered cluster peers, in the order of their text.
+    pub fn peers(&self) -> Result<Vec<SocketAddr>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(PEERS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            let addr = k.value().parse().map_err(|_| StateError::Corrupt {
+                table: "peers",
+                key: k.value().to_owned(),
+                reason: "not an IP:PORT".into(),
+            })?;
+            out.push(addr);
+        }
+        Ok(out)
+    }
+
+    /// Forgets every cluster peer (`leave-cluster`).
+    pub fn clear_peers(&self) -> Result<(), StateError> {
+        self.write(|txn| {
+            txn.open_table(PEERS)?.retain(|_, _| false)?;
+            Ok(())
+        })
     }
 
     /// Stores an overlay network's IPAM ownership state.
@@ -295,6 +449,147 @@ impl Store {
             containers: self.load_table(&txn, CONTAINERS, "containers")?,
             endpoints: self.load_table(&txn, ENDPOINTS, "endpoints")?,
         })
+    }
+}
+
+/// What the files of releases up to 89781ca hold, read but not yet imported.
+#[derive(Debug, Default)]
+struct Legacy {
+    /// Endpoint key, its published ports.
+    ports: Vec<(String, Vec<PortMapping>)>,
+    peers: Vec<SocketAddr>,
+    /// The files read (or left unfinished by those releases), to remove
+    /// once the import committed.
+    done: Vec<PathBuf>,
+}
+
+impl Legacy {
+    /// Reads `DIR/published/*.json` and `DIR/cluster-peers.json`. What
+    /// cannot be read is logged and left in place.
+    fn read(dir: &Path) -> Legacy {
+        let mut legacy = Legacy::default();
+        let ports_dir = dir.join(LEGACY_PORTS_DIR);
+        match std::fs::read_dir(&ports_dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    legacy.read_ports_file(&entry.path());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %ports_dir.display(), error = %e, "cannot read the published ports of an earlier release; left in place")
+            }
+        }
+        let peers = dir.join(LEGACY_PEERS_FILE);
+        match std::fs::read(&peers) {
+            Ok(body) => match serde_json::from_slice::<Vec<String>>(&body) {
+                Ok(list) => {
+                    for p in list {
+                        match p.parse() {
+                            Ok(addr) => legacy.peers.push(addr),
+                            Err(_) => {
+                                tracing::warn!(path = %peers.display(), peer = %p, "not an IP:PORT; this cluster peer is dropped")
+                            }
+                        }
+                    }
+                    legacy.done.push(peers);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %peers.display(), error = %e, "damaged cluster peers file of an earlier release; not imported, left in place")
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %peers.display(), error = %e, "cannot read the cluster peers of an earlier release; left in place")
+            }
+        }
+        legacy
+    }
+
+    /// One `published/CONTAINER@NETWORK.json`.
+    fn read_ports_file(&mut self, path: &Path) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        // Written whole under this name, then renamed: a leftover is a
+        // write that never finished, which those releases never read.
+        if name.ends_with(".json.tmp") {
+            self.done.push(path.to_owned());
+            return;
+        }
+        let Some((container, network)) = name
+            .strip_suffix(".json")
+            .and_then(|stem| stem.split_once('@'))
+        else {
+            tracing::warn!(path = %path.display(), "not a published ports file; left in place");
+            return;
+        };
+        let ports = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                serde_json::from_slice::<Vec<PortMapping>>(&b).map_err(|e| e.to_string())
+            });
+        match ports {
+            Ok(ports) => {
+                self.ports.push((endpoint_key(container, network), ports));
+                self.done.push(path.to_owned());
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "damaged published ports file of an earlier release; not imported, left in place")
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Imports the files of releases up to 89781ca in one transaction,
+    /// then removes them. Ports of an endpoint that is no longer stored
+    /// (a disconnect those releases did not finish) are dropped.
+    fn import_legacy(&self, dir: &Path) -> Result<(), StateError> {
+        let legacy = Legacy::read(dir);
+        if !legacy.done.is_empty() {
+            self.import(&legacy)?;
+        }
+        // Gone when empty; a file left in place keeps it.
+        let _ = std::fs::remove_dir(dir.join(LEGACY_PORTS_DIR));
+        Ok(())
+    }
+
+    fn import(&self, legacy: &Legacy) -> Result<(), StateError> {
+        let (mut imported, mut dropped) = (0usize, 0usize);
+        self.write(|txn| {
+            let endpoints = txn.open_table(ENDPOINTS)?;
+            let mut ports = txn.open_table(PORTS)?;
+            for (key, list) in &legacy.ports {
+                if endpoints.get(key.as_str())?.is_none() || list.is_empty() {
+                    dropped += 1;
+                    continue;
+                }
+                ports.insert(key.as_str(), encode_ports(list).as_slice())?;
+                imported += 1;
+            }
+            let mut peers = txn.open_table(PEERS)?;
+            for p in &legacy.peers {
+                peers.insert(p.to_string().as_str(), ())?;
+            }
+            Ok(())
+        })?;
+        // Only now: until the commit, the files are the only copy.
+        for f in &legacy.done {
+            if let Err(e) = std::fs::remove_file(f) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %f.display(), error = %e, "imported, but cannot remove it");
+                }
+            }
+        }
+        tracing::info!(
+            endpoints = imported,
+            dropped,
+            peers = legacy.peers.len(),
+            "published ports and cluster peers of an earlier release imported into {}",
+            self.path.display()
+        );
+        Ok(())
     }
 }
 
@@ -358,6 +653,237 @@ mod tests {
         assert_eq!(snap.networks, vec![net]);
         assert_eq!(snap.endpoints, vec![ep]);
         assert!(snap.containers.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn endpoint(container: &str, network: &str) -> EndpointRecord {
+        EndpointRecord {
+            container: container.into(),
+            network: network.into(),
+            id: format!("{container}-{network}"),
+            ifname: "eth0".into(),
+            mac: [2, 0x42, 10, 1, 0, 2],
+            ipv4: Some("10.1.0.2/24".parse().unwrap()),
+            ipv6: None,
+            gateway4: Some("10.1.0.1".parse().unwrap()),
+            gateway6: None,
+            aliases: Vec::new(),
+        }
+    }
+
+    fn mappings() -> Vec<PortMapping> {
+        vec![
+            PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                proto: PortProto::Tcp,
+            },
+            PortMapping {
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+                host_port: 5353,
+                container_port: 53,
+                proto: PortProto::Udp,
+            },
+            PortMapping {
+                host_ip: Some("::1".parse().unwrap()),
+                host_port: 8443,
+                container_port: 443,
+                proto: PortProto::Tcp,
+            },
+        ]
+    }
+
+    #[test]
+    fn ports_survive_reopen_and_go_with_their_endpoint() {
+        let dir = tmpdir("ports");
+        {
+            let s = Store::open(&dir).unwrap();
+            s.put_endpoint(&endpoint("c1", "web")).unwrap();
+            s.put_endpoint(&endpoint("c2", "web")).unwrap();
+            s.put_ports("c1", "web", &mappings()).unwrap();
+            s.put_ports("c2", "web", &mappings()[..1]).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.load_ports("c1", "web").unwrap(), mappings());
+        assert_eq!(s.load_ports("c2", "web").unwrap(), mappings()[..1]);
+        assert!(s.load_ports("c1", "db").unwrap().is_empty());
+        // None published: no record.
+        s.put_ports("c2", "web", &[]).unwrap();
+        assert!(s.load_ports("c2", "web").unwrap().is_empty());
+        s.put_ports("c2", "web", &mappings()).unwrap();
+        s.delete_ports("c2", "web").unwrap();
+        assert!(s.load_ports("c2", "web").unwrap().is_empty());
+        // Deleting the endpoint deletes its ports, in the same transaction.
+        s.delete_endpoint("c1", "web").unwrap();
+        assert!(s.load_ports("c1", "web").unwrap().is_empty());
+        assert_eq!(s.load().unwrap().endpoints, vec![endpoint("c2", "web")]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ports_record_is_postcard_behind_the_format_byte() {
+        // The stored bytes of one mapping, field by field: a change here
+        // is a change of the format, which needs a new FORMAT.
+        let bytes = encode_ports(&mappings()[1..2]);
+        assert_eq!(
+            bytes,
+            [FORMAT, 1, 1, 0, 127, 0, 0, 1, 0xe9, 0x29, 53, 1],
+            "format, 1 mapping, Some(V4(127.0.0.1)), 5353, 53, udp"
+        );
+        let back: Vec<StoredPort> = decode("ports", "k", &bytes).unwrap();
+        assert_eq!(PortMapping::from(back[0]), mappings()[1]);
+    }
+
+    #[test]
+    fn peers_are_a_set_until_cleared() {
+        let dir = tmpdir("peers");
+        let a: SocketAddr = "192.0.2.2:7946".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::2]:7950".parse().unwrap();
+        {
+            let s = Store::open(&dir).unwrap();
+            assert!(s.peers().unwrap().is_empty());
+            s.add_peers(&[a]).unwrap();
+            s.add_peers(&[b, a]).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.peers().unwrap(), vec![a, b]);
+        s.clear_peers().unwrap();
+        assert!(s.peers().unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A state directory as releases up to 89781ca left it: endpoints in
+    /// redb, their ports and the cluster peers in JSON files.
+    fn legacy_dir(tag: &str) -> PathBuf {
+        let dir = tmpdir(tag);
+        {
+            let s = Store::open(&dir).unwrap();
+            s.put_endpoint(&endpoint("c1", "web")).unwrap();
+            s.put_endpoint(&endpoint("c1", "db")).unwrap();
+            s.put_endpoint(&endpoint("c3", "web")).unwrap();
+        }
+        let published = dir.join("published");
+        std::fs::create_dir_all(&published).unwrap();
+        // As the old daemon wrote them (serde_json of Vec<PortMapping>).
+        std::fs::write(
+            published.join("c1@web.json"),
+            r#"[{"HostIp":null,"HostPort":8080,"ContainerPort":80,"Protocol":"tcp"},{"HostIp":"127.0.0.1","HostPort":5353,"ContainerPort":53,"Protocol":"udp"},{"HostIp":"::1","HostPort":8443,"ContainerPort":443,"Protocol":"tcp"}]"#,
+        )
+        .unwrap();
+        std::fs::write(
+            published.join("c1@db.json"),
+            r#"[{"HostIp":null,"HostPort":8080,"ContainerPort":80,"Protocol":"tcp"}]"#,
+        )
+        .unwrap();
+        // Damaged: cut short.
+        std::fs::write(published.join("c3@web.json"), r#"[{"HostIp":null,"Hos"#).unwrap();
+        // An endpoint that is gone (a disconnect that did not finish).
+        std::fs::write(
+            published.join("gone@web.json"),
+            r#"[{"HostIp":null,"HostPort":9,"ContainerPort":9,"Protocol":"udp"}]"#,
+        )
+        .unwrap();
+        // A write that never finished.
+        std::fs::write(published.join("c1@web.json.tmp"), "[").unwrap();
+        std::fs::write(
+            dir.join("cluster-peers.json"),
+            r#"["192.0.2.2:7946","192.0.2.3:7950"]"#,
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn open_imports_the_json_files_of_earlier_releases() {
+        let dir = legacy_dir("import");
+        // Written by the Store of those releases, which had no such tables.
+        {
+            let s = Store::open(&dir).unwrap();
+            assert_eq!(s.load_ports("c1", "web").unwrap(), mappings());
+            assert_eq!(s.load_ports("c1", "db").unwrap(), mappings()[..1]);
+            // Damaged: skipped, left in place for a person to read.
+            assert!(s.load_ports("c3", "web").unwrap().is_empty());
+            assert!(s.load_ports("gone", "web").unwrap().is_empty());
+            assert_eq!(
+                s.peers().unwrap(),
+                vec![
+                    "192.0.2.2:7946".parse::<SocketAddr>().unwrap(),
+                    "192.0.2.3:7950".parse().unwrap()
+                ]
+            );
+        }
+        let published = dir.join("published");
+        let left: Vec<String> = std::fs::read_dir(&published)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["c3@web.json".to_string()]);
+        assert!(!dir.join("cluster-peers.json").exists());
+        // Without the damaged file, the directory goes too.
+        std::fs::remove_file(published.join("c3@web.json")).unwrap();
+        let s = Store::open(&dir).unwrap();
+        assert!(!published.exists());
+        assert_eq!(s.load_ports("c1", "web").unwrap(), mappings());
+        assert_eq!(s.peers().unwrap().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn import_again_after_a_crash_before_the_files_were_removed() {
+        let dir = legacy_dir("again");
+        let copy = tmpdir("again-files");
+        let published = dir.join("published");
+        std::fs::create_dir_all(copy.join("published")).unwrap();
+        for f in ["c1@web.json", "c1@db.json"] {
+            std::fs::copy(published.join(f), copy.join("published").join(f)).unwrap();
+        }
+        std::fs::copy(
+            dir.join("cluster-peers.json"),
+            copy.join("cluster-peers.json"),
+        )
+        .unwrap();
+        drop(Store::open(&dir).unwrap());
+        // The files back, as if the daemon had died between the commit and
+        // their removal.
+        for f in ["c1@web.json", "c1@db.json"] {
+            std::fs::copy(copy.join("published").join(f), published.join(f)).unwrap();
+        }
+        std::fs::copy(
+            copy.join("cluster-peers.json"),
+            dir.join("cluster-peers.json"),
+        )
+        .unwrap();
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.load_ports("c1", "web").unwrap(), mappings());
+        assert_eq!(s.load_ports("c1", "db").unwrap(), mappings()[..1]);
+        assert_eq!(s.peers().unwrap().len(), 2);
+        assert!(!dir.join("cluster-peers.json").exists());
+        assert!(!published.join("c1@web.json").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(copy).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_peers_file_is_left_and_not_fatal() {
+        let dir = tmpdir("badpeers");
+        std::fs::write(dir.join("cluster-peers.json"), "[\"192.0.2.2:79").unwrap();
+        let s = Store::open(&dir).unwrap();
+        assert!(s.peers().unwrap().is_empty());
+        assert!(dir.join("cluster-peers.json").exists());
+        drop(s);
+        // Entries that are not IP:PORT are dropped, the others imported.
+        std::fs::write(
+            dir.join("cluster-peers.json"),
+            r#"["192.0.2.2:7946","not an address"]"#,
+        )
+        .unwrap();
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(
+            s.peers().unwrap(),
+            vec!["192.0.2.2:7946".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(!dir.join("cluster-peers.json").exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -116,10 +116,6 @@ impl Controller {
             .collect()
     }
 
-    fn peers_file(&self) -> std::path::PathBuf {
-        self.config.state_dir.join("cluster-peers.json")
-    }
-
     /// After a restart: publish this host's endpoints again and rejoin the
     /// peers it knew.
     pub(super) fn rejoin_cluster(&mut self) {
@@ -133,10 +129,13 @@ impl Controller {
                 self.publish_local_endpoint(name, &c);
             }
         }
-        let peers: Vec<String> = std::fs::read(self.peers_file())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let peers: Vec<String> = match self.store.peers() {
+            Ok(p) => p.iter().map(SocketAddr::to_string).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the cluster peers to rejoin");
+                Vec::new()
+            }
+        };
         if !peers.is_empty() {
             if let Err(e) = self.join_cluster(&peers) {
                 tracing::warn!(error = %e, "rejoining the cluster");
@@ -158,15 +157,9 @@ impl Controller {
                 g.join(*a, now);
             }
         });
-        let mut known: BTreeSet<String> = std::fs::read(self.peers_file())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        known.extend(addrs.iter().map(|a| a.to_string()));
-        let _ = std::fs::write(
-            self.peers_file(),
-            serde_json::to_vec(&known).unwrap_or_default(),
-        );
+        if let Err(e) = self.store.add_peers(&addrs) {
+            tracing::warn!(error = %e, "remembering the cluster peers");
+        }
         tracing::info!(?addrs, "joining the cluster");
         Ok(addrs.iter().map(|a| a.to_string()).collect())
     }
@@ -174,7 +167,9 @@ impl Controller {
     pub(super) fn leave_cluster(&mut self) -> Result<String, ApiError> {
         let cluster = self.cluster.as_ref().ok_or_else(no_cluster)?;
         cluster.with(|g, now| g.leave(now));
-        let _ = std::fs::remove_file(self.peers_file());
+        if let Err(e) = self.store.clear_peers() {
+            tracing::warn!(error = %e, "forgetting the cluster peers");
+        }
         // Encrypted tunnels close with the membership.
         if let Some(q) = &self.quic {
             q.handle().set_peers([]);

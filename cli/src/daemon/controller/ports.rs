@@ -5,14 +5,12 @@
 //! of a connect is set up, so that a port already in use refuses the
 //! connect with nothing half done; the bound sockets then go to the
 //! datapath, which forwards through the network's NAT. The mappings of an
-//! endpoint are stored next to the state database, one JSON file per
-//! endpoint (`published/CONTAINER@NETWORK.json`, names are validated), and
-//! bound again at restart.
+//! endpoint are a record of the state database (its `ports` table, keyed
+//! like the endpoint and deleted with it), and are bound again at restart.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 
 use switch::MacAddr;
 
@@ -34,14 +32,6 @@ impl Bound {
 }
 
 impl Controller {
-    fn ports_dir(&self) -> PathBuf {
-        self.config.state_dir.join("published")
-    }
-
-    fn ports_file(&self, container: &str, network: &str) -> PathBuf {
-        self.ports_dir().join(format!("{container}@{network}.json"))
-    }
-
     /// Checks `ports` for `network` and binds their host sockets. Nothing
     /// stays bound on error.
     pub(super) fn bind_ports(
@@ -186,41 +176,30 @@ impl Controller {
         network: &str,
         ports: &[PortMapping],
     ) -> Result<(), ApiError> {
-        let path = self.ports_file(container, network);
-        if ports.is_empty() {
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(internal(e)),
-                _ => Ok(()),
-            };
-        }
-        std::fs::create_dir_all(self.ports_dir()).map_err(internal)?;
-        let tmp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec(ports).map_err(internal)?;
-        std::fs::write(&tmp, body).map_err(internal)?;
-        std::fs::rename(&tmp, &path).map_err(internal)
+        self.store
+            .put_ports(container, network, ports)
+            .map_err(internal)
     }
 
     /// The stored mappings of an endpoint.
     pub(super) fn load_ports(&self, container: &str, network: &str) -> Vec<PortMapping> {
-        let path = self.ports_file(container, network);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable published ports");
+        self.store
+            .load_ports(container, network)
+            .unwrap_or_else(|e| {
+                tracing::warn!(container, network, error = %e, "unreadable published ports");
                 Vec::new()
-            }),
-            Err(_) => Vec::new(),
-        }
+            })
     }
 
-    /// Stops forwarding an endpoint's published ports and forgets them.
+    /// Stops forwarding an endpoint's published ports. Their record went
+    /// with the endpoint's ([`Store::delete_endpoint`]).
+    ///
+    /// [`Store::delete_endpoint`]: crate::daemon::state::Store::delete_endpoint
     pub(super) fn unpublish(&self, network: &str, container: &str, port: switch::PortId) {
         if let Some(id) = self.networks.get(network).and_then(|n| n.id) {
             if let Err(e) = self.datapath.unpublish(id, port) {
                 tracing::warn!(container, network, error = %e, "closing published ports");
             }
-        }
-        if let Err(e) = self.save_ports(container, network, &[]) {
-            tracing::warn!(container, network, error = %e, "forgetting published ports");
         }
     }
 
