@@ -61,13 +61,15 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, LinkSlice, NetSlice, SlicedPacket,
     TransportSlice, UdpHeader,
 };
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport};
-use crate::stack::{smol_instant, Rng, TxQueue};
+use crate::stack::{
+    check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue, Whole,
+};
 use crate::MacAddr;
 
 /// The DNS port, UDP and TCP.
@@ -152,42 +154,6 @@ pub enum GatewayError {
     /// A prefix length longer than the address.
     #[error("prefix length /{0} is longer than the address")]
     PrefixLen(u8),
-}
-
-/// Checks the link settings a network's gateway side is built from (also
-/// the NAT's): a unicast MAC, an MTU smoltcp and IPv6 accept, unicast
-/// addresses with prefixes that fit.
-pub(crate) fn check_interface(
-    mac: MacAddr,
-    mtu: usize,
-    ipv4: Option<(Ipv4Addr, u8)>,
-    ipv6: Option<(Ipv6Addr, u8)>,
-) -> Result<(), GatewayError> {
-    if mac.is_multicast() || mac.is_zero() {
-        return Err(GatewayError::MacNotUnicast(mac));
-    }
-    let min_mtu = if ipv6.is_some() { 1280 } else { 576 };
-    if mtu < min_mtu || mtu > usize::from(u16::MAX) {
-        return Err(GatewayError::Mtu(mtu));
-    }
-    if let Some((addr, prefix)) = ipv4 {
-        if prefix > 32 {
-            return Err(GatewayError::PrefixLen(prefix));
-        }
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
-        {
-            return Err(GatewayError::NotUnicast(addr.into()));
-        }
-    }
-    if let Some((addr, prefix)) = ipv6 {
-        if prefix > 128 {
-            return Err(GatewayError::PrefixLen(prefix));
-        }
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-            return Err(GatewayError::NotUnicast(addr.into()));
-        }
-    }
-    Ok(())
 }
 
 /// What the gateway did, for `vswitch stats`.
@@ -326,75 +292,6 @@ impl TcpConn {
     }
 }
 
-/// The smoltcp device: at most one received frame (borrowed from the
-/// caller, never copied) and the shared transmit queue.
-struct FrameDevice<'a> {
-    rx: Option<&'a [u8]>,
-    tx: &'a mut TxQueue,
-    caps: &'a DeviceCapabilities,
-}
-
-impl Device for FrameDevice<'_> {
-    type RxToken<'b>
-        = FrameRx<'b>
-    where
-        Self: 'b;
-    type TxToken<'b>
-        = FrameTx<'b>
-    where
-        Self: 'b;
-
-    fn receive(
-        &mut self,
-        _timestamp: smoltcp::time::Instant,
-    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let frame = self.rx.take()?;
-        Some((FrameRx(frame), FrameTx(self.tx)))
-    }
-
-    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        if self.tx.is_full() {
-            return None;
-        }
-        Some(FrameTx(self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        self.caps.clone()
-    }
-}
-
-struct FrameRx<'a>(&'a [u8]);
-
-impl phy::RxToken for FrameRx<'_> {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(self.0)
-    }
-}
-
-struct FrameTx<'a>(&'a mut TxQueue);
-
-impl phy::TxToken for FrameTx<'_> {
-    fn consume<R, F>(self, len: usize, f: F) -> R
-    where
-        F: FnOnce(&mut [u8]) -> R,
-    {
-        match self.0.alloc() {
-            Some(mut buf) => {
-                buf.resize(len, 0);
-                let r = f(&mut buf);
-                self.0.commit(buf);
-                r
-            }
-            // smoltcp needs its closure run; the frame is dropped (counted).
-            None => f(&mut vec![0; len]),
-        }
-    }
-}
-
 /// What the direct path did with a frame.
 enum Direct {
     /// Answered or dropped (and counted) here.
@@ -459,15 +356,9 @@ impl Gateway {
         caps.max_transmission_unit = config.mtu + ETH_LEN;
 
         let mut rng = Rng(config.random_seed);
-        let mut tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_FRAMES);
-        let mut device = FrameDevice {
-            rx: None,
-            tx: &mut tx,
-            caps: &caps,
-        };
-        let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
-        iface_config.random_seed = rng.next_u64();
-        let mut iface = Interface::new(iface_config, &mut device, smol_instant(now, now));
+        let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_FRAMES);
+        let hardware = HardwareAddress::Ethernet(EthernetAddress(mac.0));
+        let mut iface = new_interface(hardware, rng.next_u64(), &caps, now);
         iface.update_ip_addrs(|addrs| {
             if let Some((addr, prefix)) = config.ipv4 {
                 let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
@@ -552,20 +443,9 @@ impl Gateway {
             // smoltcp may have had more to send than the queue took.
             self.poll_iface(None, now);
         }
-        loop {
-            let frame = self.tx.frames.pop_front()?;
-            let n = frame.len();
-            let fits = n <= out.len();
-            if fits {
-                out[..n].copy_from_slice(&frame);
-            }
-            self.tx.recycle(frame);
-            if fits {
-                self.stats.frames_out += 1;
-                return Some(n);
-            }
-            self.stats.frames_dropped += 1;
-        }
+        let n = self.tx.pop_into(out)?;
+        self.stats.frames_out += 1;
+        Some(n)
     }
 
     /// Copies the next datagram for an upstream resolver into `out`; returns
@@ -636,13 +516,7 @@ impl Gateway {
     /// When [`Gateway::handle_timeout`] should run next, if anything waits
     /// on time. May be in the past: run it right away.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
-        let smol = self
-            .iface
-            .poll_at(smol_instant(self.epoch, now), &self.sockets)
-            .and_then(|t| {
-                self.epoch
-                    .checked_add(Duration::from_micros(t.total_micros().max(0) as u64))
-            });
+        let smol = poll_at(&mut self.iface, &self.sockets, self.epoch, now);
         let upstream = self.deadlines.first().map(|(t, _)| *t);
         let tcp = self.tcp.iter().filter_map(TcpConn::deadline).min();
         [smol, upstream, tcp].into_iter().flatten().min()
@@ -1057,9 +931,10 @@ impl Gateway {
     // ---- smoltcp: ARP, NDP, TCP ----
 
     fn poll_iface(&mut self, frame: Option<&[u8]>, now: Instant) {
-        let mut device = FrameDevice {
+        let mut device = QueueDevice {
             rx: frame,
             tx: &mut self.tx,
+            framing: Whole,
             caps: &self.caps,
         };
         self.iface.poll(
@@ -1362,6 +1237,7 @@ mod tests {
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::{Name, RData, RecordType};
     use rstest::rstest;
+    use smoltcp::iface::Config as IfaceConfig;
 
     const GW_MAC: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0, 0, 1]);
     const C_MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0, 0, 2];

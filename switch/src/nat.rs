@@ -102,13 +102,15 @@ use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use etherparse::{IpNumber, LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 
-use crate::gateway::{check_interface, GatewayError};
-use crate::stack::{smol_instant, Rng, TxQueue};
+use crate::gateway::GatewayError;
+use crate::stack::{
+    check_interface, new_interface, poll_at, smol_instant, Framing, QueueDevice, Rng, TxQueue,
+};
 use crate::MacAddr;
 
 /// Ports the NAT takes on the gateway address when a client cannot appear
@@ -639,9 +641,9 @@ impl DatagramQueue {
     }
 }
 
-/// What smoltcp's transmit tokens need: the queue and where to send.
-struct Egress<'a> {
-    tx: &'a mut TxQueue,
+/// The NAT's [`Framing`]: smoltcp writes IP packets; the NAT puts the
+/// Ethernet header in front, to the MAC of the packet's destination.
+struct NatLink<'a> {
     neighbors: &'a HashMap<IpAddr, Neighbor>,
     /// The sender of the packet being received, for replies to it (a RST to
     /// a container the NAT holds no connection with).
@@ -650,74 +652,14 @@ struct Egress<'a> {
     no_neighbor: &'a mut u64,
 }
 
-/// The smoltcp device: at most one received IP packet (borrowed, never
-/// copied) and the transmit queue.
-struct NatDevice<'a> {
-    rx: Option<&'a [u8]>,
-    egress: Egress<'a>,
-    caps: &'a DeviceCapabilities,
-}
+impl Framing for NatLink<'_> {
+    const HEADROOM: usize = ETH_LEN;
 
-impl<'a> Device for NatDevice<'a> {
-    type RxToken<'b>
-        = PacketRx<'b>
-    where
-        Self: 'b;
-    type TxToken<'b>
-        = PacketTx<'b, 'a>
-    where
-        Self: 'b;
-
-    fn receive(
-        &mut self,
-        _timestamp: smoltcp::time::Instant,
-    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let packet = self.rx.take()?;
-        Some((PacketRx(packet), PacketTx(&mut self.egress)))
-    }
-
-    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        if self.egress.tx.is_full() {
-            return None;
-        }
-        Some(PacketTx(&mut self.egress))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        self.caps.clone()
-    }
-}
-
-struct PacketRx<'a>(&'a [u8]);
-
-impl phy::RxToken for PacketRx<'_> {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(self.0)
-    }
-}
-
-struct PacketTx<'a, 'b>(&'a mut Egress<'b>);
-
-impl phy::TxToken for PacketTx<'_, '_> {
-    fn consume<R, F>(self, len: usize, f: F) -> R
-    where
-        F: FnOnce(&mut [u8]) -> R,
-    {
-        let egress = self.0;
-        let Some(mut buf) = egress.tx.alloc() else {
-            // smoltcp needs its closure run; the packet is dropped (counted).
-            return f(&mut vec![0; len]);
-        };
-        buf.resize(ETH_LEN + len, 0);
-        let r = f(&mut buf[ETH_LEN..]);
+    fn finish(&mut self, buf: &mut [u8]) -> bool {
         let dst = packet_destination(&buf[ETH_LEN..]);
         let mac = dst.and_then(|ip| {
-            egress.neighbors.get(&ip).map(|n| n.mac).or_else(|| {
-                egress
-                    .rx_src
+            self.neighbors.get(&ip).map(|n| n.mac).or_else(|| {
+                self.rx_src
                     .filter(|(src, _)| *src == ip)
                     .map(|(_, mac)| mac)
             })
@@ -725,17 +667,16 @@ impl phy::TxToken for PacketTx<'_, '_> {
         match (dst, mac) {
             (Some(ip), Some(mac)) => {
                 buf[..6].copy_from_slice(&mac.0);
-                buf[6..12].copy_from_slice(&egress.mac.0);
+                buf[6..12].copy_from_slice(&self.mac.0);
                 let ethertype: u16 = if ip.is_ipv4() { 0x0800 } else { 0x86dd };
                 buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
-                egress.tx.commit(buf);
+                true
             }
             _ => {
-                *egress.no_neighbor += 1;
-                egress.tx.recycle(buf);
+                *self.no_neighbor += 1;
+                false
             }
         }
-        r
     }
 }
 
@@ -865,23 +806,9 @@ impl Nat {
         caps.max_transmission_unit = config.mtu;
 
         let mut rng = Rng(config.random_seed);
-        let mut tx = TxQueue::new(TX_QUEUE_FRAMES, 64);
+        let tx = TxQueue::new(TX_QUEUE_FRAMES, 64);
         let neighbors = HashMap::new();
-        let mut no_neighbor = 0;
-        let mut device = NatDevice {
-            rx: None,
-            egress: Egress {
-                tx: &mut tx,
-                neighbors: &neighbors,
-                rx_src: None,
-                mac,
-                no_neighbor: &mut no_neighbor,
-            },
-            caps: &caps,
-        };
-        let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
-        iface_config.random_seed = rng.next_u64();
-        let mut iface = Interface::new(iface_config, &mut device, smol_instant(now, now));
+        let mut iface = new_interface(HardwareAddress::Ip, rng.next_u64(), &caps, now);
         iface.set_any_ip(true);
         iface.update_ip_addrs(|addrs| {
             if let Some((addr, prefix)) = config.ipv4 {
@@ -1068,20 +995,9 @@ impl Nat {
             // smoltcp may have had more to send than the queue took.
             self.run(None, Service::Woken(None), now);
         }
-        loop {
-            let frame = self.tx.frames.pop_front()?;
-            let n = frame.len();
-            let fits = n <= out.len();
-            if fits {
-                out[..n].copy_from_slice(&frame);
-            }
-            self.tx.recycle(frame);
-            if fits {
-                self.stats.frames_out += 1;
-                return Some(n);
-            }
-            self.stats.frames_dropped += 1;
-        }
+        let n = self.tx.pop_into(out)?;
+        self.stats.frames_out += 1;
+        Some(n)
     }
 
     /// The next thing the daemon must do with host sockets.
@@ -1113,13 +1029,7 @@ impl Nat {
     /// When [`Nat::handle_timeout`] should run next, if anything waits on
     /// time. May be in the past: run it right away.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
-        let smol = self
-            .iface
-            .poll_at(smol_instant(self.epoch, now), &self.sockets)
-            .and_then(|t| {
-                self.epoch
-                    .checked_add(Duration::from_micros(t.total_micros().max(0) as u64))
-            });
+        let smol = poll_at(&mut self.iface, &self.sockets, self.epoch, now);
         let own = self.timers.first().map(|(t, _)| *t);
         [smol, own].into_iter().flatten().min()
     }
@@ -1671,10 +1581,10 @@ impl Nat {
         rx_src: Option<(IpAddr, MacAddr)>,
         now: Instant,
     ) {
-        let mut device = NatDevice {
+        let mut device = QueueDevice {
             rx: packet,
-            egress: Egress {
-                tx: &mut self.tx,
+            tx: &mut self.tx,
+            framing: NatLink {
                 neighbors: &self.neighbors,
                 rx_src,
                 mac: self.mac,
@@ -2333,6 +2243,7 @@ mod tests {
     use crate::gateway::{Gateway, GatewayConfig};
     use etherparse::{Icmpv4Type, PacketBuilder};
     use rstest::rstest;
+    use smoltcp::iface::Config as IfaceConfig;
     use smoltcp::socket::udp;
     use smoltcp::wire::EthernetAddress;
 
