@@ -56,11 +56,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use etherparse::{
-    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type,
-    IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, LinkSlice, NetSlice, SlicedPacket,
-    TransportSlice, UdpHeader,
-};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -70,6 +65,7 @@ use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport};
 use crate::stack::{
     check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue, Whole,
 };
+use crate::wire::{self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UDP_HEADER_LEN};
 use crate::MacAddr;
 
 /// The DNS port, UDP and TCP.
@@ -108,6 +104,10 @@ const TCP_SOCKET_BUFFER: usize = 8 * 1024;
 const MAX_TCP_MESSAGE: usize = 2 + u16::MAX as usize;
 /// Ethernet II header.
 const ETH_LEN: usize = 14;
+/// IPv4 header without options, as the gateway writes it.
+const IPV4_HEADER_LEN: usize = 20;
+/// IPv6 fixed header.
+const IPV6_HEADER_LEN: usize = 40;
 /// Hop limit / TTL of the frames the gateway writes itself.
 const HOP_LIMIT: u8 = 64;
 /// Tries at finding an unused upstream transaction id.
@@ -202,7 +202,7 @@ pub struct GatewayStats {
 /// Where a reply to a client goes: the L2 and L3 of its request, swapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ReplyPath {
-    client_mac: [u8; 6],
+    client_mac: MacAddr,
     client_ip: IpAddr,
     local_ip: IpAddr,
 }
@@ -211,12 +211,25 @@ impl ReplyPath {
     fn headers_len(&self, l4: usize) -> usize {
         ETH_LEN + ip_header_len(self.client_ip) + l4
     }
+
+    /// The Ethernet and IP headers of a reply from `mac` along the path.
+    fn repr(&self, mac: MacAddr, ip_id: u16) -> IpRepr {
+        IpRepr {
+            src_mac: mac,
+            dst_mac: self.client_mac,
+            src: self.local_ip,
+            dst: self.client_ip,
+            hop_limit: HOP_LIMIT,
+            ipv4_ident: ip_id,
+            dont_fragment: false,
+        }
+    }
 }
 
 fn ip_header_len(ip: IpAddr) -> usize {
     match ip {
-        IpAddr::V4(_) => Ipv4Header::MIN_LEN,
-        IpAddr::V6(_) => Ipv6Header::LEN,
+        IpAddr::V4(_) => IPV4_HEADER_LEN,
+        IpAddr::V6(_) => IPV6_HEADER_LEN,
     }
 }
 
@@ -550,33 +563,27 @@ impl Gateway {
     // ---- direct path: UDP DNS and ICMP echo ----
 
     fn direct(&mut self, frame: &[u8], now: Instant) -> Direct {
-        let Ok(pkt) = SlicedPacket::from_ethernet(frame) else {
+        let Ok(pkt) = IpFrame::parse(frame) else {
             self.stats.frames_malformed += 1;
             return Direct::Done;
         };
-        let Some(LinkSlice::Ethernet2(eth)) = &pkt.link else {
-            return Direct::Pass;
-        };
-        let dst_mac = eth.destination();
-        if (dst_mac != self.mac.0 && dst_mac[0] & 1 == 0) || !pkt.link_exts.is_empty() {
+        let dst_mac = pkt.dst_mac();
+        if (dst_mac != self.mac && !dst_mac.is_multicast()) || pkt.has_link_extensions() {
             return Direct::Pass;
         }
-        let client_mac = eth.source();
-        if client_mac[0] & 1 != 0 {
+        let client_mac = pkt.src_mac();
+        if client_mac.is_multicast() {
             return Direct::Pass;
         }
-        match (&pkt.net, &pkt.transport) {
-            (Some(NetSlice::Ipv4(ip)), Some(transport)) => {
-                let h = ip.header();
-                if Some(h.destination_addr()) != self.ipv4 {
+        match (pkt.ip(), pkt.transport()) {
+            (Some(IpHeader::V4(ip)), Some(transport)) => {
+                if Some(ip.dst()) != self.ipv4 {
                     return Direct::Pass;
                 }
-                let src = h.source_addr();
+                let src = ip.src();
                 let wanted = match transport {
-                    TransportSlice::Udp(u) => u.destination_port() == DNS_PORT,
-                    TransportSlice::Icmpv4(i) => {
-                        matches!(i.icmp_type(), Icmpv4Type::EchoRequest(_))
-                    }
+                    TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
+                    TransportHeader::Icmpv4(i) => i.echo_request().is_some(),
                     _ => false,
                 };
                 if !wanted {
@@ -585,36 +592,28 @@ impl Gateway {
                 if src.is_unspecified() || src.is_multicast() || src.is_broadcast() {
                     return Direct::Done;
                 }
-                if h.to_header().calc_header_checksum() != h.header_checksum() {
+                if !ip.checksum_ok() {
                     self.stats.frames_bad_checksum += 1;
                     return Direct::Done;
                 }
                 let path = ReplyPath {
                     client_mac,
                     client_ip: src.into(),
-                    local_ip: h.destination_addr().into(),
+                    local_ip: ip.dst().into(),
                 };
                 match transport {
-                    TransportSlice::Udp(u) => {
-                        let hdr = u.to_header();
-                        if hdr.checksum != 0
-                            && hdr
-                                .calc_checksum_ipv4_raw(h.source(), h.destination(), u.payload())
-                                .ok()
-                                != Some(hdr.checksum)
-                        {
+                    TransportHeader::Udp(u) => {
+                        if !u.checksum_ok(path.client_ip, path.local_ip) {
                             self.stats.frames_bad_checksum += 1;
                             return Direct::Done;
                         }
-                        self.udp_query(path, u.source_port(), u.payload(), now);
+                        self.udp_query(path, u.src_port(), u.payload(), now);
                     }
-                    TransportSlice::Icmpv4(i) => {
-                        let Icmpv4Type::EchoRequest(echo) = i.icmp_type() else {
+                    TransportHeader::Icmpv4(i) => {
+                        let Some(echo) = i.echo_request() else {
                             return Direct::Pass;
                         };
-                        let want =
-                            Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(echo), i.payload());
-                        if want.checksum != i.checksum() {
+                        if !i.checksum_ok() {
                             self.stats.frames_bad_checksum += 1;
                             return Direct::Done;
                         }
@@ -624,18 +623,15 @@ impl Gateway {
                 }
                 Direct::Done
             }
-            (Some(NetSlice::Ipv6(ip)), Some(transport)) => {
-                let h = ip.header();
-                let dst = Some(h.destination_addr());
+            (Some(IpHeader::V6(ip)), Some(transport)) => {
+                let dst = Some(ip.dst());
                 if dst != self.ipv6 && dst != self.ipv6_link_local {
                     return Direct::Pass;
                 }
-                let src = h.source_addr();
+                let src = ip.src();
                 let wanted = match transport {
-                    TransportSlice::Udp(u) => u.destination_port() == DNS_PORT,
-                    TransportSlice::Icmpv6(i) => {
-                        matches!(i.icmp_type(), Icmpv6Type::EchoRequest(_))
-                    }
+                    TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
+                    TransportHeader::Icmpv6(i) => i.echo_request().is_some(),
                     _ => false,
                 };
                 if !wanted {
@@ -647,26 +643,21 @@ impl Gateway {
                 let path = ReplyPath {
                     client_mac,
                     client_ip: src.into(),
-                    local_ip: h.destination_addr().into(),
+                    local_ip: ip.dst().into(),
                 };
                 match transport {
-                    TransportSlice::Udp(u) => {
-                        let hdr = u.to_header();
-                        if hdr
-                            .calc_checksum_ipv6_raw(h.source(), h.destination(), u.payload())
-                            .ok()
-                            != Some(hdr.checksum)
-                        {
+                    TransportHeader::Udp(u) => {
+                        if !u.checksum_ok(path.client_ip, path.local_ip) {
                             self.stats.frames_bad_checksum += 1;
                             return Direct::Done;
                         }
-                        self.udp_query(path, u.source_port(), u.payload(), now);
+                        self.udp_query(path, u.src_port(), u.payload(), now);
                     }
-                    TransportSlice::Icmpv6(i) => {
-                        let Icmpv6Type::EchoRequest(echo) = i.icmp_type() else {
+                    TransportHeader::Icmpv6(i) => {
+                        let Some(echo) = i.echo_request() else {
                             return Direct::Pass;
                         };
-                        if !i.is_checksum_valid(h.source(), h.destination()) {
+                        if !i.checksum_ok(src, ip.dst()) {
                             self.stats.frames_bad_checksum += 1;
                             return Direct::Done;
                         }
@@ -690,7 +681,7 @@ impl Gateway {
         let Some(mut buf) = self.tx.alloc() else {
             return;
         };
-        let hdr = path.headers_len(UdpHeader::LEN);
+        let hdr = path.headers_len(UDP_HEADER_LEN);
         buf.resize(hdr + max_payload, 0);
         let zone = self.zone.load();
         let before = self.responder.stats();
@@ -707,8 +698,7 @@ impl Gateway {
             Outcome::Answered(n) => {
                 buf.truncate(hdr + n);
                 let id = self.next_ip_id();
-                write_udp_headers(&mut buf, self.mac, path, DNS_PORT, client_port, id);
-                self.tx.commit(buf);
+                self.commit_udp(buf, path.repr(self.mac, id), client_port);
             }
             Outcome::Forward { max_reply } => {
                 self.tx.recycle(buf);
@@ -722,46 +712,32 @@ impl Gateway {
         }
     }
 
-    fn echo_reply(&mut self, path: ReplyPath, echo: IcmpEchoHeader, payload: &[u8]) {
+    fn echo_reply(&mut self, path: ReplyPath, echo: Echo, payload: &[u8]) {
         let Some(mut buf) = self.tx.alloc() else {
             return;
         };
-        let l4 = 8 + payload.len();
-        let hdr = path.headers_len(0);
-        buf.resize(hdr + l4, 0);
-        buf[hdr + 8..].copy_from_slice(payload);
-        let id = self.next_ip_id();
-        let icmp: Option<[u8; 8]> = match (path.local_ip, path.client_ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => {
-                write_eth_ip(&mut buf, self.mac, path, IpNumber::ICMP, l4, id);
-                let h = Icmpv4Header::with_checksum(Icmpv4Type::EchoReply(echo), payload);
-                h.to_bytes().as_slice().try_into().ok()
-            }
-            (IpAddr::V6(local), IpAddr::V6(client)) => {
-                write_eth_ip(&mut buf, self.mac, path, IpNumber::IPV6_ICMP, l4, id);
-                Icmpv6Header::with_checksum(
-                    Icmpv6Type::EchoReply(echo),
-                    local.octets(),
-                    client.octets(),
-                    payload,
-                )
-                .ok()
-                .and_then(|h| h.to_bytes().as_slice().try_into().ok())
-            }
-            _ => None,
-        };
-        match icmp {
-            Some(h) => {
-                buf[hdr..hdr + 8].copy_from_slice(&h);
+        let repr = path.repr(self.mac, self.next_ip_id());
+        buf.resize(wire::echo_frame_len(&repr, payload.len()), 0);
+        match wire::emit_echo_reply(&repr, echo, payload, &mut buf) {
+            Ok(_) => {
                 self.stats.echo_replies += 1;
                 self.tx.commit(buf);
             }
-            None => self.tx.recycle(buf),
+            Err(_) => self.tx.recycle(buf),
+        }
+    }
+
+    /// Queues a UDP frame from port 53 along `ip` whose payload is already
+    /// in place in `buf`, after the headers.
+    fn commit_udp(&mut self, mut buf: Vec<u8>, ip: IpRepr, client_port: u16) {
+        match wire::emit_udp_headers(&ip, DNS_PORT, client_port, &mut buf) {
+            Ok(()) => self.tx.commit(buf),
+            Err(_) => self.tx.recycle(buf),
         }
     }
 
     fn max_udp_payload(&self, ip: IpAddr) -> usize {
-        (self.mtu - ip_header_len(ip) - UdpHeader::LEN).min(usize::from(u16::MAX))
+        (self.mtu - ip_header_len(ip) - UDP_HEADER_LEN).min(usize::from(u16::MAX))
     }
 
     fn next_ip_id(&mut self) -> u16 {
@@ -903,12 +879,11 @@ impl Gateway {
                 let Some(mut buf) = self.tx.alloc() else {
                     return;
                 };
-                let hdr = path.headers_len(UdpHeader::LEN);
+                let hdr = path.headers_len(UDP_HEADER_LEN);
                 buf.resize(hdr, 0);
                 buf.extend_from_slice(msg);
                 let id = self.next_ip_id();
-                write_udp_headers(&mut buf, self.mac, path, DNS_PORT, port, id);
-                self.tx.commit(buf);
+                self.commit_udp(buf, path.repr(self.mac, id), port);
             }
             Client::Tcp { slot, generation } => {
                 let Some(conn) = self.tcp.get_mut(slot) else {
@@ -1137,103 +1112,14 @@ fn link_local(mac: MacAddr) -> Ipv6Addr {
     ])
 }
 
-/// Writes the Ethernet and IP headers of a reply along `path` at the start
-/// of `buf`, for an IP payload of `l4_len` bytes (which must fit the u16
-/// length fields: the MTU check in [`Gateway::new`] guarantees it).
-fn write_eth_ip(
-    buf: &mut [u8],
-    mac: MacAddr,
-    path: ReplyPath,
-    proto: IpNumber,
-    l4_len: usize,
-    ip_id: u16,
-) {
-    let ether_type = match path.client_ip {
-        IpAddr::V4(_) => EtherType::IPV4,
-        IpAddr::V6(_) => EtherType::IPV6,
-    };
-    let eth = Ethernet2Header {
-        source: mac.0,
-        destination: path.client_mac,
-        ether_type,
-    };
-    buf[..ETH_LEN].copy_from_slice(&eth.to_bytes());
-    match (path.local_ip, path.client_ip) {
-        (IpAddr::V4(local), IpAddr::V4(client)) => {
-            let mut ip = Ipv4Header::new(
-                l4_len as u16,
-                HOP_LIMIT,
-                proto,
-                local.octets(),
-                client.octets(),
-            )
-            .unwrap_or_default();
-            ip.identification = ip_id;
-            ip.dont_fragment = false;
-            ip.header_checksum = ip.calc_header_checksum();
-            buf[ETH_LEN..ETH_LEN + Ipv4Header::MIN_LEN].copy_from_slice(&ip.to_bytes());
-        }
-        (IpAddr::V6(local), IpAddr::V6(client)) => {
-            let ip = Ipv6Header {
-                traffic_class: 0,
-                flow_label: Ipv6FlowLabel::ZERO,
-                payload_length: l4_len as u16,
-                next_header: proto,
-                hop_limit: HOP_LIMIT,
-                source: local.octets(),
-                destination: client.octets(),
-            };
-            buf[ETH_LEN..ETH_LEN + Ipv6Header::LEN].copy_from_slice(&ip.to_bytes());
-        }
-        // A path always pairs addresses of one family (built from one packet).
-        _ => {}
-    }
-}
-
-/// Writes Ethernet, IP and UDP headers in front of the UDP payload already
-/// at `buf[headers..]`, checksums included.
-fn write_udp_headers(
-    buf: &mut [u8],
-    mac: MacAddr,
-    path: ReplyPath,
-    src_port: u16,
-    dst_port: u16,
-    ip_id: u16,
-) {
-    let hdr = path.headers_len(UdpHeader::LEN);
-    let payload_len = buf.len() - hdr;
-    write_eth_ip(
-        buf,
-        mac,
-        path,
-        IpNumber::UDP,
-        UdpHeader::LEN + payload_len,
-        ip_id,
-    );
-    let mut udp = UdpHeader {
-        source_port: src_port,
-        destination_port: dst_port,
-        length: (UdpHeader::LEN + payload_len) as u16,
-        checksum: 0,
-    };
-    let payload = &buf[hdr..];
-    udp.checksum = match (path.local_ip, path.client_ip) {
-        (IpAddr::V4(l), IpAddr::V4(c)) => udp
-            .calc_checksum_ipv4_raw(l.octets(), c.octets(), payload)
-            .unwrap_or(0),
-        (IpAddr::V6(l), IpAddr::V6(c)) => udp
-            .calc_checksum_ipv6_raw(l.octets(), c.octets(), payload)
-            .unwrap_or(0),
-        _ => 0,
-    };
-    buf[hdr - UdpHeader::LEN..hdr].copy_from_slice(&udp.to_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dns::{DnsEntry, Zone};
-    use etherparse::{ArpEthIpv4Packet, ArpHardwareId, ArpOperation, PacketBuilder};
+    use etherparse::{
+        ArpEthIpv4Packet, ArpHardwareId, ArpOperation, Icmpv4Header, Icmpv4Type, Icmpv6Type,
+        LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+    };
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::{Name, RData, RecordType};
     use rstest::rstest;

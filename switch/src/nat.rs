@@ -101,7 +101,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use etherparse::{IpNumber, LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -110,6 +109,10 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndp
 use crate::gateway::GatewayError;
 use crate::stack::{
     check_interface, new_interface, poll_at, smol_instant, Framing, QueueDevice, Rng, TxQueue,
+};
+use crate::wire::{
+    self, Echo, EtherType, EthernetRepr, IpFrame, IpHeader, IpProtocol, IpRepr, TcpView,
+    TransportHeader, UdpView,
 };
 use crate::MacAddr;
 
@@ -442,7 +445,7 @@ pub fn is_for_nat(
 
 /// TCP or UDP (`proto`) with a destination port in [`NAT_PORTS`].
 fn to_nat_port(proto: u8, l4: Option<&[u8]>) -> bool {
-    let is_tcp_udp = proto == IpNumber::TCP.0 || proto == IpNumber::UDP.0;
+    let is_tcp_udp = matches!(IpProtocol::from(proto), IpProtocol::Tcp | IpProtocol::Udp);
     match l4 {
         Some([_, _, hi, lo, ..]) if is_tcp_udp => {
             NAT_PORTS.contains(&u16::from_be_bytes([*hi, *lo]))
@@ -656,7 +659,7 @@ impl Framing for NatLink<'_> {
     const HEADROOM: usize = ETH_LEN;
 
     fn finish(&mut self, buf: &mut [u8]) -> bool {
-        let dst = packet_destination(&buf[ETH_LEN..]);
+        let dst = wire::ip_destination(&buf[ETH_LEN..]);
         let mac = dst.and_then(|ip| {
             self.neighbors.get(&ip).map(|n| n.mac).or_else(|| {
                 self.rx_src
@@ -666,32 +669,23 @@ impl Framing for NatLink<'_> {
         });
         match (dst, mac) {
             (Some(ip), Some(mac)) => {
-                buf[..6].copy_from_slice(&mac.0);
-                buf[6..12].copy_from_slice(&self.mac.0);
-                let ethertype: u16 = if ip.is_ipv4() { 0x0800 } else { 0x86dd };
-                buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
-                true
+                let eth = EthernetRepr {
+                    src: self.mac,
+                    dst: mac,
+                    ethertype: if ip.is_ipv4() {
+                        EtherType::Ipv4
+                    } else {
+                        EtherType::Ipv6
+                    },
+                };
+                // The headroom holds the header.
+                eth.emit(buf).is_ok()
             }
             _ => {
                 *self.no_neighbor += 1;
                 false
             }
         }
-    }
-}
-
-/// The destination address of an IP packet smoltcp wrote.
-fn packet_destination(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 => {
-            let d: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-            Some(IpAddr::from(d))
-        }
-        6 => {
-            let d: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-            Some(IpAddr::from(d))
-        }
-        _ => None,
     }
 }
 
@@ -882,54 +876,44 @@ impl Nat {
     /// [`is_for_nat`] claimed.
     pub fn handle_frame(&mut self, frame: &[u8], now: Instant) {
         self.stats.frames_in += 1;
-        let Ok(pkt) = SlicedPacket::from_ethernet(frame) else {
+        let Ok(pkt) = IpFrame::parse(frame) else {
             self.stats.frames_malformed += 1;
             return;
         };
-        let Some(LinkSlice::Ethernet2(eth)) = &pkt.link else {
-            self.stats.frames_malformed += 1;
-            return;
-        };
-        if eth.destination() != self.mac.0 || !pkt.link_exts.is_empty() {
+        if pkt.dst_mac() != self.mac || pkt.has_link_extensions() {
             self.stats.frames_unsupported += 1;
             return;
         }
-        let src_mac = MacAddr(eth.source());
+        let src_mac = pkt.src_mac();
         if src_mac.is_multicast() || src_mac.is_zero() {
             self.stats.frames_malformed += 1;
             return;
         }
-        let (src, dst, packet_len, direct) = match &pkt.net {
-            Some(NetSlice::Ipv4(ip)) => {
-                let h = ip.header();
-                if h.more_fragments() || h.fragments_offset().value() != 0 {
+        let (src, dst, packet_len, direct) = match pkt.ip() {
+            Some(IpHeader::V4(ip)) => {
+                if ip.is_fragment() {
                     self.stats.frames_unsupported += 1;
                     return;
                 }
-                if h.to_header().calc_header_checksum() != h.header_checksum() {
+                if !ip.checksum_ok() {
                     self.stats.frames_bad_checksum += 1;
                     return;
                 }
-                let direct = ip.payload().ip_number == h.protocol();
+                let direct = ip.transport_follows();
                 (
-                    IpAddr::V4(h.source_addr()),
-                    IpAddr::V4(h.destination_addr()),
-                    usize::from(h.total_len()),
+                    IpAddr::V4(ip.src()),
+                    IpAddr::V4(ip.dst()),
+                    ip.total_len(),
                     direct,
                 )
             }
-            Some(NetSlice::Ipv6(ip)) => {
-                let h = ip.header();
-                let direct =
-                    ip.payload().ip_number == h.next_header() && !ip.is_payload_fragmented();
-                (
-                    IpAddr::V6(h.source_addr()),
-                    IpAddr::V6(h.destination_addr()),
-                    40 + usize::from(h.payload_length()),
-                    direct,
-                )
-            }
-            _ => {
+            Some(IpHeader::V6(ip)) => (
+                IpAddr::V6(ip.src()),
+                IpAddr::V6(ip.dst()),
+                ip.total_len(),
+                ip.transport_follows(),
+            ),
+            None => {
                 self.stats.frames_unsupported += 1;
                 return;
             }
@@ -952,37 +936,35 @@ impl Nat {
             dst,
             packet,
         };
-        match &pkt.transport {
+        match pkt.transport() {
             // IPv6 extension headers: smoltcp reads only hop-by-hop; none of
             // our peers send them on TCP/UDP.
-            Some(TransportSlice::Tcp(tcp)) if direct => self.tcp_segment(&ingress, tcp, now),
-            Some(TransportSlice::Udp(udp)) if direct => self.udp_datagram(&ingress, udp, now),
-            Some(TransportSlice::Icmpv4(icmp)) if direct => {
-                let etherparse::Icmpv4Type::EchoRequest(echo) = icmp.icmp_type() else {
+            Some(TransportHeader::Tcp(tcp)) if direct => self.tcp_segment(&ingress, &tcp, now),
+            Some(TransportHeader::Udp(udp)) if direct => self.udp_datagram(&ingress, &udp, now),
+            Some(TransportHeader::Icmpv4(icmp)) if direct => {
+                let Some(echo) = icmp.echo_request() else {
                     self.stats.frames_unsupported += 1;
                     return;
                 };
-                let want =
-                    etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
-                if want.checksum != icmp.checksum() {
+                if !icmp.checksum_ok() {
                     self.stats.frames_bad_checksum += 1;
                     return;
                 }
-                self.echo_request(&ingress, echo.id, icmp.slice(), now);
+                self.echo_request(&ingress, echo.ident, icmp.message(), now);
             }
-            Some(TransportSlice::Icmpv6(icmp)) if direct => {
-                let etherparse::Icmpv6Type::EchoRequest(echo) = icmp.icmp_type() else {
+            Some(TransportHeader::Icmpv6(icmp)) if direct => {
+                let Some(echo) = icmp.echo_request() else {
                     self.stats.frames_unsupported += 1;
                     return;
                 };
                 let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
                     return;
                 };
-                if !icmp.is_checksum_valid(s.octets(), d.octets()) {
+                if !icmp.checksum_ok(s, d) {
                     self.stats.frames_bad_checksum += 1;
                     return;
                 }
-                self.echo_request(&ingress, echo.id, icmp.slice(), now);
+                self.echo_request(&ingress, echo.ident, icmp.message(), now);
             }
             _ => self.stats.frames_unsupported += 1,
         }
@@ -1345,8 +1327,8 @@ impl Nat {
 
     // ---- TCP, the container side ----
 
-    fn tcp_segment(&mut self, ingress: &Ingress<'_>, tcp: &etherparse::TcpSlice<'_>, now: Instant) {
-        let (sport, dport) = (tcp.source_port(), tcp.destination_port());
+    fn tcp_segment(&mut self, ingress: &Ingress<'_>, tcp: &TcpView<'_, '_>, now: Instant) {
+        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
         if sport == 0 || dport == 0 {
             self.stats.frames_malformed += 1;
             return;
@@ -1401,7 +1383,7 @@ impl Nat {
     fn egress_syn(
         &mut self,
         ingress: &Ingress<'_>,
-        tcp: &etherparse::TcpSlice<'_>,
+        tcp: &TcpView<'_, '_>,
         tuple: Tuple,
         now: Instant,
     ) {
@@ -1436,13 +1418,8 @@ impl Nat {
         });
     }
 
-    fn tcp_checksum_ok(&self, ingress: &Ingress<'_>, tcp: &etherparse::TcpSlice<'_>) -> bool {
-        let want = match (ingress.src, ingress.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()).ok(),
-            (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()).ok(),
-            _ => None,
-        };
-        want == Some(tcp.checksum())
+    fn tcp_checksum_ok(&self, ingress: &Ingress<'_>, tcp: &TcpView<'_, '_>) -> bool {
+        tcp.checksum_ok(ingress.src, ingress.dst)
     }
 
     /// Answers a waiting egress SYN with RST (smoltcp does it, finding no
@@ -1762,29 +1739,13 @@ impl Nat {
 
     // ---- UDP, the container side ----
 
-    fn udp_datagram(
-        &mut self,
-        ingress: &Ingress<'_>,
-        udp: &etherparse::UdpSlice<'_>,
-        now: Instant,
-    ) {
-        let (sport, dport) = (udp.source_port(), udp.destination_port());
+    fn udp_datagram(&mut self, ingress: &Ingress<'_>, udp: &UdpView<'_, '_>, now: Instant) {
+        let (sport, dport) = (udp.src_port(), udp.dst_port());
         if sport == 0 || dport == 0 {
             self.stats.frames_malformed += 1;
             return;
         }
-        let header = udp.to_header();
-        let want = match (ingress.src, ingress.dst) {
-            (IpAddr::V4(_), IpAddr::V4(_)) if header.checksum == 0 => Some(0),
-            (IpAddr::V4(s), IpAddr::V4(d)) => header
-                .calc_checksum_ipv4_raw(s.octets(), d.octets(), udp.payload())
-                .ok(),
-            (IpAddr::V6(s), IpAddr::V6(d)) => header
-                .calc_checksum_ipv6_raw(s.octets(), d.octets(), udp.payload())
-                .ok(),
-            _ => None,
-        };
-        if want != Some(header.checksum) {
+        if !udp.checksum_ok(ingress.src, ingress.dst) {
             self.stats.frames_bad_checksum += 1;
             return;
         }
@@ -1980,28 +1941,20 @@ impl Nat {
             return;
         }
         f.last_active = now;
-        let echo = etherparse::IcmpEchoHeader {
-            id: f.tuple.container.port(),
+        let echo = Echo {
+            ident: f.tuple.container.port(),
             seq: u16::from_be_bytes([message[6], message[7]]),
         };
         let (to, mac) = (f.tuple.container.ip(), f.container_mac);
         let payload = &message[8..];
-        let eth = PacketBuilder::ethernet2(self.mac.0, mac.0);
-        let sent = match (from, to) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let b = eth
-                    .ipv4(s.octets(), d.octets(), HOP_LIMIT)
-                    .icmpv4(etherparse::Icmpv4Type::EchoReply(echo));
-                self.push_frame(b.size(payload.len()), |buf| b.write(buf, payload).is_ok())
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let b = eth
-                    .ipv6(s.octets(), d.octets(), HOP_LIMIT)
-                    .icmpv6(etherparse::Icmpv6Type::EchoReply(echo));
-                self.push_frame(b.size(payload.len()), |buf| b.write(buf, payload).is_ok())
-            }
-            _ => false,
+        let ip = IpRepr {
+            hop_limit: HOP_LIMIT,
+            ..IpRepr::new(self.mac, mac, from, to)
         };
+        let sent = from.is_ipv4() == to.is_ipv4()
+            && self.push_frame(wire::echo_frame_len(&ip, payload.len()), |buf| {
+                wire::emit_echo_reply(&ip, echo, payload, buf).is_ok()
+            });
         if sent {
             self.stats.icmp_to_container += 1;
         } else {
@@ -2009,16 +1962,17 @@ impl Nat {
         }
     }
 
-    /// Queues a frame of `size` bytes that `write` appends to an empty
-    /// buffer; false when it exceeds the MTU, the queue is full or `write`
+    /// Queues a frame of `size` bytes that `write` emits into a buffer of
+    /// that size; false when it exceeds the MTU, the queue is full or `write`
     /// fails.
-    fn push_frame(&mut self, size: usize, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+    fn push_frame(&mut self, size: usize, write: impl FnOnce(&mut [u8]) -> bool) -> bool {
         if size > ETH_LEN + self.mtu {
             return false;
         }
         let Some(mut buf) = self.tx.alloc() else {
             return false;
         };
+        buf.resize(size, 0);
         if write(&mut buf) {
             self.tx.commit(buf);
             true
@@ -2030,18 +1984,17 @@ impl Nat {
 
     /// Writes a UDP frame from `from` to the container at `to`.
     fn write_udp(&mut self, from: SocketAddr, to: SocketAddr, to_mac: MacAddr, payload: &[u8]) {
-        let eth = PacketBuilder::ethernet2(self.mac.0, to_mac.0);
-        let builder = match (from.ip(), to.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), HOP_LIMIT),
-            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), HOP_LIMIT),
-            _ => {
-                self.stats.udp_dropped += 1;
-                return;
-            }
+        if from.is_ipv4() != to.is_ipv4() {
+            self.stats.udp_dropped += 1;
+            return;
         }
-        .udp(from.port(), to.port());
-        if self.push_frame(builder.size(payload.len()), |buf| {
-            builder.write(buf, payload).is_ok()
+        let ip = IpRepr {
+            hop_limit: HOP_LIMIT,
+            ..IpRepr::new(self.mac, to_mac, from.ip(), to.ip())
+        };
+        let size = wire::udp_frame_len(&ip, payload.len());
+        if self.push_frame(size, |buf| {
+            wire::emit_udp(&ip, from.port(), to.port(), payload, buf).is_ok()
         }) {
             self.stats.udp_to_container += 1;
         } else {
@@ -2241,7 +2194,7 @@ mod tests {
     use super::*;
     use crate::dns::Zone;
     use crate::gateway::{Gateway, GatewayConfig};
-    use etherparse::{Icmpv4Type, PacketBuilder};
+    use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
     use rstest::rstest;
     use smoltcp::iface::Config as IfaceConfig;
     use smoltcp::socket::udp;
