@@ -671,3 +671,133 @@ pub(crate) fn emit_icmpv6_raw(
     frame[hdr + ECHO_HEADER_LEN..].copy_from_slice(body);
     Ok(len)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const A: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0, 0, 2]);
+    const B: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0, 0, 1]);
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn echo_replies_match_the_reference_builder() {
+        let echo = Echo { ident: 7, seq: 9 };
+        let mut out = [0u8; 256];
+        for (src, dst) in [("10.0.0.1", "10.0.0.2"), ("fd00::1", "fd00::2")] {
+            let ip = IpRepr::new(B, A, v4(src), v4(dst));
+            let n = emit_echo_reply(&ip, echo, b"ping", &mut out).unwrap();
+            let eth = PacketBuilder::ethernet2(B.0, A.0);
+            let mut want = Vec::new();
+            match (ip.src, ip.dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => eth
+                    .ipv4(s.octets(), d.octets(), 64)
+                    .icmpv4(Icmpv4Type::EchoReply(echo.into()))
+                    .write(&mut want, b"ping")
+                    .unwrap(),
+                (IpAddr::V6(s), IpAddr::V6(d)) => eth
+                    .ipv6(s.octets(), d.octets(), 64)
+                    .icmpv6(Icmpv6Type::EchoReply(echo.into()))
+                    .write(&mut want, b"ping")
+                    .unwrap(),
+                _ => unreachable!(),
+            }
+            assert_eq!(&out[..n], &want[..]);
+            assert_eq!(n, echo_frame_len(&ip, 4));
+        }
+    }
+
+    #[test]
+    fn ipv4_identification_and_fragment_flag_are_written() {
+        let ip = IpRepr {
+            ipv4_ident: 0x1234,
+            dont_fragment: false,
+            ..IpRepr::new(B, A, v4("10.0.0.1"), v4("10.0.0.2"))
+        };
+        let mut out = [0u8; 64];
+        let n = emit_udp(&ip, 53, 4000, b"dns", &mut out).unwrap();
+        assert_eq!(n, udp_frame_len(&ip, 3));
+        assert_eq!(&out[18..20], &[0x12, 0x34]);
+        assert_eq!(out[20] & 0x40, 0, "DF clear");
+        let frame = IpFrame::parse(&out[..n]).unwrap();
+        let Some(IpHeader::V4(h)) = frame.ip() else {
+            panic!("not IPv4")
+        };
+        assert!(h.checksum_ok() && !h.is_fragment() && h.transport_follows());
+        let Some(TransportHeader::Udp(u)) = frame.transport() else {
+            panic!("not UDP")
+        };
+        assert_eq!(
+            (u.src_port(), u.dst_port(), u.payload()),
+            (53, 4000, &b"dns"[..])
+        );
+        assert!(u.checksum_ok(ip.src, ip.dst));
+        assert!(!u.checksum_ok(ip.src, v4("10.0.0.3")));
+    }
+
+    #[test]
+    fn emitters_refuse_short_buffers_and_mixed_families() {
+        let ip = IpRepr::new(B, A, v4("10.0.0.1"), v4("10.0.0.2"));
+        let mut out = [0u8; 43];
+        assert_eq!(
+            emit_udp(&ip, 1, 2, b"xy", &mut out),
+            Err(WireError::Truncated)
+        );
+        let mixed = IpRepr::new(B, A, v4("10.0.0.1"), v4("fd00::2"));
+        let mut out = [0u8; 128];
+        assert_eq!(
+            emit_udp(&mixed, 1, 2, b"xy", &mut out),
+            Err(WireError::Malformed)
+        );
+    }
+
+    #[test]
+    fn tcp_view_reads_flags_ports_and_checksum() {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(A.0, B.0)
+            .ipv4([10, 0, 0, 2], [198, 51, 100, 9], 64)
+            .tcp(40000, 80, 1, 1024)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+        let (src, dst) = (v4("10.0.0.2"), v4("198.51.100.9"));
+        let frame = IpFrame::parse(&f).unwrap();
+        assert_eq!((frame.src_mac(), frame.dst_mac()), (A, B));
+        assert!(!frame.has_link_extensions());
+        let Some(TransportHeader::Tcp(t)) = frame.transport() else {
+            panic!("not TCP")
+        };
+        assert_eq!((t.src_port(), t.dst_port()), (40000, 80));
+        assert!(t.syn() && !t.ack() && !t.rst() && !t.fin());
+        assert!(t.checksum_ok(src, dst));
+        assert!(!t.checksum_ok(src, v4("198.51.100.10")));
+        assert_eq!(ip_destination(&f[ETH_LEN..]), Some(dst));
+        assert_eq!(ip_destination(&[0x45]), None);
+        assert_eq!(ip_destination(&[]), None);
+    }
+
+    #[test]
+    fn zero_udp_checksum_means_none_over_ipv4_only() {
+        let mut out = [0u8; 128];
+        for (src, dst, ok) in [
+            ("10.0.0.2", "10.0.0.1", true),
+            ("fd00::2", "fd00::1", false),
+        ] {
+            let ip = IpRepr::new(A, B, v4(src), v4(dst));
+            let n = emit_udp(&ip, 4000, 53, b"q", &mut out).unwrap();
+            let at = ip.header_len() + 6;
+            out[at..at + 2].copy_from_slice(&[0, 0]);
+            let frame = IpFrame::parse(&out[..n]).unwrap();
+            let Some(TransportHeader::Udp(u)) = frame.transport() else {
+                panic!("not UDP")
+            };
+            assert_eq!(u.checksum_ok(ip.src, ip.dst), ok, "{src}");
+        }
+        assert_eq!(IpProtocol::from(17), IpProtocol::Udp);
+        assert_eq!(u8::from(IpProtocol::Unknown(200)), 200);
+    }
+}
