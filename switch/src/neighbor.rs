@@ -2,7 +2,7 @@
 //! addresses the control plane already knows (endpoints on other hosts of an
 //! overlay) are answered by the local switch, so they never flood across
 //! the tunnel. Sans-IO: a table and a function from a request frame to a
-//! reply frame.
+//! reply frame, written straight into the caller's buffer.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,9 +66,7 @@ impl Neighbors {
                     return None;
                 }
                 let mac = self.get(network, IpAddr::V4(arp.target_ip))?;
-                let reply =
-                    wire::build_arp_reply(mac, arp.target_ip, arp.sender_mac, arp.sender_ip);
-                copy_out(&reply, out)
+                wire::emit_arp_reply(mac, arp.target_ip, arp.sender_mac, arp.sender_ip, out).ok()
             }
             EtherType::Ipv6 => {
                 let v6 = Ipv6Summary::parse(eth.payload()).ok()?;
@@ -78,27 +76,17 @@ impl Neighbors {
                 }
                 let target = ndp.target?;
                 let mac = self.get(network, IpAddr::V6(target))?;
-                let reply = wire::build_neighbor_advert(
-                    Ipv6Endpoints {
-                        src_mac: mac,
-                        dst_mac: eth.src(),
-                        src_ip: target,
-                        dst_ip: v6.src,
-                    },
-                    target,
-                    Some(mac),
-                );
-                copy_out(&reply, out)
+                let addrs = Ipv6Endpoints {
+                    src_mac: mac,
+                    dst_mac: eth.src(),
+                    src_ip: target,
+                    dst_ip: v6.src,
+                };
+                wire::emit_neighbor_advert(addrs, target, Some(mac), out).ok()
             }
             _ => None,
         }
     }
-}
-
-fn copy_out(reply: &[u8], out: &mut [u8]) -> Option<usize> {
-    let dst = out.get_mut(..reply.len())?;
-    dst.copy_from_slice(reply);
-    Some(reply.len())
 }
 
 #[cfg(test)]

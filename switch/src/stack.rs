@@ -1,10 +1,61 @@
 //! Plumbing shared by the cores that run a smoltcp interface over an
 //! in-memory device (the [`gateway`](crate::gateway) and the
-//! [`nat`](crate::nat)): the transmit queue, the clock conversion and a
-//! small seeded RNG.
+//! [`nat`](crate::nat)): the link checks, the device and its transmit
+//! queue, the clock conversion and a small seeded RNG.
+//!
+//! The device ([`QueueDevice`]) lends smoltcp at most one received packet
+//! (borrowed from the caller, never copied) and writes what smoltcp sends
+//! into buffers of a bounded [`TxQueue`]. What differs between the two
+//! users is the [`Framing`]: the gateway's Ethernet-medium interface
+//! writes whole frames ([`Whole`]); the NAT's IP-medium one writes IP
+//! packets behind room for an Ethernet header the NAT fills in itself.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities};
+use smoltcp::wire::HardwareAddress;
+
+use crate::gateway::GatewayError;
+use crate::MacAddr;
+
+/// Checks the link settings a network's gateway side is built from (the
+/// gateway's and the NAT's): a unicast MAC, an MTU smoltcp and IPv6 accept,
+/// unicast addresses with prefixes that fit.
+pub(crate) fn check_interface(
+    mac: MacAddr,
+    mtu: usize,
+    ipv4: Option<(Ipv4Addr, u8)>,
+    ipv6: Option<(Ipv6Addr, u8)>,
+) -> Result<(), GatewayError> {
+    if mac.is_multicast() || mac.is_zero() {
+        return Err(GatewayError::MacNotUnicast(mac));
+    }
+    let min_mtu = if ipv6.is_some() { 1280 } else { 576 };
+    if mtu < min_mtu || mtu > usize::from(u16::MAX) {
+        return Err(GatewayError::Mtu(mtu));
+    }
+    if let Some((addr, prefix)) = ipv4 {
+        if prefix > 32 {
+            return Err(GatewayError::PrefixLen(prefix));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
+        {
+            return Err(GatewayError::NotUnicast(addr.into()));
+        }
+    }
+    if let Some((addr, prefix)) = ipv6 {
+        if prefix > 128 {
+            return Err(GatewayError::PrefixLen(prefix));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+            return Err(GatewayError::NotUnicast(addr.into()));
+        }
+    }
+    Ok(())
+}
 
 /// Frames waiting for `poll_transmit`, with a bounded free list of buffers
 /// so the steady state allocates nothing.
@@ -15,6 +66,8 @@ pub(crate) struct TxQueue {
     capacity: usize,
     /// Buffers kept for reuse at most.
     free_limit: usize,
+    /// Frames dropped: the queue was full, or a frame was too large for the
+    /// caller's buffer.
     pub(crate) dropped: u64,
 }
 
@@ -53,6 +106,161 @@ impl TxQueue {
             self.free.push(buf);
         }
     }
+
+    /// Copies the next frame into `out` and returns its length. A frame
+    /// longer than `out` is dropped (counted) and the next one tried.
+    pub(crate) fn pop_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        loop {
+            let frame = self.frames.pop_front()?;
+            let n = frame.len();
+            let fits = n <= out.len();
+            if fits {
+                out[..n].copy_from_slice(&frame);
+            }
+            self.recycle(frame);
+            if fits {
+                return Some(n);
+            }
+            self.dropped += 1;
+        }
+    }
+}
+
+/// How a [`QueueDevice`] turns what smoltcp writes into a queued frame.
+pub(crate) trait Framing {
+    /// Bytes kept in front of smoltcp's packet in each frame.
+    const HEADROOM: usize;
+
+    /// Completes `frame` (the headroom, then smoltcp's packet); false drops
+    /// it.
+    fn finish(&mut self, frame: &mut [u8]) -> bool;
+}
+
+/// smoltcp writes whole frames (an Ethernet-medium interface).
+pub(crate) struct Whole;
+
+impl Framing for Whole {
+    const HEADROOM: usize = 0;
+
+    fn finish(&mut self, _frame: &mut [u8]) -> bool {
+        true
+    }
+}
+
+/// The smoltcp device: at most one received packet (borrowed from the
+/// caller, never copied) and the transmit queue.
+pub(crate) struct QueueDevice<'a, F> {
+    pub(crate) rx: Option<&'a [u8]>,
+    pub(crate) tx: &'a mut TxQueue,
+    pub(crate) framing: F,
+    pub(crate) caps: &'a DeviceCapabilities,
+}
+
+impl<F: Framing> Device for QueueDevice<'_, F> {
+    type RxToken<'b>
+        = QueueRx<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = QueueTx<'b, F>
+    where
+        Self: 'b;
+
+    fn receive(
+        &mut self,
+        _timestamp: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let packet = self.rx.take()?;
+        Some((
+            QueueRx(packet),
+            QueueTx {
+                tx: self.tx,
+                framing: &mut self.framing,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        if self.tx.is_full() {
+            return None;
+        }
+        Some(QueueTx {
+            tx: self.tx,
+            framing: &mut self.framing,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+pub(crate) struct QueueRx<'a>(&'a [u8]);
+
+impl phy::RxToken for QueueRx<'_> {
+    fn consume<R, G>(self, f: G) -> R
+    where
+        G: FnOnce(&[u8]) -> R,
+    {
+        f(self.0)
+    }
+}
+
+pub(crate) struct QueueTx<'a, F> {
+    tx: &'a mut TxQueue,
+    framing: &'a mut F,
+}
+
+impl<F: Framing> phy::TxToken for QueueTx<'_, F> {
+    fn consume<R, G>(self, len: usize, f: G) -> R
+    where
+        G: FnOnce(&mut [u8]) -> R,
+    {
+        let Some(mut buf) = self.tx.alloc() else {
+            // smoltcp needs its closure run; the packet is dropped (counted).
+            return f(&mut vec![0; len]);
+        };
+        buf.resize(F::HEADROOM + len, 0);
+        let r = f(&mut buf[F::HEADROOM..]);
+        if self.framing.finish(&mut buf) {
+            self.tx.commit(buf);
+        } else {
+            self.tx.recycle(buf);
+        }
+        r
+    }
+}
+
+/// A smoltcp interface for a [`QueueDevice`] with `caps` (smoltcp reads only
+/// the capabilities when it builds one).
+pub(crate) fn new_interface(
+    hardware: HardwareAddress,
+    random_seed: u64,
+    caps: &DeviceCapabilities,
+    now: Instant,
+) -> Interface {
+    let mut tx = TxQueue::new(0, 0);
+    let mut device = QueueDevice {
+        rx: None,
+        tx: &mut tx,
+        framing: Whole,
+        caps,
+    };
+    let mut config = IfaceConfig::new(hardware);
+    config.random_seed = random_seed;
+    Interface::new(config, &mut device, smol_instant(now, now))
+}
+
+/// When smoltcp next wants to be polled, on the caller's clock.
+pub(crate) fn poll_at(
+    iface: &mut Interface,
+    sockets: &SocketSet<'_>,
+    epoch: Instant,
+    now: Instant,
+) -> Option<Instant> {
+    iface
+        .poll_at(smol_instant(epoch, now), sockets)
+        .and_then(|t| epoch.checked_add(Duration::from_micros(t.total_micros().max(0) as u64)))
 }
 
 /// splitmix64: fast, and unguessable from outside when seeded with a random
@@ -147,6 +355,20 @@ mod tests {
         q.recycle(a);
         q.recycle(b);
         assert_eq!(q.free.len(), 1);
+    }
+
+    #[test]
+    fn pop_into_drops_frames_too_big_for_the_buffer() {
+        let mut q = TxQueue::new(4, 4);
+        for len in [10, 3] {
+            let mut b = q.alloc().unwrap();
+            b.resize(len, 7);
+            q.commit(b);
+        }
+        let mut out = [0u8; 4];
+        assert_eq!(q.pop_into(&mut out), Some(3));
+        assert_eq!(q.dropped, 1);
+        assert_eq!(q.pop_into(&mut out), None);
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! Thin views over Ethernet frames and the parts of ARP, IPv4, IPv6 and
-//! ICMPv6 neighbour discovery that the switch and the gateway read.
+//! Thin views over Ethernet frames and the parts of ARP, IPv4, IPv6, TCP,
+//! UDP, ICMP and ICMPv6 that the switch, the gateway and the NAT read and
+//! write.
 //!
 //! The Ethernet header is read in place by [`EthernetFrame`], a view over any
 //! `T: AsRef<[u8]>` in the style of smoltcp's `wire` module. The layers above
-//! it are parsed with `etherparse`, but only inside this file: the rest of the
-//! crate sees our own small types ([`ArpRepr`], [`Ipv6Summary`], [`Ndp`]), so
-//! an `etherparse` API change touches this one file.
+//! it are parsed and written with `etherparse`, but only inside this module
+//! (this file, `ip.rs` and `build.rs`): the rest of the crate sees our own
+//! small types ([`ArpRepr`], [`Ipv6Summary`], [`Ndp`], [`IpFrame`],
+//! [`IpRepr`]), so an `etherparse` API change touches this module only.
 //!
 //! # Panics
 //!
@@ -16,19 +18,39 @@
 //! [`ipv4_source`], [`Ipv6Summary::parse`], ...) never panic; they return a
 //! [`WireError`] for any input they cannot read.
 //!
-//! # Builders
+//! # Building frames
 //!
-//! The `build_*` functions make whole frames in a fresh `Vec`. They are for
-//! tests, benchmarks and the control plane, never for the per-packet path.
+//! Frames are emitted into the caller's buffer: [`IpRepr`] with
+//! [`emit_udp`] and [`emit_echo_reply`] for the gateway's and the NAT's
+//! answers, `emit_arp_reply`, `emit_neighbor_advert` and the other
+//! `emit_*` functions for whole ARP, UDP and neighbour discovery frames.
+//! Each returns the frame's length or [`WireError::Truncated`]. The
+//! `build_*` functions wrap them in a fresh `Vec` for tests, benchmarks and
+//! the control plane, never for the per-packet path.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
     ArpHardwareId, ArpOperation as EpArpOperation, ArpPacketSlice, Icmpv6Slice, IpNumber,
-    Ipv4HeaderSlice, Ipv6ExtensionSlice, Ipv6HeaderSlice, Ipv6Slice, PacketBuilder,
+    Ipv4HeaderSlice, Ipv6ExtensionSlice, Ipv6HeaderSlice, Ipv6Slice,
 };
 
 use crate::MacAddr;
+
+mod build;
+mod ip;
+
+pub use build::{
+    build_arp, build_arp_reply, build_arp_request, build_icmpv6, build_ipv4_udp, build_ipv6_udp,
+    build_neighbor_advert, build_neighbor_solicit, build_router_advert, emit_arp, emit_arp_reply,
+    emit_arp_request, emit_icmpv6, emit_ipv4_udp, emit_ipv6_udp, emit_neighbor_advert,
+    emit_neighbor_solicit, emit_router_advert, Ipv6Endpoints, ARP_FRAME_LEN,
+};
+pub use ip::{
+    echo_frame_len, emit_echo_reply, emit_udp, emit_udp_headers, ip_destination, udp_frame_len,
+    Echo, Icmpv4View, Icmpv6View, IpFrame, IpHeader, IpProtocol, IpRepr, Ipv4View, Ipv6View,
+    TcpView, TransportHeader, UdpView, ECHO_HEADER_LEN, UDP_HEADER_LEN,
+};
 
 /// Why bytes could not be read as the expected packet. Small and `Copy`, as
 /// it is returned on the per-packet path.
@@ -420,8 +442,8 @@ pub struct Ndp {
 }
 
 impl Ndp {
-    const OPT_SOURCE_LLADDR: u8 = 1;
-    const OPT_TARGET_LLADDR: u8 = 2;
+    pub(crate) const OPT_SOURCE_LLADDR: u8 = 1;
+    pub(crate) const OPT_TARGET_LLADDR: u8 = 2;
 
     /// Reads an ICMPv6 message that is a neighbour discovery message: `Ok(None)`
     /// for other ICMPv6 types. Link-layer address options must be Ethernet
@@ -572,203 +594,12 @@ pub fn solicited_node(ip: &Ipv6Addr) -> Ipv6Addr {
     )
 }
 
-/// An Ethernet frame carrying `repr`, sent to `eth_dst`.
-pub fn build_arp(eth_dst: MacAddr, repr: &ArpRepr) -> Vec<u8> {
-    let eth = EthernetRepr {
-        src: repr.sender_mac,
-        dst: eth_dst,
-        ethertype: EtherType::Arp,
-    };
-    let mut frame = vec![0u8; eth.buffer_len() + repr.buffer_len()];
-    let (head, body) = frame.split_at_mut(eth.buffer_len());
-    // Both emits fit by construction of `frame`.
-    eth.emit(head).expect("buffer sized for the header");
-    repr.emit(body).expect("buffer sized for the packet");
-    frame
-}
-
-/// A broadcast ARP request from `sender_mac`/`sender_ip` asking for
-/// `target_ip`. A `sender_ip` of 0.0.0.0 makes an ARP probe.
-pub fn build_arp_request(sender_mac: MacAddr, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
-    build_arp(
-        MacAddr::BROADCAST,
-        &ArpRepr {
-            operation: ArpOperation::Request,
-            sender_mac,
-            sender_ip,
-            target_mac: MacAddr::default(),
-            target_ip,
-        },
-    )
-}
-
-/// A unicast ARP reply telling `target_mac`/`target_ip` that `sender_ip` is
-/// at `sender_mac`.
-pub fn build_arp_reply(
-    sender_mac: MacAddr,
-    sender_ip: Ipv4Addr,
-    target_mac: MacAddr,
-    target_ip: Ipv4Addr,
-) -> Vec<u8> {
-    build_arp(
-        target_mac,
-        &ArpRepr {
-            operation: ArpOperation::Reply,
-            sender_mac,
-            sender_ip,
-            target_mac,
-            target_ip,
-        },
-    )
-}
-
-/// An Ethernet + IPv4 + UDP frame (TTL 64, checksums filled in).
-pub fn build_ipv4_udp(
-    src_mac: MacAddr,
-    dst_mac: MacAddr,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: &[u8],
-) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
-        .ipv4(src.ip().octets(), dst.ip().octets(), 64)
-        .udp(src.port(), dst.port());
-    let mut out = Vec::with_capacity(builder.size(payload.len()));
-    // Writing to a Vec fails only if the payload exceeds what the length
-    // fields can describe (64 KiB).
-    builder
-        .write(&mut out, payload)
-        .expect("UDP payload fits in one IPv4 packet");
-    out
-}
-
-/// An Ethernet + IPv6 + UDP frame (hop limit 64, checksum filled in).
-pub fn build_ipv6_udp(
-    src_mac: MacAddr,
-    dst_mac: MacAddr,
-    src: SocketAddrV6,
-    dst: SocketAddrV6,
-    payload: &[u8],
-) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
-        .ipv6(src.ip().octets(), dst.ip().octets(), 64)
-        .udp(src.port(), dst.port());
-    let mut out = Vec::with_capacity(builder.size(payload.len()));
-    builder
-        .write(&mut out, payload)
-        .expect("UDP payload fits in one IPv6 packet");
-    out
-}
-
-/// The addresses of a frame carrying an IPv6 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv6Endpoints {
-    /// Ethernet source.
-    pub src_mac: MacAddr,
-    /// Ethernet destination.
-    pub dst_mac: MacAddr,
-    /// IPv6 source.
-    pub src_ip: Ipv6Addr,
-    /// IPv6 destination.
-    pub dst_ip: Ipv6Addr,
-}
-
-/// An Ethernet + IPv6 + ICMPv6 frame with hop limit 255 (as neighbour
-/// discovery requires): the 4 bytes after the checksum and the `body` after
-/// them are given raw; the checksum is filled in.
-pub fn build_icmpv6(
-    addrs: Ipv6Endpoints,
-    icmp_type: u8,
-    code: u8,
-    bytes5to8: [u8; 4],
-    body: &[u8],
-) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(addrs.src_mac.0, addrs.dst_mac.0)
-        .ipv6(addrs.src_ip.octets(), addrs.dst_ip.octets(), 255)
-        .icmpv6_raw(icmp_type, code, bytes5to8);
-    let mut out = Vec::with_capacity(builder.size(body.len()));
-    builder
-        .write(&mut out, body)
-        .expect("ICMPv6 body fits in one IPv6 packet");
-    out
-}
-
-fn lladdr_option(kind: u8, mac: MacAddr) -> [u8; 8] {
-    let m = mac.0;
-    [kind, 1, m[0], m[1], m[2], m[3], m[4], m[5]]
-}
-
-/// A neighbour solicitation from `src_mac`/`src_ip` for `target`, sent to
-/// the target's solicited-node group. With `src_ip` unspecified (`::`) it is
-/// a duplicate address detection probe and carries no source link-layer
-/// address option (RFC 4861 4.3).
-pub fn build_neighbor_solicit(src_mac: MacAddr, src_ip: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
-    let group = solicited_node(&target);
-    let mut body = target.octets().to_vec();
-    if !src_ip.is_unspecified() {
-        body.extend_from_slice(&lladdr_option(Ndp::OPT_SOURCE_LLADDR, src_mac));
-    }
-    build_icmpv6(
-        Ipv6Endpoints {
-            src_mac,
-            dst_mac: ipv6_multicast_mac(&group),
-            src_ip,
-            dst_ip: group,
-        },
-        NdpKind::NeighborSolicit.icmp_type(),
-        0,
-        [0; 4],
-        &body,
-    )
-}
-
-/// A solicited, override neighbour advertisement for `target`, with a target
-/// link-layer address option of `target_lladdr` if given.
-pub fn build_neighbor_advert(
-    addrs: Ipv6Endpoints,
-    target: Ipv6Addr,
-    target_lladdr: Option<MacAddr>,
-) -> Vec<u8> {
-    let mut body = target.octets().to_vec();
-    if let Some(mac) = target_lladdr {
-        body.extend_from_slice(&lladdr_option(Ndp::OPT_TARGET_LLADDR, mac));
-    }
-    // Flags: Solicited (0x40) and Override (0x20).
-    build_icmpv6(
-        addrs,
-        NdpKind::NeighborAdvert.icmp_type(),
-        0,
-        [0x60, 0, 0, 0],
-        &body,
-    )
-}
-
-/// A router advertisement from `src_mac`/`src_ip` to all nodes, with a
-/// source link-layer address option and a router lifetime of 1800 s.
-pub fn build_router_advert(src_mac: MacAddr, src_ip: Ipv6Addr) -> Vec<u8> {
-    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let mut body = vec![0u8; 8]; // reachable time, retransmit timer
-    body.extend_from_slice(&lladdr_option(Ndp::OPT_SOURCE_LLADDR, src_mac));
-    let lifetime = 1800u16.to_be_bytes();
-    build_icmpv6(
-        Ipv6Endpoints {
-            src_mac,
-            dst_mac: ipv6_multicast_mac(&all_nodes),
-            src_ip,
-            dst_ip: all_nodes,
-        },
-        NdpKind::RouterAdvert.icmp_type(),
-        0,
-        [64, 0, lifetime[0], lifetime[1]],
-        &body,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use rstest::rstest;
+    use std::net::{SocketAddrV4, SocketAddrV6};
 
     const MAC_A: MacAddr = MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
     const MAC_B: MacAddr = MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x03]);
