@@ -369,7 +369,7 @@ fn attach_again_reapplies_the_configuration() {
 
     // Same configuration again: a no-op that succeeds, address listed once.
     drop(tap);
-    let tap = netns::attach_tap(&ns.path, &second).unwrap();
+    let tap = when_released(|| netns::attach_tap(&ns.path, &second));
     let addrs = ip_stdout(&ns, &["-o", "-4", "addr", "show", "dev", "eth0"]);
     assert_eq!(addrs.lines().count(), 1, "{addrs}");
 
