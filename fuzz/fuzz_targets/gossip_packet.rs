@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use overlay::key::NonceSequence;
-use overlay::{ClusterKey, EndpointRecord, Gossip, GossipConfig, MemberMeta, NetworkSpec};
+use overlay::{ClusterKey, PublishedEndpoint, Gossip, GossipConfig, MemberMeta, NetworkSpec};
 
 const MAX_DATAGRAM: usize = 1400;
 
@@ -110,7 +110,7 @@ fuzz_target!(|input: &[u8]| {
                 let n = sel >> 2;
                 match sel & 3 {
                     0 => {
-                        let record = EndpointRecord {
+                        let record = PublishedEndpoint {
                             network: "netid".into(),
                             container: format!("c{n}"),
                             aliases: vec![],

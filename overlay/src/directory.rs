@@ -131,9 +131,10 @@ pub struct NetworkSpec {
     pub created: String,
 }
 
-/// An endpoint: one container's attachment to one network.
+/// An endpoint as its host publishes it in the directory: one container's
+/// attachment to one network.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct EndpointRecord {
+pub struct PublishedEndpoint {
     /// The id of the network ([`NetworkSpec::id`]).
     pub network: String,
     /// Container name.
@@ -173,7 +174,7 @@ pub enum Delta {
         /// The endpoint's key (its id), unique within the origin.
         key: String,
         /// The record, or `None` for a tombstone.
-        record: Option<EndpointRecord>,
+        record: Option<PublishedEndpoint>,
     },
 }
 
@@ -272,7 +273,7 @@ pub enum DirectoryEvent {
         /// Its key.
         key: String,
         /// The record.
-        record: EndpointRecord,
+        record: PublishedEndpoint,
     },
     /// An endpoint is gone (withdrawn, or its host is down).
     EndpointRemoved {
@@ -281,7 +282,7 @@ pub enum DirectoryEvent {
         /// Its key.
         key: String,
         /// The record it had, so the daemon need not keep its own copy.
-        record: EndpointRecord,
+        record: PublishedEndpoint,
     },
 }
 
@@ -304,7 +305,7 @@ pub struct EndpointView<'a> {
     /// Its key.
     pub key: &'a str,
     /// The record.
-    pub record: &'a EndpointRecord,
+    pub record: &'a PublishedEndpoint,
 }
 
 /// Counters of applied and refused changes.
@@ -340,7 +341,7 @@ struct NetEntry {
 #[derive(Debug, Clone)]
 struct EpEntry {
     seq: u64,
-    record: Option<EndpointRecord>,
+    record: Option<PublishedEndpoint>,
     removed_at: Option<Instant>,
 }
 
@@ -533,7 +534,7 @@ impl Directory {
     }
 
     /// A visible endpoint by host and key.
-    pub fn endpoint(&self, host: &str, key: &str) -> Option<&EndpointRecord> {
+    pub fn endpoint(&self, host: &str, key: &str) -> Option<&PublishedEndpoint> {
         let o = self.origins.get(host).filter(|o| o.visible)?;
         o.entries.get(key)?.record.as_ref()
     }
@@ -591,7 +592,7 @@ impl Directory {
     pub fn endpoint_upsert(
         &mut self,
         key: &str,
-        record: EndpointRecord,
+        record: PublishedEndpoint,
     ) -> Result<Delta, DirectoryError> {
         let local = &self.origins[&self.local];
         if !local.entries.contains_key(key) && local.entries.len() >= MAX_ENDPOINTS_PER_ORIGIN {
@@ -781,7 +782,7 @@ impl Directory {
         generation: u64,
         seq: u64,
         key: String,
-        record: Option<EndpointRecord>,
+        record: Option<PublishedEndpoint>,
     ) -> Applied {
         let now = self.now;
         if !self.origins.contains_key(&origin) {
@@ -1096,7 +1097,7 @@ impl Directory {
     /// A canonical dump of everything held (visible or not, tombstones
     /// included, times left out): equal dumps mean equal replicated state.
     pub fn canonical_state(&self) -> Vec<u8> {
-        type EntryDump<'a> = (&'a String, u64, &'a Option<EndpointRecord>);
+        type EntryDump<'a> = (&'a String, u64, &'a Option<PublishedEndpoint>);
         type OriginDump<'a> = (&'a String, u64, u64, u64, Vec<EntryDump<'a>>);
         #[derive(Serialize)]
         struct Dump<'a> {
@@ -1315,8 +1316,8 @@ mod tests {
         }
     }
 
-    fn record(net: &str, name: &str, last: u8) -> EndpointRecord {
-        EndpointRecord {
+    fn record(net: &str, name: &str, last: u8) -> PublishedEndpoint {
+        PublishedEndpoint {
             network: net.into(),
             container: name.into(),
             aliases: vec![format!("{name}-alias")],
@@ -1331,7 +1332,7 @@ mod tests {
         generation: u64,
         seq: u64,
         key: &str,
-        rec: Option<EndpointRecord>,
+        rec: Option<PublishedEndpoint>,
     ) -> Delta {
         Delta::Endpoint {
             origin: origin.into(),
@@ -1791,7 +1792,7 @@ mod tests {
             let mut d = Directory::new("a", 0, now);
             let hosts = ["b", "c", "d"];
             for h in hosts { d.member_alive(h, 0); }
-            let mut shown: BTreeMap<(String, String), EndpointRecord> = BTreeMap::new();
+            let mut shown: BTreeMap<(String, String), PublishedEndpoint> = BTreeMap::new();
             let mut nets: BTreeMap<String, (String, Vni)> = BTreeMap::new();
             let mut downs = downs.into_iter();
             for (i, delta) in deltas.into_iter().enumerate() {
@@ -1810,7 +1811,7 @@ mod tests {
                     }
                 }
             }
-            let actual: BTreeMap<(String, String), EndpointRecord> = d.endpoints().map(|e| ((e.host.to_owned(), e.key.to_owned()), e.record.clone())).collect();
+            let actual: BTreeMap<(String, String), PublishedEndpoint> = d.endpoints().map(|e| ((e.host.to_owned(), e.key.to_owned()), e.record.clone())).collect();
             prop_assert_eq!(shown, actual);
             let actual_nets: BTreeMap<String, (String, Vni)> = d.networks().map(|n| (n.spec.name.clone(), (n.spec.id.clone(), n.vni))).collect();
             prop_assert_eq!(nets, actual_nets);

@@ -59,7 +59,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::directory::{
-    self, Delta, DeltaKey, Directory, DirectoryEvent, DirectoryStats, EndpointRecord, NetworkSpec,
+    self, Delta, DeltaKey, Directory, DirectoryEvent, DirectoryStats, NetworkSpec,
+    PublishedEndpoint,
 };
 use crate::key::{ClusterKey, NonceSequence, SEAL_OVERHEAD};
 use crate::OverlayError;
@@ -1225,7 +1226,7 @@ impl Gossip {
     pub fn publish_endpoint(
         &mut self,
         key: &str,
-        record: EndpointRecord,
+        record: PublishedEndpoint,
         now: Instant,
     ) -> Result<(), OverlayError> {
         self.advance(now);
@@ -1555,7 +1556,7 @@ mod tests {
 
     // ---- three members on a simulated network ----------------------------
 
-    use crate::directory::{EndpointRecord, IpamConfig, NetworkSpec};
+    use crate::directory::{IpamConfig, NetworkSpec, PublishedEndpoint};
     use crate::sim::{Sim, SimConfig};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -1611,8 +1612,8 @@ mod tests {
         })
     }
 
-    fn record(i: u8) -> EndpointRecord {
-        EndpointRecord {
+    fn record(i: u8) -> PublishedEndpoint {
+        PublishedEndpoint {
             network: "net-id".into(),
             container: format!("c{i}"),
             aliases: vec![format!("alias{i}")],

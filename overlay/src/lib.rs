@@ -32,7 +32,7 @@ pub mod sim;
 pub mod vxlan;
 
 pub use directory::{
-    Directory, DirectoryEvent, EndpointRecord, IpamConfig, NetVersion, NetworkSpec,
+    Directory, DirectoryEvent, IpamConfig, NetVersion, NetworkSpec, PublishedEndpoint,
 };
 pub use gossip::{
     Gossip, GossipConfig, GossipEvent, GossipStats, MemberInfo, MemberMeta, MemberState,

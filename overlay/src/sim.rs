@@ -600,7 +600,7 @@ pub fn run_scenario(s: &Scenario) -> ScenarioReport {
     tracker.borrow_mut().endpoint = Some((host.clone(), "ep".to_owned()));
     let before = sim.stats();
     let t0 = sim.now();
-    let record = crate::directory::EndpointRecord {
+    let record = crate::directory::PublishedEndpoint {
         network: "net".into(),
         container: "web".into(),
         aliases: vec!["www".into()],

@@ -1,9 +1,9 @@
 //! `vswitchd`: wiring of the control API, the durable state, the controller
 //! and the datapath thread.
 
-pub mod cluster;
 pub mod controller;
 pub mod datapath;
+pub mod gossip;
 pub mod quic;
 pub mod server;
 pub mod state;

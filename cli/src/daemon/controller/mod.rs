@@ -21,8 +21,8 @@ use switch::gateway::GatewayConfig;
 use switch::nat::{NatConfig, NatLimits};
 use switch::{MacAddr, NetworkId, PortId};
 
-use super::cluster::Cluster;
 use super::datapath::DatapathHandle;
+use super::gossip::GossipThread;
 use super::quic::{self, QuicTransport};
 use super::state::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
 use super::ApiError;
@@ -30,12 +30,12 @@ use crate::api::{self, Driver, Request, SubnetSpec};
 use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
 
-mod cluster_ipam;
 mod containers;
 mod drivers;
 mod endpoints;
 mod ids;
 mod networks;
+mod overlay_ipam;
 mod overlay_nets;
 mod plane;
 mod ports;
@@ -107,7 +107,7 @@ pub(super) struct Network {
     /// Keyed by container name.
     endpoints: BTreeMap<String, Endpoint>,
     /// Overlays: endpoints on other hosts, keyed by (host, key).
-    remotes: BTreeMap<(String, String), overlay::EndpointRecord>,
+    remotes: BTreeMap<(String, String), overlay::PublishedEndpoint>,
     /// Overlays: the tunnel port to each host with endpoints here, and
     /// where it points.
     vteps: BTreeMap<String, (PortId, SocketAddr)>,
@@ -190,7 +190,7 @@ pub struct Controller {
     store: Store,
     ipam: ipam::Ipam<String>,
     datapath: DatapathHandle,
-    cluster: Option<Cluster>,
+    gossip: Option<GossipThread>,
     /// The QUIC endpoint of encrypted overlays (with a cluster).
     quic: Option<QuicTransport>,
     /// Members declared dead, and since when (for IPAM reclaims).
@@ -252,7 +252,7 @@ impl Controller {
             config.workers,
             config.busy_poll,
         )?;
-        let (cluster, events) = match (&config.cluster, gossip_socket, published) {
+        let (gossip, events) = match (&config.cluster, gossip_socket, published) {
             (Some(cs), Some(sock), Some(fingerprint)) => {
                 let (c, rx) =
                     overlay_nets::start_cluster(cs, &config.node_name, sock, fingerprint)?;
@@ -265,7 +265,7 @@ impl Controller {
             store,
             ipam: ipam::Ipam::new(),
             datapath,
-            cluster,
+            gossip,
             quic,
             dead_since: BTreeMap::new(),
             events,
@@ -299,7 +299,7 @@ impl Controller {
     /// Stops the datapath. TAPs stay in their namespaces (they are
     /// persistent), so a restarted daemon finds them again.
     pub fn shutdown(&mut self) {
-        if let Some(mut c) = self.cluster.take() {
+        if let Some(mut c) = self.gossip.take() {
             c.shutdown();
         }
         if let Some(mut q) = self.quic.take() {

@@ -23,7 +23,7 @@ use super::{
     NetworkRecord,
 };
 use crate::api::{self, Driver, SubnetSpec};
-use crate::daemon::cluster::Cluster;
+use crate::daemon::gossip::GossipThread;
 use crate::daemon::quic::{self, QuicPeer};
 
 /// Default gossip port, for `join-cluster IP`.
@@ -36,7 +36,7 @@ pub(super) fn start_cluster(
     node_name: &str,
     socket: std::net::UdpSocket,
     fingerprint: overlay::Fingerprint,
-) -> anyhow::Result<(Cluster, mpsc::Receiver<GossipEvent>)> {
+) -> anyhow::Result<(GossipThread, mpsc::Receiver<GossipEvent>)> {
     let meta = MemberMeta {
         name: node_name.to_string(),
         gossip_addr: SocketAddr::new(cs.advertise, cs.bind.port()),
@@ -64,8 +64,8 @@ pub(super) fn start_cluster(
         std::time::Instant::now(),
     )?;
     let (tx, rx) = mpsc::channel();
-    let cluster = Cluster::start(gossip, socket, tx)?;
-    Ok((cluster, rx))
+    let thread = GossipThread::start(gossip, socket, tx)?;
+    Ok((thread, rx))
 }
 
 /// The MTU of the interface that holds `ip` (1500 if it cannot be told).
@@ -119,7 +119,7 @@ impl Controller {
     /// After a restart: publish this host's endpoints again and rejoin the
     /// peers it knew.
     pub(super) fn rejoin_cluster(&mut self) {
-        if self.cluster.is_none() {
+        if self.gossip.is_none() {
             return;
         }
         let overlays = self.overlay_names();
@@ -144,7 +144,7 @@ impl Controller {
     }
 
     pub(super) fn join_cluster(&mut self, peers: &[String]) -> Result<Vec<String>, ApiError> {
-        let cluster = self.cluster.as_ref().ok_or_else(no_cluster)?;
+        let cluster = self.gossip.as_ref().ok_or_else(no_cluster)?;
         if peers.is_empty() {
             return Err(ApiError::bad("join-cluster needs at least one PEER_ADDR"));
         }
@@ -165,7 +165,7 @@ impl Controller {
     }
 
     pub(super) fn leave_cluster(&mut self) -> Result<String, ApiError> {
-        let cluster = self.cluster.as_ref().ok_or_else(no_cluster)?;
+        let cluster = self.gossip.as_ref().ok_or_else(no_cluster)?;
         cluster.with(|g, now| g.leave(now));
         if let Err(e) = self.store.clear_peers() {
             tracing::warn!(error = %e, "forgetting the cluster peers");
@@ -182,7 +182,7 @@ impl Controller {
     }
 
     pub(super) fn members(&self) -> Result<Vec<api::Member>, ApiError> {
-        let cluster = self.cluster.as_ref().ok_or_else(no_cluster)?;
+        let cluster = self.gossip.as_ref().ok_or_else(no_cluster)?;
         let overlays: Vec<(String, String)> = self
             .networks
             .values()
@@ -240,7 +240,7 @@ impl Controller {
     pub(super) fn create_overlay(&mut self, req: api::NetworkCreate) -> Result<(), ApiError> {
         let cs = self.config.cluster.clone().ok_or_else(no_cluster)?;
         let exists = self
-            .cluster
+            .gossip
             .as_ref()
             .ok_or_else(no_cluster)?
             .with(|g, _| g.directory().network(&req.name).is_some());
@@ -313,7 +313,7 @@ impl Controller {
             labels: req.labels.clone(),
             created: now_rfc3339(),
         };
-        let published = self.cluster.as_ref().expect("checked").with(|g, now| {
+        let published = self.gossip.as_ref().expect("checked").with(|g, now| {
             g.publish_network(spec.clone(), now)?;
             Ok::<_, overlay::OverlayError>(g.directory().network(&req.name).map(|v| v.vni))
         });
@@ -379,7 +379,7 @@ impl Controller {
         };
         self.install_network(record.clone())?;
         let creator = self
-            .cluster
+            .gossip
             .as_ref()
             .and_then(|c| {
                 c.with(|g, _| {
@@ -414,7 +414,7 @@ impl Controller {
                 hosts.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &self.gossip {
             c.with(|g, now| g.remove_network(name, now));
         }
         self.store.delete_network(name).map_err(internal)?;
@@ -426,13 +426,13 @@ impl Controller {
 
     /// Publishes a local endpoint of an overlay network.
     pub(super) fn publish_local_endpoint(&mut self, network: &str, container: &str) {
-        let (Some(cluster), Some(net)) = (&self.cluster, self.networks.get(network)) else {
+        let (Some(cluster), Some(net)) = (&self.gossip, self.networks.get(network)) else {
             return;
         };
         let Some(ep) = net.endpoints.get(container) else {
             return;
         };
-        let record = overlay::EndpointRecord {
+        let record = overlay::PublishedEndpoint {
             network: net.record.id.clone(),
             container: container.to_string(),
             aliases: ep.record.aliases.clone(),
@@ -447,7 +447,7 @@ impl Controller {
     }
 
     pub(super) fn withdraw_local_endpoint(&mut self, key: &str) {
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &self.gossip {
             c.with(|g, now| g.remove_endpoint(key, now));
         }
     }
@@ -474,7 +474,7 @@ impl Controller {
                 self.resync_all_overlays();
             }
             GossipEvent::App { from, payload } => match payload.split_first() {
-                Some((&super::cluster_ipam::APP_IPAM, rest)) => self.handle_ipam_app(from, rest),
+                Some((&super::overlay_ipam::APP_IPAM, rest)) => self.handle_ipam_app(from, rest),
                 _ => tracing::debug!(%from, "unknown application datagram"),
             },
             GossipEvent::Joined => tracing::info!("joined the cluster"),
@@ -513,7 +513,7 @@ impl Controller {
     /// fingerprints) to the QUIC endpoint: its trust set, and the
     /// connections it keeps, follow membership.
     fn sync_quic_peers(&self) {
-        let (Some(cluster), Some(q)) = (&self.cluster, &self.quic) else {
+        let (Some(cluster), Some(q)) = (&self.gossip, &self.quic) else {
             return;
         };
         let peers: Vec<QuicPeer> = cluster.with(|g, _| {
@@ -558,7 +558,7 @@ impl Controller {
     /// Brings the datapath, DNS and IPAM of an overlay network in line with
     /// the directory.
     pub(super) fn resync_overlay(&mut self, name: &str) {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = &self.gossip else {
             return;
         };
         let Some(net) = self.networks.get(name) else {
@@ -573,7 +573,7 @@ impl Controller {
         // What should be: remote endpoints of live hosts, and where each
         // host's tunnel ends.
         let (want, tunnels) = cluster.with(|g, _| {
-            let want: BTreeMap<(String, String), overlay::EndpointRecord> = {
+            let want: BTreeMap<(String, String), overlay::PublishedEndpoint> = {
                 let dir = g.directory();
                 dir.endpoints_on(&id)
                     .filter(|e| e.host != local)
@@ -713,7 +713,7 @@ impl Controller {
     }
 }
 
-fn ips_of(r: &overlay::EndpointRecord) -> Vec<IpAddr> {
+fn ips_of(r: &overlay::PublishedEndpoint) -> Vec<IpAddr> {
     r.ipv4
         .map(IpAddr::V4)
         .into_iter()

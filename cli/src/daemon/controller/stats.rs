@@ -49,7 +49,7 @@ impl Controller {
                 .map(|(k, v)| (format!("Quic{k}"), v)),
         )
         .collect();
-        let gossip = match &self.cluster {
+        let gossip = match &self.gossip {
             Some(c) => {
                 let g = c.with(|g, _| g.stats());
                 [

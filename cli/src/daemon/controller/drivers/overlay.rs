@@ -1,7 +1,7 @@
 //! `--driver overlay`: a network every host of the cluster has (Scope
 //! `global`), one VNI in the cluster directory, addresses from the
 //! cluster-wide IPAM, endpoints published through gossip. The cluster side
-//! is in [`crate::daemon::controller`]'s `overlay_nets` and `cluster_ipam`.
+//! is in [`crate::daemon::controller`]'s `overlay_nets` and `overlay_ipam`.
 
 use std::net::IpAddr;
 

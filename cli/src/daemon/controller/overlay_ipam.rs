@@ -164,7 +164,7 @@ impl Controller {
     /// Sends IPAM messages of the network with id `network_id` to other
     /// members, sealed by gossip.
     fn send_ipam(&self, network_id: &str, messages: Vec<(Destination, Message)>) {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = &self.gossip else {
             return;
         };
         if messages.is_empty() {
@@ -276,7 +276,7 @@ impl Controller {
     }
 
     fn live_hosts(&self) -> Vec<HostName> {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = &self.gossip else {
             return Vec::new();
         };
         cluster.with(|g, _| {

@@ -1,7 +1,7 @@
 //! The gossip side of the daemon: one thread owns the gossip UDP socket and
 //! drives the sans-IO [`Gossip`] core (receive, timers, transmit); events go
 //! to the controller through a channel. The controller changes the cluster
-//! state through [`Cluster::with`], which flushes what the change produced.
+//! state through [`GossipThread::with`], which flushes what the change produced.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -19,7 +19,7 @@ const MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// The running gossip endpoint.
 #[derive(Debug)]
-pub struct Cluster {
+pub struct GossipThread {
     gossip: Arc<Mutex<Gossip>>,
     socket: Arc<UdpSocket>,
     events: mpsc::Sender<GossipEvent>,
@@ -43,13 +43,13 @@ fn flush(g: &mut Gossip, socket: &UdpSocket, events: &mpsc::Sender<GossipEvent>,
     }
 }
 
-impl Cluster {
+impl GossipThread {
     /// Starts the gossip thread on `socket` (already bound).
     pub fn start(
         gossip: Gossip,
         socket: UdpSocket,
         events: mpsc::Sender<GossipEvent>,
-    ) -> io::Result<Cluster> {
+    ) -> io::Result<GossipThread> {
         let gossip = Arc::new(Mutex::new(gossip));
         let socket = Arc::new(socket);
         let stop = Arc::new(AtomicBool::new(false));
@@ -60,7 +60,7 @@ impl Cluster {
                 .name("vswitch-gossip".into())
                 .spawn(move || run(gossip, socket, stop, events))?
         };
-        Ok(Cluster {
+        Ok(GossipThread {
             gossip,
             socket,
             events,
@@ -92,7 +92,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for GossipThread {
     fn drop(&mut self) {
         self.shutdown();
     }
