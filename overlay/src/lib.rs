@@ -1,4 +1,5 @@
-//! The overlay: VXLAN codec, gossip membership and the cluster directory.
+//! The overlay: VXLAN codec, tunnel rules, gossip membership and the
+//! cluster directory.
 //!
 //! Everything here is sans-IO, in the way quinn-proto is: deterministic, no
 //! networking, no OS time. Functions take bytes and `now: Instant` and
@@ -8,6 +9,10 @@
 //!
 //! - [`vxlan`]: the RFC 7348 header, as views over byte buffers in the
 //!   style of smoltcp's `wire` module, and decapsulation of UDP payloads.
+//! - [`tunnel`]: [`TunnelRules`], the tunnel's forwarding rules: VNI to
+//!   network, VTEP and member admission, encrypted or clear, split
+//!   horizon; which datagrams come in and which frames go out, and with
+//!   which header.
 //! - [`key`]: the cluster key (from a key file) and the XChaCha20-Poly1305
 //!   sealing of every gossip datagram.
 //! - [`identity`]: each host's key pair and self-signed certificate for
@@ -29,6 +34,7 @@ pub mod gossip;
 pub mod identity;
 pub mod key;
 pub mod sim;
+pub mod tunnel;
 pub mod vxlan;
 
 pub use directory::{
@@ -39,11 +45,15 @@ pub use gossip::{
 };
 pub use identity::{Fingerprint, Identity, TrustSet};
 pub use key::ClusterKey;
+pub use tunnel::{
+    Decap, Encap, EncapError, Encapsulated, Origin, Transport, TunnelDrop, TunnelError,
+    TunnelRules, TunnelStats, Vtep, VtepKind,
+};
 pub use vxlan::{Vni, VxlanPacket, VxlanRepr};
 
 /// Errors of this crate's control-plane operations. (The per-packet parsers
 /// return their own small `Copy` errors: [`vxlan::VxlanError`],
-/// [`key::AuthError`].)
+/// [`key::AuthError`], [`tunnel::EncapError`].)
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     /// The cluster key file could not be used.
@@ -61,6 +71,9 @@ pub enum OverlayError {
     /// The host's QUIC identity could not be made or read.
     #[error("QUIC identity: {0}")]
     Identity(#[source] identity::IdentityError),
+    /// A tunnel port was refused.
+    #[error("tunnel: {0}")]
+    Tunnel(#[source] tunnel::TunnelError),
     /// The datagram size is too small for gossip.
     #[error("gossip datagrams of {0} bytes are too small; use at least 512 (underlay MTU minus 28 for IPv4, 48 for IPv6)")]
     DatagramTooSmall(usize),
@@ -75,6 +88,12 @@ impl From<key::KeyError> for OverlayError {
 impl From<identity::IdentityError> for OverlayError {
     fn from(e: identity::IdentityError) -> Self {
         OverlayError::Identity(e)
+    }
+}
+
+impl From<tunnel::TunnelError> for OverlayError {
+    fn from(e: tunnel::TunnelError) -> Self {
+        OverlayError::Tunnel(e)
     }
 }
 
