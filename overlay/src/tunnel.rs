@@ -192,6 +192,20 @@ impl TunnelDrop {
         }
     }
 
+    /// Whether [`TunnelRules::decapsulate`] gives this reason (the others
+    /// are [`TunnelRules::encap`]'s, which counts nothing).
+    pub const fn on_receive(self) -> bool {
+        matches!(
+            self,
+            TunnelDrop::Malformed
+                | TunnelDrop::UnknownVni
+                | TunnelDrop::NonMember
+                | TunnelDrop::ClearOnEncrypted
+                | TunnelDrop::QuicOnPlain
+                | TunnelDrop::QuicRejected
+        )
+    }
+
     /// The reason's index in [`TunnelDrop::ALL`] and [`TunnelStats::drops`].
     pub const fn index(self) -> usize {
         self as usize

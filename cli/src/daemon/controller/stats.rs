@@ -23,24 +23,26 @@ impl Controller {
                 });
             }
         }
-        let t = dp.tunnel;
+        let (t, rx) = (dp.tunnel, dp.tunnel_rx);
         let quic_stats = self
             .quic
             .as_ref()
             .map(|q| q.handle().stats())
             .unwrap_or_default();
+        // What was sent, then what the tunnel rules received and dropped,
+        // under the rules' own names for the reasons.
         let tunnel = [
-            ("RxPackets", t.rx_packets),
+            ("RxPackets", rx.received(overlay::tunnel::Transport::Udp)),
             ("TxPackets", t.tx_packets),
-            ("Malformed", t.malformed),
-            ("UnknownVni", t.unknown_vni),
-            ("NonMember", t.non_member),
             ("SendErrors", t.send_errors),
-            ("ClearOnEncrypted", t.clear_on_encrypted),
-            ("QuicOnPlain", t.quic_on_plain),
-            ("QuicRejected", t.quic_rejected),
         ]
         .into_iter()
+        .chain(
+            overlay::tunnel::TunnelDrop::ALL
+                .into_iter()
+                .filter(|r| r.on_receive())
+                .map(|r| (r.as_str(), rx.dropped(r))),
+        )
         .map(|(k, v)| (k.to_string(), v))
         .chain(
             quic_stats

@@ -41,9 +41,9 @@ pub(super) struct Egress<'a> {
     pub(super) tunnel: Option<&'a Tunnel>,
     pub(super) quic: Option<&'a QuicHandle>,
     pub(super) tunnel_counters: &'a mut TunnelCounters,
-    pub(super) vni_of: &'a HashMap<NetworkId, Vni>,
+    pub(super) rules: &'a TunnelRules<NetworkId, PortId>,
     pub(super) handoff: Option<&'a Handoff>,
-    pub(super) from: Ingress,
+    pub(super) from: Origin,
     /// The frame came from a member's tunnel port: TCP segments may be
     /// coalesced.
     pub(super) coalesce: bool,
@@ -105,19 +105,21 @@ impl Egress<'_> {
                 }
             }
             Some(Slot::Vtep(v)) => {
-                // Split horizon: what came from a tunnel never goes back into
-                // one, and each host's gateway stays local.
-                if self.from != Ingress::Local {
-                    return;
-                }
-                let Some(&vni) = self.vni_of.get(&v.network) else {
-                    return;
+                // The tunnel rules decide: split horizon (what came from a
+                // tunnel never goes back into one, each host's gateway stays
+                // local), the VNI's header, the transport.
+                let (transport, remote, header) = match self.rules.encap(self.from, to) {
+                    Encap::Send {
+                        transport,
+                        remote,
+                        header,
+                    } => (transport, remote, header),
+                    Encap::Drop(_) => return,
                 };
-                let header = vxlan::header(vni);
-                if v.quic {
+                if transport == Transport::Quic {
                     // Encrypted: through QUIC or not at all.
                     let sent = match self.quic {
-                        Some(q) => send_quic(q, v, &header, hdr, frame, self.seg),
+                        Some(q) => send_quic(q, remote, &header, hdr, frame, self.seg),
                         None => Err(0),
                     };
                     let (ok, dropped) = match sent {
@@ -135,7 +137,7 @@ impl Egress<'_> {
                     return;
                 };
                 let sent = if offloaded {
-                    send_segmented(tunnel, v, &header, hdr, frame, self.seg)
+                    send_segmented(tunnel, remote, &header, hdr, frame, self.seg)
                 } else {
                     // Header and frame go out as one datagram from two
                     // buffers: the frame is not copied.
@@ -184,17 +186,17 @@ impl Egress<'_> {
 }
 
 /// Segments a super-frame into `seg`, each segment behind a copy of the
-/// VXLAN `header`: datagram `i` is `seg[i * stride..][..stride]`, the last
+/// tunnel `header`: datagram `i` is `seg[i * stride..][..stride]`, the last
 /// one `HEADER_LEN + last_len` bytes.
 pub(super) fn segment_behind(
-    header: &[u8; vxlan::HEADER_LEN],
+    header: &[u8],
     hdr: &VnetHdr,
     frame: &[u8],
     seg: &mut [u8],
 ) -> Result<offload::Segments, offload::OffloadError> {
-    let segs = offload::segment(hdr, frame, vxlan::HEADER_LEN, seg)?;
+    let segs = offload::segment(hdr, frame, header.len(), seg)?;
     for i in 0..segs.count {
-        seg[i * segs.stride..][..vxlan::HEADER_LEN].copy_from_slice(header);
+        seg[i * segs.stride..][..header.len()].copy_from_slice(header);
     }
     Ok(segs)
 }
@@ -205,14 +207,14 @@ pub(super) fn segment_behind(
 /// connection yet, too large; the QUIC side counts why).
 pub(super) fn send_quic(
     quic: &QuicHandle,
-    v: &VtepPort,
-    header: &[u8; vxlan::HEADER_LEN],
+    remote: SocketAddr,
+    header: &[u8],
     hdr: &VnetHdr,
     frame: &[u8],
     seg: &mut [u8],
 ) -> Result<u64, u64> {
     if !(hdr.is_gso() || hdr.needs_csum()) {
-        return if quic.send_parts(v.remote, &[header, frame]) {
+        return if quic.send_parts(remote, &[header, frame]) {
             Ok(1)
         } else {
             Err(0)
@@ -220,12 +222,12 @@ pub(super) fn send_quic(
     }
     let segs = segment_behind(header, hdr, frame, seg).map_err(|_| 0u64)?;
     // One allocation per super-frame; every datagram is a slice of it.
-    let all = bytes::Bytes::copy_from_slice(&seg[..segs.total_len(vxlan::HEADER_LEN)]);
+    let all = bytes::Bytes::copy_from_slice(&seg[..segs.total_len(header.len())]);
     let mut sent = 0;
     for i in 0..segs.count {
         let at = i * segs.stride;
         let end = (at + segs.stride).min(all.len());
-        if !quic.send_bytes(v.remote, all.slice(at..end)) {
+        if !quic.send_bytes(remote, all.slice(at..end)) {
             return Err(sent);
         }
         sent += 1;
@@ -238,15 +240,15 @@ pub(super) fn send_quic(
 /// up to the kernel's segment limit). Returns the datagrams sent.
 pub(super) fn send_segmented(
     tunnel: &Tunnel,
-    v: &VtepPort,
-    header: &[u8; vxlan::HEADER_LEN],
+    remote: SocketAddr,
+    header: &[u8],
     hdr: &VnetHdr,
     frame: &[u8],
     seg: &mut [u8],
 ) -> io::Result<u64> {
     let segs = segment_behind(header, hdr, frame, seg)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let total = segs.total_len(vxlan::HEADER_LEN);
+    let total = segs.total_len(header.len());
     // One UDP GSO send is one UDP datagram before segmentation: at most
     // 65,507 bytes of payload over IPv4 (65,535 minus the IP and UDP
     // headers), whatever the kernel's segment limit; a 64 KiB super-frame
@@ -259,7 +261,7 @@ pub(super) fn send_segmented(
     for start in (0..total).step_by(per_send * segs.stride) {
         let end = (start + per_send * segs.stride).min(total);
         let transmit = Transmit {
-            destination: v.remote,
+            destination: remote,
             ecn: None,
             contents: &seg[start..end],
             segment_size: (end - start > segs.stride).then_some(segs.stride),

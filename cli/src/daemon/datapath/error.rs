@@ -27,6 +27,9 @@ pub enum DatapathError {
     /// A network's NAT could not be made.
     #[error("{0}")]
     Nat(#[source] NatError),
+    /// The overlay's tunnel rules refused a VTEP.
+    #[error("{0}")]
+    Tunnel(#[source] overlay::tunnel::TunnelError),
     /// A socket for a gateway's upstream DNS could not be made.
     #[error("{0}")]
     Upstream(#[source] io::Error),
@@ -69,5 +72,11 @@ impl From<GatewayError> for DatapathError {
 impl From<NatError> for DatapathError {
     fn from(e: NatError) -> Self {
         DatapathError::Nat(e)
+    }
+}
+
+impl From<overlay::tunnel::TunnelError> for DatapathError {
+    fn from(e: overlay::tunnel::TunnelError) -> Self {
+        DatapathError::Tunnel(e)
     }
 }

@@ -353,6 +353,7 @@ impl DatapathHandle {
             }
             total.drops.add(&s.drops);
             total.tunnel.add(&s.tunnel);
+            total.tunnel_rx.add(&s.tunnel_rx);
             total.suppressed += s.suppressed;
         }
         Ok(total)

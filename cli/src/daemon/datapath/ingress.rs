@@ -85,7 +85,7 @@ impl Datapath {
             neighbors,
             tunnel_counters,
             suppressed,
-            vni_of,
+            rules,
             handoff,
             ..
         } = self;
@@ -99,14 +99,17 @@ impl Datapath {
             },
         };
         let (from, coalesce) = match ports.get(&ingress) {
-            Some(Slot::Tap(_)) => (Ingress::Local, false),
-            Some(Slot::Gateway(_)) => (Ingress::Gateway, false),
-            Some(Slot::Vtep(v)) => (Ingress::Tunnel, v.coalesce),
+            Some(Slot::Tap(_)) => (Origin::Local, false),
+            Some(Slot::Gateway(_)) => (Origin::Gateway, false),
+            Some(Slot::Vtep(_)) => (
+                Origin::Tunnel,
+                rules.vtep(ingress).is_some_and(|v| v.coalesce()),
+            ),
             // A handoff port never sends: its frames arrive at the first worker.
             Some(Slot::Handoff(_)) | None => return,
         };
         // ARP/ND for remote endpoints: answered here, never flooded.
-        if from == Ingress::Local && !neighbors.is_empty() {
+        if from == Origin::Local && !neighbors.is_empty() {
             if let Some(network) = bridge.network_of(ingress) {
                 if let Some(n) = neighbors.answer(network, frame, reply) {
                     if let Some(Slot::Tap(t)) = ports.get_mut(&ingress) {
@@ -129,7 +132,7 @@ impl Datapath {
             tunnel: tunnel.as_ref(),
             quic: quic.as_ref(),
             tunnel_counters,
-            vni_of,
+            rules,
             handoff: handoff.as_ref(),
             from,
             coalesce,

@@ -35,7 +35,8 @@ use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Waker};
 use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
-use overlay::vxlan::{self, Vni};
+use overlay::tunnel::{Decap, Encap, Origin, Transport, TunnelRules, Vtep, VtepKind};
+use overlay::Vni;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use switch::bridge::{Action, Bridge, BridgeConfig, DropCounters, DropReason, PortSecurity};
 use switch::gateway::{Gateway, GatewayConfig};
@@ -119,19 +120,11 @@ struct GatewayPort {
     counters: PortCounters,
 }
 
+/// A tunnel port. What it admits and where it sends are the tunnel rules'
+/// ([`Datapath::rules`]); this is the socket address and the counters.
 struct VtepPort {
-    remote: SocketAddr,
-    /// `remote` as the kernel takes it, converted once.
+    /// The VTEP's address as the kernel takes it, converted once.
     remote_sockaddr: SockaddrStorage,
-    network: NetworkId,
-    /// A vswitch member: its datagrams carry UDP checksums, so the inner
-    /// TCP segments it sends are coalesced without checking theirs. A
-    /// static VTEP (a kernel vxlan device, whose UDP checksum may be
-    /// zero) gets its frames delivered one by one, as sent.
-    coalesce: bool,
-    /// An encrypted network's: frames go through QUIC only, and plain
-    /// VXLAN from this member is dropped.
-    quic: bool,
     counters: PortCounters,
 }
 
@@ -160,14 +153,6 @@ enum Src<'a> {
     Tunnel(usize),
 }
 
-/// Where the frame being switched came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ingress {
-    Local,
-    Gateway,
-    Tunnel,
-}
-
 struct Datapath {
     poll: Poll,
     rx: mpsc::Receiver<Command>,
@@ -192,10 +177,8 @@ struct Datapath {
     /// The QUIC endpoint and its receive queue (encrypted overlays).
     quic: Option<QuicHandle>,
     quic_rx: Option<QuicRx>,
-    vni_of: HashMap<NetworkId, Vni>,
-    network_of_vni: HashMap<Vni, NetworkId>,
-    /// (network, remote IP) -> VTEP port.
-    vteps: HashMap<(NetworkId, IpAddr), PortId>,
+    /// The overlay's rules: VNIs, VTEPs, admission, split horizon.
+    rules: TunnelRules<NetworkId, PortId>,
     neighbors: Neighbors,
     tunnel_counters: TunnelCounters,
     suppressed: u64,

@@ -78,7 +78,8 @@ impl Datapath {
         }
     }
 
-    /// One VXLAN datagram at `start..start + len` of receive buffer `buf`.
+    /// One VXLAN datagram at `start..start + len` of receive buffer `buf`:
+    /// the tunnel rules admit it (and count it) or not.
     pub(super) fn tunnel_datagram(
         &mut self,
         buf: usize,
@@ -90,39 +91,16 @@ impl Datapath {
         let Some(t) = self.tunnel.as_ref() else {
             return;
         };
-        self.tunnel_counters.rx_packets += 1;
-        let vni = match vxlan::decapsulate(&t.rx[buf][start..start + len]) {
-            Ok((vni, _)) => vni,
-            Err(_) => {
-                self.tunnel_counters.malformed += 1;
-                return;
-            }
-        };
-        let Some(&network) = self.network_of_vni.get(&vni) else {
-            self.tunnel_counters.unknown_vni += 1;
+        let datagram = &t.rx[buf][start..start + len];
+        let Decap::Deliver { port, frame, .. } =
+            self.rules.decapsulate(Transport::Udp, from, datagram, now)
+        else {
             return;
         };
-        let Some(&port) = self.vteps.get(&(network, canonical_ip(from.ip()))) else {
-            self.tunnel_counters.non_member += 1;
-            return;
-        };
-        if let Some(Slot::Vtep(v)) = self.ports.get_mut(&port) {
-            if v.quic {
-                // An encrypted network takes nothing in the clear.
-                self.tunnel_counters.clear_on_encrypted += 1;
-                return;
-            }
-            v.counters.rx_packets += 1;
-            v.counters.rx_bytes += (len - vxlan::HEADER_LEN) as u64;
-        }
-        self.switch_frame(
-            port,
-            Src::Tunnel(buf),
-            start + vxlan::HEADER_LEN,
-            len - vxlan::HEADER_LEN,
-            &VnetHdr::NONE,
-            now,
-        );
+        // The inner frame is the datagram's tail.
+        let (at, n) = (start + len - frame.len(), frame.len());
+        self.count_vtep_rx(port, n);
+        self.switch_frame(port, Src::Tunnel(buf), at, n, &VnetHdr::NONE, now);
     }
 
     /// Switches the frames of the QUIC datagrams that arrived (a bounded
@@ -138,52 +116,23 @@ impl Datapath {
 
     /// One datagram from the member whose tunnel address is `peer` (the
     /// QUIC endpoint tells it by its certificate): a VXLAN header and a
-    /// frame, as on the UDP tunnel, accepted only for encrypted networks.
+    /// frame, as on the UDP tunnel, which the tunnel rules accept only for
+    /// encrypted networks.
     pub(super) fn quic_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
-        let len = datagram.len();
-        let vni = match vxlan::decapsulate(datagram) {
-            Ok((vni, _)) => vni,
-            Err(_) => {
-                self.tunnel_counters.quic_rejected += 1;
-                return;
-            }
-        };
-        let port = self
-            .network_of_vni
-            .get(&vni)
-            .and_then(|n| self.vteps.get(&(*n, canonical_ip(peer.ip()))));
-        let Some(&port) = port else {
-            self.tunnel_counters.quic_rejected += 1;
+        let Decap::Deliver { port, frame, .. } =
+            self.rules.decapsulate(Transport::Quic, peer, datagram, now)
+        else {
             return;
         };
-        match self.ports.get_mut(&port) {
-            Some(Slot::Vtep(v)) if v.quic => {
-                v.counters.rx_packets += 1;
-                v.counters.rx_bytes += (len - vxlan::HEADER_LEN) as u64;
-            }
-            _ => {
-                self.tunnel_counters.quic_on_plain += 1;
-                return;
-            }
-        }
-        self.switch_frame(
-            port,
-            Src::Slice(datagram),
-            vxlan::HEADER_LEN,
-            len - vxlan::HEADER_LEN,
-            &VnetHdr::NONE,
-            now,
-        );
+        let (at, n) = (datagram.len() - frame.len(), frame.len());
+        self.count_vtep_rx(port, n);
+        self.switch_frame(port, Src::Slice(datagram), at, n, &VnetHdr::NONE, now);
     }
-}
 
-/// IPv4-mapped IPv6 addresses (from a dual-stack socket) as plain IPv4.
-pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+    fn count_vtep_rx(&mut self, port: PortId, bytes: usize) {
+        if let Some(Slot::Vtep(v)) = self.ports.get_mut(&port) {
+            v.counters.rx_packets += 1;
+            v.counters.rx_bytes += bytes as u64;
+        }
     }
 }

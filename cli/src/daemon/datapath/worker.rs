@@ -28,9 +28,7 @@ impl Datapath {
             tunnel,
             quic: None,
             quic_rx: None,
-            vni_of: HashMap::new(),
-            network_of_vni: HashMap::new(),
-            vteps: HashMap::new(),
+            rules: TunnelRules::new(),
             neighbors: Neighbors::new(),
             tunnel_counters: TunnelCounters::default(),
             suppressed: 0,
@@ -153,7 +151,7 @@ impl Datapath {
             tunnel,
             quic,
             tunnel_counters,
-            vni_of,
+            rules,
             handoff,
             ..
         } = self;
@@ -165,9 +163,9 @@ impl Datapath {
             tunnel: tunnel.as_ref(),
             quic: quic.as_ref(),
             tunnel_counters,
-            vni_of,
+            rules,
             handoff: handoff.as_ref(),
-            from: Ingress::Local,
+            from: Origin::Local,
             coalesce: false,
             now,
         }
@@ -229,9 +227,7 @@ impl Datapath {
                     self.remove_port(port);
                 }
                 self.neighbors.remove_network(network);
-                if let Some(vni) = self.vni_of.remove(&network) {
-                    self.network_of_vni.remove(&vni);
-                }
+                self.rules.remove_network(network);
                 if let Some(gw) = self.gateways.remove(&network) {
                     self.remove_port(gw);
                 }
@@ -274,13 +270,7 @@ impl Datapath {
                 let _ = reply.send(tap);
             }
             Command::SetVni { network, vni } => {
-                if let Some(old) = self.vni_of.remove(&network) {
-                    self.network_of_vni.remove(&old);
-                }
-                if let Some(vni) = vni {
-                    self.vni_of.insert(network, vni);
-                    self.network_of_vni.insert(vni, network);
-                }
+                self.rules.set_vni(network, vni);
             }
             Command::AddVtep {
                 port,
@@ -290,25 +280,7 @@ impl Datapath {
                 quic,
                 reply,
             } => {
-                let r = self
-                    .bridge
-                    .add_port(port, network, None)
-                    .map_err(DatapathError::from);
-                if r.is_ok() {
-                    self.vteps.insert((network, remote.ip()), port);
-                    self.ports.insert(
-                        port,
-                        Slot::Vtep(VtepPort {
-                            remote,
-                            remote_sockaddr: SockaddrStorage::from(remote),
-                            network,
-                            coalesce: member,
-                            quic,
-                            counters: PortCounters::default(),
-                        }),
-                    );
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.add_vtep(port, network, remote, member, quic));
             }
             Command::AddRemote {
                 network,
@@ -394,6 +366,52 @@ impl Datapath {
         Ok(())
     }
 
+    /// A tunnel port: admitted by the tunnel rules first, then a port of
+    /// the bridge.
+    pub(super) fn add_vtep(
+        &mut self,
+        port: PortId,
+        network: NetworkId,
+        remote: SocketAddr,
+        member: bool,
+        quic: bool,
+    ) -> Result<(), DatapathError> {
+        self.rules.add_vtep(
+            port,
+            Vtep {
+                network,
+                remote,
+                // A member's datagrams carry UDP checksums, so the inner TCP
+                // segments it sends are coalesced; a static VTEP's (a kernel
+                // vxlan device, whose UDP checksum may be zero) are
+                // delivered one by one, as sent.
+                kind: if member {
+                    VtepKind::Member
+                } else {
+                    VtepKind::Static
+                },
+                // An encrypted network's frames go through QUIC only.
+                transport: if quic {
+                    Transport::Quic
+                } else {
+                    Transport::Udp
+                },
+            },
+        )?;
+        if let Err(e) = self.bridge.add_port(port, network, None) {
+            self.rules.remove_vtep(port);
+            return Err(e.into());
+        }
+        self.ports.insert(
+            port,
+            Slot::Vtep(VtepPort {
+                remote_sockaddr: SockaddrStorage::from(remote),
+                counters: PortCounters::default(),
+            }),
+        );
+        Ok(())
+    }
+
     pub(super) fn add_port(
         &mut self,
         port: PortId,
@@ -456,8 +474,8 @@ impl Datapath {
                     let _ = self.poll.registry().deregister(s);
                 }
             }
-            Slot::Vtep(v) => {
-                self.vteps.remove(&(v.network, v.remote.ip()));
+            Slot::Vtep(_) => {
+                self.rules.remove_vtep(port);
             }
         }
         self.ready.retain(|p| *p != port);
@@ -481,6 +499,7 @@ impl Datapath {
             ports,
             drops: self.bridge.drops().clone(),
             tunnel: self.tunnel_counters,
+            tunnel_rx: self.rules.stats(),
             suppressed: self.suppressed,
             nat: self
                 .gateways
