@@ -166,6 +166,22 @@ pub struct NetworkRecord {
     pub static_vteps: Vec<std::net::SocketAddr>,
 }
 
+impl NetworkRecord {
+    /// The subnets as IPAM takes them (every stored subnet is resolved).
+    pub fn subnet_configs(&self) -> Vec<ipam::SubnetConfig> {
+        self.subnets
+            .iter()
+            .filter_map(|s| {
+                Some(ipam::SubnetConfig {
+                    subnet: s.subnet?,
+                    gateway: s.gateway?,
+                    ip_range: s.ip_range,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A sandbox: a network namespace and, for `vswitch run -d`, its process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {

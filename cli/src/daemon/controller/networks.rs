@@ -212,19 +212,8 @@ impl Controller {
         if drivers::of(record.driver).switches()
             && !self.ipam.contains_network(record.name.as_str())
         {
-            let configs: Vec<ipam::SubnetConfig> = record
-                .subnets
-                .iter()
-                .filter_map(|s| {
-                    Some(ipam::SubnetConfig {
-                        subnet: s.subnet?,
-                        gateway: s.gateway?,
-                        ip_range: s.ip_range,
-                    })
-                })
-                .collect();
             self.ipam
-                .restore_network(record.name.clone(), &configs)
+                .restore_network(record.name.clone(), &record.subnet_configs())
                 .map_err(ipam_err)?;
         }
         let gateway_mac = MacAddr::local_from_seed(format!("gateway/{}", record.id).as_bytes());
@@ -285,7 +274,7 @@ impl Controller {
             for addr in net.record.static_vteps.clone() {
                 let port = self.alloc_port();
                 self.datapath
-                    .add_vtep(port, id, addr)
+                    .add_vtep(port, id, addr, false, false)
                     .map_err(ApiError::from)?;
                 net.static_vteps.insert(addr, port);
             }

@@ -51,18 +51,7 @@ impl Controller {
         creator: &str,
     ) -> Result<ClusterAllocator, ApiError> {
         let net = self.network(name)?;
-        let configs: Vec<ipam::SubnetConfig> = net
-            .record
-            .subnets
-            .iter()
-            .filter_map(|s| {
-                Some(ipam::SubnetConfig {
-                    subnet: s.subnet?,
-                    gateway: s.gateway?,
-                    ip_range: s.ip_range,
-                })
-            })
-            .collect();
+        let configs = net.record.subnet_configs();
         let me = host(&self.config.node_name)?;
         let config = ClusterConfig {
             quarantine: self.config.ipam_quarantine,

@@ -630,7 +630,7 @@ impl Controller {
             if !net.vteps.contains_key(h) {
                 let port = switch::PortId(self.next_port);
                 self.next_port += 1;
-                match self.datapath.add_member_vtep(port, dp, *addr, encrypted) {
+                match self.datapath.add_vtep(port, dp, *addr, true, encrypted) {
                     Ok(()) => {
                         net.vteps.insert(h.clone(), (port, *addr));
                     }
@@ -685,7 +685,7 @@ impl Controller {
         let dp = n.id.expect("overlays switch frames");
         let port = self.alloc_port();
         self.datapath
-            .add_vtep(port, dp, addr)
+            .add_vtep(port, dp, addr, false, false)
             .map_err(ApiError::from)?;
         let n = self.networks.get_mut(network).expect("checked");
         n.static_vteps.insert(addr, port);

@@ -1,4 +1,8 @@
+//! The commands the control plane sends each worker, with their reply
+//! channels.
+
 use super::*;
+
 /// What the control plane asks of the datapath.
 pub enum Command {
     /// Adds a bridge domain and, for networks with a gateway, its gateway

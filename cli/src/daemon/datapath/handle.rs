@@ -1,5 +1,11 @@
+//! [`DatapathHandle`]: the control plane's end of the workers. It starts
+//! them, and turns each call into a [`Command`] per worker and a bounded
+//! wait for the answers.
+
 use super::handoff::handoff_pair;
 use super::*;
+
+/// One worker thread's command queue and waker.
 #[derive(Debug)]
 struct Worker {
     tx: mpsc::Sender<Command>,
@@ -269,39 +275,24 @@ impl DatapathHandle {
         self.send_all(|| Command::SetVni { network, vni })
     }
 
-    /// A tunnel port toward a static VTEP (`vswitch network vtep add`,
-    /// typically a kernel vxlan device).
+    /// A tunnel port toward `remote`: another vswitch host of the cluster
+    /// (`member`; `quic` for an encrypted network, `remote` then being the
+    /// member's tunnel address, by which the QUIC endpoint knows it), or a
+    /// static VTEP (`vswitch network vtep add`, typically a kernel vxlan
+    /// device).
     pub fn add_vtep(
         &self,
         port: PortId,
         network: NetworkId,
         remote: SocketAddr,
-    ) -> Result<(), DatapathError> {
-        Self::all_ok(self.ask_all(|_, reply| Command::AddVtep {
-            port,
-            network,
-            remote,
-            member: false,
-            quic: false,
-            reply,
-        })?)
-    }
-
-    /// A tunnel port toward another vswitch host of the cluster; `quic`
-    /// for an encrypted network (`remote` is then the member's tunnel
-    /// address, by which the QUIC endpoint knows it).
-    pub fn add_member_vtep(
-        &self,
-        port: PortId,
-        network: NetworkId,
-        remote: SocketAddr,
+        member: bool,
         quic: bool,
     ) -> Result<(), DatapathError> {
         Self::all_ok(self.ask_all(|_, reply| Command::AddVtep {
             port,
             network,
             remote,
-            member: true,
+            member,
             quic,
             reply,
         })?)
@@ -343,13 +334,7 @@ impl DatapathHandle {
         for s in all {
             total.worker_rx_packets.extend(s.worker_rx_packets);
             for (port, c) in s.ports {
-                let t = total.ports.entry(port).or_default();
-                t.rx_packets += c.rx_packets;
-                t.rx_bytes += c.rx_bytes;
-                t.tx_packets += c.tx_packets;
-                t.tx_bytes += c.tx_bytes;
-                t.tx_drops += c.tx_drops;
-                t.drops += c.drops;
+                total.ports.entry(port).or_default().add(&c);
             }
             total.drops.add(&s.drops);
             total.tunnel.add(&s.tunnel);

@@ -1,5 +1,10 @@
+//! TAP reads in bounded batches, and the switching of one frame: ARP/ND
+//! for remote endpoints answered on the spot, the bridge's decision, the
+//! delivery; frames handed over by the other workers.
+
 use super::egress::{write_tap, Egress};
 use super::*;
+
 impl Datapath {
     /// Reads a bounded batch from each ready port.
     pub(super) fn service_ready(&mut self, now: Instant) {

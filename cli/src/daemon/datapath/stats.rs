@@ -1,4 +1,9 @@
+//! Counters a worker keeps locally and hands over on [`Command::Stats`];
+//! the handle adds up every worker's.
+
 use super::*;
+
+/// Counters of one port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortCounters {
     pub rx_packets: u64,
@@ -7,6 +12,18 @@ pub struct PortCounters {
     pub tx_bytes: u64,
     pub tx_drops: u64,
     pub drops: u64,
+}
+
+impl PortCounters {
+    /// Adds the same port's counters of another worker.
+    pub(super) fn add(&mut self, o: &PortCounters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_drops += o.tx_drops;
+        self.drops += o.drops;
+    }
 }
 
 /// What the datapath sent into the tunnel (what it received is counted by

@@ -1,3 +1,7 @@
+//! A worker's loop: one `mio` poll, a turn per wake-up (events, commands,
+//! handed frames, NAT sockets, ready TAPs, gateways, timers), and the
+//! upkeep of its copy of the tables.
+
 use super::egress::Egress;
 use super::gateways::bind_upstream;
 use super::*;
