@@ -220,9 +220,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         let subnets = self
             .networks
             .remove(key)
-            .ok_or_else(|| Error::NoSuchNetwork {
-                network: key.to_string(),
-            })?;
+            .ok_or_else(|| no_such_network(key))?;
         Ok(subnets.into_iter().map(|s| s.config().clone()).collect())
     }
 
@@ -320,12 +318,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnets = self
-            .networks
-            .get_mut(key)
-            .ok_or_else(|| Error::NoSuchNetwork {
-                network: key.to_string(),
-            })?;
+        let subnets = Self::network_mut(&mut self.networks, key)?;
         let mut full = Vec::new();
         let mut owned = false;
         for subnet in subnets.iter_mut().filter(|s| s.family() == family) {
@@ -353,6 +346,18 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         })
     }
 
+    /// The network's subnets, or [`Error::NoSuchNetwork`].
+    fn network_mut<'a, Q>(
+        networks: &'a mut BTreeMap<K, Vec<Subnet>>,
+        key: &Q,
+    ) -> Result<&'a mut Vec<Subnet>>
+    where
+        K: Borrow<Q>,
+        Q: Ord + fmt::Display + ?Sized,
+    {
+        networks.get_mut(key).ok_or_else(|| no_such_network(key))
+    }
+
     /// The network's subnet holding `ip`, or the error `outside` builds.
     fn subnet_for<'a, Q>(
         networks: &'a mut BTreeMap<K, Vec<Subnet>>,
@@ -364,9 +369,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnets = networks.get_mut(key).ok_or_else(|| Error::NoSuchNetwork {
-            network: key.to_string(),
-        })?;
+        let subnets = Self::network_mut(networks, key)?;
         let all: Vec<IpNet> = subnets.iter().map(Subnet::subnet).collect();
         subnets
             .iter_mut()
@@ -404,6 +407,12 @@ fn outside(ip: IpAddr, network: Option<String>, subnets: Vec<IpNet>) -> Error {
     }
 }
 
+fn no_such_network<Q: fmt::Display + ?Sized>(key: &Q) -> Error {
+    Error::NoSuchNetwork {
+        network: key.to_string(),
+    }
+}
+
 fn not_allocated(ip: IpAddr, network: Option<String>, subnets: Vec<IpNet>) -> Error {
     Error::NotAllocated {
         ip,
@@ -417,17 +426,10 @@ mod tests {
     use super::*;
     use crate::pool::AddressPool;
     use crate::subnet::Reserved;
+    use crate::testing::{ip, net};
     use proptest::prelude::*;
     use rstest::rstest;
     use std::collections::BTreeSet;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
 
     fn fixed(s: &str) -> SubnetRequest {
         SubnetRequest::fixed(net(s))
