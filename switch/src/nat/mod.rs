@@ -867,11 +867,7 @@ mod tests {
         assert!(s.egress_denied >= 2, "{s:?}");
         assert_eq!((s.tcp_egress, s.udp_flows), (0, 0));
         // Published ports work, loopback clients included.
-        let l = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("127.0.0.1:7000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (l, id) = net.inbound("127.0.0.1:7000", "10.0.0.2:80");
         net.settle();
         assert_eq!(net.c.tcp(l).state(), tcp::State::Established);
         net.c.tcp(l).send_slice(b"inside").unwrap();

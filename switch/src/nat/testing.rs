@@ -276,9 +276,26 @@ impl Net {
         }
     }
 
-    /// An egress connection from the container to `to`, accepted by
-    /// the host.
-    pub(super) fn egress(&mut self, to: SocketAddr, local_port: u16) -> (SocketHandle, ConnId) {
+    /// A published connection from `client` to a listener of the
+    /// container on `container`, handed to the NAT but not yet pumped:
+    /// the listener and the NAT's id.
+    pub(super) fn inbound(&mut self, client: &str, container: &str) -> (SocketHandle, ConnId) {
+        let container = sa(container);
+        let h = self.c.listen(container.port());
+        let id = self
+            .nat
+            .inbound_tcp(sa(client), container, C_MAC, self.now)
+            .unwrap();
+        (h, id)
+    }
+
+    /// An egress connection from the container to `to` that the NAT
+    /// reported and the host has not answered yet.
+    pub(super) fn egress_pending(
+        &mut self,
+        to: SocketAddr,
+        local_port: u16,
+    ) -> (SocketHandle, ConnId) {
         let h = self.c.connect(to, local_port);
         self.settle();
         let events = self.take_events();
@@ -287,6 +304,13 @@ impl Net {
         };
         assert_eq!(dst, to);
         assert_eq!(src.port(), local_port);
+        (h, id)
+    }
+
+    /// An egress connection from the container to `to`, accepted by
+    /// the host.
+    pub(super) fn egress(&mut self, to: SocketAddr, local_port: u16) -> (SocketHandle, ConnId) {
+        let (h, id) = self.egress_pending(to, local_port);
         assert_eq!(self.c.tcp(h).state(), tcp::State::SynSent);
         self.nat.egress_connected(id, true, self.now);
         self.settle();
