@@ -70,7 +70,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport};
 use crate::stack::{
-    check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue, Whole,
+    add_addrs, check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue,
+    Whole,
 };
 use crate::wire::{self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UDP_HEADER_LEN};
 use crate::MacAddr;
@@ -299,18 +300,15 @@ impl Gateway {
         let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_FRAMES);
         let hardware = HardwareAddress::Ethernet(EthernetAddress(mac.0));
         let mut iface = new_interface(hardware, rng.next_u64(), &caps, now);
-        iface.update_ip_addrs(|addrs| {
-            if let Some((addr, prefix)) = config.ipv4 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
-            }
-            if let Some((addr, prefix)) = config.ipv6 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(addr), prefix));
-                let ll = link_local(mac);
-                if ll != addr {
+        add_addrs(&mut iface, config.ipv4, config.ipv6);
+        if let Some((addr, _)) = config.ipv6 {
+            let ll = link_local(mac);
+            if ll != addr {
+                iface.update_ip_addrs(|addrs| {
                     let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(ll), 64));
-                }
+                });
             }
-        });
+        }
 
         let mut gateway = Gateway {
             mac,

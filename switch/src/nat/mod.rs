@@ -113,10 +113,10 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::phy::{DeviceCapabilities, Medium};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::HardwareAddress;
 
 use crate::gateway::GatewayError;
-use crate::stack::{check_interface, new_interface, poll_at, Rng, TxQueue};
+use crate::stack::{add_addrs, check_interface, new_interface, poll_at, Rng, TxQueue};
 use crate::wire::{IpFrame, IpHeader, IpProtocol, TransportHeader};
 use crate::MacAddr;
 
@@ -599,14 +599,7 @@ impl Nat {
         let neighbors = HashMap::new();
         let mut iface = new_interface(HardwareAddress::Ip, rng.next_u64(), &caps, now);
         iface.set_any_ip(true);
-        iface.update_ip_addrs(|addrs| {
-            if let Some((addr, prefix)) = config.ipv4 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
-            }
-            if let Some((addr, prefix)) = config.ipv6 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(addr), prefix));
-            }
-        });
+        add_addrs(&mut iface, config.ipv4, config.ipv6);
         // Every destination is reachable: the bridge is the only link.
         if let Some((addr, _)) = config.ipv4 {
             let _ = iface.routes_mut().add_default_ipv4_route(addr);
