@@ -73,7 +73,9 @@ use crate::stack::{
     add_addrs, check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue,
     Whole,
 };
-use crate::wire::{self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UDP_HEADER_LEN};
+use crate::wire::{
+    self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UdpView, UDP_HEADER_LEN,
+};
 use crate::MacAddr;
 
 mod tcp;
@@ -451,8 +453,7 @@ impl Gateway {
                     return Direct::Done;
                 }
                 if !ip.checksum_ok() {
-                    self.stats.frames_bad_checksum += 1;
-                    return Direct::Done;
+                    return self.bad_checksum();
                 }
                 let path = ReplyPath {
                     client_mac,
@@ -460,26 +461,13 @@ impl Gateway {
                     local_ip: ip.dst().into(),
                 };
                 match transport {
-                    TransportHeader::Udp(u) => {
-                        if !u.checksum_ok(path.client_ip, path.local_ip) {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.udp_query(path, u.src_port(), u.payload(), now);
-                    }
-                    TransportHeader::Icmpv4(i) => {
-                        let Some(echo) = i.echo_request() else {
-                            return Direct::Pass;
-                        };
-                        if !i.checksum_ok() {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.echo_reply(path, echo, i.payload());
-                    }
-                    _ => return Direct::Pass,
+                    TransportHeader::Udp(u) => self.udp_direct(path, u, now),
+                    TransportHeader::Icmpv4(i) => match i.echo_request() {
+                        Some(echo) => self.echo_direct(path, echo, i.checksum_ok(), i.payload()),
+                        None => Direct::Pass,
+                    },
+                    _ => Direct::Pass,
                 }
-                Direct::Done
             }
             (Some(IpHeader::V6(ip)), Some(transport)) => {
                 let dst = Some(ip.dst());
@@ -504,29 +492,51 @@ impl Gateway {
                     local_ip: ip.dst().into(),
                 };
                 match transport {
-                    TransportHeader::Udp(u) => {
-                        if !u.checksum_ok(path.client_ip, path.local_ip) {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
+                    TransportHeader::Udp(u) => self.udp_direct(path, u, now),
+                    TransportHeader::Icmpv6(i) => match i.echo_request() {
+                        Some(echo) => {
+                            let checksum_ok = i.checksum_ok(src, ip.dst());
+                            self.echo_direct(path, echo, checksum_ok, i.payload())
                         }
-                        self.udp_query(path, u.src_port(), u.payload(), now);
-                    }
-                    TransportHeader::Icmpv6(i) => {
-                        let Some(echo) = i.echo_request() else {
-                            return Direct::Pass;
-                        };
-                        if !i.checksum_ok(src, ip.dst()) {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.echo_reply(path, echo, i.payload());
-                    }
-                    _ => return Direct::Pass,
+                        None => Direct::Pass,
+                    },
+                    _ => Direct::Pass,
                 }
-                Direct::Done
             }
             _ => Direct::Pass,
         }
+    }
+
+    /// A DNS query over UDP to the gateway, either family: answered or
+    /// forwarded if its checksum holds.
+    fn udp_direct(&mut self, path: ReplyPath, u: UdpView<'_, '_>, now: Instant) -> Direct {
+        if !u.checksum_ok(path.client_ip, path.local_ip) {
+            return self.bad_checksum();
+        }
+        self.udp_query(path, u.src_port(), u.payload(), now);
+        Direct::Done
+    }
+
+    /// An echo request to the gateway, either family: answered if its
+    /// checksum holds.
+    fn echo_direct(
+        &mut self,
+        path: ReplyPath,
+        echo: Echo,
+        checksum_ok: bool,
+        payload: &[u8],
+    ) -> Direct {
+        if !checksum_ok {
+            return self.bad_checksum();
+        }
+        self.echo_reply(path, echo, payload);
+        Direct::Done
+    }
+
+    /// Counts a frame to the gateway with a wrong checksum, and drops it.
+    fn bad_checksum(&mut self) -> Direct {
+        self.stats.frames_bad_checksum += 1;
+        Direct::Done
     }
 
     fn udp_query(&mut self, path: ReplyPath, client_port: u16, query: &[u8], now: Instant) {
