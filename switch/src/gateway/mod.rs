@@ -73,9 +73,7 @@ use crate::stack::{
     add_addrs, check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue,
     Whole,
 };
-use crate::wire::{
-    self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UdpView, UDP_HEADER_LEN,
-};
+use crate::wire::{self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UDP_HEADER_LEN};
 use crate::MacAddr;
 
 mod tcp;
@@ -201,6 +199,18 @@ pub struct GatewayStats {
     pub tcp_connections: u64,
 }
 
+/// Whether the gateway answers `transport` itself, in a packet of IPv6
+/// (`v6`) or IPv4: a DNS query over UDP, or an echo request of the
+/// packet's own ICMP.
+fn answers_itself(transport: &TransportHeader<'_, '_>, v6: bool) -> bool {
+    match transport {
+        TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
+        TransportHeader::Icmpv4(i) if !v6 => i.echo_request().is_some(),
+        TransportHeader::Icmpv6(i) if v6 => i.echo_request().is_some(),
+        _ => false,
+    }
+}
+
 /// Where a reply to a client goes: the L2 and L3 of its request, swapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ReplyPath {
@@ -210,6 +220,14 @@ struct ReplyPath {
 }
 
 impl ReplyPath {
+    fn new(client_mac: MacAddr, client_ip: impl Into<IpAddr>, local_ip: impl Into<IpAddr>) -> Self {
+        ReplyPath {
+            client_mac,
+            client_ip: client_ip.into(),
+            local_ip: local_ip.into(),
+        }
+    }
+
     fn headers_len(&self, l4: usize) -> usize {
         ETH_LEN + ip_header_len(self.client_ip) + l4
     }
@@ -435,86 +453,56 @@ impl Gateway {
         if client_mac.is_multicast() {
             return Direct::Pass;
         }
-        match (pkt.ip(), pkt.transport()) {
+        let (path, transport) = match (pkt.ip(), pkt.transport()) {
             (Some(IpHeader::V4(ip)), Some(transport)) => {
-                if Some(ip.dst()) != self.ipv4 {
+                if Some(ip.dst()) != self.ipv4 || !answers_itself(&transport, false) {
                     return Direct::Pass;
                 }
                 let src = ip.src();
-                let wanted = match transport {
-                    TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
-                    TransportHeader::Icmpv4(i) => i.echo_request().is_some(),
-                    _ => false,
-                };
-                if !wanted {
-                    return Direct::Pass;
-                }
                 if src.is_unspecified() || src.is_multicast() || src.is_broadcast() {
                     return Direct::Done;
                 }
                 if !ip.checksum_ok() {
                     return self.bad_checksum();
                 }
-                let path = ReplyPath {
-                    client_mac,
-                    client_ip: src.into(),
-                    local_ip: ip.dst().into(),
-                };
-                match transport {
-                    TransportHeader::Udp(u) => self.udp_direct(path, u, now),
-                    TransportHeader::Icmpv4(i) => match i.echo_request() {
-                        Some(echo) => self.echo_direct(path, echo, i.checksum_ok(), i.payload()),
-                        None => Direct::Pass,
-                    },
-                    _ => Direct::Pass,
-                }
+                (ReplyPath::new(client_mac, src, ip.dst()), transport)
             }
             (Some(IpHeader::V6(ip)), Some(transport)) => {
                 let dst = Some(ip.dst());
-                if dst != self.ipv6 && dst != self.ipv6_link_local {
+                if (dst != self.ipv6 && dst != self.ipv6_link_local)
+                    || !answers_itself(&transport, true)
+                {
                     return Direct::Pass;
                 }
                 let src = ip.src();
-                let wanted = match transport {
-                    TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
-                    TransportHeader::Icmpv6(i) => i.echo_request().is_some(),
-                    _ => false,
-                };
-                if !wanted {
-                    return Direct::Pass;
-                }
                 if src.is_unspecified() || src.is_multicast() {
                     return Direct::Done;
                 }
-                let path = ReplyPath {
-                    client_mac,
-                    client_ip: src.into(),
-                    local_ip: ip.dst().into(),
-                };
-                match transport {
-                    TransportHeader::Udp(u) => self.udp_direct(path, u, now),
-                    TransportHeader::Icmpv6(i) => match i.echo_request() {
-                        Some(echo) => {
-                            let checksum_ok = i.checksum_ok(src, ip.dst());
-                            self.echo_direct(path, echo, checksum_ok, i.payload())
-                        }
-                        None => Direct::Pass,
-                    },
-                    _ => Direct::Pass,
-                }
+                (ReplyPath::new(client_mac, src, ip.dst()), transport)
             }
+            _ => return Direct::Pass,
+        };
+        // `answers_itself` let through only what the packet's family carries.
+        match transport {
+            TransportHeader::Udp(u) => {
+                if !u.checksum_ok(path.client_ip, path.local_ip) {
+                    return self.bad_checksum();
+                }
+                self.udp_query(path, u.src_port(), u.payload(), now);
+                Direct::Done
+            }
+            TransportHeader::Icmpv4(i) => match i.echo_request() {
+                Some(echo) => self.echo_direct(path, echo, i.checksum_ok(), i.payload()),
+                None => Direct::Pass,
+            },
+            TransportHeader::Icmpv6(i) => match (i.echo_request(), path.client_ip, path.local_ip) {
+                (Some(echo), IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    self.echo_direct(path, echo, i.checksum_ok(src, dst), i.payload())
+                }
+                _ => Direct::Pass,
+            },
             _ => Direct::Pass,
         }
-    }
-
-    /// A DNS query over UDP to the gateway, either family: answered or
-    /// forwarded if its checksum holds.
-    fn udp_direct(&mut self, path: ReplyPath, u: UdpView<'_, '_>, now: Instant) -> Direct {
-        if !u.checksum_ok(path.client_ip, path.local_ip) {
-            return self.bad_checksum();
-        }
-        self.udp_query(path, u.src_port(), u.payload(), now);
-        Direct::Done
     }
 
     /// An echo request to the gateway, either family: answered if its
