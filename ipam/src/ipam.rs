@@ -203,10 +203,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnet = Self::subnet_for(&mut self.networks, key, ip, outside)?;
-        subnet
-            .restore(ip)
-            .map_err(|e| e.in_network(&key.to_string()))
+        self.in_subnet_for(key, ip, outside, Subnet::restore)
     }
 
     /// Removes a network and all its allocations, returning its
@@ -279,10 +276,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnet = Self::subnet_for(&mut self.networks, key, ip, outside)?;
-        subnet
-            .allocate_static(ip)
-            .map_err(|e| e.in_network(&key.to_string()))
+        self.in_subnet_for(key, ip, outside, Subnet::allocate_static)
     }
 
     /// Returns `ip` to the network.
@@ -291,10 +285,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnet = Self::subnet_for(&mut self.networks, key, ip, not_allocated)?;
-        subnet
-            .release(ip)
-            .map_err(|e| e.in_network(&key.to_string()))
+        self.in_subnet_for(key, ip, not_allocated, Subnet::release)
     }
 
     /// Whether `ip` is allocated in the network (false for unknown networks).
@@ -344,6 +335,23 @@ impl<K: Ord + fmt::Display> Ipam<K> {
                 pools: full,
             },
         })
+    }
+
+    /// Runs `op` on the network's subnet holding `ip` (or fails as
+    /// `outside` says), naming the network in what it refuses.
+    fn in_subnet_for<Q, T>(
+        &mut self,
+        key: &Q,
+        ip: IpAddr,
+        outside: fn(IpAddr, Option<String>, Vec<IpNet>) -> Error,
+        op: impl FnOnce(&mut Subnet, IpAddr) -> Result<T>,
+    ) -> Result<T>
+    where
+        K: Borrow<Q>,
+        Q: Ord + fmt::Display + ?Sized,
+    {
+        let subnet = Self::subnet_for(&mut self.networks, key, ip, outside)?;
+        op(subnet, ip).map_err(|e| e.in_network(&key.to_string()))
     }
 
     /// The network's subnets, or [`Error::NoSuchNetwork`].
