@@ -690,10 +690,8 @@ mod tests {
             .arp(arp.to_arp_packet())
             .write(&mut f)
             .unwrap();
-        gw.handle_frame(&f, now);
-        let frames = drain(&mut gw, now);
-        assert_eq!(frames.len(), 1);
-        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
         let Some(NetSlice::Arp(reply)) = &pkt.net else {
             panic!("not arp")
         };
@@ -737,10 +735,8 @@ mod tests {
                 .write(&mut f, &payload)
                 .unwrap();
         }
-        gw.handle_frame(&f, now);
-        let frames = drain(&mut gw, now);
-        assert_eq!(frames.len(), 1);
-        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
         match (&pkt.net, &pkt.transport) {
             (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(icmp))) => {
                 assert!(!v6);
@@ -791,10 +787,8 @@ mod tests {
             .icmpv6_echo_request(1, 1)
             .write(&mut f, b"hello")
             .unwrap();
-        gw.handle_frame(&f, now);
-        let frames = drain(&mut gw, now);
-        assert_eq!(frames.len(), 1);
-        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
         let Some(NetSlice::Ipv6(ip)) = &pkt.net else {
             panic!("not ipv6")
         };
