@@ -125,11 +125,9 @@ impl Nat {
             self.stats.udp_dropped += 1;
             return Err(NatError::DatagramTooBig(payload.len()));
         }
-        let Some(f) = self.flows.get_mut(&id) else {
+        let Some(f) = self.touch_flow(id, container_mac, now) else {
             return Err(NatError::NotInNetwork(container));
         };
-        f.last_active = now;
-        f.container_mac = container_mac;
         let (from, to) = (f.tuple.peer, f.tuple.container);
         self.write_udp(from, to, container_mac, payload);
         Ok(id)
@@ -196,11 +194,9 @@ impl Nat {
                 id
             }
         };
-        let Some(flow) = self.flows.get_mut(&id) else {
+        let Some(flow) = self.touch_flow(id, ingress.src_mac, now) else {
             return;
         };
-        flow.last_active = now;
-        flow.container_mac = ingress.src_mac;
         let (via, dst) = match flow.kind {
             FlowKind::Egress => (UdpVia::Flow(id), tuple.peer),
             FlowKind::Inbound { listener, client } => (UdpVia::Listener(listener), client),
@@ -211,6 +207,20 @@ impl Nat {
         } else {
             self.stats.udp_dropped += 1;
         }
+    }
+
+    /// Flow `id`, seen again with the container at `container_mac`: idle
+    /// from `now` on.
+    pub(super) fn touch_flow(
+        &mut self,
+        id: FlowId,
+        container_mac: MacAddr,
+        now: Instant,
+    ) -> Option<&mut UdpFlow> {
+        let flow = self.flows.get_mut(&id)?;
+        flow.last_active = now;
+        flow.container_mac = container_mac;
+        Some(flow)
     }
 
     pub(super) fn add_flow(
