@@ -156,19 +156,13 @@ impl Nat {
         udp: &UdpView<'_, '_>,
         now: Instant,
     ) {
-        let (sport, dport) = (udp.src_port(), udp.dst_port());
-        if sport == 0 || dport == 0 {
-            self.stats.frames_malformed += 1;
+        let Some(tuple) = self.container_tuple(ingress, udp.src_port(), udp.dst_port()) else {
             return;
-        }
+        };
         if !udp.checksum_ok(ingress.src, ingress.dst) {
             self.stats.frames_bad_checksum += 1;
             return;
         }
-        let tuple = Tuple {
-            container: SocketAddr::new(ingress.src, sport),
-            peer: SocketAddr::new(ingress.dst, dport),
-        };
         let id = match self.flow_tuples.get(&tuple) {
             Some(&id) => id,
             None => {

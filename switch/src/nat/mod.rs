@@ -512,6 +512,21 @@ struct Ingress<'a> {
     packet: &'a [u8],
 }
 
+impl Nat {
+    /// The tuple of a TCP segment or UDP datagram from the container with
+    /// these ports, or `None` (counted malformed) if either port is zero.
+    fn container_tuple(&mut self, ingress: &Ingress<'_>, sport: u16, dport: u16) -> Option<Tuple> {
+        if sport == 0 || dport == 0 {
+            self.stats.frames_malformed += 1;
+            return None;
+        }
+        Some(Tuple {
+            container: SocketAddr::new(ingress.src, sport),
+            peer: SocketAddr::new(ingress.dst, dport),
+        })
+    }
+}
+
 /// The NAT of one network. See the module documentation.
 pub struct Nat {
     mac: MacAddr,

@@ -357,14 +357,8 @@ impl Nat {
         tcp: &TcpView<'_, '_>,
         now: Instant,
     ) {
-        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
-        if sport == 0 || dport == 0 {
-            self.stats.frames_malformed += 1;
+        let Some(tuple) = self.container_tuple(ingress, tcp.src_port(), tcp.dst_port()) else {
             return;
-        }
-        let tuple = Tuple {
-            container: SocketAddr::new(ingress.src, sport),
-            peer: SocketAddr::new(ingress.dst, dport),
         };
         let is_syn = tcp.syn() && !tcp.ack() && !tcp.rst() && !tcp.fin();
         if let Some(&id) = self.tuples.get(&tuple) {
