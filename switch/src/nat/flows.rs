@@ -331,18 +331,8 @@ mod tests {
     #[test]
     fn egress_udp_out_and_back_then_idle_expiry() {
         let mut net = Net::new(true, limits());
-        let u = net.c.udp_socket(5353);
         let dst = SocketAddr::new(OUTSIDE4.into(), 53);
-        net.c
-            .udp(u)
-            .send_slice(b"query", IpEndpoint::from(dst))
-            .unwrap();
-        net.settle();
-        let events = net.take_events();
-        let [NatEvent::UdpFlowOpened { flow, src, dst: d }] = events[..] else {
-            panic!("{events:?}");
-        };
-        assert_eq!((src, d), (sa("10.0.0.2:5353"), dst));
+        let (u, flow) = net.egress_udp(5353, dst, b"query");
         let got = net.take_datagrams();
         assert_eq!(
             got,
@@ -362,10 +352,7 @@ mod tests {
         assert_eq!(&buf[..n], b"answer");
         assert_eq!(SocketAddr::from(meta.endpoint), dst);
         // A second datagram uses the same flow.
-        net.c
-            .udp(u)
-            .send_slice(b"again", IpEndpoint::from(dst))
-            .unwrap();
+        net.c.udp_send(u, dst, b"again");
         net.settle();
         assert!(net.take_events().is_empty());
         assert_eq!(net.take_datagrams()[0].0.via, UdpVia::Flow(flow));
@@ -386,16 +373,8 @@ mod tests {
     #[test]
     fn udp_reply_from_another_family_is_dropped() {
         let mut net = Net::new(true, limits());
-        let u = net.c.udp_socket(5354);
         let dst = SocketAddr::new(OUTSIDE4.into(), 53);
-        net.c
-            .udp(u)
-            .send_slice(b"q", IpEndpoint::from(dst))
-            .unwrap();
-        net.settle();
-        let [NatEvent::UdpFlowOpened { flow, .. }] = net.take_events()[..] else {
-            panic!("no flow");
-        };
+        let (u, flow) = net.egress_udp(5354, dst, b"q");
         net.nat
             .udp_reply(flow, sa("[2001:db8::1]:53"), b"a", net.now);
         // An IPv4-mapped source is the IPv4 peer.

@@ -863,10 +863,7 @@ mod tests {
         let mut net = Net::new(false, limits());
         let h = net.c.connect(SocketAddr::new(OUTSIDE4.into(), 80), 40010);
         let u = net.c.udp_socket(5355);
-        net.c
-            .udp(u)
-            .send_slice(b"q", IpEndpoint::from(sa("198.51.100.9:53")))
-            .unwrap();
+        net.c.udp_send(u, sa("198.51.100.9:53"), b"q");
         net.settle();
         assert!(net.take_events().is_empty());
         assert!(net.take_datagrams().is_empty());

@@ -123,6 +123,13 @@ impl Container {
         self.sockets.get_mut::<udp::Socket>(h)
     }
 
+    /// Sends `payload` from the container's UDP socket `h` to `to`.
+    pub(super) fn udp_send(&mut self, h: SocketHandle, to: SocketAddr, payload: &[u8]) {
+        self.udp(h)
+            .send_slice(payload, IpEndpoint::from(to))
+            .unwrap();
+    }
+
     /// Everything the container's TCP socket received so far.
     pub(super) fn recv_all(&mut self, h: SocketHandle) -> Vec<u8> {
         let mut out = Vec::new();
@@ -287,6 +294,25 @@ impl Net {
             .inbound_tcp(sa(client), container, C_MAC, self.now)
             .unwrap();
         (h, id)
+    }
+
+    /// An egress UDP flow: a socket of the container on `port` sent
+    /// `payload` to `to`, and the NAT opened a flow for it.
+    pub(super) fn egress_udp(
+        &mut self,
+        port: u16,
+        to: SocketAddr,
+        payload: &[u8],
+    ) -> (SocketHandle, FlowId) {
+        let u = self.c.udp_socket(port);
+        self.c.udp_send(u, to, payload);
+        self.settle();
+        let events = self.take_events();
+        let [NatEvent::UdpFlowOpened { flow, src, dst }] = events[..] else {
+            panic!("expected one flow, got {events:?}");
+        };
+        assert_eq!((src, dst), (SocketAddr::new(C4.into(), port), to));
+        (u, flow)
     }
 
     /// An egress connection from the container to `to` that the NAT
