@@ -186,15 +186,8 @@ pub(crate) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{ip, net};
     use rstest::rstest;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
 
     #[rstest]
     #[case("10.0.0.0/8", "10.1.0.0/16", true)]

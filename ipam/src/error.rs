@@ -274,7 +274,7 @@ fn ipv6_hint(family: Family) -> &'static str {
 }
 
 /// A comma-separated list of prefixes.
-struct Nets<'a>(&'a [IpNet]);
+pub(crate) struct Nets<'a>(pub(crate) &'a [IpNet]);
 
 impl fmt::Display for Nets<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -203,10 +203,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnet = Self::subnet_for(&mut self.networks, key, ip, outside)?;
-        subnet
-            .restore(ip)
-            .map_err(|e| e.in_network(&key.to_string()))
+        self.in_subnet_for(key, ip, outside, Subnet::restore)
     }
 
     /// Removes a network and all its allocations, returning its
@@ -220,9 +217,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         let subnets = self
             .networks
             .remove(key)
-            .ok_or_else(|| Error::NoSuchNetwork {
-                network: key.to_string(),
-            })?;
+            .ok_or_else(|| no_such_network(key))?;
         Ok(subnets.into_iter().map(|s| s.config().clone()).collect())
     }
 
@@ -281,10 +276,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnet = Self::subnet_for(&mut self.networks, key, ip, outside)?;
-        subnet
-            .allocate_static(ip)
-            .map_err(|e| e.in_network(&key.to_string()))
+        self.in_subnet_for(key, ip, outside, Subnet::allocate_static)
     }
 
     /// Returns `ip` to the network.
@@ -293,10 +285,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnet = Self::subnet_for(&mut self.networks, key, ip, not_allocated)?;
-        subnet
-            .release(ip)
-            .map_err(|e| e.in_network(&key.to_string()))
+        self.in_subnet_for(key, ip, not_allocated, Subnet::release)
     }
 
     /// Whether `ip` is allocated in the network (false for unknown networks).
@@ -320,12 +309,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnets = self
-            .networks
-            .get_mut(key)
-            .ok_or_else(|| Error::NoSuchNetwork {
-                network: key.to_string(),
-            })?;
+        let subnets = Self::network_mut(&mut self.networks, key)?;
         let mut full = Vec::new();
         let mut owned = false;
         for subnet in subnets.iter_mut().filter(|s| s.family() == family) {
@@ -353,6 +337,35 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         })
     }
 
+    /// Runs `op` on the network's subnet holding `ip` (or fails as
+    /// `outside` says), naming the network in what it refuses.
+    fn in_subnet_for<Q, T>(
+        &mut self,
+        key: &Q,
+        ip: IpAddr,
+        outside: fn(IpAddr, Option<String>, Vec<IpNet>) -> Error,
+        op: impl FnOnce(&mut Subnet, IpAddr) -> Result<T>,
+    ) -> Result<T>
+    where
+        K: Borrow<Q>,
+        Q: Ord + fmt::Display + ?Sized,
+    {
+        let subnet = Self::subnet_for(&mut self.networks, key, ip, outside)?;
+        op(subnet, ip).map_err(|e| e.in_network(&key.to_string()))
+    }
+
+    /// The network's subnets, or [`Error::NoSuchNetwork`].
+    fn network_mut<'a, Q>(
+        networks: &'a mut BTreeMap<K, Vec<Subnet>>,
+        key: &Q,
+    ) -> Result<&'a mut Vec<Subnet>>
+    where
+        K: Borrow<Q>,
+        Q: Ord + fmt::Display + ?Sized,
+    {
+        networks.get_mut(key).ok_or_else(|| no_such_network(key))
+    }
+
     /// The network's subnet holding `ip`, or the error `outside` builds.
     fn subnet_for<'a, Q>(
         networks: &'a mut BTreeMap<K, Vec<Subnet>>,
@@ -364,9 +377,7 @@ impl<K: Ord + fmt::Display> Ipam<K> {
         K: Borrow<Q>,
         Q: Ord + fmt::Display + ?Sized,
     {
-        let subnets = networks.get_mut(key).ok_or_else(|| Error::NoSuchNetwork {
-            network: key.to_string(),
-        })?;
+        let subnets = Self::network_mut(networks, key)?;
         let all: Vec<IpNet> = subnets.iter().map(Subnet::subnet).collect();
         subnets
             .iter_mut()
@@ -404,6 +415,12 @@ fn outside(ip: IpAddr, network: Option<String>, subnets: Vec<IpNet>) -> Error {
     }
 }
 
+fn no_such_network<Q: fmt::Display + ?Sized>(key: &Q) -> Error {
+    Error::NoSuchNetwork {
+        network: key.to_string(),
+    }
+}
+
 fn not_allocated(ip: IpAddr, network: Option<String>, subnets: Vec<IpNet>) -> Error {
     Error::NotAllocated {
         ip,
@@ -417,17 +434,10 @@ mod tests {
     use super::*;
     use crate::pool::AddressPool;
     use crate::subnet::Reserved;
+    use crate::testing::{ip, net};
     use proptest::prelude::*;
     use rstest::rstest;
     use std::collections::BTreeSet;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
 
     fn fixed(s: &str) -> SubnetRequest {
         SubnetRequest::fixed(net(s))

@@ -53,6 +53,8 @@ mod error;
 mod ipam;
 mod pool;
 mod subnet;
+#[cfg(test)]
+mod testing;
 
 pub use crate::addr::{AddrRange, Family};
 pub use crate::error::Error;

@@ -228,12 +228,9 @@ fn shr(value: u128, shift: u32) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::net;
     use proptest::prelude::*;
     use rstest::rstest;
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| net(s)).collect()

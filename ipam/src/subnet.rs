@@ -423,17 +423,10 @@ pub(crate) fn check_prefix(net: IpNet) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{ip, net};
     use proptest::prelude::*;
     use rstest::rstest;
     use std::collections::BTreeSet;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
 
     fn subnet(s: &str) -> Subnet {
         Subnet::new(net(s), None, None).unwrap()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities};
-use smoltcp::wire::HardwareAddress;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use crate::gateway::GatewayError;
 use crate::MacAddr;
@@ -249,6 +249,23 @@ pub(crate) fn new_interface(
     let mut config = IfaceConfig::new(hardware);
     config.random_seed = random_seed;
     Interface::new(config, &mut device, smol_instant(now, now))
+}
+
+/// Gives `iface` the network's gateway addresses with their prefixes,
+/// IPv4 first.
+pub(crate) fn add_addrs(
+    iface: &mut Interface,
+    ipv4: Option<(Ipv4Addr, u8)>,
+    ipv6: Option<(Ipv6Addr, u8)>,
+) {
+    iface.update_ip_addrs(|addrs| {
+        if let Some((addr, prefix)) = ipv4 {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
+        }
+        if let Some((addr, prefix)) = ipv6 {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(addr), prefix));
+        }
+    });
 }
 
 /// When smoltcp next wants to be polled, on the caller's clock.

@@ -1040,14 +1040,11 @@ fn subtract(a: &[AddrRange], b: &[AddrRange]) -> Vec<AddrRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::ip;
     use rstest::rstest;
 
     fn host(s: &str) -> HostName {
         HostName::new(s).unwrap()
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
     }
 
     fn configs(cidrs: &[&str]) -> Vec<SubnetConfig> {

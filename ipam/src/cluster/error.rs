@@ -2,7 +2,6 @@
 //! person can act on, and wraps the crate's [`Error`](crate::Error) for what a
 //! local subnet refuses.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::addr::Family;
 use crate::cluster::table::HostName;
+use crate::error::Nets;
 
 /// Everything that can go wrong in cluster-wide address management.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,22 +157,4 @@ pub enum ClusterError {
         /// The network.
         network: String,
     },
-}
-
-/// A comma-separated list of prefixes.
-struct Nets<'a>(&'a [IpNet]);
-
-impl fmt::Display for Nets<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("no subnet");
-        }
-        for (i, net) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{net}")?;
-        }
-        Ok(())
-    }
 }

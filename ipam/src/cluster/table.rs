@@ -531,16 +531,9 @@ fn check_pools(network: &str, subnets: &[IpNet]) -> Result<Vec<AddrRange>, Clust
 mod tests {
     use super::*;
     use crate::addr::Family;
+    use crate::testing::{ip, net};
     use proptest::prelude::*;
     use rstest::rstest;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
 
     fn host(s: &str) -> HostName {
         HostName::new(s).unwrap()

@@ -70,7 +70,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::dns::{self, ErrorReply, Outcome, Responder, SharedZone, Transport};
 use crate::stack::{
-    check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue, Whole,
+    add_addrs, check_interface, new_interface, poll_at, smol_instant, QueueDevice, Rng, TxQueue,
+    Whole,
 };
 use crate::wire::{self, Echo, IpFrame, IpHeader, IpRepr, TransportHeader, UDP_HEADER_LEN};
 use crate::MacAddr;
@@ -198,6 +199,18 @@ pub struct GatewayStats {
     pub tcp_connections: u64,
 }
 
+/// Whether the gateway answers `transport` itself, in a packet of IPv6
+/// (`v6`) or IPv4: a DNS query over UDP, or an echo request of the
+/// packet's own ICMP.
+fn answers_itself(transport: &TransportHeader<'_, '_>, v6: bool) -> bool {
+    match transport {
+        TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
+        TransportHeader::Icmpv4(i) if !v6 => i.echo_request().is_some(),
+        TransportHeader::Icmpv6(i) if v6 => i.echo_request().is_some(),
+        _ => false,
+    }
+}
+
 /// Where a reply to a client goes: the L2 and L3 of its request, swapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ReplyPath {
@@ -207,6 +220,14 @@ struct ReplyPath {
 }
 
 impl ReplyPath {
+    fn new(client_mac: MacAddr, client_ip: impl Into<IpAddr>, local_ip: impl Into<IpAddr>) -> Self {
+        ReplyPath {
+            client_mac,
+            client_ip: client_ip.into(),
+            local_ip: local_ip.into(),
+        }
+    }
+
     fn headers_len(&self, l4: usize) -> usize {
         ETH_LEN + ip_header_len(self.client_ip) + l4
     }
@@ -299,18 +320,15 @@ impl Gateway {
         let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_FRAMES);
         let hardware = HardwareAddress::Ethernet(EthernetAddress(mac.0));
         let mut iface = new_interface(hardware, rng.next_u64(), &caps, now);
-        iface.update_ip_addrs(|addrs| {
-            if let Some((addr, prefix)) = config.ipv4 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
-            }
-            if let Some((addr, prefix)) = config.ipv6 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(addr), prefix));
-                let ll = link_local(mac);
-                if ll != addr {
+        add_addrs(&mut iface, config.ipv4, config.ipv6);
+        if let Some((addr, _)) = config.ipv6 {
+            let ll = link_local(mac);
+            if ll != addr {
+                iface.update_ip_addrs(|addrs| {
                     let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(ll), 64));
-                }
+                });
             }
-        });
+        }
 
         let mut gateway = Gateway {
             mac,
@@ -435,100 +453,78 @@ impl Gateway {
         if client_mac.is_multicast() {
             return Direct::Pass;
         }
-        match (pkt.ip(), pkt.transport()) {
+        let (path, transport) = match (pkt.ip(), pkt.transport()) {
             (Some(IpHeader::V4(ip)), Some(transport)) => {
-                if Some(ip.dst()) != self.ipv4 {
+                if Some(ip.dst()) != self.ipv4 || !answers_itself(&transport, false) {
                     return Direct::Pass;
                 }
                 let src = ip.src();
-                let wanted = match transport {
-                    TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
-                    TransportHeader::Icmpv4(i) => i.echo_request().is_some(),
-                    _ => false,
-                };
-                if !wanted {
-                    return Direct::Pass;
-                }
                 if src.is_unspecified() || src.is_multicast() || src.is_broadcast() {
                     return Direct::Done;
                 }
                 if !ip.checksum_ok() {
-                    self.stats.frames_bad_checksum += 1;
-                    return Direct::Done;
+                    return self.bad_checksum();
                 }
-                let path = ReplyPath {
-                    client_mac,
-                    client_ip: src.into(),
-                    local_ip: ip.dst().into(),
-                };
-                match transport {
-                    TransportHeader::Udp(u) => {
-                        if !u.checksum_ok(path.client_ip, path.local_ip) {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.udp_query(path, u.src_port(), u.payload(), now);
-                    }
-                    TransportHeader::Icmpv4(i) => {
-                        let Some(echo) = i.echo_request() else {
-                            return Direct::Pass;
-                        };
-                        if !i.checksum_ok() {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.echo_reply(path, echo, i.payload());
-                    }
-                    _ => return Direct::Pass,
-                }
-                Direct::Done
+                (ReplyPath::new(client_mac, src, ip.dst()), transport)
             }
             (Some(IpHeader::V6(ip)), Some(transport)) => {
                 let dst = Some(ip.dst());
-                if dst != self.ipv6 && dst != self.ipv6_link_local {
+                if (dst != self.ipv6 && dst != self.ipv6_link_local)
+                    || !answers_itself(&transport, true)
+                {
                     return Direct::Pass;
                 }
                 let src = ip.src();
-                let wanted = match transport {
-                    TransportHeader::Udp(u) => u.dst_port() == DNS_PORT,
-                    TransportHeader::Icmpv6(i) => i.echo_request().is_some(),
-                    _ => false,
-                };
-                if !wanted {
-                    return Direct::Pass;
-                }
                 if src.is_unspecified() || src.is_multicast() {
                     return Direct::Done;
                 }
-                let path = ReplyPath {
-                    client_mac,
-                    client_ip: src.into(),
-                    local_ip: ip.dst().into(),
-                };
-                match transport {
-                    TransportHeader::Udp(u) => {
-                        if !u.checksum_ok(path.client_ip, path.local_ip) {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.udp_query(path, u.src_port(), u.payload(), now);
-                    }
-                    TransportHeader::Icmpv6(i) => {
-                        let Some(echo) = i.echo_request() else {
-                            return Direct::Pass;
-                        };
-                        if !i.checksum_ok(src, ip.dst()) {
-                            self.stats.frames_bad_checksum += 1;
-                            return Direct::Done;
-                        }
-                        self.echo_reply(path, echo, i.payload());
-                    }
-                    _ => return Direct::Pass,
+                (ReplyPath::new(client_mac, src, ip.dst()), transport)
+            }
+            _ => return Direct::Pass,
+        };
+        // `answers_itself` let through only what the packet's family carries.
+        match transport {
+            TransportHeader::Udp(u) => {
+                if !u.checksum_ok(path.client_ip, path.local_ip) {
+                    return self.bad_checksum();
                 }
+                self.udp_query(path, u.src_port(), u.payload(), now);
                 Direct::Done
             }
+            TransportHeader::Icmpv4(i) => match i.echo_request() {
+                Some(echo) => self.echo_direct(path, echo, i.checksum_ok(), i.payload()),
+                None => Direct::Pass,
+            },
+            TransportHeader::Icmpv6(i) => match (i.echo_request(), path.client_ip, path.local_ip) {
+                (Some(echo), IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    self.echo_direct(path, echo, i.checksum_ok(src, dst), i.payload())
+                }
+                _ => Direct::Pass,
+            },
             _ => Direct::Pass,
         }
+    }
+
+    /// An echo request to the gateway, either family: answered if its
+    /// checksum holds.
+    fn echo_direct(
+        &mut self,
+        path: ReplyPath,
+        echo: Echo,
+        checksum_ok: bool,
+        payload: &[u8],
+    ) -> Direct {
+        if !checksum_ok {
+            return self.bad_checksum();
+        }
+        self.echo_reply(path, echo, payload);
+        Direct::Done
+    }
+
+    /// Counts a frame to the gateway with a wrong checksum, and drops it.
+    fn bad_checksum(&mut self) -> Direct {
+        self.stats.frames_bad_checksum += 1;
+        Direct::Done
     }
 
     fn udp_query(&mut self, path: ReplyPath, client_port: u16, query: &[u8], now: Instant) {
@@ -694,10 +690,8 @@ mod tests {
             .arp(arp.to_arp_packet())
             .write(&mut f)
             .unwrap();
-        gw.handle_frame(&f, now);
-        let frames = drain(&mut gw, now);
-        assert_eq!(frames.len(), 1);
-        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
         let Some(NetSlice::Arp(reply)) = &pkt.net else {
             panic!("not arp")
         };
@@ -741,10 +735,8 @@ mod tests {
                 .write(&mut f, &payload)
                 .unwrap();
         }
-        gw.handle_frame(&f, now);
-        let frames = drain(&mut gw, now);
-        assert_eq!(frames.len(), 1);
-        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
         match (&pkt.net, &pkt.transport) {
             (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(icmp))) => {
                 assert!(!v6);
@@ -795,10 +787,8 @@ mod tests {
             .icmpv6_echo_request(1, 1)
             .write(&mut f, b"hello")
             .unwrap();
-        gw.handle_frame(&f, now);
-        let frames = drain(&mut gw, now);
-        assert_eq!(frames.len(), 1);
-        let pkt = SlicedPacket::from_ethernet(&frames[0]).unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
         let Some(NetSlice::Ipv6(ip)) = &pkt.net else {
             panic!("not ipv6")
         };

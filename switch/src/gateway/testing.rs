@@ -76,6 +76,14 @@ pub(super) fn drain(gw: &mut Gateway, now: Instant) -> Vec<Vec<u8>> {
     out
 }
 
+/// Hands `frame` to the gateway and returns its one reply.
+pub(super) fn one_reply(gw: &mut Gateway, frame: &[u8], now: Instant) -> Vec<u8> {
+    gw.handle_frame(frame, now);
+    let mut frames = drain(gw, now);
+    assert_eq!(frames.len(), 1);
+    frames.remove(0)
+}
+
 pub(super) fn dns_query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;

@@ -125,11 +125,9 @@ impl Nat {
             self.stats.udp_dropped += 1;
             return Err(NatError::DatagramTooBig(payload.len()));
         }
-        let Some(f) = self.flows.get_mut(&id) else {
+        let Some(f) = self.touch_flow(id, container_mac, now) else {
             return Err(NatError::NotInNetwork(container));
         };
-        f.last_active = now;
-        f.container_mac = container_mac;
         let (from, to) = (f.tuple.peer, f.tuple.container);
         self.write_udp(from, to, container_mac, payload);
         Ok(id)
@@ -158,19 +156,13 @@ impl Nat {
         udp: &UdpView<'_, '_>,
         now: Instant,
     ) {
-        let (sport, dport) = (udp.src_port(), udp.dst_port());
-        if sport == 0 || dport == 0 {
-            self.stats.frames_malformed += 1;
+        let Some(tuple) = self.container_tuple(ingress, udp.src_port(), udp.dst_port()) else {
             return;
-        }
+        };
         if !udp.checksum_ok(ingress.src, ingress.dst) {
             self.stats.frames_bad_checksum += 1;
             return;
         }
-        let tuple = Tuple {
-            container: SocketAddr::new(ingress.src, sport),
-            peer: SocketAddr::new(ingress.dst, dport),
-        };
         let id = match self.flow_tuples.get(&tuple) {
             Some(&id) => id,
             None => {
@@ -196,11 +188,9 @@ impl Nat {
                 id
             }
         };
-        let Some(flow) = self.flows.get_mut(&id) else {
+        let Some(flow) = self.touch_flow(id, ingress.src_mac, now) else {
             return;
         };
-        flow.last_active = now;
-        flow.container_mac = ingress.src_mac;
         let (via, dst) = match flow.kind {
             FlowKind::Egress => (UdpVia::Flow(id), tuple.peer),
             FlowKind::Inbound { listener, client } => (UdpVia::Listener(listener), client),
@@ -211,6 +201,20 @@ impl Nat {
         } else {
             self.stats.udp_dropped += 1;
         }
+    }
+
+    /// Flow `id`, seen again with the container at `container_mac`: idle
+    /// from `now` on.
+    pub(super) fn touch_flow(
+        &mut self,
+        id: FlowId,
+        container_mac: MacAddr,
+        now: Instant,
+    ) -> Option<&mut UdpFlow> {
+        let flow = self.flows.get_mut(&id)?;
+        flow.last_active = now;
+        flow.container_mac = container_mac;
+        Some(flow)
     }
 
     pub(super) fn add_flow(
@@ -327,18 +331,8 @@ mod tests {
     #[test]
     fn egress_udp_out_and_back_then_idle_expiry() {
         let mut net = Net::new(true, limits());
-        let u = net.c.udp_socket(5353);
         let dst = SocketAddr::new(OUTSIDE4.into(), 53);
-        net.c
-            .udp(u)
-            .send_slice(b"query", IpEndpoint::from(dst))
-            .unwrap();
-        net.settle();
-        let events = net.take_events();
-        let [NatEvent::UdpFlowOpened { flow, src, dst: d }] = events[..] else {
-            panic!("{events:?}");
-        };
-        assert_eq!((src, d), (sa("10.0.0.2:5353"), dst));
+        let (u, flow) = net.egress_udp(5353, dst, b"query");
         let got = net.take_datagrams();
         assert_eq!(
             got,
@@ -358,10 +352,7 @@ mod tests {
         assert_eq!(&buf[..n], b"answer");
         assert_eq!(SocketAddr::from(meta.endpoint), dst);
         // A second datagram uses the same flow.
-        net.c
-            .udp(u)
-            .send_slice(b"again", IpEndpoint::from(dst))
-            .unwrap();
+        net.c.udp_send(u, dst, b"again");
         net.settle();
         assert!(net.take_events().is_empty());
         assert_eq!(net.take_datagrams()[0].0.via, UdpVia::Flow(flow));
@@ -382,16 +373,8 @@ mod tests {
     #[test]
     fn udp_reply_from_another_family_is_dropped() {
         let mut net = Net::new(true, limits());
-        let u = net.c.udp_socket(5354);
         let dst = SocketAddr::new(OUTSIDE4.into(), 53);
-        net.c
-            .udp(u)
-            .send_slice(b"q", IpEndpoint::from(dst))
-            .unwrap();
-        net.settle();
-        let [NatEvent::UdpFlowOpened { flow, .. }] = net.take_events()[..] else {
-            panic!("no flow");
-        };
+        let (u, flow) = net.egress_udp(5354, dst, b"q");
         net.nat
             .udp_reply(flow, sa("[2001:db8::1]:53"), b"a", net.now);
         // An IPv4-mapped source is the IPv4 peer.

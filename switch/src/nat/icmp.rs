@@ -47,11 +47,9 @@ impl Nat {
                 id
             }
         };
-        let Some(flow) = self.flows.get_mut(&id) else {
+        if self.touch_flow(id, ingress.src_mac, now).is_none() {
             return;
-        };
-        flow.last_active = now;
-        flow.container_mac = ingress.src_mac;
+        }
         if self.datagrams.push(UdpVia::Flow(id), tuple.peer, message) {
             self.stats.icmp_to_host += 1;
         } else {

@@ -113,10 +113,10 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::phy::{DeviceCapabilities, Medium};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::HardwareAddress;
 
 use crate::gateway::GatewayError;
-use crate::stack::{check_interface, new_interface, poll_at, Rng, TxQueue};
+use crate::stack::{add_addrs, check_interface, new_interface, poll_at, Rng, TxQueue};
 use crate::wire::{IpFrame, IpHeader, IpProtocol, TransportHeader};
 use crate::MacAddr;
 
@@ -512,6 +512,21 @@ struct Ingress<'a> {
     packet: &'a [u8],
 }
 
+impl Nat {
+    /// The tuple of a TCP segment or UDP datagram from the container with
+    /// these ports, or `None` (counted malformed) if either port is zero.
+    fn container_tuple(&mut self, ingress: &Ingress<'_>, sport: u16, dport: u16) -> Option<Tuple> {
+        if sport == 0 || dport == 0 {
+            self.stats.frames_malformed += 1;
+            return None;
+        }
+        Some(Tuple {
+            container: SocketAddr::new(ingress.src, sport),
+            peer: SocketAddr::new(ingress.dst, dport),
+        })
+    }
+}
+
 /// The NAT of one network. See the module documentation.
 pub struct Nat {
     mac: MacAddr,
@@ -599,14 +614,7 @@ impl Nat {
         let neighbors = HashMap::new();
         let mut iface = new_interface(HardwareAddress::Ip, rng.next_u64(), &caps, now);
         iface.set_any_ip(true);
-        iface.update_ip_addrs(|addrs| {
-            if let Some((addr, prefix)) = config.ipv4 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
-            }
-            if let Some((addr, prefix)) = config.ipv6 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(addr), prefix));
-            }
-        });
+        add_addrs(&mut iface, config.ipv4, config.ipv6);
         // Every destination is reachable: the bridge is the only link.
         if let Some((addr, _)) = config.ipv4 {
             let _ = iface.routes_mut().add_default_ipv4_route(addr);
@@ -855,10 +863,7 @@ mod tests {
         let mut net = Net::new(false, limits());
         let h = net.c.connect(SocketAddr::new(OUTSIDE4.into(), 80), 40010);
         let u = net.c.udp_socket(5355);
-        net.c
-            .udp(u)
-            .send_slice(b"q", IpEndpoint::from(sa("198.51.100.9:53")))
-            .unwrap();
+        net.c.udp_send(u, sa("198.51.100.9:53"), b"q");
         net.settle();
         assert!(net.take_events().is_empty());
         assert!(net.take_datagrams().is_empty());
@@ -867,11 +872,7 @@ mod tests {
         assert!(s.egress_denied >= 2, "{s:?}");
         assert_eq!((s.tcp_egress, s.udp_flows), (0, 0));
         // Published ports work, loopback clients included.
-        let l = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("127.0.0.1:7000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (l, id) = net.inbound("127.0.0.1:7000", "10.0.0.2:80");
         net.settle();
         assert_eq!(net.c.tcp(l).state(), tcp::State::Established);
         net.c.tcp(l).send_slice(b"inside").unwrap();

@@ -357,14 +357,8 @@ impl Nat {
         tcp: &TcpView<'_, '_>,
         now: Instant,
     ) {
-        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
-        if sport == 0 || dport == 0 {
-            self.stats.frames_malformed += 1;
+        let Some(tuple) = self.container_tuple(ingress, tcp.src_port(), tcp.dst_port()) else {
             return;
-        }
-        let tuple = Tuple {
-            container: SocketAddr::new(ingress.src, sport),
-            peer: SocketAddr::new(ingress.dst, dport),
         };
         let is_syn = tcp.syn() && !tcp.ack() && !tcp.rst() && !tcp.fin();
         if let Some(&id) = self.tuples.get(&tuple) {
@@ -766,13 +760,9 @@ mod tests {
         #[case] container: &str,
         #[case] real: bool,
     ) {
-        let (client, container) = (sa(client), sa(container));
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(container.port());
-        let id = net
-            .nat
-            .inbound_tcp(client, container, C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound(client, container);
+        let (client, container) = (sa(client), sa(container));
         net.settle();
         assert_eq!(net.c.tcp(h).state(), tcp::State::Established);
         let peer = SocketAddr::from(net.c.tcp(h).remote_endpoint().unwrap());
@@ -816,11 +806,7 @@ mod tests {
     #[test]
     fn inbound_tcp_host_half_close_before_handshake() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         // The host client shut down writing at once (`socat - TCP:...`
         // with empty stdin), before the container's SYN-ACK came back.
         net.nat.tcp_host_closed(id, net.now);
@@ -836,11 +822,7 @@ mod tests {
     #[test]
     fn inbound_tcp_closes_both_ways() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         net.settle();
         net.nat.tcp_write(id, b"last words", net.now);
         net.nat.tcp_host_closed(id, net.now);
@@ -907,11 +889,7 @@ mod tests {
             last = Some(id);
         }
         // A live connection is never evicted.
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.8:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.8:40000", "10.0.0.2:80");
         assert_ne!(Some(id), last);
         net.settle();
         assert_eq!(net.c.tcp(h).state(), tcp::State::Established);
@@ -924,11 +902,7 @@ mod tests {
     #[test]
     fn writes_before_the_handshake_wait_for_writable() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         // Nothing is sent to the container yet: the write is refused.
         assert_eq!(net.nat.tcp_write(id, b"early", net.now), 0);
         net.settle();
@@ -941,11 +915,7 @@ mod tests {
     #[test]
     fn container_closing_first_is_reported_then_host_closes() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("127.0.0.1:41000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("127.0.0.1:41000", "10.0.0.2:80");
         net.settle();
         net.c.tcp(h).close();
         net.settle();
@@ -980,11 +950,7 @@ mod tests {
     #[test]
     fn host_to_container_backpressure() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         net.settle();
         let data = pattern(256 * 1024, 1);
         let mut sent = 0;
@@ -1016,11 +982,7 @@ mod tests {
     #[test]
     fn container_to_host_backpressure_with_peek_and_consume() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         net.settle();
         let data = pattern(200 * 1024, 2);
         let mut sent = 0;
@@ -1089,11 +1051,7 @@ mod tests {
     #[test]
     fn host_abort_resets_the_container() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         net.settle();
         net.nat.tcp_abort(id, net.now);
         net.settle();
@@ -1111,11 +1069,7 @@ mod tests {
     #[test]
     fn container_reset_is_reported() {
         let mut net = Net::new(true, limits());
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         net.settle();
         net.c.tcp(h).abort();
         net.settle();
@@ -1128,11 +1082,7 @@ mod tests {
         let mut lim = limits();
         lim.tcp_idle = Duration::from_secs(60);
         let mut net = Net::new(true, lim);
-        let h = net.c.listen(80);
-        let id = net
-            .nat
-            .inbound_tcp(sa("203.0.113.7:40000"), sa("10.0.0.2:80"), C_MAC, net.now)
-            .unwrap();
+        let (h, id) = net.inbound("203.0.113.7:40000", "10.0.0.2:80");
         net.settle();
         net.advance(Duration::from_secs(30));
         // Traffic restarts the clock.
@@ -1193,11 +1143,7 @@ mod tests {
     #[test]
     fn failed_egress_connect_resets_the_container() {
         let mut net = Net::new(true, limits());
-        let h = net.c.connect(SocketAddr::new(OUTSIDE4.into(), 81), 40003);
-        net.settle();
-        let [NatEvent::EgressTcpConnect { id, .. }] = net.take_events()[..] else {
-            panic!("no connect");
-        };
+        let (h, id) = net.egress_pending(SocketAddr::new(OUTSIDE4.into(), 81), 40003);
         net.nat.egress_connected(id, false, net.now);
         net.settle();
         assert_eq!(net.c.tcp(h).state(), tcp::State::Closed);
@@ -1210,11 +1156,7 @@ mod tests {
     #[test]
     fn egress_connect_that_never_finishes_times_out() {
         let mut net = Net::new(true, limits());
-        let h = net.c.connect(SocketAddr::new(OUTSIDE4.into(), 82), 40004);
-        net.settle();
-        let [NatEvent::EgressTcpConnect { id, .. }] = net.take_events()[..] else {
-            panic!("no connect");
-        };
+        let (h, id) = net.egress_pending(SocketAddr::new(OUTSIDE4.into(), 82), 40004);
         // The container's retransmitted SYNs wait with the first.
         net.advance(Duration::from_secs(15));
         assert_eq!(net.c.tcp(h).state(), tcp::State::SynSent);
@@ -1232,11 +1174,7 @@ mod tests {
     #[test]
     fn container_giving_up_on_a_pending_connect_is_reported() {
         let mut net = Net::new(true, limits());
-        let h = net.c.connect(SocketAddr::new(OUTSIDE4.into(), 83), 40005);
-        net.settle();
-        let [NatEvent::EgressTcpConnect { id, .. }] = net.take_events()[..] else {
-            panic!("no connect");
-        };
+        let (h, id) = net.egress_pending(SocketAddr::new(OUTSIDE4.into(), 83), 40005);
         // smoltcp sends RST when a SYN-SENT socket is aborted? It does not:
         // build the RST the way a kernel sends it.
         net.c.tcp(h).abort();

@@ -123,6 +123,13 @@ impl Container {
         self.sockets.get_mut::<udp::Socket>(h)
     }
 
+    /// Sends `payload` from the container's UDP socket `h` to `to`.
+    pub(super) fn udp_send(&mut self, h: SocketHandle, to: SocketAddr, payload: &[u8]) {
+        self.udp(h)
+            .send_slice(payload, IpEndpoint::from(to))
+            .unwrap();
+    }
+
     /// Everything the container's TCP socket received so far.
     pub(super) fn recv_all(&mut self, h: SocketHandle) -> Vec<u8> {
         let mut out = Vec::new();
@@ -276,9 +283,45 @@ impl Net {
         }
     }
 
-    /// An egress connection from the container to `to`, accepted by
-    /// the host.
-    pub(super) fn egress(&mut self, to: SocketAddr, local_port: u16) -> (SocketHandle, ConnId) {
+    /// A published connection from `client` to a listener of the
+    /// container on `container`, handed to the NAT but not yet pumped:
+    /// the listener and the NAT's id.
+    pub(super) fn inbound(&mut self, client: &str, container: &str) -> (SocketHandle, ConnId) {
+        let container = sa(container);
+        let h = self.c.listen(container.port());
+        let id = self
+            .nat
+            .inbound_tcp(sa(client), container, C_MAC, self.now)
+            .unwrap();
+        (h, id)
+    }
+
+    /// An egress UDP flow: a socket of the container on `port` sent
+    /// `payload` to `to`, and the NAT opened a flow for it.
+    pub(super) fn egress_udp(
+        &mut self,
+        port: u16,
+        to: SocketAddr,
+        payload: &[u8],
+    ) -> (SocketHandle, FlowId) {
+        let u = self.c.udp_socket(port);
+        self.c.udp_send(u, to, payload);
+        self.settle();
+        let events = self.take_events();
+        let [NatEvent::UdpFlowOpened { flow, src, dst }] = events[..] else {
+            panic!("expected one flow, got {events:?}");
+        };
+        assert_eq!((src, dst), (SocketAddr::new(C4.into(), port), to));
+        (u, flow)
+    }
+
+    /// An egress connection from the container to `to` that the NAT
+    /// reported and the host has not answered yet.
+    pub(super) fn egress_pending(
+        &mut self,
+        to: SocketAddr,
+        local_port: u16,
+    ) -> (SocketHandle, ConnId) {
         let h = self.c.connect(to, local_port);
         self.settle();
         let events = self.take_events();
@@ -287,6 +330,13 @@ impl Net {
         };
         assert_eq!(dst, to);
         assert_eq!(src.port(), local_port);
+        (h, id)
+    }
+
+    /// An egress connection from the container to `to`, accepted by
+    /// the host.
+    pub(super) fn egress(&mut self, to: SocketAddr, local_port: u16) -> (SocketHandle, ConnId) {
+        let (h, id) = self.egress_pending(to, local_port);
         assert_eq!(self.c.tcp(h).state(), tcp::State::SynSent);
         self.nat.egress_connected(id, true, self.now);
         self.settle();
