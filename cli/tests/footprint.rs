@@ -45,8 +45,7 @@ fn a_hundred_idle_ports_stay_under_32_mib_resident() {
     let started = Instant::now();
     let mut h = Host::start(&[]);
     let pid = h.pid();
-    let net = unique("fp");
-    h.vs_ok(&["network", "create", "--subnet", "10.237.0.0/24", &net]);
+    let net = h.network("fp", &["--subnet", "10.237.0.0/24"]);
     let empty_kib = status_kib(pid, "VmRSS");
 
     let containers: Vec<String> = (0..PORTS).map(|_| h.run("fp", &net, &[])).collect();

@@ -14,17 +14,16 @@ fn containers_ping_each_other_by_name_v4_and_v6() {
         return;
     }
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.231.0.0/24",
-        "--subnet",
-        "fd00:231::/64",
-        &net,
-    ]);
+    let net = h.network(
+        "n",
+        &[
+            "--ipv6",
+            "--subnet",
+            "10.231.0.0/24",
+            "--subnet",
+            "fd00:231::/64",
+        ],
+    );
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &["--alias", "bee"]);
     let out = ns_exec(&a, &["ping", "-c", "2", "-W", "2", &b]);
@@ -77,17 +76,16 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
         return;
     }
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.232.0.0/24",
-        "--subnet",
-        "fd00:232::/64",
-        &net,
-    ]);
+    let net = h.network(
+        "n",
+        &[
+            "--ipv6",
+            "--subnet",
+            "10.232.0.0/24",
+            "--subnet",
+            "fd00:232::/64",
+        ],
+    );
     let a = h.run("a", &net, &["--ip", "10.232.0.10", "--ip6", "fd00:232::10"]);
     let mut svc = Vec::new();
     for _ in 0..3 {
@@ -146,9 +144,8 @@ fn networks_are_isolated_and_a_container_on_both_reaches_both() {
         return;
     }
     let mut h = Host::start(&[]);
-    let (n1, n2) = (unique("n"), unique("n"));
-    h.vs_ok(&["network", "create", "--subnet", "10.233.1.0/24", &n1]);
-    h.vs_ok(&["network", "create", "--subnet", "10.233.2.0/24", &n2]);
+    let n1 = h.network("n", &["--subnet", "10.233.1.0/24"]);
+    let n2 = h.network("n", &["--subnet", "10.233.2.0/24"]);
     let a = h.run("a", &n1, &[]);
     let b = h.run("b", &n2, &[]);
     let c = h.run("c", &n1, &[]);
@@ -220,16 +217,8 @@ fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
     }
     let _kill = KillOnDrop(pidfile);
     let mut h = Host::start_in(host_ns, &["--dns", "192.0.2.53"]);
-    let (open, internal) = (unique("n"), unique("n"));
-    h.vs_ok(&["network", "create", "--subnet", "10.234.1.0/24", &open]);
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--internal",
-        "--subnet",
-        "10.234.2.0/24",
-        &internal,
-    ]);
+    let open = h.network("n", &["--subnet", "10.234.1.0/24"]);
+    let internal = h.network("n", &["--internal", "--subnet", "10.234.2.0/24"]);
     let a = h.run("a", &open, &[]);
     let b = h.run("b", &internal, &[]);
     let o = ns_exec(
@@ -298,8 +287,7 @@ fn sigkill_and_restart_keeps_networks_endpoints_and_connectivity() {
         return;
     }
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.235.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.235.0.0/24"]);
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &[]);
     let ip_b = h.ip_of(&b, &net);
@@ -381,8 +369,7 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
         return;
     }
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.236.0.0/30", &net]);
+    let net = h.network("n", &["--subnet", "10.236.0.0/30"]);
     expect_err(
         &h,
         &["network", "create", "--subnet", "10.236.0.0/24", "dup"],
