@@ -25,7 +25,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::exec::{in_ns, listening_ports, on_path, wait_listening, Background, Shell};
-use crate::scenario::{wait_until, Deployment, Endpoints, Env, Netns, Scenario, VswitchHost, STEP};
+use crate::scenario::{
+    add_veth, address_up, wait_until, Deployment, Endpoints, Env, Netns, Scenario, VswitchHost,
+    STEP,
+};
 use crate::workload::{Workload, ECHO_PORT, IPERF_PORT};
 use crate::Error;
 
@@ -82,36 +85,9 @@ fn veth(
     (a, a_if, a_ip): (&Netns, &str, Ipv4Addr),
     (b, b_if, b_ip): (&Netns, &str, Ipv4Addr),
 ) -> Result<(), Error> {
-    let mtu = VETH_MTU.to_string();
-    sh.ok(
-        &[
-            "ip",
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name(),
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-            "mtu",
-            &mtu,
-        ],
-        STEP,
-    )?;
+    add_veth(sh, (a.name(), a_if), (b.name(), b_if), VETH_MTU)?;
     for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
-        let addr = format!("{ip}/{LINK_PREFIX_LEN}");
-        sh.ok(
-            &["ip", "-n", ns.name(), "addr", "add", &addr, "dev", ifname],
-            STEP,
-        )?;
-        sh.ok(&["ip", "-n", ns.name(), "link", "set", ifname, "up"], STEP)?;
+        address_up(sh, ns.name(), ifname, &format!("{ip}/{LINK_PREFIX_LEN}"))?;
     }
     Ok(())
 }
@@ -287,14 +263,7 @@ fn publish_endpoints(client: String, container: String) -> Endpoints {
 }
 
 fn egress_endpoints(container: String, world: String, mtu: u32) -> Endpoints {
-    Endpoints {
-        a_ns: container,
-        b_ns: world,
-        b_ip: IpAddr::V4(WORLD_IP),
-        server_ip: IpAddr::V4(WORLD_IP),
-        mtu,
-        watched: Vec::new(),
-    }
+    Endpoints::direct(container, world, WORLD_IP, mtu)
 }
 
 /// Makes the client namespace and the host namespace joined by the client
