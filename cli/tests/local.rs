@@ -91,10 +91,10 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
     for _ in 0..3 {
         svc.push(h.run("s", &net, &["--alias", "svc"]));
     }
-    let dig = |args: &[&str]| {
-        let mut argv = vec!["dig", "@10.232.0.1", "+short", "+time=2", "+tries=1"];
+    let short = |args: &[&str]| {
+        let mut argv = vec!["+short", "+time=2", "+tries=1"];
         argv.extend_from_slice(args);
-        let o = ns_exec(&a, &argv);
+        let o = dig(&a, "10.232.0.1", &argv);
         assert!(
             o.status.success(),
             "dig {args:?}: {}{}",
@@ -103,18 +103,18 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
         );
         stdout(&o)
     };
-    assert_eq!(dig(&[&a]).trim(), "10.232.0.10");
-    assert_eq!(dig(&["AAAA", &a]).trim(), "fd00:232::10");
-    assert_eq!(dig(&["-x", "10.232.0.10"]).trim(), format!("{a}."));
-    assert_eq!(dig(&["-x", "fd00:232::10"]).trim(), format!("{a}."));
+    assert_eq!(short(&[&a]).trim(), "10.232.0.10");
+    assert_eq!(short(&["AAAA", &a]).trim(), "fd00:232::10");
+    assert_eq!(short(&["-x", "10.232.0.10"]).trim(), format!("{a}."));
+    assert_eq!(short(&["-x", "fd00:232::10"]).trim(), format!("{a}."));
     // Names are case-insensitive.
-    assert_eq!(dig(&[&a.to_uppercase()]).trim(), "10.232.0.10");
+    assert_eq!(short(&[&a.to_uppercase()]).trim(), "10.232.0.10");
     // Over TCP too.
-    assert_eq!(dig(&["+tcp", &a]).trim(), "10.232.0.10");
+    assert_eq!(short(&["+tcp", &a]).trim(), "10.232.0.10");
     // Three containers share `svc`: all three answer, first one rotates.
     let mut firsts = std::collections::BTreeSet::new();
     for _ in 0..6 {
-        let out = dig(&["svc"]);
+        let out = short(&["svc"]);
         let ips: Vec<&str> = out.lines().collect();
         assert_eq!(ips.len(), 3, "{out}");
         firsts.insert(ips[0].to_string());
@@ -125,15 +125,10 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
     );
     // An unknown name on an isolated daemon: upstream is the namespace's
     // own loopback where nothing listens, so SERVFAIL.
-    let o = ns_exec(
+    let o = dig(
         &a,
-        &[
-            "dig",
-            "@10.232.0.1",
-            "+time=6",
-            "+tries=1",
-            "nosuchname.invalid",
-        ],
+        "10.232.0.1",
+        &["+time=6", "+tries=1", "nosuchname.invalid"],
     );
     assert!(stdout(&o).contains("SERVFAIL"), "{}", stdout(&o));
 }
@@ -167,10 +162,7 @@ fn networks_are_isolated_and_a_container_on_both_reaches_both() {
         .status
         .success());
     // Names from the other network do not resolve.
-    let o = ns_exec(
-        &a,
-        &["dig", "@10.233.1.1", "+short", "+time=6", "+tries=1", &b],
-    );
+    let o = dig(&a, "10.233.1.1", &["+short", "+time=6", "+tries=1", &b]);
     assert!(!stdout(&o).contains(&ip_b), "{}", stdout(&o));
     // Disconnect frees the interface; the address can be taken again.
     let ip_c2 = h.ip_of(&c, &n2);
@@ -221,54 +213,24 @@ fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
     let internal = h.network("n", &["--internal", "--subnet", "10.234.2.0/24"]);
     let a = h.run("a", &open, &[]);
     let b = h.run("b", &internal, &[]);
-    let o = ns_exec(
+    let o = dig(
         &a,
-        &[
-            "dig",
-            "@10.234.1.1",
-            "+short",
-            "+time=3",
-            "+tries=1",
-            "www.example.test",
-        ],
+        "10.234.1.1",
+        &["+short", "+time=3", "+tries=1", "www.example.test"],
     );
-    assert_eq!(
-        stdout(&o).trim(),
-        "198.51.100.7",
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_answer(&o, "198.51.100.7");
     // Over TCP from the container; the gateway forwards it too.
-    let o = ns_exec(
+    let o = dig(
         &a,
-        &[
-            "dig",
-            "@10.234.1.1",
-            "+tcp",
-            "+short",
-            "+time=3",
-            "+tries=1",
-            "www.example.test",
-        ],
+        "10.234.1.1",
+        &["+tcp", "+short", "+time=3", "+tries=1", "www.example.test"],
     );
-    assert_eq!(
-        stdout(&o).trim(),
-        "198.51.100.7",
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_answer(&o, "198.51.100.7");
     // The internal network does not forward.
-    let o = ns_exec(
+    let o = dig(
         &b,
-        &[
-            "dig",
-            "@10.234.2.1",
-            "+time=3",
-            "+tries=1",
-            "www.example.test",
-        ],
+        "10.234.2.1",
+        &["+time=3", "+tries=1", "www.example.test"],
     );
     assert!(!stdout(&o).contains("198.51.100.7"), "{}", stdout(&o));
     assert!(
@@ -460,4 +422,17 @@ fn expect_err(h: &Host, args: &[&str], needle: &str) {
         err.contains(needle),
         "{args:?}: stderr {err:?} lacks {needle:?}"
     );
+}
+
+/// `dig @SERVER ARGS...` in namespace `ns`.
+fn dig(ns: &str, server: &str, args: &[&str]) -> std::process::Output {
+    let server = format!("@{server}");
+    let mut argv = vec!["dig", &server];
+    argv.extend_from_slice(args);
+    ns_exec(ns, &argv)
+}
+
+/// The answer `dig +short` printed is exactly `want`.
+fn assert_answer(o: &std::process::Output, want: &str) {
+    assert_eq!(stdout(o).trim(), want, "{}{}", stdout(o), stderr(o));
 }
