@@ -94,9 +94,7 @@ fn assert_connects_again(h: &Host, net: &str, container: &str, ns: &str) {
 #[case::endpoint("endpoint")]
 #[case::published("published")]
 fn a_connect_that_fails_at_any_step_leaves_nothing(#[case] step: &str) {
-    if !root_or_skip("a_connect_that_fails_at_any_step_leaves_nothing") {
-        return;
-    }
+    require_root!();
     let fp = format!("connect::{step}=1*return");
     let h = Host::start(&["--test-failpoints", &fp]);
     let net = h.network("n", &["--subnet", "10.233.0.0/24"]);
@@ -124,9 +122,7 @@ fn a_connect_that_fails_at_any_step_leaves_nothing(#[case] step: &str) {
 
 #[test]
 fn a_connect_waiting_on_netlink_does_not_hold_back_gossip() {
-    if !root_or_skip("a_connect_waiting_on_netlink_does_not_hold_back_gossip") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vskey-cp", "control plane test key");
     // Host 1's first connect waits 6 s before its netlink work.
@@ -218,9 +214,7 @@ fn a_connect_waiting_on_netlink_does_not_hold_back_gossip() {
 
 #[test]
 fn a_panicking_request_undoes_its_steps_and_stops_the_daemon() {
-    if !root_or_skip("a_panicking_request_undoes_its_steps_and_stops_the_daemon") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&["--test-failpoints", "connect::store=1*panic(test panic)"]);
     let net = h.network("n", &["--subnet", "10.233.0.0/24"]);
     let ns = Netns::new("c");

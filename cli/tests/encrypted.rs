@@ -120,9 +120,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// VNI is dropped, even from a member.
 #[test]
 fn encrypted_overlay_carries_frames_only_inside_quic() {
-    if !root_or_skip("encrypted_overlay_carries_frames_only_inside_quic") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vsekey-enc", "an encrypted overlay test cluster key");
     let mut h1 = cluster_host(&ul, "192.0.2.101", &key, &[]);
@@ -291,9 +289,7 @@ fn encrypted_overlay_carries_frames_only_inside_quic() {
 /// without the cluster key, exchange no frame with the cluster.
 #[test]
 fn impostor_and_keyless_hosts_exchange_nothing() {
-    if !root_or_skip("impostor_and_keyless_hosts_exchange_nothing") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vsekey-imp", "the cluster key of the impostor test");
     let other = TempFile::new("vsekey-imp2", "some other key that is not the cluster's");

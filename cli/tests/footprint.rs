@@ -39,9 +39,7 @@ fn status_fields_parse() {
 
 #[test]
 fn a_hundred_idle_ports_stay_under_32_mib_resident() {
-    if !root_or_skip("a_hundred_idle_ports_stay_under_32_mib_resident") {
-        return;
-    }
+    require_root!();
     let started = Instant::now();
     let mut h = Host::start(&[]);
     let pid = h.pid();

@@ -10,20 +10,9 @@ use common::*;
 
 #[test]
 fn containers_ping_each_other_by_name_v4_and_v6() {
-    if !root_or_skip("containers_ping_each_other_by_name_v4_and_v6") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = h.network(
-        "n",
-        &[
-            "--ipv6",
-            "--subnet",
-            "10.231.0.0/24",
-            "--subnet",
-            "fd00:231::/64",
-        ],
-    );
+    let net = dual_stack(&h, "10.231.0.0/24", "fd00:231::/64");
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &["--alias", "bee"]);
     let out = ns_exec(&a, &["ping", "-c", "2", "-W", "2", &b]);
@@ -72,20 +61,9 @@ fn containers_ping_each_other_by_name_v4_and_v6() {
 
 #[test]
 fn dig_answers_a_aaaa_ptr_and_round_robin() {
-    if !root_or_skip("dig_answers_a_aaaa_ptr_and_round_robin") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = h.network(
-        "n",
-        &[
-            "--ipv6",
-            "--subnet",
-            "10.232.0.0/24",
-            "--subnet",
-            "fd00:232::/64",
-        ],
-    );
+    let net = dual_stack(&h, "10.232.0.0/24", "fd00:232::/64");
     let a = h.run("a", &net, &["--ip", "10.232.0.10", "--ip6", "fd00:232::10"]);
     let mut svc = Vec::new();
     for _ in 0..3 {
@@ -135,9 +113,7 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
 
 #[test]
 fn networks_are_isolated_and_a_container_on_both_reaches_both() {
-    if !root_or_skip("networks_are_isolated_and_a_container_on_both_reaches_both") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let n1 = h.network("n", &["--subnet", "10.233.1.0/24"]);
     let n2 = h.network("n", &["--subnet", "10.233.2.0/24"]);
@@ -175,9 +151,7 @@ fn networks_are_isolated_and_a_container_on_both_reaches_both() {
 
 #[test]
 fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
-    if !root_or_skip("unknown_names_are_forwarded_upstream_and_internal_networks_do_not") {
-        return;
-    }
+    require_root!();
     // An upstream resolver (dnsmasq) in a namespace of the test, reached
     // from the daemon's namespace over a veth.
     let upstream = Netns::new("vsu");
@@ -245,9 +219,7 @@ fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
 
 #[test]
 fn sigkill_and_restart_keeps_networks_endpoints_and_connectivity() {
-    if !root_or_skip("sigkill_and_restart_keeps_networks_endpoints_and_connectivity") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let net = h.network("n", &["--subnet", "10.235.0.0/24"]);
     let a = h.run("a", &net, &[]);
@@ -286,23 +258,10 @@ fn sigkill_and_restart_keeps_networks_endpoints_and_connectivity() {
 
 #[test]
 fn none_and_host_drivers() {
-    if !root_or_skip("none_and_host_drivers") {
-        return;
-    }
+    require_root!();
     let h = Host::start(&[]);
     let name = unique("z");
-    let out = h.vs(&[
-        "run",
-        "--rm",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "--",
-        "ip",
-        "-o",
-        "link",
-    ]);
+    let out = h.vs(&run_rm(&name, "none", &["ip", "-o", "link"]));
     assert!(out.status.success(), "{}", stderr(&out));
     let links = stdout(&out);
     assert_eq!(links.lines().count(), 1, "{links}");
@@ -310,26 +269,13 @@ fn none_and_host_drivers() {
     // host: the command runs in the daemon client's namespace (here, the
     // test's own), with no sandbox.
     let name = unique("h");
-    let out = h.vs(&[
-        "run",
-        "--rm",
-        "--name",
-        &name,
-        "--network",
-        "host",
-        "--",
-        "sh",
-        "-c",
-        "exit 7",
-    ]);
+    let out = h.vs(&run_rm(&name, "host", &["sh", "-c", "exit 7"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
 }
 
 #[test]
 fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
-    if !root_or_skip("bad_cli_input_and_bad_api_requests_get_clear_errors") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let net = h.network("n", &["--subnet", "10.236.0.0/30"]);
     expect_err(
@@ -370,17 +316,7 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
     h.containers.push(name.clone());
     expect_err(
         &h,
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &net,
-            "--",
-            "sleep",
-            "1",
-        ],
+        &run_detached(&name, &net, &[], &["sleep", "1"]),
         "no free address",
     );
     // The failed run left nothing behind.
@@ -435,4 +371,9 @@ fn dig(ns: &str, server: &str, args: &[&str]) -> std::process::Output {
 /// The answer `dig +short` printed is exactly `want`.
 fn assert_answer(o: &std::process::Output, want: &str) {
     assert_eq!(stdout(o).trim(), want, "{}{}", stdout(o), stderr(o));
+}
+
+/// A network with an IPv4 and an IPv6 subnet.
+fn dual_stack(h: &Host, v4: &str, v6: &str) -> String {
+    h.network("n", &["--ipv6", "--subnet", v4, "--subnet", v6])
 }

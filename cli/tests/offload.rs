@@ -134,9 +134,7 @@ const COMBOS: [(bool, bool); 4] = [(true, true), (false, true), (true, false), (
 
 #[test]
 fn local_tcp_is_intact_with_offloads_on_and_off() {
-    if !root_or_skip("local_tcp_is_intact_with_offloads_on_and_off") {
-        return;
-    }
+    require_root!();
     let (file, want) = payload("local");
     let _f = TempFile(file.clone());
     let mut h = Host::start(&[]);
@@ -161,9 +159,7 @@ fn local_tcp_is_intact_with_offloads_on_and_off() {
 
 #[test]
 fn overlay_tcp_is_intact_with_offloads_on_and_off() {
-    if !root_or_skip("overlay_tcp_is_intact_with_offloads_on_and_off") {
-        return;
-    }
+    require_root!();
     let (file, want) = payload("overlay");
     let _f = TempFile(file.clone());
     let ul = Underlay::new();
@@ -214,9 +210,7 @@ fn overlay_tcp_is_intact_with_offloads_on_and_off() {
 
 #[test]
 fn multi_queue_taps_spread_flows_over_workers() {
-    if !root_or_skip("multi_queue_taps_spread_flows_over_workers") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&["--workers", "2"]);
     let net = h.network("mq", &["--subnet", "10.234.0.0/24"]);
     let a = h.run("a", &net, &[]);

@@ -15,9 +15,7 @@ fn cluster_host(ul: &Underlay, ip: &str, key: &TempFile) -> Host {
 
 #[test]
 fn three_hosts_overlay_ping_dns_failure_and_restart() {
-    if !root_or_skip("three_hosts_overlay_ping_dns_failure_and_restart") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vskey-good", "correct horse battery staple");
     let mut h1 = cluster_host(&ul, "192.0.2.11", &key);
@@ -178,9 +176,7 @@ fn three_hosts_overlay_ping_dns_failure_and_restart() {
 
 #[test]
 fn wrong_key_cannot_join_and_non_members_cannot_inject() {
-    if !root_or_skip("wrong_key_cannot_join_and_non_members_cannot_inject") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let good = TempFile::new("vskey-good2", "the right key for this cluster");
     let bad = TempFile::new("vskey-bad2", "some other key entirely wrong");
@@ -223,9 +219,7 @@ fn wrong_key_cannot_join_and_non_members_cannot_inject() {
 
 #[test]
 fn kernel_vxlan_device_is_a_working_peer() {
-    if !root_or_skip("kernel_vxlan_device_is_a_working_peer") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vskey-k", "interop key for the kernel test");
     let mut h1 = cluster_host(&ul, "192.0.2.31", &key);
@@ -361,9 +355,7 @@ fn disconnect_all(h: &Host, net: &str, namespaces: &[Netns]) {
 
 #[test]
 fn cluster_ipam_never_hands_out_an_address_twice() {
-    if !root_or_skip("cluster_ipam_never_hands_out_an_address_twice") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vskey-ipam", "cluster ipam test key, long enough");
     let hosts: Vec<Host> = ["192.0.2.51", "192.0.2.52", "192.0.2.53"]

@@ -11,9 +11,7 @@ use common::*;
 
 #[test]
 fn egress_reaches_the_world_and_internal_does_not() {
-    if !root_or_skip("egress_reaches_the_world_and_internal_does_not") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let world = Netns::new("vsw");
     veth(&h.ns, "198.51.100.1/24", &world, "198.51.100.2/24");
@@ -105,9 +103,7 @@ fn egress_reaches_the_world_and_internal_does_not() {
 
 #[test]
 fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
-    if !root_or_skip("published_ports_show_real_clients_v4_v6_udp_hairpin_restart") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let client = Netns::new("vsc");
     veth(&h.ns, "192.0.2.1/24", &client, "192.0.2.2/24");
@@ -214,19 +210,12 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
     let name = unique("dup");
     // Cleaned up by the harness if the daemon ever left it behind.
     h.containers.push(name.clone());
-    let o = h.vs(&[
-        "run",
-        "-d",
-        "--name",
+    let o = h.vs(&run_detached(
         &name,
-        "--network",
         &net,
-        "-p",
-        "8080:80",
-        "--",
-        "sleep",
-        "600",
-    ]);
+        &["-p", "8080:80"],
+        &["sleep", "600"],
+    ));
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -238,18 +227,7 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
     let inspect = h.vs_ok(&["network", "inspect", &net]);
     assert!(!inspect.contains(&name), "{inspect}");
     // A bad spec is refused before anything is made.
-    let o = h.vs(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        &net,
-        "-p",
-        "8080:0",
-        "--",
-        "true",
-    ]);
+    let o = h.vs(&run_detached(&name, &net, &["-p", "8080:0"], &["true"]));
     assert!(stderr(&o).contains("-p 8080:0:"), "{}", stderr(&o));
 
     // Durable: a restarted daemon listens again.
@@ -267,9 +245,7 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
 
 #[test]
 fn a_port_without_a_host_port_gets_a_free_one() {
-    if !root_or_skip("a_port_without_a_host_port_gets_a_free_one") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let net = h.network("n", &["--subnet", "10.238.0.0/24"]);
     // Docker's `-p 80`: the kernel picks the host port.

@@ -313,12 +313,9 @@ impl<'u> RootlessHost<'u> {
         cmd: &[S],
     ) -> String {
         let name = unique(prefix);
-        let mut args = vec!["run", "-d", "--name", &name, "--network", network];
-        args.extend_from_slice(extra);
-        args.push("--");
-        args.extend(cmd.iter().map(AsRef::as_ref));
+        let cmd: Vec<&str> = cmd.iter().map(AsRef::as_ref).collect();
         self.containers.push(name.clone());
-        self.vs_ok(&args);
+        self.vs_ok(&run_detached(&name, network, extra, &cmd));
         name
     }
 
@@ -439,9 +436,7 @@ fn stage(user: &TestUser) -> Stage<'_> {
 
 #[test]
 fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
-    if !root_or_skip("rootless_containers_switch_resolve_publish_and_reach_the_world") {
-        return;
-    }
+    require_root!();
     let user = TestUser::new();
     let Stage {
         host: mut h,
@@ -491,18 +486,7 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
     // A foreground `vswitch run --rm` as the user: made, run, removed.
     let probe = unique("p");
-    let out = h.vs_ok(&[
-        "run",
-        "--rm",
-        "--name",
-        &probe,
-        "--network",
-        &net,
-        "--",
-        "getent",
-        "hosts",
-        &a,
-    ]);
+    let out = h.vs_ok(&run_rm(&probe, &net, &["getent", "hosts", &a]));
     assert!(out.contains(&h.ip_of(&a, &net)), "{out}");
     assert!(!h.vs(&["inspect", &probe]).status.success());
     assert!(!h.runtime_dir().join("netns").join(&probe).exists());
@@ -522,19 +506,12 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
     // A privileged port is refused with the reason, and nothing is left.
     let bad = unique("bad");
-    let o = h.vs(&[
-        "run",
-        "-d",
-        "--name",
+    let o = h.vs(&run_detached(
         &bad,
-        "--network",
         &net,
-        "-p",
-        "80:80",
-        "--",
-        "sleep",
-        "600",
-    ]);
+        &["-p", "80:80"],
+        &["sleep", "600"],
+    ));
     assert!(!o.status.success(), "-p 80:80 was accepted");
     let err = stderr(&o);
     assert!(
@@ -569,9 +546,7 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
 #[test]
 fn rootless_daemon_killed_and_restarted_keeps_its_containers() {
-    if !root_or_skip("rootless_daemon_killed_and_restarted_keeps_its_containers") {
-        return;
-    }
+    require_root!();
     let user = TestUser::new();
     let Stage {
         host: mut h,
@@ -620,9 +595,7 @@ fn rootless_daemon_killed_and_restarted_keeps_its_containers() {
 
 #[test]
 fn two_rootless_daemons_build_an_overlay() {
-    if !root_or_skip("two_rootless_daemons_build_an_overlay") {
-        return;
-    }
+    require_root!();
     tun_usable_by_everyone();
     let user = TestUser::new();
     let key = user.dir.join("cluster.key");

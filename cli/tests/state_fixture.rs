@@ -380,9 +380,7 @@ fn assert_state_as_written(d: &Daemon) {
 
 #[test]
 fn state_of_main_89781ca_is_imported_whole() {
-    if !root_or_skip("state_of_main_89781ca_is_imported_whole") {
-        return;
-    }
+    require_root!();
     let _containers = ContainerNamespaces::new();
     let host = Netns::new("vsfd");
     let peer = Netns::new("vsfp");

@@ -23,6 +23,27 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Returns from the calling test, saying it skipped, unless it runs as
+/// root; the message names the test by its function.
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        let test = $crate::common::enclosing_fn(std::any::type_name_of_val(&here));
+        if !$crate::common::root_or_skip(test) {
+            return;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use require_root;
+
+/// The name of the function that holds the item whose type name is `path`
+/// (`crate::test_name::here` gives `test_name`).
+pub fn enclosing_fn(path: &str) -> &str {
+    let holder = path.rsplit_once("::").map_or(path, |(holder, _)| holder);
+    holder.rsplit("::").next().unwrap_or(holder)
+}
+
 /// A short unique name: `PREFIX` + pid + counter (fits a 15-byte ifname).
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -315,13 +336,33 @@ impl Host {
     /// returns the container name (also its namespace's name).
     pub fn run(&mut self, prefix: &str, network: &str, extra: &[&str]) -> String {
         let name = unique(prefix);
-        let mut args = vec!["run", "-d", "--name", &name, "--network", network];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "sleep", "600"]);
         self.containers.push(name.clone());
-        self.vs_ok(&args);
+        self.vs_ok(&run_detached(&name, network, extra, &["sleep", "600"]));
         name
     }
+}
+
+/// The arguments of `vswitch run --rm --name NAME --network NET -- CMD...`
+/// (in the foreground, removed when CMD ends).
+pub fn run_rm<'a>(name: &'a str, network: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rm", "--name", name, "--network", network, "--"];
+    args.extend_from_slice(cmd);
+    args
+}
+
+/// The arguments of `vswitch run -d --name NAME --network NET EXTRA... --
+/// CMD...`.
+pub fn run_detached<'a>(
+    name: &'a str,
+    network: &'a str,
+    extra: &[&'a str],
+    cmd: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["run", "-d", "--name", name, "--network", network];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    args
 }
 
 impl Vswitch for Host {
