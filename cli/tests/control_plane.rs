@@ -94,13 +94,10 @@ fn assert_connects_again(h: &Host, net: &str, container: &str, ns: &str) {
 #[case::endpoint("endpoint")]
 #[case::published("published")]
 fn a_connect_that_fails_at_any_step_leaves_nothing(#[case] step: &str) {
-    if !root_or_skip("a_connect_that_fails_at_any_step_leaves_nothing") {
-        return;
-    }
+    require_root!();
     let fp = format!("connect::{step}=1*return");
     let h = Host::start(&["--test-failpoints", &fp]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.233.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.233.0.0/24"]);
     let ns = Netns::new("c");
     let container = unique("ct");
     let out = connect(&h, &net, &container, &ns.name);
@@ -123,53 +120,27 @@ fn a_connect_that_fails_at_any_step_leaves_nothing(#[case] step: &str) {
     );
 }
 
-fn cluster_host(ul: &Underlay, ip: &str, key: &std::path::Path, extra: &[&str]) -> Host {
-    let ns = ul.plug("vsh", &format!("{ip}/24"));
-    let bind = format!("{ip}:7946");
-    let mut args = vec![
-        "--cluster-key-file",
-        key.to_str().unwrap(),
-        "--advertise-addr",
-        ip,
-        "--bind",
-        &bind,
-    ];
-    args.extend_from_slice(extra);
-    Host::start_in(ns, &args)
-}
-
 #[test]
 fn a_connect_waiting_on_netlink_does_not_hold_back_gossip() {
-    if !root_or_skip("a_connect_waiting_on_netlink_does_not_hold_back_gossip") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let key = std::env::temp_dir().join(format!("vskey-cp-{}", std::process::id()));
-    std::fs::write(&key, "control plane test key").unwrap();
+    let key = TempFile::new("vskey-cp", "control plane test key");
     // Host 1's first connect waits 6 s before its netlink work.
-    let h1 = cluster_host(
+    let h1 = Host::in_cluster(
         &ul,
+        "vsh",
         "192.0.2.11",
-        &key,
+        &key.0,
         &["--test-failpoints", "connect::netlink=1*sleep(6000)"],
     );
-    let mut h2 = cluster_host(&ul, "192.0.2.12", &key, &[]);
+    let mut h2 = Host::in_cluster(&ul, "vsh", "192.0.2.12", &key.0, &[]);
     h2.vs_ok(&["join-cluster", "192.0.2.11"]);
     for h in [&h1, &h2] {
         wait_for("2 alive members", Duration::from_secs(15), || {
             alive_members(h) == 2
         });
     }
-    let net = unique("ov");
-    h2.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.241.0.0/24",
-        &net,
-    ]);
+    let net = h2.network("ov", &["--driver", "overlay", "--subnet", "10.241.0.0/24"]);
     wait_for("the overlay on host 1", Duration::from_secs(10), || {
         h1.vs(&["network", "inspect", &net]).status.success()
     });
@@ -239,17 +210,13 @@ fn a_connect_waiting_on_netlink_does_not_hold_back_gossip() {
     );
     assert!(started.elapsed() >= Duration::from_secs(6));
     let _ = h1.vs(&["rm", &a]);
-    let _ = std::fs::remove_file(&key);
 }
 
 #[test]
 fn a_panicking_request_undoes_its_steps_and_stops_the_daemon() {
-    if !root_or_skip("a_panicking_request_undoes_its_steps_and_stops_the_daemon") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&["--test-failpoints", "connect::store=1*panic(test panic)"]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.233.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.233.0.0/24"]);
     let ns = Netns::new("c");
     let container = unique("ct");
     let out = connect(&h, &net, &container, &ns.name);

@@ -11,47 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A key file removed on drop.
-struct KeyFile(PathBuf);
-
-impl KeyFile {
-    fn new(tag: &str, contents: &str) -> KeyFile {
-        let p = std::env::temp_dir().join(format!("vsekey-{tag}-{}", std::process::id()));
-        std::fs::write(&p, contents).unwrap();
-        KeyFile(p)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
+fn cluster_host(ul: &Underlay, ip: &str, key: &TempFile, extra: &[&str]) -> Host {
+    Host::in_cluster(ul, "vse", ip, &key.0, extra)
 }
 
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn cluster_host(ul: &Underlay, ip: &str, key: &KeyFile, extra: &[&str]) -> Host {
-    let ns = ul.plug("vse", &format!("{ip}/24"));
-    let bind = format!("{ip}:7946");
-    let mut args = vec![
-        "--cluster-key-file",
-        key.path(),
-        "--advertise-addr",
-        ip,
-        "--bind",
-        &bind,
-    ];
-    args.extend_from_slice(extra);
-    Host::start_in(ns, &args)
-}
-
-fn has_container(h: &Host, net: &str, name: &str) -> bool {
-    h.vs(&["network", "inspect", net]).status.success()
-        && h.vs_json(&["network", "inspect", net])[0]["Containers"]
-            .as_object()
-            .is_some_and(|c| c.values().any(|v| v["Name"] == name))
+/// [`has_container`], false while `h` does not know the network yet.
+fn knows_container(h: &Host, net: &str, name: &str) -> bool {
+    h.vs(&["network", "inspect", net]).status.success() && has_container(h, net, name)
 }
 
 fn tunnel_counter(h: &Host, key: &str) -> u64 {
@@ -154,11 +120,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// VNI is dropped, even from a member.
 #[test]
 fn encrypted_overlay_carries_frames_only_inside_quic() {
-    if !root_or_skip("encrypted_overlay_carries_frames_only_inside_quic") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let key = KeyFile::new("enc", "an encrypted overlay test cluster key");
+    let key = TempFile::new("vsekey-enc", "an encrypted overlay test cluster key");
     let mut h1 = cluster_host(&ul, "192.0.2.101", &key, &[]);
     let mut h2 = cluster_host(&ul, "192.0.2.102", &key, &[]);
     h2.vs_ok(&["join-cluster", "192.0.2.101"]);
@@ -169,32 +133,23 @@ fn encrypted_overlay_carries_frames_only_inside_quic() {
             alive_members(h) == 2
         });
     }
-    let (plain, enc) = (unique("pl"), unique("en"));
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.250.0.0/24",
-        &plain,
-    ]);
+    let plain = h1.network("pl", &["--driver", "overlay", "--subnet", "10.250.0.0/24"]);
     // Over IPv4 with a 1500-byte underlay: 1500 - 20 (IP) - 8 (UDP) - 29
     // (QUIC short header with an 8-byte CID, 4-byte packet number, AEAD
     // tag) - 9 (DATAGRAM frame) - 8 (VXLAN) - 14 (Ethernet).
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--opt",
-        "encrypted",
-        "--opt",
-        "vni=7001",
-        "--subnet",
-        "10.251.0.0/24",
-        &enc,
-    ]);
+    let enc = h1.network(
+        "en",
+        &[
+            "--driver",
+            "overlay",
+            "--opt",
+            "encrypted",
+            "--opt",
+            "vni=7001",
+            "--subnet",
+            "10.251.0.0/24",
+        ],
+    );
     let created = h1.vs_json(&["network", "inspect", &enc]);
     assert_eq!(created[0]["MTU"], 1412, "{created}");
     // Too large an --mtu is refused with the reason.
@@ -230,10 +185,10 @@ fn encrypted_overlay_carries_frames_only_inside_quic() {
     let x = h1.run("x", &enc, &[]);
     let y = h2.run("y", &enc, &["--alias", "why"]);
     wait_for("y on h1", Duration::from_secs(10), || {
-        has_container(&h1, &enc, &y)
+        knows_container(&h1, &enc, &y)
     });
     wait_for("b on h1", Duration::from_secs(10), || {
-        has_container(&h1, &plain, &b)
+        knows_container(&h1, &plain, &b)
     });
     let link = stdout(&ns_exec(&x, &["ip", "-o", "link", "show", "eth0"]));
     assert!(link.contains("mtu 1412"), "{link}");
@@ -334,12 +289,10 @@ fn encrypted_overlay_carries_frames_only_inside_quic() {
 /// without the cluster key, exchange no frame with the cluster.
 #[test]
 fn impostor_and_keyless_hosts_exchange_nothing() {
-    if !root_or_skip("impostor_and_keyless_hosts_exchange_nothing") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let key = KeyFile::new("imp", "the cluster key of the impostor test");
-    let other = KeyFile::new("imp2", "some other key that is not the cluster's");
+    let key = TempFile::new("vsekey-imp", "the cluster key of the impostor test");
+    let other = TempFile::new("vsekey-imp2", "some other key that is not the cluster's");
     let mut h1 = cluster_host(&ul, "192.0.2.111", &key, &[]);
     let mut imp = cluster_host(&ul, "192.0.2.112", &key, &["--test-quic-impostor"]);
     let mut keyless = cluster_host(&ul, "192.0.2.113", &other, &[]);
@@ -348,20 +301,19 @@ fn impostor_and_keyless_hosts_exchange_nothing() {
     wait_for("the impostor is a member", Duration::from_secs(15), || {
         alive_members(&h1) == 2
     });
-    let enc = unique("en");
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--opt",
-        "transport=quic",
-        "--opt",
-        "vni=7002",
-        "--subnet",
-        "10.252.0.0/24",
-        &enc,
-    ]);
+    let enc = h1.network(
+        "en",
+        &[
+            "--driver",
+            "overlay",
+            "--opt",
+            "transport=quic",
+            "--opt",
+            "vni=7002",
+            "--subnet",
+            "10.252.0.0/24",
+        ],
+    );
     wait_for(
         "the network on the impostor",
         Duration::from_secs(10),
@@ -370,10 +322,10 @@ fn impostor_and_keyless_hosts_exchange_nothing() {
     let a = h1.run("a", &enc, &[]);
     let c = imp.run("c", &enc, &[]);
     wait_for("c on h1", Duration::from_secs(10), || {
-        has_container(&h1, &enc, &c)
+        knows_container(&h1, &enc, &c)
     });
     wait_for("a on the impostor", Duration::from_secs(10), || {
-        has_container(&imp, &enc, &a)
+        knows_container(&imp, &enc, &a)
     });
     let ip_a = h1.ip_of(&a, &enc);
     let ip_c = imp.ip_of(&c, &enc);

@@ -39,14 +39,11 @@ fn status_fields_parse() {
 
 #[test]
 fn a_hundred_idle_ports_stay_under_32_mib_resident() {
-    if !root_or_skip("a_hundred_idle_ports_stay_under_32_mib_resident") {
-        return;
-    }
+    require_root!();
     let started = Instant::now();
     let mut h = Host::start(&[]);
     let pid = h.pid();
-    let net = unique("fp");
-    h.vs_ok(&["network", "create", "--subnet", "10.237.0.0/24", &net]);
+    let net = h.network("fp", &["--subnet", "10.237.0.0/24"]);
     let empty_kib = status_kib(pid, "VmRSS");
 
     let containers: Vec<String> = (0..PORTS).map(|_| h.run("fp", &net, &[])).collect();

@@ -10,21 +10,9 @@ use common::*;
 
 #[test]
 fn containers_ping_each_other_by_name_v4_and_v6() {
-    if !root_or_skip("containers_ping_each_other_by_name_v4_and_v6") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.231.0.0/24",
-        "--subnet",
-        "fd00:231::/64",
-        &net,
-    ]);
+    let net = dual_stack(&h, "10.231.0.0/24", "fd00:231::/64");
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &["--alias", "bee"]);
     let out = ns_exec(&a, &["ping", "-c", "2", "-W", "2", &b]);
@@ -73,30 +61,18 @@ fn containers_ping_each_other_by_name_v4_and_v6() {
 
 #[test]
 fn dig_answers_a_aaaa_ptr_and_round_robin() {
-    if !root_or_skip("dig_answers_a_aaaa_ptr_and_round_robin") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "10.232.0.0/24",
-        "--subnet",
-        "fd00:232::/64",
-        &net,
-    ]);
+    let net = dual_stack(&h, "10.232.0.0/24", "fd00:232::/64");
     let a = h.run("a", &net, &["--ip", "10.232.0.10", "--ip6", "fd00:232::10"]);
     let mut svc = Vec::new();
     for _ in 0..3 {
         svc.push(h.run("s", &net, &["--alias", "svc"]));
     }
-    let dig = |args: &[&str]| {
-        let mut argv = vec!["dig", "@10.232.0.1", "+short", "+time=2", "+tries=1"];
+    let short = |args: &[&str]| {
+        let mut argv = vec!["+short", "+time=2", "+tries=1"];
         argv.extend_from_slice(args);
-        let o = ns_exec(&a, &argv);
+        let o = dig(&a, "10.232.0.1", &argv);
         assert!(
             o.status.success(),
             "dig {args:?}: {}{}",
@@ -105,18 +81,18 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
         );
         stdout(&o)
     };
-    assert_eq!(dig(&[&a]).trim(), "10.232.0.10");
-    assert_eq!(dig(&["AAAA", &a]).trim(), "fd00:232::10");
-    assert_eq!(dig(&["-x", "10.232.0.10"]).trim(), format!("{a}."));
-    assert_eq!(dig(&["-x", "fd00:232::10"]).trim(), format!("{a}."));
+    assert_eq!(short(&[&a]).trim(), "10.232.0.10");
+    assert_eq!(short(&["AAAA", &a]).trim(), "fd00:232::10");
+    assert_eq!(short(&["-x", "10.232.0.10"]).trim(), format!("{a}."));
+    assert_eq!(short(&["-x", "fd00:232::10"]).trim(), format!("{a}."));
     // Names are case-insensitive.
-    assert_eq!(dig(&[&a.to_uppercase()]).trim(), "10.232.0.10");
+    assert_eq!(short(&[&a.to_uppercase()]).trim(), "10.232.0.10");
     // Over TCP too.
-    assert_eq!(dig(&["+tcp", &a]).trim(), "10.232.0.10");
+    assert_eq!(short(&["+tcp", &a]).trim(), "10.232.0.10");
     // Three containers share `svc`: all three answer, first one rotates.
     let mut firsts = std::collections::BTreeSet::new();
     for _ in 0..6 {
-        let out = dig(&["svc"]);
+        let out = short(&["svc"]);
         let ips: Vec<&str> = out.lines().collect();
         assert_eq!(ips.len(), 3, "{out}");
         firsts.insert(ips[0].to_string());
@@ -127,28 +103,20 @@ fn dig_answers_a_aaaa_ptr_and_round_robin() {
     );
     // An unknown name on an isolated daemon: upstream is the namespace's
     // own loopback where nothing listens, so SERVFAIL.
-    let o = ns_exec(
+    let o = dig(
         &a,
-        &[
-            "dig",
-            "@10.232.0.1",
-            "+time=6",
-            "+tries=1",
-            "nosuchname.invalid",
-        ],
+        "10.232.0.1",
+        &["+time=6", "+tries=1", "nosuchname.invalid"],
     );
     assert!(stdout(&o).contains("SERVFAIL"), "{}", stdout(&o));
 }
 
 #[test]
 fn networks_are_isolated_and_a_container_on_both_reaches_both() {
-    if !root_or_skip("networks_are_isolated_and_a_container_on_both_reaches_both") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let (n1, n2) = (unique("n"), unique("n"));
-    h.vs_ok(&["network", "create", "--subnet", "10.233.1.0/24", &n1]);
-    h.vs_ok(&["network", "create", "--subnet", "10.233.2.0/24", &n2]);
+    let n1 = h.network("n", &["--subnet", "10.233.1.0/24"]);
+    let n2 = h.network("n", &["--subnet", "10.233.2.0/24"]);
     let a = h.run("a", &n1, &[]);
     let b = h.run("b", &n2, &[]);
     let c = h.run("c", &n1, &[]);
@@ -170,10 +138,7 @@ fn networks_are_isolated_and_a_container_on_both_reaches_both() {
         .status
         .success());
     // Names from the other network do not resolve.
-    let o = ns_exec(
-        &a,
-        &["dig", "@10.233.1.1", "+short", "+time=6", "+tries=1", &b],
-    );
+    let o = dig(&a, "10.233.1.1", &["+short", "+time=6", "+tries=1", &b]);
     assert!(!stdout(&o).contains(&ip_b), "{}", stdout(&o));
     // Disconnect frees the interface; the address can be taken again.
     let ip_c2 = h.ip_of(&c, &n2);
@@ -186,9 +151,7 @@ fn networks_are_isolated_and_a_container_on_both_reaches_both() {
 
 #[test]
 fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
-    if !root_or_skip("unknown_names_are_forwarded_upstream_and_internal_networks_do_not") {
-        return;
-    }
+    require_root!();
     // An upstream resolver (dnsmasq) in a namespace of the test, reached
     // from the daemon's namespace over a veth.
     let upstream = Netns::new("vsu");
@@ -220,66 +183,28 @@ fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
     }
     let _kill = KillOnDrop(pidfile);
     let mut h = Host::start_in(host_ns, &["--dns", "192.0.2.53"]);
-    let (open, internal) = (unique("n"), unique("n"));
-    h.vs_ok(&["network", "create", "--subnet", "10.234.1.0/24", &open]);
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--internal",
-        "--subnet",
-        "10.234.2.0/24",
-        &internal,
-    ]);
+    let open = h.network("n", &["--subnet", "10.234.1.0/24"]);
+    let internal = h.network("n", &["--internal", "--subnet", "10.234.2.0/24"]);
     let a = h.run("a", &open, &[]);
     let b = h.run("b", &internal, &[]);
-    let o = ns_exec(
+    let o = dig(
         &a,
-        &[
-            "dig",
-            "@10.234.1.1",
-            "+short",
-            "+time=3",
-            "+tries=1",
-            "www.example.test",
-        ],
+        "10.234.1.1",
+        &["+short", "+time=3", "+tries=1", "www.example.test"],
     );
-    assert_eq!(
-        stdout(&o).trim(),
-        "198.51.100.7",
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_answer(&o, "198.51.100.7");
     // Over TCP from the container; the gateway forwards it too.
-    let o = ns_exec(
+    let o = dig(
         &a,
-        &[
-            "dig",
-            "@10.234.1.1",
-            "+tcp",
-            "+short",
-            "+time=3",
-            "+tries=1",
-            "www.example.test",
-        ],
+        "10.234.1.1",
+        &["+tcp", "+short", "+time=3", "+tries=1", "www.example.test"],
     );
-    assert_eq!(
-        stdout(&o).trim(),
-        "198.51.100.7",
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_answer(&o, "198.51.100.7");
     // The internal network does not forward.
-    let o = ns_exec(
+    let o = dig(
         &b,
-        &[
-            "dig",
-            "@10.234.2.1",
-            "+time=3",
-            "+tries=1",
-            "www.example.test",
-        ],
+        "10.234.2.1",
+        &["+time=3", "+tries=1", "www.example.test"],
     );
     assert!(!stdout(&o).contains("198.51.100.7"), "{}", stdout(&o));
     assert!(
@@ -294,12 +219,9 @@ fn unknown_names_are_forwarded_upstream_and_internal_networks_do_not() {
 
 #[test]
 fn sigkill_and_restart_keeps_networks_endpoints_and_connectivity() {
-    if !root_or_skip("sigkill_and_restart_keeps_networks_endpoints_and_connectivity") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.235.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.235.0.0/24"]);
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &[]);
     let ip_b = h.ip_of(&b, &net);
@@ -336,23 +258,10 @@ fn sigkill_and_restart_keeps_networks_endpoints_and_connectivity() {
 
 #[test]
 fn none_and_host_drivers() {
-    if !root_or_skip("none_and_host_drivers") {
-        return;
-    }
+    require_root!();
     let h = Host::start(&[]);
     let name = unique("z");
-    let out = h.vs(&[
-        "run",
-        "--rm",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "--",
-        "ip",
-        "-o",
-        "link",
-    ]);
+    let out = h.vs(&run_rm(&name, "none", &["ip", "-o", "link"]));
     assert!(out.status.success(), "{}", stderr(&out));
     let links = stdout(&out);
     assert_eq!(links.lines().count(), 1, "{links}");
@@ -360,29 +269,15 @@ fn none_and_host_drivers() {
     // host: the command runs in the daemon client's namespace (here, the
     // test's own), with no sandbox.
     let name = unique("h");
-    let out = h.vs(&[
-        "run",
-        "--rm",
-        "--name",
-        &name,
-        "--network",
-        "host",
-        "--",
-        "sh",
-        "-c",
-        "exit 7",
-    ]);
+    let out = h.vs(&run_rm(&name, "host", &["sh", "-c", "exit 7"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
 }
 
 #[test]
 fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
-    if !root_or_skip("bad_cli_input_and_bad_api_requests_get_clear_errors") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.236.0.0/30", &net]);
+    let net = h.network("n", &["--subnet", "10.236.0.0/30"]);
     expect_err(
         &h,
         &["network", "create", "--subnet", "10.236.0.0/24", "dup"],
@@ -421,17 +316,7 @@ fn bad_cli_input_and_bad_api_requests_get_clear_errors() {
     h.containers.push(name.clone());
     expect_err(
         &h,
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &net,
-            "--",
-            "sleep",
-            "1",
-        ],
+        &run_detached(&name, &net, &[], &["sleep", "1"]),
         "no free address",
     );
     // The failed run left nothing behind.
@@ -473,4 +358,22 @@ fn expect_err(h: &Host, args: &[&str], needle: &str) {
         err.contains(needle),
         "{args:?}: stderr {err:?} lacks {needle:?}"
     );
+}
+
+/// `dig @SERVER ARGS...` in namespace `ns`.
+fn dig(ns: &str, server: &str, args: &[&str]) -> std::process::Output {
+    let server = format!("@{server}");
+    let mut argv = vec!["dig", &server];
+    argv.extend_from_slice(args);
+    ns_exec(ns, &argv)
+}
+
+/// The answer `dig +short` printed is exactly `want`.
+fn assert_answer(o: &std::process::Output, want: &str) {
+    assert_eq!(stdout(o).trim(), want, "{}{}", stdout(o), stderr(o));
+}
+
+/// A network with an IPv4 and an IPv6 subnet.
+fn dual_stack(h: &Host, v4: &str, v6: &str) -> String {
+    h.network("n", &["--ipv6", "--subnet", v4, "--subnet", v6])
 }

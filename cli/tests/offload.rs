@@ -31,14 +31,6 @@ fn payload(tag: &str) -> (std::path::PathBuf, String) {
     (path, sum.split_whitespace().next().unwrap().to_string())
 }
 
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Turns the sending and receiving offloads of a container's eth0 on or off.
 fn set_offloads(ns: &str, on: bool) {
     let v = if on { "on" } else { "off" };
@@ -142,14 +134,11 @@ const COMBOS: [(bool, bool); 4] = [(true, true), (false, true), (true, false), (
 
 #[test]
 fn local_tcp_is_intact_with_offloads_on_and_off() {
-    if !root_or_skip("local_tcp_is_intact_with_offloads_on_and_off") {
-        return;
-    }
+    require_root!();
     let (file, want) = payload("local");
     let _f = TempFile(file.clone());
     let mut h = Host::start(&[]);
-    let net = unique("offl");
-    h.vs_ok(&["network", "create", "--subnet", "10.231.0.0/24", &net]);
+    let net = h.network("offl", &["--subnet", "10.231.0.0/24"]);
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &[]);
     let b_ip = h.ip_of(&b, &net);
@@ -170,41 +159,16 @@ fn local_tcp_is_intact_with_offloads_on_and_off() {
 
 #[test]
 fn overlay_tcp_is_intact_with_offloads_on_and_off() {
-    if !root_or_skip("overlay_tcp_is_intact_with_offloads_on_and_off") {
-        return;
-    }
+    require_root!();
     let (file, want) = payload("overlay");
     let _f = TempFile(file.clone());
     let ul = Underlay::new();
-    let key = std::env::temp_dir().join(format!("vsoff-key-{}", std::process::id()));
-    let _k = TempFile(key.clone());
-    std::fs::write(&key, "offload test cluster key, long enough").unwrap();
-    let plug = |ip: &str| {
-        Host::start_in(
-            ul.plug("vsoh", &format!("{ip}/24")),
-            &[
-                "--cluster-key-file",
-                key.to_str().unwrap(),
-                "--advertise-addr",
-                ip,
-                "--bind",
-                &format!("{ip}:7946"),
-            ],
-        )
-    };
+    let key = TempFile::new("vsoff-key", "offload test cluster key, long enough");
+    let plug = |ip: &str| Host::in_cluster(&ul, "vsoh", ip, &key.0, &[]);
     let mut h1 = plug("192.0.2.31");
     let mut h2 = plug("192.0.2.32");
     h2.vs_ok(&["join-cluster", "192.0.2.31"]);
-    let net = unique("ovo");
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.232.0.0/24",
-        &net,
-    ]);
+    let net = h1.network("ovo", &["--driver", "overlay", "--subnet", "10.232.0.0/24"]);
     let start = Instant::now();
     while !h2.vs(&["network", "inspect", &net]).status.success() {
         assert!(start.elapsed() < Duration::from_secs(15), "overlay on h2");
@@ -246,12 +210,9 @@ fn overlay_tcp_is_intact_with_offloads_on_and_off() {
 
 #[test]
 fn multi_queue_taps_spread_flows_over_workers() {
-    if !root_or_skip("multi_queue_taps_spread_flows_over_workers") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&["--workers", "2"]);
-    let net = unique("mq");
-    h.vs_ok(&["network", "create", "--subnet", "10.234.0.0/24", &net]);
+    let net = h.network("mq", &["--subnet", "10.234.0.0/24"]);
     let a = h.run("a", &net, &[]);
     let b = h.run("b", &net, &[]);
     let b_ip = h.ip_of(&b, &net);

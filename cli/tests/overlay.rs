@@ -9,34 +9,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn key_file(tag: &str, contents: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("vskey-{tag}-{}", std::process::id()));
-    std::fs::write(&p, contents).unwrap();
-    p
-}
-
-fn cluster_host(ul: &Underlay, ip: &str, key: &std::path::Path) -> Host {
-    let ns = ul.plug("vsh", &format!("{ip}/24"));
-    Host::start_in(
-        ns,
-        &[
-            "--cluster-key-file",
-            key.to_str().unwrap(),
-            "--advertise-addr",
-            ip,
-            "--bind",
-            &format!("{ip}:7946"),
-        ],
-    )
+fn cluster_host(ul: &Underlay, ip: &str, key: &TempFile) -> Host {
+    Host::in_cluster(ul, "vsh", ip, &key.0, &[])
 }
 
 #[test]
 fn three_hosts_overlay_ping_dns_failure_and_restart() {
-    if !root_or_skip("three_hosts_overlay_ping_dns_failure_and_restart") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let key = key_file("good", "correct horse battery staple");
+    let key = TempFile::new("vskey-good", "correct horse battery staple");
     let mut h1 = cluster_host(&ul, "192.0.2.11", &key);
     let mut h2 = cluster_host(&ul, "192.0.2.12", &key);
     let mut h3 = cluster_host(&ul, "192.0.2.13", &key);
@@ -49,16 +30,7 @@ fn three_hosts_overlay_ping_dns_failure_and_restart() {
     }
 
     // A network made on one host exists on all of them.
-    let net = unique("ov");
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.240.0.0/24",
-        &net,
-    ]);
+    let net = h1.network("ov", &["--driver", "overlay", "--subnet", "10.240.0.0/24"]);
     for h in [&h2, &h3] {
         wait_for("the overlay on every host", Duration::from_secs(10), || {
             h.vs(&["network", "inspect", &net]).status.success()
@@ -75,15 +47,11 @@ fn three_hosts_overlay_ping_dns_failure_and_restart() {
 
     let a = h1.run("a", &net, &[]);
     wait_for("a's endpoint on h2", Duration::from_secs(10), || {
-        h2.vs_json(&["network", "inspect", &net])[0]["Containers"]
-            .as_object()
-            .is_some_and(|c| c.values().any(|v| v["Name"] == a.as_str()))
+        has_container(&h2, &net, &a)
     });
     let b = h2.run("b", &net, &["--alias", "bee"]);
     wait_for("b's endpoint on h3", Duration::from_secs(10), || {
-        h3.vs_json(&["network", "inspect", &net])[0]["Containers"]
-            .as_object()
-            .is_some_and(|c| c.values().any(|v| v["Name"] == b.as_str()))
+        has_container(&h3, &net, &b)
     });
     let c = h3.run("c", &net, &[]);
     let link = stdout(&ns_exec(&a, &["ip", "-o", "link", "show", "eth0"]));
@@ -165,9 +133,7 @@ fn three_hosts_overlay_ping_dns_failure_and_restart() {
         resolves(&a, "10.240.0.1", &c).is_none()
     });
     wait_for("c gone from h2's inspect", Duration::from_secs(10), || {
-        !h2.vs_json(&["network", "inspect", &net])[0]["Containers"]
-            .as_object()
-            .is_some_and(|m| m.values().any(|v| v["Name"] == c.as_str()))
+        !has_container(&h2, &net, &c)
     });
     let detected = killed.elapsed();
     eprintln!("FIGURE failure detected and c removed everywhere in {detected:?}");
@@ -206,17 +172,14 @@ fn three_hosts_overlay_ping_dns_failure_and_restart() {
     );
     let o = ns_exec(&a, &["ping", "-c", "2", "-W", "2", &ip_b]);
     assert!(o.status.success(), "after healing: {}", stdout(&o));
-    let _ = std::fs::remove_file(key);
 }
 
 #[test]
 fn wrong_key_cannot_join_and_non_members_cannot_inject() {
-    if !root_or_skip("wrong_key_cannot_join_and_non_members_cannot_inject") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let good = key_file("good2", "the right key for this cluster");
-    let bad = key_file("bad2", "some other key entirely wrong");
+    let good = TempFile::new("vskey-good2", "the right key for this cluster");
+    let bad = TempFile::new("vskey-bad2", "some other key entirely wrong");
     let h1 = cluster_host(&ul, "192.0.2.21", &good);
     let intruder = cluster_host(&ul, "192.0.2.22", &bad);
     intruder.vs_ok(&["join-cluster", "192.0.2.21"]);
@@ -230,18 +193,17 @@ fn wrong_key_cannot_join_and_non_members_cannot_inject() {
     );
 
     // A raw VXLAN packet from a non-member is dropped and counted.
-    let net = unique("ov");
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--opt",
-        "vni=4242",
-        "--subnet",
-        "10.241.0.0/24",
-        &net,
-    ]);
+    h1.network(
+        "ov",
+        &[
+            "--driver",
+            "overlay",
+            "--opt",
+            "vni=4242",
+            "--subnet",
+            "10.241.0.0/24",
+        ],
+    );
     let o = ns_exec(
         &intruder.ns.name,
         &["sh", "-c", "printf '\\010\\000\\000\\000\\000\\020\\222\\000ffffffffffffaaaaaaaaaaaa\\010\\006payload' | nc -u -w1 -q1 192.0.2.21 4789"],
@@ -253,30 +215,25 @@ fn wrong_key_cannot_join_and_non_members_cannot_inject() {
             .unwrap_or(0)
             >= 1
     });
-    let _ = std::fs::remove_file(good);
-    let _ = std::fs::remove_file(bad);
 }
 
 #[test]
 fn kernel_vxlan_device_is_a_working_peer() {
-    if !root_or_skip("kernel_vxlan_device_is_a_working_peer") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let key = key_file("k", "interop key for the kernel test");
+    let key = TempFile::new("vskey-k", "interop key for the kernel test");
     let mut h1 = cluster_host(&ul, "192.0.2.31", &key);
-    let net = unique("ov");
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--opt",
-        "vni=5001",
-        "--subnet",
-        "10.242.0.0/24",
-        &net,
-    ]);
+    let net = h1.network(
+        "ov",
+        &[
+            "--driver",
+            "overlay",
+            "--opt",
+            "vni=5001",
+            "--subnet",
+            "10.242.0.0/24",
+        ],
+    );
     let inspect = h1.vs_json(&["network", "inspect", &net]);
     assert_eq!(inspect[0]["VNI"], 5001);
     let a = h1.run("a", &net, &["--ip", "10.242.0.2"]);
@@ -357,7 +314,6 @@ fn kernel_vxlan_device_is_a_working_peer() {
             .status
             .success()
     });
-    let _ = std::fs::remove_file(key);
 }
 
 /// Makes `n` namespaces and connects each to `net` on `h`; returns the
@@ -382,14 +338,7 @@ fn connect_many(
             &ns.name,
         ]);
         if out.status.success() {
-            let v: serde_json::Value =
-                serde_json::from_slice(&h.vs(&["inspect", &ns.name]).stdout).unwrap();
-            ips.push(
-                v[0]["Networks"][net]["IPAddress"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            );
+            ips.push(h.ip_of(&ns.name, net));
         } else {
             errors.push(stderr(&out));
         }
@@ -406,11 +355,9 @@ fn disconnect_all(h: &Host, net: &str, namespaces: &[Netns]) {
 
 #[test]
 fn cluster_ipam_never_hands_out_an_address_twice() {
-    if !root_or_skip("cluster_ipam_never_hands_out_an_address_twice") {
-        return;
-    }
+    require_root!();
     let ul = Underlay::new();
-    let key = key_file("ipam", "cluster ipam test key, long enough");
+    let key = TempFile::new("vskey-ipam", "cluster ipam test key, long enough");
     let hosts: Vec<Host> = ["192.0.2.51", "192.0.2.52", "192.0.2.53"]
         .iter()
         .map(|ip| cluster_host(&ul, ip, &key))
@@ -422,16 +369,7 @@ fn cluster_ipam_never_hands_out_an_address_twice() {
             alive_members(h) == 3
         });
     }
-    let net = unique("ov");
-    hosts[0].vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.243.0.0/24",
-        &net,
-    ]);
+    let net = hosts[0].network("ov", &["--driver", "overlay", "--subnet", "10.243.0.0/24"]);
     for h in &hosts[1..] {
         wait_for("the overlay everywhere", Duration::from_secs(10), || {
             h.vs(&["network", "inspect", &net]).status.success()
@@ -544,5 +482,4 @@ fn cluster_ipam_never_hands_out_an_address_twice() {
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(ips.len(), 3);
     disconnect_all(&hosts[1], &net, &rest);
-    let _ = std::fs::remove_file(key);
 }

@@ -5,81 +5,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A background program in a namespace, killed on drop.
-struct Bg(Child);
-
-impl Bg {
-    fn spawn(ns: &str, argv: &[&str]) -> Bg {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning a server");
-        Bg(child)
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `argv` in `ns` until it succeeds with non-empty output or `within`
-/// passes; returns the last output.
-fn until_ok(ns: &str, argv: &[&str], within: Duration) -> (bool, String) {
-    let start = Instant::now();
-    loop {
-        let o = ns_exec(ns, argv);
-        let out = stdout(&o);
-        if o.status.success() && !out.trim().is_empty() {
-            return (true, out);
-        }
-        if start.elapsed() > within {
-            return (false, format!("{out}{}", stderr(&o)));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A TCP server that answers every connection with the peer's address.
-fn peer_echo_tcp(ns: &str, port: u16) -> Bg {
-    Bg::spawn(
-        ns,
-        &[
-            "socat",
-            &format!("TCP-LISTEN:{port},fork,reuseaddr"),
-            "SYSTEM:echo peer=$SOCAT_PEERADDR",
-        ],
-    )
-}
-
-/// A UDP server that answers every datagram with the peer's address.
-fn peer_echo_udp(ns: &str, port: u16) -> Bg {
-    Bg::spawn(
-        ns,
-        &[
-            "socat",
-            &format!("UDP-RECVFROM:{port},fork"),
-            "SYSTEM:echo peer=$SOCAT_PEERADDR",
-        ],
-    )
-}
-
 #[test]
 fn egress_reaches_the_world_and_internal_does_not() {
-    if !root_or_skip("egress_reaches_the_world_and_internal_does_not") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let world = Netns::new("vsw");
     veth(&h.ns, "198.51.100.1/24", &world, "198.51.100.2/24");
@@ -89,8 +21,7 @@ fn egress_reaches_the_world_and_internal_does_not() {
     let _tcp = peer_echo_tcp(&world.name, 8080);
     let _udp = peer_echo_udp(&world.name, 9999);
 
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.232.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.232.0.0/24"]);
     let c = h.run("c", &net, &[]);
 
     // TCP: the world sees the daemon's address.
@@ -134,15 +65,7 @@ fn egress_reaches_the_world_and_internal_does_not() {
     );
 
     // An internal network has no egress (and no default route to try).
-    let inet = unique("i");
-    h.vs_ok(&[
-        "network",
-        "create",
-        "--internal",
-        "--subnet",
-        "10.233.0.0/24",
-        &inet,
-    ]);
+    let inet = h.network("i", &["--internal", "--subnet", "10.233.0.0/24"]);
     let ic = h.run("ic", &inet, &[]);
     let _ = ns_exec(
         &ic,
@@ -180,9 +103,7 @@ fn egress_reaches_the_world_and_internal_does_not() {
 
 #[test]
 fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
-    if !root_or_skip("published_ports_show_real_clients_v4_v6_udp_hairpin_restart") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
     let client = Netns::new("vsc");
     veth(&h.ns, "192.0.2.1/24", &client, "192.0.2.2/24");
@@ -214,8 +135,7 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
         "nodad",
     ]);
 
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.234.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.234.0.0/24"]);
     let c = h.run("c", &net, &["-p", "8080:80", "-p", "5353:53/udp"]);
     let _tcp = peer_echo_tcp(&c, 80);
     let _udp = peer_echo_udp(&c, 53);
@@ -290,19 +210,12 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
     let name = unique("dup");
     // Cleaned up by the harness if the daemon ever left it behind.
     h.containers.push(name.clone());
-    let o = h.vs(&[
-        "run",
-        "-d",
-        "--name",
+    let o = h.vs(&run_detached(
         &name,
-        "--network",
         &net,
-        "-p",
-        "8080:80",
-        "--",
-        "sleep",
-        "600",
-    ]);
+        &["-p", "8080:80"],
+        &["sleep", "600"],
+    ));
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -314,18 +227,7 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
     let inspect = h.vs_ok(&["network", "inspect", &net]);
     assert!(!inspect.contains(&name), "{inspect}");
     // A bad spec is refused before anything is made.
-    let o = h.vs(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        &net,
-        "-p",
-        "8080:0",
-        "--",
-        "true",
-    ]);
+    let o = h.vs(&run_detached(&name, &net, &["-p", "8080:0"], &["true"]));
     assert!(stderr(&o).contains("-p 8080:0:"), "{}", stderr(&o));
 
     // Durable: a restarted daemon listens again.
@@ -343,12 +245,9 @@ fn published_ports_show_real_clients_v4_v6_udp_hairpin_restart() {
 
 #[test]
 fn a_port_without_a_host_port_gets_a_free_one() {
-    if !root_or_skip("a_port_without_a_host_port_gets_a_free_one") {
-        return;
-    }
+    require_root!();
     let mut h = Host::start(&[]);
-    let net = unique("n");
-    h.vs_ok(&["network", "create", "--subnet", "10.238.0.0/24", &net]);
+    let net = h.network("n", &["--subnet", "10.238.0.0/24"]);
     // Docker's `-p 80`: the kernel picks the host port.
     let c = h.run("r", &net, &["-p", "80"]);
     let _server = peer_echo_tcp(&c, 80);

@@ -247,10 +247,6 @@ impl<'u> RootlessHost<'u> {
         self.runtime_dir().join("vswitchd.sock")
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
-    }
-
     /// A command as the user in the host namespace, with this host's
     /// environment.
     fn as_user(&self, argv: &[&str]) -> Command {
@@ -261,11 +257,6 @@ impl<'u> RootlessHost<'u> {
     }
 
     fn spawn_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("vswitchd.log"))
-            .unwrap();
         let vswitchd = self.user.bin("vswitchd");
         let mut argv = vec![
             vswitchd.as_str(),
@@ -279,31 +270,12 @@ impl<'u> RootlessHost<'u> {
             "127.0.0.1",
         ];
         argv.extend(self.extra.iter().map(String::as_str));
-        let child = self
-            .as_user(&argv)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting vswitchd --rootless");
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return;
-            }
-            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "vswitchd --rootless exited at start ({status}):\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vswitchd --rootless did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (log, socket) = (self.dir.join("vswitchd.log"), self.socket());
+        let mut command = self.as_user(&argv);
+        let daemon = self
+            .daemon
+            .insert(spawn_logged(&mut command, &log, "vswitchd --rootless"));
+        wait_started(daemon, &socket, "vswitchd --rootless", &log);
     }
 
     fn daemon_pid(&self) -> u32 {
@@ -332,55 +304,24 @@ impl<'u> RootlessHost<'u> {
             .expect("a pid")
     }
 
-    /// `vswitch args...` as the user, finding the daemon by the default
-    /// socket of `$XDG_RUNTIME_DIR`.
-    fn vs(&self, args: &[&str]) -> Output {
-        let vswitch = self.user.bin("vswitch");
-        let mut argv = vec![vswitch.as_str()];
-        argv.extend_from_slice(args);
-        self.as_user(&argv).output().expect("running vswitch")
-    }
-
-    fn vs_ok(&self, args: &[&str]) -> String {
-        let out = self.vs(args);
-        assert!(
-            out.status.success(),
-            "vswitch {args:?} failed: {}\nstdout: {}\nstderr: {}\ndaemon log (tail):\n{}",
-            out.status,
-            stdout(&out),
-            stderr(&out),
-            tail(&self.log(), 40)
-        );
-        stdout(&out)
-    }
-
-    fn vs_json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.vs_ok(args)).expect("JSON output")
-    }
-
     /// `vswitch run -d --name NAME --network NET extra... -- cmd...`.
-    fn run_cmd(&mut self, prefix: &str, network: &str, extra: &[&str], cmd: &[&str]) -> String {
+    fn run_cmd<S: AsRef<str>>(
+        &mut self,
+        prefix: &str,
+        network: &str,
+        extra: &[&str],
+        cmd: &[S],
+    ) -> String {
         let name = unique(prefix);
-        let mut args = vec!["run", "-d", "--name", &name, "--network", network];
-        args.extend_from_slice(extra);
-        args.push("--");
-        args.extend_from_slice(cmd);
+        let cmd: Vec<&str> = cmd.iter().map(AsRef::as_ref).collect();
         self.containers.push(name.clone());
-        self.vs_ok(&args);
+        self.vs_ok(&run_detached(&name, network, extra, &cmd));
         name
     }
 
     /// A container that sleeps.
     fn run(&mut self, prefix: &str, network: &str) -> String {
         self.run_cmd(prefix, network, &[], &["sleep", "600"])
-    }
-
-    fn ip_of(&self, container: &str, network: &str) -> String {
-        let v = self.vs_json(&["inspect", container]);
-        v[0]["Networks"][network]["IPAddress"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{container} has no IPv4 on {network}: {v}"))
-            .to_string()
     }
 
     fn pid_of(&self, container: &str) -> u32 {
@@ -413,18 +354,22 @@ impl<'u> RootlessHost<'u> {
     /// Runs `argv` in the container until it succeeds with non-empty
     /// output or [`PATIENCE`] passes; returns success and the last output.
     fn until_ok_in(&self, container: &str, argv: &[&str]) -> (bool, String) {
-        let start = Instant::now();
-        loop {
-            let o = self.exec_in(container, argv);
-            let out = stdout(&o);
-            if o.status.success() && !out.trim().is_empty() {
-                return (true, out);
-            }
-            if start.elapsed() > PATIENCE {
-                return (false, format!("{out}{}", stderr(&o)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        until_ok_with(PATIENCE, || self.exec_in(container, argv))
+    }
+}
+
+impl Vswitch for RootlessHost<'_> {
+    /// `vswitch args...` as the user, finding the daemon by the default
+    /// socket of `$XDG_RUNTIME_DIR`.
+    fn vs(&self, args: &[&str]) -> Output {
+        let vswitch = self.user.bin("vswitch");
+        let mut argv = vec![vswitch.as_str()];
+        argv.extend_from_slice(args);
+        self.as_user(&argv).output().expect("running vswitch")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
     }
 }
 
@@ -443,58 +388,6 @@ impl Drop for RootlessHost<'_> {
                 tail(&self.log(), 80)
             );
         }
-    }
-}
-
-/// A background program in a namespace (as root: a peer outside the
-/// rootless world), killed on drop.
-struct Bg(Child);
-
-impl Bg {
-    fn spawn(ns: &str, argv: &[&str]) -> Bg {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning a server");
-        Bg(child)
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The command of a TCP server answering every connection with the peer's
-/// address.
-fn peer_echo(port: u16) -> Vec<String> {
-    vec![
-        "socat".into(),
-        format!("TCP-LISTEN:{port},fork,reuseaddr"),
-        "SYSTEM:echo peer=$SOCAT_PEERADDR".into(),
-    ]
-}
-
-/// Runs `argv` in namespace `ns` (as root) until it succeeds with
-/// non-empty output or [`PATIENCE`] passes.
-fn until_ok(ns: &str, argv: &[&str]) -> (bool, String) {
-    let start = Instant::now();
-    loop {
-        let o = ns_exec(ns, argv);
-        let out = stdout(&o);
-        if o.status.success() && !out.trim().is_empty() {
-            return (true, out);
-        }
-        if start.elapsed() > PATIENCE {
-            return (false, format!("{out}{}", stderr(&o)));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -543,9 +436,7 @@ fn stage(user: &TestUser) -> Stage<'_> {
 
 #[test]
 fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
-    if !root_or_skip("rootless_containers_switch_resolve_publish_and_reach_the_world") {
-        return;
-    }
+    require_root!();
     let user = TestUser::new();
     let Stage {
         host: mut h,
@@ -572,8 +463,7 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
     assert_eq!(ns_inode(daemon, "user"), ns_inode(pause, "user"));
     assert_eq!(ns_inode(daemon, "mnt"), ns_inode(pause, "mnt"));
 
-    let net = unique("rn");
-    h.vs_ok(&["network", "create", "--subnet", "10.241.0.0/24", &net]);
+    let net = h.network("rn", &["--subnet", "10.241.0.0/24"]);
     let a = h.run("a", &net);
     let b = h.run("b", &net);
     let b_ip = h.ip_of(&b, &net);
@@ -596,30 +486,18 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
     // A foreground `vswitch run --rm` as the user: made, run, removed.
     let probe = unique("p");
-    let out = h.vs_ok(&[
-        "run",
-        "--rm",
-        "--name",
-        &probe,
-        "--network",
-        &net,
-        "--",
-        "getent",
-        "hosts",
-        &a,
-    ]);
+    let out = h.vs_ok(&run_rm(&probe, &net, &["getent", "hosts", &a]));
     assert!(out.contains(&h.ip_of(&a, &net)), "{out}");
     assert!(!h.vs(&["inspect", &probe]).status.success());
     assert!(!h.runtime_dir().join("netns").join(&probe).exists());
 
     // A published port above 1023 reaches a server in a container, which
     // sees the real client's address.
-    let echo = peer_echo(80);
-    let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
-    let srv = h.run_cmd("s", &net, &["-p", "8080:80"], &echo);
+    let srv = h.run_cmd("s", &net, &["-p", "8080:80"], &peer_echo_tcp_argv(80));
     let (ok_pub, out) = until_ok(
         &client.name,
         &["socat", "-T3", "-", "TCP:192.0.2.1:8080,connect-timeout=3"],
+        PATIENCE,
     );
     assert!(ok_pub, "published port: {out}\n{}", tail(&h.log(), 30));
     assert!(out.contains("peer=192.0.2.2"), "{out}");
@@ -628,19 +506,12 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
     // A privileged port is refused with the reason, and nothing is left.
     let bad = unique("bad");
-    let o = h.vs(&[
-        "run",
-        "-d",
-        "--name",
+    let o = h.vs(&run_detached(
         &bad,
-        "--network",
         &net,
-        "-p",
-        "80:80",
-        "--",
-        "sleep",
-        "600",
-    ]);
+        &["-p", "80:80"],
+        &["sleep", "600"],
+    ));
     assert!(!o.status.success(), "-p 80:80 was accepted");
     let err = stderr(&o);
     assert!(
@@ -652,9 +523,7 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
     // Egress to the world through the daemon's ordinary sockets: TCP and
     // ICMP echo (ping sockets).
-    let world_echo = peer_echo(8080);
-    let world_echo: Vec<&str> = world_echo.iter().map(String::as_str).collect();
-    let _world_srv = Bg::spawn(&world.name, &world_echo);
+    let _world_srv = peer_echo_tcp(&world.name, 8080);
     let (ok_egress, out) = h.until_ok_in(
         &a,
         &[
@@ -677,21 +546,16 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
 
 #[test]
 fn rootless_daemon_killed_and_restarted_keeps_its_containers() {
-    if !root_or_skip("rootless_daemon_killed_and_restarted_keeps_its_containers") {
-        return;
-    }
+    require_root!();
     let user = TestUser::new();
     let Stage {
         host: mut h,
         client,
         world: _world,
     } = stage(&user);
-    let net = unique("rn");
-    h.vs_ok(&["network", "create", "--subnet", "10.242.0.0/24", &net]);
+    let net = h.network("rn", &["--subnet", "10.242.0.0/24"]);
     let a = h.run("a", &net);
-    let echo = peer_echo(80);
-    let echo: Vec<&str> = echo.iter().map(String::as_str).collect();
-    let srv = h.run_cmd("s", &net, &["-p", "8081:80"], &echo);
+    let srv = h.run_cmd("s", &net, &["-p", "8081:80"], &peer_echo_tcp_argv(80));
     let srv_ip = h.ip_of(&srv, &net);
     let o = h.exec_in(&a, &["ping", "-c", "1", "-W", "2", &srv_ip]);
     assert!(o.status.success(), "before the crash: {}", stdout(&o));
@@ -719,6 +583,7 @@ fn rootless_daemon_killed_and_restarted_keeps_its_containers() {
     let (ok_pub, out) = until_ok(
         &client.name,
         &["socat", "-T3", "-", "TCP:192.0.2.1:8081,connect-timeout=3"],
+        PATIENCE,
     );
     assert!(ok_pub, "published port after the restart: {out}");
     assert!(out.contains("peer=192.0.2.2"), "{out}");
@@ -730,9 +595,7 @@ fn rootless_daemon_killed_and_restarted_keeps_its_containers() {
 
 #[test]
 fn two_rootless_daemons_build_an_overlay() {
-    if !root_or_skip("two_rootless_daemons_build_an_overlay") {
-        return;
-    }
+    require_root!();
     tun_usable_by_everyone();
     let user = TestUser::new();
     let key = user.dir.join("cluster.key");
@@ -748,43 +611,18 @@ fn two_rootless_daemons_build_an_overlay() {
     // Two daemons of one user: each its own runtime directory, pause
     // process and user namespace.
     let host = |ip: &str| {
-        let ns = ul.plug("vsrh", &format!("{ip}/24"));
-        RootlessHost::start(
-            &user,
-            ns,
-            &[
-                "--cluster-key-file",
-                &key,
-                "--advertise-addr",
-                ip,
-                "--bind",
-                &format!("{ip}:7946"),
-            ],
-        )
+        let args = cluster_args(&key, ip);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RootlessHost::start(&user, ul.plug("vsrh", &format!("{ip}/24")), &args)
     };
     let mut h1 = host("192.0.2.21");
     let mut h2 = host("192.0.2.22");
     assert_ne!(h1.pause_pid(), h2.pause_pid());
     h2.vs_ok(&["join-cluster", "192.0.2.21"]);
     for h in [&h1, &h2] {
-        wait_for("2 alive members", PATIENCE, || {
-            let o = h.vs(&["members", "--format", "json"]);
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            v.as_array()
-                .map(|m| m.iter().filter(|m| m["State"] == "alive").count())
-                == Some(2)
-        });
+        wait_for("2 alive members", PATIENCE, || alive_members(h) == 2);
     }
-    let net = unique("ro");
-    h1.vs_ok(&[
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--subnet",
-        "10.243.0.0/24",
-        &net,
-    ]);
+    let net = h1.network("ro", &["--driver", "overlay", "--subnet", "10.243.0.0/24"]);
     wait_for("the overlay on h2", PATIENCE, || {
         h2.vs(&["network", "inspect", &net]).status.success()
     });
@@ -792,9 +630,7 @@ fn two_rootless_daemons_build_an_overlay() {
     let b = h2.run("b", &net);
     let b_ip = h2.ip_of(&b, &net);
     wait_for("b's endpoint on h1", PATIENCE, || {
-        h1.vs_json(&["network", "inspect", &net])[0]["Containers"]
-            .as_object()
-            .is_some_and(|c| c.values().any(|v| v["Name"] == b.as_str()))
+        has_container(&h1, &net, &b)
     });
     let (reached, out) = {
         let start = Instant::now();

@@ -122,13 +122,9 @@ impl Daemon {
 
     fn start(&mut self) {
         let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("vswitchd.log"))
-            .unwrap();
         let d = |p: PathBuf| p.display().to_string();
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.ns])
             .arg(bin("vswitchd"))
             .args(["--state-dir", &d(self.state())])
@@ -138,24 +134,12 @@ impl Daemon {
             .args(["--advertise-addr", HOST_ADDR])
             .args(["--bind", &format!("{HOST_ADDR}:7946")])
             .args(["--dns", "127.0.0.1", "--log-level", "debug"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting vswitchd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("vswitchd exited at start ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vswitchd did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .stdin(Stdio::null());
+        let (log, socket) = (self.dir.join("vswitchd.log"), self.socket());
+        let child = self
+            .child
+            .insert(spawn_logged(&mut command, &log, "vswitchd"));
+        wait_started(child, &socket, "vswitchd", &log);
         // The socket is bound before the state is read; the first answer
         // comes after.
         self.vs(&["network", "ls"]);
@@ -396,9 +380,7 @@ fn assert_state_as_written(d: &Daemon) {
 
 #[test]
 fn state_of_main_89781ca_is_imported_whole() {
-    if !root_or_skip("state_of_main_89781ca_is_imported_whole") {
-        return;
-    }
+    require_root!();
     let _containers = ContainerNamespaces::new();
     let host = Netns::new("vsfd");
     let peer = Netns::new("vsfp");

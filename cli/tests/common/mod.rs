@@ -23,6 +23,27 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Returns from the calling test, saying it skipped, unless it runs as
+/// root; the message names the test by its function.
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        let test = $crate::common::enclosing_fn(std::any::type_name_of_val(&here));
+        if !$crate::common::root_or_skip(test) {
+            return;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use require_root;
+
+/// The name of the function that holds the item whose type name is `path`
+/// (`crate::test_name::here` gives `test_name`).
+pub fn enclosing_fn(path: &str) -> &str {
+    let holder = path.rsplit_once("::").map_or(path, |(holder, _)| holder);
+    holder.rsplit("::").next().unwrap_or(holder)
+}
+
 /// A short unique name: `PREFIX` + pid + counter (fits a 15-byte ifname).
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -95,6 +116,93 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
     ok(&["ip", "-n", &b.name, "link", "set", &ib, "up"]);
 }
 
+/// The client side of a running vswitchd: what every kind of test host
+/// (root or rootless) answers the same way.
+pub trait Vswitch {
+    /// `vswitch args...` against this daemon.
+    fn vs(&self, args: &[&str]) -> Output;
+
+    /// The daemon's log so far.
+    fn log(&self) -> String;
+
+    /// Like [`Vswitch::vs`], panicking with stderr and the daemon log on
+    /// failure.
+    fn vs_ok(&self, args: &[&str]) -> String {
+        let out = self.vs(args);
+        assert!(
+            out.status.success(),
+            "vswitch {args:?} failed: {}\nstdout: {}\nstderr: {}\ndaemon log (tail):\n{}",
+            out.status,
+            stdout(&out),
+            stderr(&out),
+            tail(&self.log(), 40)
+        );
+        stdout(&out)
+    }
+
+    fn vs_json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.vs_ok(args)).expect("JSON output")
+    }
+
+    /// `vswitch network create FLAGS... NAME` with a unique name made from
+    /// `prefix`; returns the name.
+    fn network(&self, prefix: &str, flags: &[&str]) -> String {
+        let name = unique(prefix);
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(flags);
+        args.push(&name);
+        self.vs_ok(&args);
+        name
+    }
+
+    /// The IPv4 address of a container on a network.
+    fn ip_of(&self, container: &str, network: &str) -> String {
+        let v = self.vs_json(&["inspect", container]);
+        v[0]["Networks"][network]["IPAddress"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{container} has no IPv4 on {network}: {v}"))
+            .to_string()
+    }
+}
+
+/// Spawns `command` with stdout and stderr appended to the file `log`;
+/// `what` names it if it cannot start.
+pub fn spawn_logged(command: &mut Command, log: &Path, what: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    command
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e:?}"))
+}
+
+/// Waits up to 20 s for a daemon (`what`) to accept connections on
+/// `socket`, panicking with its log (the file `log`) if it exits first or
+/// does not start in time. The caller holds the daemon, so a panic here
+/// still stops it.
+pub fn wait_started(daemon: &mut Child, socket: &Path, what: &str, log: &Path) {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return;
+        }
+        if let Some(status) = daemon.try_wait().unwrap() {
+            panic!("{what} exited at start ({status}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A vswitchd in a namespace of its own.
 pub struct Host {
     pub ns: Netns,
@@ -138,11 +246,6 @@ impl Host {
     }
 
     fn spawn_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("vswitchd.log"))
-            .unwrap();
         let mut args: Vec<String> = vec![
             "netns".into(),
             "exec".into(),
@@ -162,33 +265,13 @@ impl Host {
             args.extend(["--dns".into(), "127.0.0.1".into()]);
         }
         args.extend(self.extra_args.iter().cloned());
-        let child = Command::new("ip")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting vswitchd");
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!("vswitchd exited at start ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vswitchd did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
+        let mut command = Command::new("ip");
+        command.args(&args).stdin(Stdio::null());
+        let log = self.dir.join("vswitchd.log");
+        let daemon = self
+            .daemon
+            .insert(spawn_logged(&mut command, &log, "vswitchd"));
+        wait_started(daemon, &self.socket, "vswitchd", &log);
     }
 
     pub fn pid(&self) -> u32 {
@@ -249,8 +332,42 @@ impl Host {
         None
     }
 
+    /// `vswitch run -d --name NAME --network NET extra... -- sleep 600`;
+    /// returns the container name (also its namespace's name).
+    pub fn run(&mut self, prefix: &str, network: &str, extra: &[&str]) -> String {
+        let name = unique(prefix);
+        self.containers.push(name.clone());
+        self.vs_ok(&run_detached(&name, network, extra, &["sleep", "600"]));
+        name
+    }
+}
+
+/// The arguments of `vswitch run --rm --name NAME --network NET -- CMD...`
+/// (in the foreground, removed when CMD ends).
+pub fn run_rm<'a>(name: &'a str, network: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rm", "--name", name, "--network", network, "--"];
+    args.extend_from_slice(cmd);
+    args
+}
+
+/// The arguments of `vswitch run -d --name NAME --network NET EXTRA... --
+/// CMD...`.
+pub fn run_detached<'a>(
+    name: &'a str,
+    network: &'a str,
+    extra: &[&'a str],
+    cmd: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["run", "-d", "--name", name, "--network", network];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    args
+}
+
+impl Vswitch for Host {
     /// `vswitch --host unix://SOCKET args...`
-    pub fn vs(&self, args: &[&str]) -> Output {
+    fn vs(&self, args: &[&str]) -> Output {
         Command::new(bin("vswitch"))
             .arg("--host")
             .arg(format!("unix://{}", self.socket.display()))
@@ -260,43 +377,8 @@ impl Host {
             .expect("running vswitch")
     }
 
-    /// Like [`Host::vs`], panicking with stderr and the daemon log on failure.
-    pub fn vs_ok(&self, args: &[&str]) -> String {
-        let out = self.vs(args);
-        assert!(
-            out.status.success(),
-            "vswitch {args:?} failed: {}\nstdout: {}\nstderr: {}\ndaemon log (tail):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            tail(&self.log(), 40)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn vs_json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.vs_ok(args)).expect("JSON output")
-    }
-
-    /// `vswitch run -d --name NAME --network NET extra... -- sleep 600`;
-    /// returns the container name (also its namespace's name).
-    pub fn run(&mut self, prefix: &str, network: &str, extra: &[&str]) -> String {
-        let name = unique(prefix);
-        let mut args = vec!["run", "-d", "--name", &name, "--network", network];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "sleep", "600"]);
-        self.containers.push(name.clone());
-        self.vs_ok(&args);
-        name
-    }
-
-    /// The IPv4 address of a container on a network.
-    pub fn ip_of(&self, container: &str, network: &str) -> String {
-        let v = self.vs_json(&["inspect", container]);
-        v[0]["Networks"][network]["IPAddress"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{container} has no IPv4 on {network}: {v}"))
-            .to_string()
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
     }
 }
 
@@ -437,7 +519,7 @@ pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out after {within:?} waiting for {what}");
 }
 
-pub fn alive_members(h: &Host) -> usize {
+pub fn alive_members(h: &impl Vswitch) -> usize {
     let out = h.vs(&["members", "--format", "json"]);
     if !out.status.success() {
         return 0;
@@ -466,4 +548,139 @@ pub fn resolves(ns: &str, server: &str, name: &str) -> Option<String> {
         .map(str::trim)
         .find(|l| l.parse::<std::net::IpAddr>().is_ok())
         .map(str::to_string)
+}
+
+/// A background program in a namespace (run as root), killed on drop.
+pub struct Bg(Child);
+
+impl Bg {
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(ns: &str, argv: &[S]) -> Bg {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning a server");
+        Bg(child)
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The command of a TCP server answering every connection with the peer's
+/// address.
+pub fn peer_echo_tcp_argv(port: u16) -> Vec<String> {
+    vec![
+        "socat".into(),
+        format!("TCP-LISTEN:{port},fork,reuseaddr"),
+        "SYSTEM:echo peer=$SOCAT_PEERADDR".into(),
+    ]
+}
+
+/// A TCP server in `ns` that answers every connection with the peer's
+/// address.
+pub fn peer_echo_tcp(ns: &str, port: u16) -> Bg {
+    Bg::spawn(ns, &peer_echo_tcp_argv(port))
+}
+
+/// A UDP server in `ns` that answers every datagram with the peer's
+/// address.
+pub fn peer_echo_udp(ns: &str, port: u16) -> Bg {
+    Bg::spawn(
+        ns,
+        &[
+            "socat",
+            &format!("UDP-RECVFROM:{port},fork"),
+            "SYSTEM:echo peer=$SOCAT_PEERADDR",
+        ],
+    )
+}
+
+/// Runs `run` until it succeeds with non-empty output or `within` passes;
+/// returns success and the last output (with its stderr on failure).
+pub fn until_ok_with(within: Duration, mut run: impl FnMut() -> Output) -> (bool, String) {
+    let start = Instant::now();
+    loop {
+        let o = run();
+        let out = stdout(&o);
+        if o.status.success() && !out.trim().is_empty() {
+            return (true, out);
+        }
+        if start.elapsed() > within {
+            return (false, format!("{out}{}", stderr(&o)));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `argv` in `ns` (as root) until it succeeds with non-empty output
+/// or `within` passes; returns success and the last output.
+pub fn until_ok(ns: &str, argv: &[&str], within: Duration) -> (bool, String) {
+    until_ok_with(within, || ns_exec(ns, argv))
+}
+
+/// A file of the test (a cluster key, say), removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// `contents` in a file of the temporary directory named after `tag`
+    /// and the test's process.
+    pub fn new(tag: &str, contents: &str) -> TempFile {
+        let p = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::write(&p, contents).unwrap();
+        TempFile(p)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The vswitchd flags of a cluster member at `ip` (gossip on port 7946)
+/// with the cluster key in the file `key`.
+pub fn cluster_args(key: &str, ip: &str) -> Vec<String> {
+    [
+        "--cluster-key-file",
+        key,
+        "--advertise-addr",
+        ip,
+        "--bind",
+        &format!("{ip}:7946"),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+impl Host {
+    /// A cluster member: a namespace named from `prefix` plugged into
+    /// `ul` at `ip`/24, its daemon with the cluster key in `key` and
+    /// `extra` flags.
+    pub fn in_cluster(ul: &Underlay, prefix: &str, ip: &str, key: &Path, extra: &[&str]) -> Host {
+        let ns = ul.plug(prefix, &format!("{ip}/24"));
+        let mut args = cluster_args(key.to_str().unwrap(), ip);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Host::start_in(ns, &args)
+    }
+}
+
+/// Whether `h`'s view of `net` lists a container named `name` (on this
+/// host or another).
+pub fn has_container(h: &impl Vswitch, net: &str, name: &str) -> bool {
+    h.vs_json(&["network", "inspect", net])[0]["Containers"]
+        .as_object()
+        .is_some_and(|c| c.values().any(|v| v["Name"] == name))
 }

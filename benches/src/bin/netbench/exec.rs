@@ -128,17 +128,7 @@ impl Shell {
         }
         let (out_path, out) = self.out_file("stdout")?;
         let (err_path, err) = self.out_file("stderr")?;
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::Spawn {
-                argv: shown.clone(),
-                source: e,
-            })?;
+        let mut child = spawn_group(argv, &shown, out, err)?;
         let deadline = Instant::now() + limit;
         let status = loop {
             match child.try_wait() {
@@ -197,23 +187,34 @@ impl Shell {
         };
         let out = File::create(&log).map_err(io_err)?;
         let err = out.try_clone().map_err(io_err)?;
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::Spawn {
-                argv: shown.clone(),
-                source: e,
-            })?;
+        let child = spawn_group(argv, &shown, out, err)?;
         Ok(Background {
             child: Some(child),
             argv: shown,
             log,
         })
     }
+}
+
+/// Starts `argv` (`shown` in errors) in a process group of its own, with
+/// no stdin and its output in the files `out` and `err`.
+fn spawn_group<S: AsRef<OsStr>>(
+    argv: &[S],
+    shown: &str,
+    out: File,
+    err: File,
+) -> Result<Child, Error> {
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Spawn {
+            argv: shown.to_string(),
+            source: e,
+        })
 }
 
 fn check<S: AsRef<OsStr>>(argv: &[S], out: Output) -> Result<String, Error> {

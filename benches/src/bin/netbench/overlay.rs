@@ -28,7 +28,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::exec::Shell;
-use crate::scenario::{wait_until, Deployment, Endpoints, Env, Netns, Scenario, VswitchHost, STEP};
+use crate::scenario::{
+    add_bridge, add_veth, address_up, bridge_port, report_cleanup, wait_until, Deployment,
+    Endpoints, Env, Netns, Scenario, VswitchHost, STEP,
+};
 use crate::Error;
 
 /// The overlay network's VXLAN network identifier, the same in both.
@@ -64,15 +67,7 @@ pub struct Underlay {
 impl Underlay {
     pub fn create(sh: &Shell, name: String) -> Result<Underlay, Error> {
         let ns = Netns::create(sh, name)?;
-        let n = ns.name();
-        let mtu = UNDERLAY_MTU.to_string();
-        sh.ok(
-            &[
-                "ip", "-n", n, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
-            ],
-            STEP,
-        )?;
-        sh.ok(&["ip", "-n", n, "link", "set", "br0", "up"], STEP)?;
+        add_bridge(sh, ns.name(), UNDERLAY_MTU)?;
         Ok(Underlay { ns })
     }
 
@@ -86,35 +81,14 @@ impl Underlay {
         addr: Option<Ipv4Addr>,
     ) -> Result<(), Error> {
         let (ul, h) = (self.ns.name(), host.name());
-        let mtu = UNDERLAY_MTU.to_string();
-        sh.ok(
-            &[
-                "ip", "link", "add", "ul0", "netns", h, "mtu", &mtu, "type", "veth", "peer",
-                "name", port, "netns", ul, "mtu", &mtu,
-            ],
-            STEP,
-        )?;
-        sh.ok(
-            &["ip", "-n", ul, "link", "set", port, "master", "br0", "up"],
-            STEP,
-        )?;
-        if let Some(addr) = addr {
-            sh.ok(
-                &[
-                    "ip",
-                    "-n",
-                    h,
-                    "addr",
-                    "add",
-                    &format!("{addr}/{UNDERLAY_PREFIX_LEN}"),
-                    "dev",
-                    "ul0",
-                ],
-                STEP,
-            )?;
+        add_veth(sh, (h, "ul0"), (ul, port), UNDERLAY_MTU)?;
+        bridge_port(sh, ul, port)?;
+        match addr {
+            Some(addr) => address_up(sh, h, "ul0", &format!("{addr}/{UNDERLAY_PREFIX_LEN}")),
+            None => sh
+                .ok(&["ip", "-n", h, "link", "set", "ul0", "up"], STEP)
+                .map(|_| ()),
         }
-        sh.ok(&["ip", "-n", h, "link", "set", "ul0", "up"], STEP)?;
-        Ok(())
     }
 
     /// Deletes the underlay's namespace (and so its bridge).
@@ -168,14 +142,12 @@ impl Scenario for KernelVxlan {
         underlay.plug(sh, &h2, "p2", Some(HOST_IPS[1]))?;
         vxlan_host(sh, &h1, HOST_IPS[0], HOST_IPS[1], &a, KERNEL_A_IP)?;
         vxlan_host(sh, &h2, HOST_IPS[1], HOST_IPS[0], &b, KERNEL_B_IP)?;
-        let ep = Endpoints {
-            a_ns: a.name().to_string(),
-            b_ns: b.name().to_string(),
-            b_ip: IpAddr::V4(KERNEL_B_IP),
-            server_ip: IpAddr::V4(KERNEL_B_IP),
-            mtu: OVERLAY_MTU,
-            watched: Vec::new(),
-        };
+        let ep = Endpoints::direct(
+            a.name().to_string(),
+            b.name().to_string(),
+            KERNEL_B_IP,
+            OVERLAY_MTU,
+        );
         Ok(Box::new(KernelVxlanDeployment {
             ep,
             a,
@@ -200,13 +172,7 @@ fn vxlan_host(
     let (h, c) = (host.name(), container.name());
     let mtu = OVERLAY_MTU.to_string();
     let (vni, port, local) = (VNI.to_string(), VXLAN_PORT.to_string(), local.to_string());
-    sh.ok(
-        &[
-            "ip", "-n", h, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
-        ],
-        STEP,
-    )?;
-    sh.ok(&["ip", "-n", h, "link", "set", "br0", "up"], STEP)?;
+    add_bridge(sh, h, OVERLAY_MTU)?;
     // Learning stays on (as Docker's driver leaves it): B's MAC is learnt
     // from its first frame; the all-zeros entry carries the broadcasts.
     sh.ok(
@@ -231,36 +197,10 @@ fn vxlan_host(
         ],
         STEP,
     )?;
-    sh.ok(
-        &["ip", "-n", h, "link", "set", "vx0", "master", "br0", "up"],
-        STEP,
-    )?;
-    sh.ok(
-        &[
-            "ip", "link", "add", "eth0", "netns", c, "mtu", &mtu, "type", "veth", "peer", "name",
-            "veth0", "netns", h, "mtu", &mtu,
-        ],
-        STEP,
-    )?;
-    sh.ok(
-        &["ip", "-n", h, "link", "set", "veth0", "master", "br0", "up"],
-        STEP,
-    )?;
-    sh.ok(
-        &[
-            "ip",
-            "-n",
-            c,
-            "addr",
-            "add",
-            &format!("{ip}/{OVERLAY_PREFIX_LEN}"),
-            "dev",
-            "eth0",
-        ],
-        STEP,
-    )?;
-    sh.ok(&["ip", "-n", c, "link", "set", "eth0", "up"], STEP)?;
-    Ok(())
+    bridge_port(sh, h, "vx0")?;
+    add_veth(sh, (c, "eth0"), (h, "veth0"), OVERLAY_MTU)?;
+    bridge_port(sh, h, "veth0")?;
+    address_up(sh, c, "eth0", &format!("{ip}/{OVERLAY_PREFIX_LEN}"))
 }
 
 impl Deployment for KernelVxlanDeployment {
@@ -343,14 +283,13 @@ impl Scenario for VswitchOverlay {
         // Names: `nb<tag>o…` for the plain overlay, `nb<tag>q…` encrypted.
         let p = if self.encrypted { "q" } else { "o" };
         let mut d = VswitchOverlayDeployment {
-            ep: Endpoints {
-                a_ns: format!("nb{}{p}a", env.tag),
-                b_ns: format!("nb{}{p}b", env.tag),
-                b_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                server_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                mtu: OVERLAY_MTU,
-                watched: Vec::new(),
-            },
+            // B's address (and the MTU) once the network is made.
+            ep: Endpoints::direct(
+                format!("nb{}{p}a", env.tag),
+                format!("nb{}{p}b", env.tag),
+                Ipv4Addr::UNSPECIFIED,
+                OVERLAY_MTU,
+            ),
             hosts: Vec::new(),
             underlay: None,
             key_file: None,
@@ -497,9 +436,7 @@ impl Deployment for VswitchOverlayDeployment {
 
 impl Drop for VswitchOverlayDeployment {
     fn drop(&mut self) {
-        for e in self.teardown_all() {
-            eprintln!("netbench: cleanup: {e}");
-        }
+        report_cleanup(self.teardown_all());
     }
 }
 

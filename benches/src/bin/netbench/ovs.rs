@@ -25,7 +25,7 @@
 //!   for a tunnel ("Tunneling packets with HW offload flags is not
 //!   supported").
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use crate::cpu::Watched;
 use crate::exec::{in_ns, interrupted, on_path, Background, Shell};
 use crate::overlay::{Underlay, HOST_IPS, OVERLAY_MTU, VNI, VXLAN_PORT};
 use crate::scenario::{
-    Deployment, Endpoints, Env, Netns, Scenario, A_IP, B_IP, MTU, PREFIX_LEN, STEP,
+    report_cleanup, Deployment, Endpoints, Env, Netns, Scenario, A_IP, B_IP, MTU, PREFIX_LEN, STEP,
 };
 use crate::Error;
 
@@ -239,9 +239,7 @@ impl Ovs {
 
 impl Drop for Ovs {
     fn drop(&mut self) {
-        for e in self.stop() {
-            eprintln!("netbench: cleanup: {e}");
-        }
+        report_cleanup(self.stop());
     }
 }
 
@@ -396,14 +394,8 @@ impl Scenario for OvsBridge {
         for (c, port, ip) in [(&a, "tapa", A_IP), (&b, "tapb", B_IP)] {
             tap_port_into(sh, &ovs, (&host, "br0", port), c, (ip, PREFIX_LEN, MTU))?;
         }
-        let ep = Endpoints {
-            a_ns: a.name().to_string(),
-            b_ns: b.name().to_string(),
-            b_ip: IpAddr::V4(B_IP),
-            server_ip: IpAddr::V4(B_IP),
-            mtu: MTU,
-            watched: ovs.watched().into_iter().collect(),
-        };
+        let mut ep = Endpoints::direct(a.name().to_string(), b.name().to_string(), B_IP, MTU);
+        ep.watched.extend(ovs.watched());
         Ok(Box::new(OvsBridgeDeployment {
             ep,
             ovs,
@@ -466,14 +458,8 @@ impl Scenario for OvsVxlan {
         check_installed()?;
         let sh = &env.sh;
         let mut d = OvsVxlanDeployment {
-            ep: Endpoints {
-                a_ns: String::new(),
-                b_ns: String::new(),
-                b_ip: IpAddr::V4(OVERLAY_B_IP),
-                server_ip: IpAddr::V4(OVERLAY_B_IP),
-                mtu: OVERLAY_MTU,
-                watched: Vec::new(),
-            },
+            // The containers' names once they are made.
+            ep: Endpoints::direct(String::new(), String::new(), OVERLAY_B_IP, OVERLAY_MTU),
             ovs: Vec::new(),
             containers: Vec::new(),
             hosts: Vec::new(),
@@ -624,9 +610,7 @@ impl Deployment for OvsVxlanDeployment {
 
 impl Drop for OvsVxlanDeployment {
     fn drop(&mut self) {
-        for e in self.teardown_all() {
-            eprintln!("netbench: cleanup: {e}");
-        }
+        report_cleanup(self.teardown_all());
     }
 }
 

@@ -25,7 +25,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::exec::{in_ns, listening_ports, on_path, wait_listening, Background, Shell};
-use crate::scenario::{wait_until, Deployment, Endpoints, Env, Netns, Scenario, VswitchHost, STEP};
+use crate::scenario::{
+    add_veth, address_up, wait_until, Deployment, Endpoints, Env, Netns, Scenario, VswitchHost,
+    STEP,
+};
 use crate::workload::{Workload, ECHO_PORT, IPERF_PORT};
 use crate::Error;
 
@@ -82,36 +85,9 @@ fn veth(
     (a, a_if, a_ip): (&Netns, &str, Ipv4Addr),
     (b, b_if, b_ip): (&Netns, &str, Ipv4Addr),
 ) -> Result<(), Error> {
-    let mtu = VETH_MTU.to_string();
-    sh.ok(
-        &[
-            "ip",
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name(),
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-            "mtu",
-            &mtu,
-        ],
-        STEP,
-    )?;
+    add_veth(sh, (a.name(), a_if), (b.name(), b_if), VETH_MTU)?;
     for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
-        let addr = format!("{ip}/{LINK_PREFIX_LEN}");
-        sh.ok(
-            &["ip", "-n", ns.name(), "addr", "add", &addr, "dev", ifname],
-            STEP,
-        )?;
-        sh.ok(&["ip", "-n", ns.name(), "link", "set", ifname, "up"], STEP)?;
+        address_up(sh, ns.name(), ifname, &format!("{ip}/{LINK_PREFIX_LEN}"))?;
     }
     Ok(())
 }
@@ -163,6 +139,18 @@ fn unanswered_default_route(sh: &Shell, ns: &Netns, via: Ipv4Addr, dev: &str) ->
     .map(|_| ())
 }
 
+/// Fails with the end of its log when the forwarder `proc_` has exited.
+fn still_running(proc_: &mut Background) -> Result<(), Error> {
+    match proc_.exited() {
+        Some(status) => Err(Error::Setup(format!(
+            "`{}` exited ({status}): {}",
+            proc_.argv(),
+            proc_.log_tail(10)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Waits until `ns` has an IPv4 address `addr` (a forwarder configured it).
 fn wait_address(sh: &Shell, ns: &str, addr: Ipv4Addr, proc_: &mut Background) -> Result<(), Error> {
     let want = format!("inet {addr}/");
@@ -170,13 +158,7 @@ fn wait_address(sh: &Shell, ns: &str, addr: Ipv4Addr, proc_: &mut Background) ->
         &format!("{} to configure {ns}", proc_.argv()),
         READY,
         || {
-            if let Some(status) = proc_.exited() {
-                return Err(Error::Setup(format!(
-                    "`{}` exited ({status}): {}",
-                    proc_.argv(),
-                    proc_.log_tail(10)
-                )));
-            }
+            still_running(proc_)?;
             let out = sh.ok(&["ip", "-n", ns, "-4", "-o", "addr", "show"], STEP)?;
             Ok(out.contains(&want))
         },
@@ -186,13 +168,7 @@ fn wait_address(sh: &Shell, ns: &str, addr: Ipv4Addr, proc_: &mut Background) ->
 /// Waits until `ns` has a default route (a forwarder configured it).
 fn wait_default_route(sh: &Shell, ns: &str, proc_: &mut Background) -> Result<(), Error> {
     wait_until(&format!("{} to route {ns}", proc_.argv()), READY, || {
-        if let Some(status) = proc_.exited() {
-            return Err(Error::Setup(format!(
-                "`{}` exited ({status}): {}",
-                proc_.argv(),
-                proc_.log_tail(10)
-            )));
-        }
+        still_running(proc_)?;
         let out = sh.ok(&["ip", "-n", ns, "-4", "route", "show", "default"], STEP)?;
         Ok(!out.trim().is_empty())
     })
@@ -208,13 +184,7 @@ fn wait_ports(proc_: &mut Background, ports: &[u16]) -> Result<(), Error> {
         &format!("{} to listen on {ports:?}", proc_.argv()),
         READY,
         || {
-            if let Some(status) = proc_.exited() {
-                return Err(Error::Setup(format!(
-                    "`{}` exited ({status}): {}",
-                    proc_.argv(),
-                    proc_.log_tail(10)
-                )));
-            }
+            still_running(proc_)?;
             let open = listening_ports(pid);
             Ok(ports.iter().all(|p| open.contains(p)))
         },
@@ -293,32 +263,33 @@ fn publish_endpoints(client: String, container: String) -> Endpoints {
 }
 
 fn egress_endpoints(container: String, world: String, mtu: u32) -> Endpoints {
-    Endpoints {
-        a_ns: container,
-        b_ns: world,
-        b_ip: IpAddr::V4(WORLD_IP),
-        server_ip: IpAddr::V4(WORLD_IP),
-        mtu,
-        watched: Vec::new(),
-    }
+    Endpoints::direct(container, world, WORLD_IP, mtu)
 }
 
 /// Makes the client namespace and the host namespace joined by the client
-/// link, both tuned for many short connections; the client is kept in `d`.
-fn client_and_host(env: &Env, d: &mut Built, prefix: &str) -> Result<Netns, Error> {
+/// link, both tuned for many short connections. Returns what the publish
+/// group's scenario `prefix` builds on, holding the client, with the client
+/// as A and the container `nb<tag><prefix>b` (not made yet) as B; and the
+/// host, for the caller to keep.
+fn client_and_host(env: &Env, prefix: &str) -> Result<(Built, Netns), Error> {
     let sh = &env.sh;
     let client = Netns::create(sh, format!("nb{}{prefix}c", env.tag))?;
     let host = Netns::create(sh, format!("nb{}{prefix}h", env.tag))?;
     veth(sh, (&client, "eth0", CLIENT_IP), (&host, "cl0", HOST_IP))?;
     many_connections(sh, &client)?;
     many_connections(sh, &host)?;
+    let container = format!("nb{}{prefix}b", env.tag);
+    let mut d = Built::new(publish_endpoints(client.name().to_string(), container));
     d.keep(client);
-    Ok(host)
+    Ok((d, host))
 }
 
 /// Makes the world namespace and the host namespace joined by the world
-/// link; ping sockets allowed in the host; the world is kept in `d`.
-fn world_and_host(env: &Env, d: &mut Built, prefix: &str) -> Result<Netns, Error> {
+/// link; ping sockets allowed in the host. Returns what the egress group's
+/// scenario `prefix` builds on, holding the world, with the container
+/// `nb<tag><prefix>b` (not made yet, its link's MTU `mtu`) as A and the
+/// world as B; and the host, for the caller to keep.
+fn world_and_host(env: &Env, prefix: &str, mtu: u32) -> Result<(Built, Netns), Error> {
     let sh = &env.sh;
     let world = Netns::create(sh, format!("nb{}{prefix}w", env.tag))?;
     let host = Netns::create(sh, format!("nb{}{prefix}h", env.tag))?;
@@ -328,8 +299,10 @@ fn world_and_host(env: &Env, d: &mut Built, prefix: &str) -> Result<Netns, Error
         (&host, "wl0", HOST_WORLD_IP),
     )?;
     allow_ping_sockets(sh, &host)?;
+    let container = format!("nb{}{prefix}b", env.tag);
+    let mut d = Built::new(egress_endpoints(container, world.name().to_string(), mtu));
     d.keep(world);
-    Ok(host)
+    Ok((d, host))
 }
 
 /// Starts pasta in `host`, attached to `container`'s namespace, with TCP
@@ -417,12 +390,9 @@ impl Scenario for SocatRelay {
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
         require("socat", "socat")?;
         let sh = &env.sh;
-        let container = format!("nb{}psb", env.tag);
-        let mut d = Built::new(publish_endpoints(String::new(), container.clone()));
-        let host = client_and_host(env, &mut d, "ps")?;
+        let (mut d, host) = client_and_host(env, "ps")?;
         let host = d.keep(host);
-        d.ep.a_ns = d.nss[0].name().to_string();
-        let c = d.keep(Netns::create(sh, container)?);
+        let c = d.keep(Netns::create(sh, d.ep.b_ns.clone())?);
         veth(
             sh,
             (d.ns(&c), "eth0", PUBLISH_CONTAINER_IP),
@@ -476,13 +446,10 @@ impl Scenario for PastaPublish {
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
         require("pasta", "passt")?;
         let sh = &env.sh;
-        let container = format!("nb{}ppb", env.tag);
-        let mut d = Built::new(publish_endpoints(String::new(), container.clone()));
-        let host = client_and_host(env, &mut d, "pp")?;
+        let (mut d, host) = client_and_host(env, "pp")?;
         let host = d.keep(host);
-        d.ep.a_ns = d.nss[0].name().to_string();
         unanswered_default_route(sh, d.ns(&host), CLIENT_LINK_GW, "cl0")?;
-        let c = d.keep(Netns::create(sh, container)?);
+        let c = d.keep(Netns::create(sh, d.ep.b_ns.clone())?);
         // pasta gives the container a copy of the host's address.
         let pasta = start_pasta(
             env,
@@ -523,10 +490,8 @@ impl Scenario for VswitchPublish {
 
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
         VswitchHost::check_binaries(env)?;
-        let container = format!("nb{}pvb", env.tag);
-        let mut d = Built::new(publish_endpoints(String::new(), container.clone()));
-        let host_ns = client_and_host(env, &mut d, "pv")?;
-        d.ep.a_ns = d.nss[0].name().to_string();
+        let (mut d, host_ns) = client_and_host(env, "pv")?;
+        let container = d.ep.b_ns.clone();
         let host = d
             .host
             .insert(VswitchHost::start(env, host_ns, "vswitchd", &[])?);
@@ -585,17 +550,10 @@ impl Scenario for PastaEgress {
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
         require("pasta", "passt")?;
         let sh = &env.sh;
-        let container = format!("nb{}epb", env.tag);
-        let mut d = Built::new(egress_endpoints(
-            container.clone(),
-            String::new(),
-            USERMODE_MTU,
-        ));
-        let host = world_and_host(env, &mut d, "ep")?;
+        let (mut d, host) = world_and_host(env, "ep", USERMODE_MTU)?;
         let host = d.keep(host);
-        d.ep.b_ns = d.nss[0].name().to_string();
         unanswered_default_route(sh, d.ns(&host), WORLD_LINK_GW, "wl0")?;
-        let c = d.keep(Netns::create(sh, container)?);
+        let c = d.keep(Netns::create(sh, d.ep.a_ns.clone())?);
         let pasta = start_pasta(env, d.ns(&host), d.ns(&c), &[], HOST_WORLD_IP)?;
         d.ep.watched.extend(watch("pasta", &pasta));
         d.procs.push(pasta);
@@ -630,16 +588,9 @@ impl Scenario for SlirpEgress {
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
         require("slirp4netns", "slirp4netns")?;
         let sh = &env.sh;
-        let container = format!("nb{}esb", env.tag);
-        let mut d = Built::new(egress_endpoints(
-            container.clone(),
-            String::new(),
-            USERMODE_MTU,
-        ));
-        let host = world_and_host(env, &mut d, "es")?;
+        let (mut d, host) = world_and_host(env, "es", USERMODE_MTU)?;
         let host = d.keep(host);
-        d.ep.b_ns = d.nss[0].name().to_string();
-        let c = d.keep(Netns::create(sh, container)?);
+        let c = d.keep(Netns::create(sh, d.ep.a_ns.clone())?);
         let mtu = format!("--mtu={USERMODE_MTU}");
         let netns = format!("/run/netns/{c}");
         let mut slirp = sh.spawn(
@@ -692,10 +643,8 @@ impl Scenario for VswitchEgress {
 
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
         VswitchHost::check_binaries(env)?;
-        let container = format!("nb{}evb", env.tag);
-        let mut d = Built::new(egress_endpoints(container.clone(), String::new(), VETH_MTU));
-        let host_ns = world_and_host(env, &mut d, "ev")?;
-        d.ep.b_ns = d.nss[0].name().to_string();
+        let (mut d, host_ns) = world_and_host(env, "ev", VETH_MTU)?;
+        let container = d.ep.a_ns.clone();
         let host = d
             .host
             .insert(VswitchHost::start(env, host_ns, "vswitchd", &[])?);

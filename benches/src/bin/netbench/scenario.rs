@@ -60,6 +60,28 @@ pub struct Endpoints {
     pub watched: Vec<Watched>,
 }
 
+impl Endpoints {
+    /// A sends to B's own address `b_ip`, where B's servers listen.
+    pub fn direct(a_ns: String, b_ns: String, b_ip: Ipv4Addr, mtu: u32) -> Endpoints {
+        Endpoints {
+            a_ns,
+            b_ns,
+            b_ip: IpAddr::V4(b_ip),
+            server_ip: IpAddr::V4(b_ip),
+            mtu,
+            watched: Vec::new(),
+        }
+    }
+}
+
+/// Says what a teardown run from `Drop` could not remove (nobody else
+/// would hear of it).
+pub fn report_cleanup(errors: impl IntoIterator<Item = Error>) {
+    for e in errors {
+        eprintln!("netbench: cleanup: {e}");
+    }
+}
+
 /// A set-up scenario; [`Deployment::teardown`] (or drop) removes it.
 pub trait Deployment: std::fmt::Debug {
     fn endpoints(&self) -> &Endpoints;
@@ -148,10 +170,56 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Err(e) = self.delete() {
-            eprintln!("netbench: cleanup: {e}");
-        }
+        report_cleanup(self.delete().err());
     }
+}
+
+/// A Linux bridge `br0` with `mtu` in `ns`, up.
+pub fn add_bridge(sh: &Shell, ns: &str, mtu: u32) -> Result<(), Error> {
+    let mtu = mtu.to_string();
+    sh.ok(
+        &[
+            "ip", "-n", ns, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
+        ],
+        STEP,
+    )?;
+    sh.ok(&["ip", "-n", ns, "link", "set", "br0", "up"], STEP)?;
+    Ok(())
+}
+
+/// Makes `port` in `ns` a port of the bridge `br0` there, up.
+pub fn bridge_port(sh: &Shell, ns: &str, port: &str) -> Result<(), Error> {
+    sh.ok(
+        &["ip", "-n", ns, "link", "set", port, "master", "br0", "up"],
+        STEP,
+    )
+    .map(|_| ())
+}
+
+/// A veth pair made directly inside two namespaces, so nothing appears in
+/// ours: `a_if` in `a_ns` and `b_if` in `b_ns`, both with `mtu`.
+pub fn add_veth(
+    sh: &Shell,
+    (a_ns, a_if): (&str, &str),
+    (b_ns, b_if): (&str, &str),
+    mtu: u32,
+) -> Result<(), Error> {
+    let mtu = mtu.to_string();
+    sh.ok(
+        &[
+            "ip", "link", "add", a_if, "netns", a_ns, "mtu", &mtu, "type", "veth", "peer", "name",
+            b_if, "netns", b_ns, "mtu", &mtu,
+        ],
+        STEP,
+    )
+    .map(|_| ())
+}
+
+/// Gives `dev` in `ns` the address `cidr` (`ADDR/LEN`) and sets it up.
+pub fn address_up(sh: &Shell, ns: &str, dev: &str, cidr: &str) -> Result<(), Error> {
+    sh.ok(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev], STEP)?;
+    sh.ok(&["ip", "-n", ns, "link", "set", dev, "up"], STEP)?;
+    Ok(())
 }
 
 /// Docker's bridge driver done by the kernel: A and B each have a veth
@@ -191,65 +259,13 @@ impl Scenario for KernelBridge {
         let b = Netns::create(sh, format!("nb{}kb", env.tag))?;
         let bridge = Netns::create(sh, format!("nb{}kbr", env.tag))?;
         let br = bridge.name();
-        let mtu = MTU.to_string();
-        sh.ok(
-            &[
-                "ip", "-n", br, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
-            ],
-            STEP,
-        )?;
-        sh.ok(&["ip", "-n", br, "link", "set", "br0", "up"], STEP)?;
+        add_bridge(sh, br, MTU)?;
         for (ns, ip, port) in [(&a, A_IP, "veth-a"), (&b, B_IP, "veth-b")] {
-            // Made directly inside the namespaces: nothing appears in ours.
-            sh.ok(
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    "eth0",
-                    "netns",
-                    ns.name(),
-                    "mtu",
-                    &mtu,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    port,
-                    "netns",
-                    br,
-                    "mtu",
-                    &mtu,
-                ],
-                STEP,
-            )?;
-            sh.ok(
-                &["ip", "-n", br, "link", "set", port, "master", "br0", "up"],
-                STEP,
-            )?;
-            sh.ok(
-                &[
-                    "ip",
-                    "-n",
-                    ns.name(),
-                    "addr",
-                    "add",
-                    &format!("{ip}/{PREFIX_LEN}"),
-                    "dev",
-                    "eth0",
-                ],
-                STEP,
-            )?;
-            sh.ok(&["ip", "-n", ns.name(), "link", "set", "eth0", "up"], STEP)?;
+            add_veth(sh, (ns.name(), "eth0"), (br, port), MTU)?;
+            bridge_port(sh, br, port)?;
+            address_up(sh, ns.name(), "eth0", &format!("{ip}/{PREFIX_LEN}"))?;
         }
-        let ep = Endpoints {
-            a_ns: a.name().to_string(),
-            b_ns: b.name().to_string(),
-            b_ip: IpAddr::V4(B_IP),
-            server_ip: IpAddr::V4(B_IP),
-            mtu: MTU,
-            watched: Vec::new(),
-        };
+        let ep = Endpoints::direct(a.name().to_string(), b.name().to_string(), B_IP, MTU);
         Ok(Box::new(KernelBridgeDeployment { ep, a, b, bridge }))
     }
 }
@@ -306,14 +322,8 @@ impl Scenario for VswitchBridge {
         for (name, ip) in [(&a, A_IP), (&b, B_IP)] {
             host.run_container(name, &net, &["--ip", &ip.to_string()], env.duration)?;
         }
-        let ep = Endpoints {
-            a_ns: a,
-            b_ns: b,
-            b_ip: IpAddr::V4(B_IP),
-            server_ip: IpAddr::V4(B_IP),
-            mtu: MTU,
-            watched: host.watched().into_iter().collect(),
-        };
+        let mut ep = Endpoints::direct(a, b, B_IP, MTU);
+        ep.watched.extend(host.watched());
         Ok(Box::new(VswitchDeployment { ep, host }))
     }
 }
@@ -629,9 +639,7 @@ impl VswitchHost {
 
 impl Drop for VswitchHost {
     fn drop(&mut self) {
-        for e in self.teardown() {
-            eprintln!("netbench: cleanup: {e}");
-        }
+        report_cleanup(self.teardown());
     }
 }
 
