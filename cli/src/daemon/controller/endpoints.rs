@@ -19,6 +19,7 @@
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
+use super::drivers::Want;
 use super::ports::Bound;
 use super::rollback::{Rollback, Undo};
 use super::*;
@@ -228,7 +229,10 @@ impl Controller {
         let driver = drivers::of(kind);
         let ipv4 = match subnet4 {
             Some(n) => {
-                let a = driver.allocate(self, network, ipam::Family::V4, req.ip.map(IpAddr::V4))?;
+                let want = req
+                    .ip
+                    .map_or(Want::Any(ipam::Family::V4), |ip| Want::Static(ip.into()));
+                let a = driver.allocate(self, network, want)?;
                 rollback.push(Undo::Addresses {
                     network: network.to_string(),
                     driver: kind,
@@ -245,8 +249,10 @@ impl Controller {
         };
         let ipv6 = match subnet6 {
             Some(n) => {
-                let a =
-                    driver.allocate(self, network, ipam::Family::V6, req.ip6.map(IpAddr::V6))?;
+                let want = req
+                    .ip6
+                    .map_or(Want::Any(ipam::Family::V6), |ip| Want::Static(ip.into()));
+                let a = driver.allocate(self, network, want)?;
                 rollback.push(Undo::Addresses {
                     network: network.to_string(),
                     driver: kind,

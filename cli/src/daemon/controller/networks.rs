@@ -1,6 +1,7 @@
 //! Networks: create (through the network's driver), install into the
 //! datapath, inspect, list, remove.
 
+use super::overlay_nets::static_vtep;
 use super::*;
 
 impl Controller {
@@ -274,7 +275,7 @@ impl Controller {
             for addr in net.record.static_vteps.clone() {
                 let port = self.alloc_port();
                 self.datapath
-                    .add_vtep(port, id, addr, false, false)
+                    .add_vtep(port, static_vtep(id, addr))
                     .map_err(ApiError::from)?;
                 net.static_vteps.insert(addr, port);
             }

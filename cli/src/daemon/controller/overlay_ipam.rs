@@ -80,9 +80,9 @@ impl Controller {
     pub(super) fn overlay_allocate(
         &mut self,
         network: &str,
-        family: ipam::Family,
-        wanted: Option<IpAddr>,
+        want: super::drivers::Want,
     ) -> Result<IpAddr, ApiError> {
+        use super::drivers::Want;
         let now = Instant::now();
         let net = self
             .networks
@@ -92,9 +92,9 @@ impl Controller {
             .alloc
             .as_mut()
             .ok_or_else(|| ApiError::internal("overlay network without an allocator"))?;
-        let r = match wanted {
-            Some(ip) => alloc.allocate_static(ip, now),
-            None => alloc.allocate(family, now),
+        let r = match want {
+            Want::Static(ip) => alloc.allocate_static(ip, now),
+            Want::Any(family) => alloc.allocate(family, now),
         };
         self.flush_allocator(network);
         r.map_err(cluster_err)

@@ -15,8 +15,9 @@ use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use overlay::identity::CERT_TAG;
+use overlay::tunnel::{Transport, Vtep, VtepKind};
 use overlay::{Gossip, GossipConfig, GossipEvent, IpamConfig, MemberMeta, NetworkSpec, Vni};
-use switch::MacAddr;
+use switch::{MacAddr, NetworkId};
 
 use super::{
     internal, now_rfc3339, random_id, random_u64, ApiError, ClusterSettings, Controller,
@@ -630,7 +631,10 @@ impl Controller {
             if !net.vteps.contains_key(h) {
                 let port = switch::PortId(self.next_port);
                 self.next_port += 1;
-                match self.datapath.add_vtep(port, dp, *addr, true, encrypted) {
+                match self
+                    .datapath
+                    .add_vtep(port, member_vtep(dp, *addr, encrypted))
+                {
                     Ok(()) => {
                         net.vteps.insert(h.clone(), (port, *addr));
                     }
@@ -685,7 +689,7 @@ impl Controller {
         let dp = n.id.expect("overlays switch frames");
         let port = self.alloc_port();
         self.datapath
-            .add_vtep(port, dp, addr, false, false)
+            .add_vtep(port, static_vtep(dp, addr))
             .map_err(ApiError::from)?;
         let n = self.networks.get_mut(network).expect("checked");
         n.static_vteps.insert(addr, port);
@@ -719,4 +723,29 @@ fn ips_of(r: &overlay::PublishedEndpoint) -> Vec<IpAddr> {
         .into_iter()
         .chain(r.ipv6.map(IpAddr::V6))
         .collect()
+}
+
+/// The tunnel port toward another host of the cluster, over QUIC for an
+/// encrypted network.
+fn member_vtep(network: NetworkId, remote: SocketAddr, encrypted: bool) -> Vtep<NetworkId> {
+    Vtep {
+        network,
+        remote,
+        kind: VtepKind::Member,
+        transport: if encrypted {
+            Transport::Quic
+        } else {
+            Transport::Udp
+        },
+    }
+}
+
+/// The tunnel port toward a foreign VTEP admitted by hand (plain VXLAN).
+pub(super) fn static_vtep(network: NetworkId, remote: SocketAddr) -> Vtep<NetworkId> {
+    Vtep {
+        network,
+        remote,
+        kind: VtepKind::Static,
+        transport: Transport::Udp,
+    }
 }

@@ -67,12 +67,9 @@ pub enum Command {
     /// VXLAN VTEP) as a port of `network`.
     AddVtep {
         port: PortId,
-        network: NetworkId,
-        remote: SocketAddr,
-        /// A vswitch member rather than a static (kernel) VTEP.
-        member: bool,
-        /// An encrypted network's: frames go through QUIC, never UDP.
-        quic: bool,
+        /// Its network, address, kind (member or static) and transport
+        /// (QUIC for an encrypted network, never UDP).
+        vtep: Vtep<NetworkId>,
         reply: mpsc::Sender<Result<(), DatapathError>>,
     },
     /// Pins a remote endpoint's MAC to its VTEP port and answers ARP/ND for

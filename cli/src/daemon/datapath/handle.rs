@@ -275,27 +275,14 @@ impl DatapathHandle {
         self.send_all(|| Command::SetVni { network, vni })
     }
 
-    /// A tunnel port toward `remote`: another vswitch host of the cluster
-    /// (`member`; `quic` for an encrypted network, `remote` then being the
-    /// member's tunnel address, by which the QUIC endpoint knows it), or a
-    /// static VTEP (`vswitch network vtep add`, typically a kernel vxlan
-    /// device).
-    pub fn add_vtep(
-        &self,
-        port: PortId,
-        network: NetworkId,
-        remote: SocketAddr,
-        member: bool,
-        quic: bool,
-    ) -> Result<(), DatapathError> {
-        Self::all_ok(self.ask_all(|_, reply| Command::AddVtep {
-            port,
-            network,
-            remote,
-            member,
-            quic,
-            reply,
-        })?)
+    /// A tunnel port toward `vtep.remote`: another vswitch host of the
+    /// cluster ([`VtepKind::Member`]; over QUIC for an encrypted network,
+    /// `remote` then being the member's tunnel address, by which the QUIC
+    /// endpoint knows it), or a static VTEP (`vswitch network vtep add`,
+    /// typically a kernel vxlan device, whose frames are delivered one by
+    /// one as sent since its UDP checksums may be zero).
+    pub fn add_vtep(&self, port: PortId, vtep: Vtep<NetworkId>) -> Result<(), DatapathError> {
+        Self::all_ok(self.ask_all(|_, reply| Command::AddVtep { port, vtep, reply })?)
     }
 
     pub fn add_remote(

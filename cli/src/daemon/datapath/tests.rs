@@ -173,10 +173,12 @@ fn run_in_private_netns() {
     let (reply, _r) = mpsc::channel();
     dp1.handle_command(Command::AddVtep {
         port: PortId(3),
-        network: net,
-        remote: addr2,
-        member: true,
-        quic: false,
+        vtep: Vtep {
+            network: net,
+            remote: addr2,
+            kind: VtepKind::Member,
+            transport: Transport::Udp,
+        },
         reply,
     });
     dp1.handle_command(Command::AddRemote {
@@ -196,10 +198,12 @@ fn run_in_private_netns() {
     let (reply, _r) = mpsc::channel();
     dp2.handle_command(Command::AddVtep {
         port: PortId(2),
-        network: net,
-        remote: addr1,
-        member: true,
-        quic: false,
+        vtep: Vtep {
+            network: net,
+            remote: addr1,
+            kind: VtepKind::Member,
+            transport: Transport::Udp,
+        },
         reply,
     });
     dp2.handle_command(Command::SetVni {

@@ -276,15 +276,8 @@ impl Datapath {
             Command::SetVni { network, vni } => {
                 self.rules.set_vni(network, vni);
             }
-            Command::AddVtep {
-                port,
-                network,
-                remote,
-                member,
-                quic,
-                reply,
-            } => {
-                let _ = reply.send(self.add_vtep(port, network, remote, member, quic));
+            Command::AddVtep { port, vtep, reply } => {
+                let _ = reply.send(self.add_vtep(port, vtep));
             }
             Command::AddRemote {
                 network,
@@ -375,41 +368,17 @@ impl Datapath {
     pub(super) fn add_vtep(
         &mut self,
         port: PortId,
-        network: NetworkId,
-        remote: SocketAddr,
-        member: bool,
-        quic: bool,
+        vtep: Vtep<NetworkId>,
     ) -> Result<(), DatapathError> {
-        self.rules.add_vtep(
-            port,
-            Vtep {
-                network,
-                remote,
-                // A member's datagrams carry UDP checksums, so the inner TCP
-                // segments it sends are coalesced; a static VTEP's (a kernel
-                // vxlan device, whose UDP checksum may be zero) are
-                // delivered one by one, as sent.
-                kind: if member {
-                    VtepKind::Member
-                } else {
-                    VtepKind::Static
-                },
-                // An encrypted network's frames go through QUIC only.
-                transport: if quic {
-                    Transport::Quic
-                } else {
-                    Transport::Udp
-                },
-            },
-        )?;
-        if let Err(e) = self.bridge.add_port(port, network, None) {
+        self.rules.add_vtep(port, vtep)?;
+        if let Err(e) = self.bridge.add_port(port, vtep.network, None) {
             self.rules.remove_vtep(port);
             return Err(e.into());
         }
         self.ports.insert(
             port,
             Slot::Vtep(VtepPort {
-                remote_sockaddr: SockaddrStorage::from(remote),
+                remote_sockaddr: SockaddrStorage::from(vtep.remote),
                 counters: PortCounters::default(),
             }),
         );

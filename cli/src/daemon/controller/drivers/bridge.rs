@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{check_mtu, refuse_encrypted, NetworkDriver};
+use super::{check_mtu, refuse_encrypted, NetworkDriver, Want};
 use crate::daemon::controller::{api, ipam_err, ApiError, Controller, Driver};
 
 /// The bridge driver.
@@ -29,16 +29,10 @@ impl NetworkDriver for Bridge {
         c.remove_local(name)
     }
 
-    fn allocate(
-        &self,
-        c: &mut Controller,
-        network: &str,
-        family: ipam::Family,
-        wanted: Option<IpAddr>,
-    ) -> Result<IpAddr, ApiError> {
-        match wanted {
-            Some(ip) => c.ipam.allocate_static(network, ip),
-            None => c.ipam.allocate(network, family),
+    fn allocate(&self, c: &mut Controller, network: &str, want: Want) -> Result<IpAddr, ApiError> {
+        match want {
+            Want::Static(ip) => c.ipam.allocate_static(network, ip),
+            Want::Any(family) => c.ipam.allocate(network, family),
         }
         .map_err(ipam_err)
     }

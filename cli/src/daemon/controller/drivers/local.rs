@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{check_mtu, refuse_encrypted, NetworkDriver};
+use super::{check_mtu, refuse_encrypted, NetworkDriver, Want};
 use crate::daemon::controller::{api, ApiError, Controller, Driver};
 
 /// A driver whose networks switch nothing.
@@ -38,13 +38,7 @@ impl NetworkDriver for Unswitched {
         c.remove_local(name)
     }
 
-    fn allocate(
-        &self,
-        _c: &mut Controller,
-        network: &str,
-        _family: ipam::Family,
-        _wanted: Option<IpAddr>,
-    ) -> Result<IpAddr, ApiError> {
+    fn allocate(&self, _c: &mut Controller, network: &str, _: Want) -> Result<IpAddr, ApiError> {
         Err(no_endpoints(self.0, network))
     }
 

@@ -19,6 +19,15 @@ mod local;
 pub(super) use local::no_endpoints;
 mod overlay;
 
+/// The address an endpoint asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    /// Any free address of the family.
+    Any(ipam::Family),
+    /// This one (`--ip`, `--ip6`).
+    Static(IpAddr),
+}
+
 /// What a network driver does; one value per [`Driver`].
 pub(super) trait NetworkDriver: Sync {
     /// Docker's `Scope`: `local`, or `global` for networks every host of
@@ -41,14 +50,8 @@ pub(super) trait NetworkDriver: Sync {
     /// Removes a network that has no endpoints here.
     fn remove(&self, c: &mut Controller, name: &str) -> Result<(), ApiError>;
 
-    /// An address of `family` for a new endpoint (`wanted`: a static one).
-    fn allocate(
-        &self,
-        c: &mut Controller,
-        network: &str,
-        family: ipam::Family,
-        wanted: Option<IpAddr>,
-    ) -> Result<IpAddr, ApiError>;
+    /// An address for a new endpoint.
+    fn allocate(&self, c: &mut Controller, network: &str, want: Want) -> Result<IpAddr, ApiError>;
 
     /// Gives back an endpoint's address.
     fn release(&self, c: &mut Controller, network: &str, addr: IpAddr);

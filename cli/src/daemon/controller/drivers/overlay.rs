@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use super::NetworkDriver;
+use super::{NetworkDriver, Want};
 use crate::daemon::controller::{api, ApiError, Controller, Network};
 
 /// The overlay driver.
@@ -35,14 +35,8 @@ impl NetworkDriver for Overlay {
         c.remove_overlay(name)
     }
 
-    fn allocate(
-        &self,
-        c: &mut Controller,
-        network: &str,
-        family: ipam::Family,
-        wanted: Option<IpAddr>,
-    ) -> Result<IpAddr, ApiError> {
-        c.overlay_allocate(network, family, wanted)
+    fn allocate(&self, c: &mut Controller, network: &str, want: Want) -> Result<IpAddr, ApiError> {
+        c.overlay_allocate(network, want)
     }
 
     fn release(&self, c: &mut Controller, network: &str, addr: IpAddr) {
