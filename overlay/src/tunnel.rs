@@ -517,20 +517,22 @@ where
         now: Instant,
     ) -> Decap<'a, N, P> {
         self.stats.received[via.index()] += 1;
-        let decision = self.admit(via, from, datagram);
+        let decision = self.admit(via, from, datagram, now);
         match decision {
-            Decap::Deliver { port, .. } => {
-                self.stats.delivered += 1;
-                if let Some(e) = self.vteps.get_mut(&port) {
-                    e.last_rx = Some(now);
-                }
-            }
+            Decap::Deliver { .. } => self.stats.delivered += 1,
             Decap::Drop(reason) => self.stats.drops[reason.index()] += 1,
         }
         decision
     }
 
-    fn admit<'a>(&self, via: Transport, from: SocketAddr, datagram: &'a [u8]) -> Decap<'a, N, P> {
+    /// The decision, and `last_rx` of the VTEP that delivers.
+    fn admit<'a>(
+        &mut self,
+        via: Transport,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        now: Instant,
+    ) -> Decap<'a, N, P> {
         // What each failure is called depends on the transport: over QUIC
         // every failure but a clear network is one count.
         let (malformed, unknown_vni, non_member) = match via {
@@ -551,23 +553,25 @@ where
         let Some(&network) = self.network_of_vni.get(&vni) else {
             return Decap::Drop(unknown_vni);
         };
-        let Some((&port, entry)) = self
-            .by_ip
-            .get(&(network, canonical_ip(from.ip())))
-            .and_then(|p| Some((p, self.vteps.get(p)?)))
-        else {
+        let Some(&port) = self.by_ip.get(&(network, canonical_ip(from.ip()))) else {
+            return Decap::Drop(non_member);
+        };
+        let Some(entry) = self.vteps.get_mut(&port) else {
             return Decap::Drop(non_member);
         };
         match (via, entry.vtep.transport) {
             // An encrypted network takes nothing in the clear.
             (Transport::Udp, Transport::Quic) => Decap::Drop(TunnelDrop::ClearOnEncrypted),
             (Transport::Quic, Transport::Udp) => Decap::Drop(TunnelDrop::QuicOnPlain),
-            _ => Decap::Deliver {
-                network,
-                port,
-                frame,
-                coalesce: entry.vtep.coalesce(),
-            },
+            _ => {
+                entry.last_rx = Some(now);
+                Decap::Deliver {
+                    network,
+                    port,
+                    frame,
+                    coalesce: entry.vtep.coalesce(),
+                }
+            }
         }
     }
 
