@@ -23,6 +23,7 @@ use super::drivers::Want;
 use super::ports::Bound;
 use super::rollback::{Rollback, Undo};
 use super::*;
+use ipam::Family::{V4, V6};
 
 /// A fail point: in tests, the step `name` fails here.
 macro_rules! step {
@@ -226,19 +227,9 @@ impl Controller {
             net.record.internal,
         );
 
-        let driver = drivers::of(kind);
         let ipv4 = match subnet4 {
             Some(n) => {
-                let want = req
-                    .ip
-                    .map_or(Want::Any(ipam::Family::V4), |ip| Want::Static(ip.into()));
-                let a = driver.allocate(self, network, want)?;
-                rollback.push(Undo::Addresses {
-                    network: network.to_string(),
-                    driver: kind,
-                    addrs: vec![a],
-                });
-                match a {
+                match self.allocate_for(network, kind, Want::or_any(req.ip, V4), rollback)? {
                     IpAddr::V4(a) => {
                         Some(Ipv4Net::new(a, n.prefix_len()).expect("prefix from a subnet"))
                     }
@@ -249,16 +240,7 @@ impl Controller {
         };
         let ipv6 = match subnet6 {
             Some(n) => {
-                let want = req
-                    .ip6
-                    .map_or(Want::Any(ipam::Family::V6), |ip| Want::Static(ip.into()));
-                let a = driver.allocate(self, network, want)?;
-                rollback.push(Undo::Addresses {
-                    network: network.to_string(),
-                    driver: kind,
-                    addrs: vec![a],
-                });
-                match a {
+                match self.allocate_for(network, kind, Want::or_any(req.ip6, V6), rollback)? {
                     IpAddr::V6(a) => {
                         Some(Ipv6Net::new(a, n.prefix_len()).expect("prefix from a subnet"))
                     }
@@ -299,6 +281,24 @@ impl Controller {
             bound,
             mappings,
         })
+    }
+
+    /// An address from the network's driver, given back if the connect
+    /// fails later.
+    fn allocate_for(
+        &mut self,
+        network: &str,
+        kind: Driver,
+        want: Want,
+        rollback: &mut Rollback,
+    ) -> Result<IpAddr, ApiError> {
+        let a = drivers::of(kind).allocate(self, network, want)?;
+        rollback.push(Undo::Addresses {
+            network: network.to_string(),
+            driver: kind,
+            addrs: vec![a],
+        });
+        Ok(a)
     }
 
     /// Phase 3 of a connect.

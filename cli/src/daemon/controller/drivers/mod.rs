@@ -28,6 +28,13 @@ pub(super) enum Want {
     Static(IpAddr),
 }
 
+impl Want {
+    /// `wanted` if given, else any address of `family`.
+    pub(super) fn or_any(wanted: Option<impl Into<IpAddr>>, family: ipam::Family) -> Want {
+        wanted.map_or(Want::Any(family), |ip| Want::Static(ip.into()))
+    }
+}
+
 /// What a network driver does; one value per [`Driver`].
 pub(super) trait NetworkDriver: Sync {
     /// Docker's `Scope`: `local`, or `global` for networks every host of
