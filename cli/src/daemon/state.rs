@@ -313,6 +313,21 @@ impl Store {
         })
     }
 
+    /// The record at `key` of `table`, read by `f`, if there is one.
+    fn get<R>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        f: impl FnOnce(&[u8]) -> Result<R, StateError>,
+    ) -> Result<Option<R>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(table).map_err(|e| self.db_err(e))?;
+        match t.get(key).map_err(|e| self.db_err(e))? {
+            Some(v) => f(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StateError> {
         self.write(|txn| {
             txn.open_table(table)?.remove(key)?;
@@ -374,15 +389,12 @@ impl Store {
         network: &str,
     ) -> Result<Vec<PortMapping>, StateError> {
         let key = endpoint_key(container, network);
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = txn.open_table(PORTS).map_err(|e| self.db_err(e))?;
-        match t.get(key.as_str()).map_err(|e| self.db_err(e))? {
-            Some(v) => {
-                let stored: Vec<StoredPort> = decode("ports", &key, v.value())?;
-                Ok(stored.into_iter().map(PortMapping::from).collect())
-            }
-            None => Ok(Vec::new()),
-        }
+        let stored = self.get(PORTS, &key, |v| decode::<Vec<StoredPort>>("ports", &key, v))?;
+        Ok(stored
+            .unwrap_or_default()
+            .into_iter()
+            .map(PortMapping::from)
+            .collect())
     }
 
     pub fn delete_ports(&self, container: &str, network: &str) -> Result<(), StateError> {
@@ -436,10 +448,7 @@ impl Store {
 
     /// An overlay network's stored IPAM ownership state.
     pub fn get_ipam(&self, network: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = txn.open_table(IPAM).map_err(|e| self.db_err(e))?;
-        let v = t.get(network).map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| v.value().to_vec()))
+        self.get(IPAM, network, |v| Ok(v.to_vec()))
     }
 
     fn load_table<T: DeserializeOwned>(

@@ -80,6 +80,21 @@ impl Controller {
         Ok(())
     }
 
+    /// `vswitch run -d` tells the pid of the process it started.
+    pub(super) fn set_container_pid(
+        &mut self,
+        name: &str,
+        pid: Option<u32>,
+    ) -> Result<(), ApiError> {
+        let c = self
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| no_container(name))?;
+        c.pid = pid;
+        let c = c.clone();
+        self.store.put_container(&c).map_err(internal)
+    }
+
     pub(super) fn container_inspect(&self, name: &str) -> Result<api::ContainerInspect, ApiError> {
         let c = self
             .containers

@@ -66,9 +66,7 @@ impl Detached {
             let _ = tap.set_persist(false);
         }
         if let Some(netns) = &self.netns {
-            if let Err(e) = netns::remove_tap(netns, &self.ifname) {
-                tracing::warn!(ifname = %self.ifname, error = %e, "removing TAP");
-            }
+            super::rollback::remove_tap(netns, &self.ifname);
         }
     }
 }

@@ -26,7 +26,7 @@ use super::gossip::GossipThread;
 use super::quic::{self, QuicTransport};
 use super::state::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
 use super::ApiError;
-use crate::api::{self, Driver, Request, SubnetSpec};
+use crate::api::{self, Driver, SubnetSpec};
 use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
 
@@ -318,60 +318,6 @@ impl Controller {
         let p = PortId(self.next_port);
         self.next_port += 1;
         p
-    }
-
-    /// Executes one API request.
-    pub fn handle(&mut self, req: Request) -> Result<Value, ApiError> {
-        match req {
-            Request::Ping => to_value("OK"),
-            Request::NetworkList => to_value(self.network_list()),
-            Request::NetworkCreate(c) => {
-                let name = c.name.clone();
-                self.create_network(c)?;
-                to_value(self.network_inspect(&name)?)
-            }
-            Request::NetworkInspect(name) => to_value(self.network_inspect(&name)?),
-            Request::NetworkRemove(name) => {
-                self.remove_network(&name)?;
-                to_value(name)
-            }
-            // These wait on netlink or on a process: [`ControlPlane`]
-            // runs them in phases, with the lock released in between.
-            Request::NetworkConnect(..)
-            | Request::NetworkDisconnect(..)
-            | Request::ContainerRemove(..) => Err(ApiError::internal(
-                "this request is handled by the control plane, not under the controller's lock",
-            )),
-            Request::ContainerList => {
-                let names: Vec<_> = self.containers.keys().cloned().collect();
-                let list: Result<Vec<_>, _> =
-                    names.iter().map(|n| self.container_inspect(n)).collect();
-                to_value(list?)
-            }
-            Request::ContainerCreate(c) => {
-                self.create_container(c.clone())?;
-                to_value(self.container_inspect(&c.name)?)
-            }
-            Request::ContainerUpdate(name, u) => {
-                let c = self
-                    .containers
-                    .get_mut(&name)
-                    .ok_or_else(|| no_container(&name))?;
-                c.pid = u.pid;
-                let c = c.clone();
-                self.store.put_container(&c).map_err(internal)?;
-                to_value(self.container_inspect(&name)?)
-            }
-            Request::ContainerInspect(name) => to_value(self.container_inspect(&name)?),
-            Request::Stats => to_value(self.stats()?),
-            Request::ClusterJoin(j) => to_value(self.join_cluster(&j.peers)?),
-            Request::ClusterLeave => to_value(self.leave_cluster()?),
-            Request::ClusterMembers => to_value(self.members()?),
-            Request::VtepList(n) => to_value(self.vtep_list(&n)?),
-            Request::VtepAdd(n, v) => to_value(self.vtep_add(&n, &v.address)?),
-            Request::VtepRemove(n, v) => to_value(self.vtep_remove(&n, &v.address)?),
-            Request::IpamReclaim(r) => to_value(self.ipam_reclaim(&r.host)?),
-        }
     }
 }
 

@@ -86,6 +86,8 @@ impl ControlPlane {
 
     fn dispatch(&self, req: Request) -> Result<Value, ApiError> {
         match req {
+            // These wait on netlink or on a process: run in phases, with
+            // the lock released in between.
             Request::NetworkConnect(net, c) => {
                 let container = c.container.clone();
                 self.connect(&net, c)?;
@@ -99,7 +101,49 @@ impl ControlPlane {
                 self.remove_container(&name)?;
                 to_value(name)
             }
-            other => self.lock()?.handle(other),
+            // The others do not wait: one step under the lock.
+            Request::Ping => to_value("OK"),
+            Request::NetworkList => to_value(self.lock()?.network_list()),
+            Request::NetworkCreate(c) => {
+                let mut ctrl = self.lock()?;
+                let name = c.name.clone();
+                ctrl.create_network(c)?;
+                to_value(ctrl.network_inspect(&name)?)
+            }
+            Request::NetworkInspect(name) => to_value(self.lock()?.network_inspect(&name)?),
+            Request::NetworkRemove(name) => {
+                self.lock()?.remove_network(&name)?;
+                to_value(name)
+            }
+            Request::ContainerList => {
+                let ctrl = self.lock()?;
+                let list: Result<Vec<_>, _> = ctrl
+                    .containers
+                    .keys()
+                    .map(|n| ctrl.container_inspect(n))
+                    .collect();
+                to_value(list?)
+            }
+            Request::ContainerCreate(c) => {
+                let mut ctrl = self.lock()?;
+                let name = c.name.clone();
+                ctrl.create_container(c)?;
+                to_value(ctrl.container_inspect(&name)?)
+            }
+            Request::ContainerUpdate(name, u) => {
+                let mut ctrl = self.lock()?;
+                ctrl.set_container_pid(&name, u.pid)?;
+                to_value(ctrl.container_inspect(&name)?)
+            }
+            Request::ContainerInspect(name) => to_value(self.lock()?.container_inspect(&name)?),
+            Request::Stats => to_value(self.lock()?.stats()?),
+            Request::ClusterJoin(j) => to_value(self.lock()?.join_cluster(&j.peers)?),
+            Request::ClusterLeave => to_value(self.lock()?.leave_cluster()?),
+            Request::ClusterMembers => to_value(self.lock()?.members()?),
+            Request::VtepList(n) => to_value(self.lock()?.vtep_list(&n)?),
+            Request::VtepAdd(n, v) => to_value(self.lock()?.vtep_add(&n, &v.address)?),
+            Request::VtepRemove(n, v) => to_value(self.lock()?.vtep_remove(&n, &v.address)?),
+            Request::IpamReclaim(r) => to_value(self.lock()?.ipam_reclaim(&r.host)?),
         }
     }
 

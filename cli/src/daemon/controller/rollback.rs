@@ -68,19 +68,22 @@ impl Rollback {
         while let Some(step) = self.steps.pop() {
             tracing::debug!(?step, "undoing");
             match step {
-                Undo::Tap { netns, ifname } => {
-                    if let Err(e) = crate::netns::remove_tap(&netns, &ifname) {
-                        tracing::warn!(ifname, error = %e, "undo: removing TAP");
-                    }
-                }
+                Undo::Tap { netns, ifname } => remove_tap(&netns, &ifname),
                 step => plane.lock_for_undo().undo(step),
             }
         }
     }
 }
 
+/// Deletes a TAP in its namespace (netlink); a failure is logged.
+pub(super) fn remove_tap(netns: &std::path::Path, ifname: &str) {
+    if let Err(e) = crate::netns::remove_tap(netns, ifname) {
+        tracing::warn!(ifname, error = %e, "removing TAP");
+    }
+}
+
 impl Controller {
-    /// Undoes one step that needs the controller.
+    /// Undoes one step.
     fn undo(&mut self, step: Undo) {
         match step {
             Undo::Container(name) => self.forget_container_if_unused(&name),
@@ -96,7 +99,8 @@ impl Controller {
                     drivers::of(driver).release(self, &network, a);
                 }
             }
-            Undo::Tap { .. } => unreachable!("run without the lock by Rollback::run"),
+            // Rollback::run does this without the lock.
+            Undo::Tap { netns, ifname } => remove_tap(&netns, &ifname),
             Undo::Port(port) => match self.datapath.remove_port(port) {
                 Ok(Some(tap)) => {
                     // Not persistent any more: closing it deletes it.

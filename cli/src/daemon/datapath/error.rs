@@ -19,20 +19,20 @@ pub enum DatapathError {
     #[error("the datapath did not answer")]
     NoAnswer,
     /// The switching core refused a network, port or MAC.
-    #[error("{0}")]
-    Bridge(#[source] BridgeError),
+    #[error(transparent)]
+    Bridge(BridgeError),
     /// A network's gateway could not be made.
-    #[error("{0}")]
-    Gateway(#[source] GatewayError),
+    #[error(transparent)]
+    Gateway(GatewayError),
     /// A network's NAT could not be made.
-    #[error("{0}")]
-    Nat(#[source] NatError),
+    #[error(transparent)]
+    Nat(NatError),
     /// The overlay's tunnel rules refused a VTEP.
-    #[error("{0}")]
-    Tunnel(#[source] overlay::tunnel::TunnelError),
+    #[error(transparent)]
+    Tunnel(overlay::tunnel::TunnelError),
     /// A socket for a gateway's upstream DNS could not be made.
-    #[error("{0}")]
-    Upstream(#[source] io::Error),
+    #[error(transparent)]
+    Upstream(io::Error),
     /// A TAP without `IFF_VNET_HDR`.
     #[error("TAP {0} has no virtio_net_hdr (IFF_VNET_HDR); the datapath needs one")]
     NoVnetHdr(String),

@@ -94,22 +94,19 @@ impl Datapath {
             handoff,
             ..
         } = self;
-        let frame = match src {
-            Src::Slice(s) => &s[start..start + len],
-            Src::Buf => &buf[start..start + len],
-            Src::Out => &out[start..start + len],
-            Src::Tunnel(i) => match &*tunnel {
-                Some(t) => &t.rx[i][start..start + len],
+        let (frame, coalesce) = match src {
+            Src::Buf => (&buf[start..start + len], false),
+            Src::Out => (&out[start..start + len], false),
+            Src::Tunnel { buf, coalesce } => match &*tunnel {
+                Some(t) => (&t.rx[buf][start..start + len], coalesce),
                 None => return,
             },
+            Src::Quic { datagram, coalesce } => (&datagram[start..start + len], coalesce),
         };
-        let (from, coalesce) = match ports.get(&ingress) {
-            Some(Slot::Tap(_)) => (Origin::Local, false),
-            Some(Slot::Gateway(_)) => (Origin::Gateway, false),
-            Some(Slot::Vtep(_)) => (
-                Origin::Tunnel,
-                rules.vtep(ingress).is_some_and(|v| v.coalesce()),
-            ),
+        let from = match ports.get(&ingress) {
+            Some(Slot::Tap(_)) => Origin::Local,
+            Some(Slot::Gateway(_)) => Origin::Gateway,
+            Some(Slot::Vtep(_)) => Origin::Tunnel,
             // A handoff port never sends: its frames arrive at the first worker.
             Some(Slot::Handoff(_)) | None => return,
         };

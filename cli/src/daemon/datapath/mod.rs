@@ -143,15 +143,19 @@ enum Slot {
     Handoff(PortCounters),
 }
 
-/// Which buffer a frame being switched sits in.
+/// Which buffer a frame being switched sits in; for a frame from a tunnel,
+/// also whether the tunnel rules let its TCP segments be coalesced (a
+/// member's).
 #[derive(Clone, Copy)]
 enum Src<'a> {
-    /// A frame outside the datapath's buffers (a QUIC datagram).
-    Slice(&'a [u8]),
+    /// The buffer TAP frames are read into.
     Buf,
+    /// The buffer gateways and NATs emit into.
     Out,
     /// The tunnel's receive buffer of that index.
-    Tunnel(usize),
+    Tunnel { buf: usize, coalesce: bool },
+    /// A QUIC datagram (outside the datapath's buffers).
+    Quic { datagram: &'a [u8], coalesce: bool },
 }
 
 struct Datapath {

@@ -92,15 +92,20 @@ impl Datapath {
             return;
         };
         let datagram = &t.rx[buf][start..start + len];
-        let Decap::Deliver { port, frame, .. } =
-            self.rules.decapsulate(Transport::Udp, from, datagram, now)
+        let Decap::Deliver {
+            port,
+            frame,
+            coalesce,
+            ..
+        } = self.rules.decapsulate(Transport::Udp, from, datagram, now)
         else {
             return;
         };
         // The inner frame is the datagram's tail.
         let (at, n) = (start + len - frame.len(), frame.len());
         self.count_vtep_rx(port, n);
-        self.switch_frame(port, Src::Tunnel(buf), at, n, &VnetHdr::NONE, now);
+        let src = Src::Tunnel { buf, coalesce };
+        self.switch_frame(port, src, at, n, &VnetHdr::NONE, now);
     }
 
     /// Switches the frames of the QUIC datagrams that arrived (a bounded
@@ -119,14 +124,19 @@ impl Datapath {
     /// frame, as on the UDP tunnel, which the tunnel rules accept only for
     /// encrypted networks.
     pub(super) fn quic_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
-        let Decap::Deliver { port, frame, .. } =
-            self.rules.decapsulate(Transport::Quic, peer, datagram, now)
+        let Decap::Deliver {
+            port,
+            frame,
+            coalesce,
+            ..
+        } = self.rules.decapsulate(Transport::Quic, peer, datagram, now)
         else {
             return;
         };
         let (at, n) = (datagram.len() - frame.len(), frame.len());
         self.count_vtep_rx(port, n);
-        self.switch_frame(port, Src::Slice(datagram), at, n, &VnetHdr::NONE, now);
+        let src = Src::Quic { datagram, coalesce };
+        self.switch_frame(port, src, at, n, &VnetHdr::NONE, now);
     }
 
     fn count_vtep_rx(&mut self, port: PortId, bytes: usize) {
