@@ -6,6 +6,7 @@
 //! parallel; every guard cleans up in `Drop`, so a failing test leaves
 //! nothing behind. Traffic goes only to addresses inside these namespaces.
 #![allow(dead_code)]
+pub mod docker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -210,6 +211,9 @@ pub struct Host {
     pub socket: PathBuf,
     daemon: Option<Child>,
     extra_args: Vec<String>,
+    /// A mount namespace to run vswitchd in (a dockerd's, whose sandbox
+    /// namespaces are mounted only there).
+    mount_ns: Option<PathBuf>,
     /// Containers made through [`Host::run`], removed on drop.
     pub containers: Vec<String>,
 }
@@ -230,6 +234,12 @@ impl Host {
     }
 
     pub fn start_in(ns: Netns, extra: &[&str]) -> Host {
+        Host::start_in_mount_ns(ns, None, extra)
+    }
+
+    /// [`Host::start_in`], with vswitchd in the mount namespace `mount_ns`
+    /// (e.g. `/proc/PID/ns/mnt` of a dockerd).
+    pub fn start_in_mount_ns(ns: Netns, mount_ns: Option<PathBuf>, extra: &[&str]) -> Host {
         let dir = std::env::temp_dir().join(format!("vstest-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -239,6 +249,7 @@ impl Host {
             ns,
             daemon: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            mount_ns,
             containers: Vec::new(),
         };
         h.spawn_daemon();
@@ -265,7 +276,17 @@ impl Host {
             args.extend(["--dns".into(), "127.0.0.1".into()]);
         }
         args.extend(self.extra_args.iter().cloned());
-        let mut command = Command::new("ip");
+        let mut command = match &self.mount_ns {
+            None => Command::new("ip"),
+            Some(mnt) => {
+                // `ip netns exec` would make a mount namespace of its own.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount={}", mnt.display()))
+                    .arg(format!("--net=/run/netns/{}", self.ns.name));
+                args.drain(..3);
+                c
+            }
+        };
         command.args(&args).stdin(Stdio::null());
         let log = self.dir.join("vswitchd.log");
         let daemon = self
