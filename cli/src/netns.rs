@@ -290,6 +290,86 @@ fn attach(netns: &Path, cfg: &IfaceConfig, queues: Option<usize>) -> Result<Vec<
     })
 }
 
+/// A multi-queue TAP `cfg.name` made in vswitchd's own namespace for a
+/// container runtime to move into its sandbox and configure (Docker's
+/// `Join`: the runtime renames it, sets its addresses and routes and brings
+/// it up). Only its MAC and MTU are set here. The descriptors survive the
+/// move into the sandbox and back: frames flow wherever the device is.
+/// A device of that name that exists already is refused.
+pub fn make_tap_for_runtime(cfg: &IfaceConfig, queues: usize) -> Result<Vec<Tap>, NetnsError> {
+    validate_ifname(&cfg.name)?;
+    validate_mtu(cfg)?;
+    let cfg = cfg.clone();
+    let here = PathBuf::from("/proc/self/ns/net");
+    // A thread of its own: the netlink runtime must not be the caller's.
+    let thread = std::thread::Builder::new()
+        .name("vswitch-netns".into())
+        .spawn(move || {
+            let rtnl = Rtnl::new()?;
+            if rtnl.link_index(&cfg.name, &here)?.is_some() {
+                return Err(NetnsError::TapBusy {
+                    name: cfg.name.clone(),
+                    netns: here,
+                });
+            }
+            let tap = open_tap(&here, &cfg.name, Some(queues))?;
+            let set = || -> Result<(), NetnsError> {
+                let index =
+                    rtnl.link_index(&cfg.name, &here)?
+                        .ok_or_else(|| NetnsError::NoSuchTap {
+                            name: cfg.name.clone(),
+                            netns: here.clone(),
+                        })?;
+                let link = LinkUnspec::new_with_index(index)
+                    .address(cfg.mac.0.to_vec())
+                    .mtu(cfg.mtu)
+                    .build();
+                rtnl.block_on(rtnl.handle.link().set(link).execute())
+                    .map_err(|e| {
+                        netlink_error(
+                            format!("set MAC {} and MTU {} of {}", cfg.mac, cfg.mtu, cfg.name),
+                            e,
+                        )
+                    })
+            };
+            if let Err(e) = set() {
+                let _ = tap[0].set_persist(false);
+                return Err(e);
+            }
+            Ok(tap)
+        })
+        .map_err(|source| NetnsError::Thread {
+            path: PathBuf::from("."),
+            source,
+        })?;
+    match thread.join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The name of the interface whose MAC is `mac` in the namespace, if there
+/// is one: a TAP a container runtime renamed (`ethN`) is found again by it.
+pub fn link_by_mac(netns: &Path, mac: MacAddr) -> Result<Option<String>, NetnsError> {
+    let path = netns.to_path_buf();
+    in_netns(netns, move || {
+        let rtnl = Rtnl::new()?;
+        let links: Vec<LinkMessage> = rtnl
+            .block_on(rtnl.handle.link().get().execute().try_collect())
+            .map_err(|e| netlink_error(format!("list interfaces in {}", path.display()), e))?;
+        Ok(links.iter().find_map(|l| {
+            let has = l.attributes.iter().any(
+                |a| matches!(a, LinkAttribute::Address(m) if m.as_slice() == mac.0.as_slice()),
+            );
+            if has {
+                link_name(l).map(str::to_string)
+            } else {
+                None
+            }
+        }))
+    })
+}
+
 /// Re-open an existing persistent TAP after a daemon restart without changing
 /// its configuration. [`NetnsError::NoSuchTap`] if the device is gone.
 pub fn reopen_tap(netns: &Path, name: &str) -> Result<Tap, NetnsError> {

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod datapath;
+pub mod docker;
 pub mod gossip;
 pub mod quic;
 pub mod server;
@@ -102,6 +103,24 @@ pub struct DaemonArgs {
     /// to fail, slow down or panic a step of a request.
     #[arg(long, hide = true, value_name = "SPEC")]
     pub test_failpoints: Option<String>,
+    /// Serve Docker's plugin protocol: the remote network driver and IPAM
+    /// driver `vswitch` (`docker network create -d vswitch --ipam-driver
+    /// vswitch`).
+    #[arg(long)]
+    pub docker_plugin: bool,
+    /// Where the Docker plugin listens (Docker finds plugins in
+    /// /run/docker/plugins).
+    #[arg(long, value_name = "PATH", requires = "docker_plugin", default_value = docker::DEFAULT_SOCKET)]
+    pub docker_plugin_socket: PathBuf,
+    /// Docker's API, asked for the names and aliases of the containers
+    /// that join (the plugin protocol carries neither).
+    #[arg(
+        long,
+        value_name = "unix://PATH",
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
     /// File holding the cluster key.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
@@ -332,8 +351,22 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let plugin_socket = args
+        .docker_plugin
+        .then(|| args.docker_plugin_socket.clone());
+    let docker_api = match args.docker_host.strip_prefix("unix://") {
+        Some(p) => docker::names::DockerApi::new(PathBuf::from(p)),
+        None => bail!(
+            "--docker-host {}: only unix://PATH is supported",
+            args.docker_host
+        ),
+    };
     rt.block_on(async move {
         let listener = bind_socket(&socket)?;
+        let plugin_listener = match &plugin_socket {
+            Some(p) => Some(docker::bind(p)?),
+            None => None,
+        };
         let ctrl = tokio::task::spawn_blocking(move || controller::Controller::start(config))
             .await
             .context("controller start")??;
@@ -360,6 +393,10 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         }
         tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "vswitchd ready");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let plugin = plugin_listener.map(|l| {
+            tracing::info!(socket = %plugin_socket.as_deref().unwrap_or(Path::new("")).display(), "Docker plugin ready");
+            tokio::spawn(docker::serve(l, ctrl.clone(), Some(docker_api), stop_rx.clone()))
+        });
         let server = tokio::spawn(server::serve(listener, ctrl.clone(), info, stop_rx));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let failure = tokio::select! {
@@ -369,7 +406,13 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         };
         let _ = stop_tx.send(true);
         let _ = server.await;
+        if let Some(p) = plugin {
+            let _ = p.await;
+        }
         let _ = std::fs::remove_file(&socket);
+        if let Some(p) = &plugin_socket {
+            let _ = std::fs::remove_file(p);
+        }
         tokio::task::spawn_blocking(move || ctrl.shutdown()).await?;
         if let Some(why) = failure {
             bail!("vswitchd stopped after an internal error ({why}); start it again to restore its state from the store");

@@ -119,6 +119,10 @@ const PORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ports");
 /// the whole record.
 const PEERS: TableDefinition<&str, ()> = TableDefinition::new("peers");
 
+/// What the Docker plugin keeps of Docker's networks, endpoints and IPAM
+/// pools ([`DockerRecord`]), keyed `pool/ID`, `net/ID` and `ep/ID`.
+const DOCKER: TableDefinition<&str, &[u8]> = TableDefinition::new("docker");
+
 /// The files of releases up to 89781ca that [`Store::open`] imports.
 const LEGACY_PORTS_DIR: &str = "published";
 const LEGACY_PEERS_FILE: &str = "cluster-peers.json";
@@ -219,6 +223,74 @@ pub fn endpoint_key(container: &str, network: &str) -> String {
     format!("{container}/{network}")
 }
 
+/// An address pool Docker asked the IPAM driver for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerPool {
+    pub id: String,
+    pub subnet: ipnet::IpNet,
+    pub ip_range: Option<ipnet::IpNet>,
+    /// The gateway Docker was given.
+    pub gateway: Option<IpAddr>,
+    /// The vswitch network the pool's addresses are allocated in, once
+    /// Docker's network is made.
+    pub network: Option<String>,
+    /// Addresses handed to Docker and not yet released, with the Docker
+    /// endpoint that uses each, once known.
+    pub held: Vec<(IpAddr, Option<String>)>,
+    /// `--aux-address`es asked for before the network existed.
+    pub pending: Vec<IpAddr>,
+    /// How many times Docker requested the pool (it releases as often).
+    pub refs: u32,
+}
+
+/// A Docker network on a vswitch network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerNetwork {
+    /// Docker's network id.
+    pub id: String,
+    /// The vswitch network.
+    pub name: String,
+    /// Whether Docker's CreateNetwork made the vswitch network (removed
+    /// with it) or found it made (left when Docker's goes).
+    pub created: bool,
+}
+
+/// A Docker endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpoint {
+    /// Docker's endpoint id.
+    pub id: String,
+    /// Docker's network id.
+    pub network: String,
+    pub ipv4: Option<ipnet::IpNet>,
+    pub ipv6: Option<ipnet::IpNet>,
+    pub mac: [u8; 6],
+    /// The TAP's name in vswitchd's namespace, before Docker moves it.
+    pub ifname: String,
+    /// The vswitch container it is joined as (none before Join and after
+    /// Leave).
+    pub container: Option<String>,
+}
+
+/// One record of the Docker plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DockerRecord {
+    Pool(DockerPool),
+    Network(DockerNetwork),
+    Endpoint(DockerEndpoint),
+}
+
+impl DockerRecord {
+    /// The key in the docker table.
+    pub fn key(&self) -> String {
+        match self {
+            DockerRecord::Pool(p) => format!("pool/{}", p.id),
+            DockerRecord::Network(n) => format!("net/{}", n.id),
+            DockerRecord::Endpoint(e) => format!("ep/{}", e.id),
+        }
+    }
+}
+
 /// Everything loaded at start.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -279,6 +351,7 @@ impl Store {
             txn.open_table(IPAM)?;
             txn.open_table(PORTS)?;
             txn.open_table(PEERS)?;
+            txn.open_table(DOCKER)?;
             Ok(())
         })?;
         store.import_legacy(dir)?;
@@ -464,6 +537,22 @@ impl Store {
             out.push(decode(name, k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    /// Stores a record of the Docker plugin.
+    pub fn put_docker(&self, r: &DockerRecord) -> Result<(), StateError> {
+        self.put(DOCKER, &r.key(), &encode(r))
+    }
+
+    /// Deletes a record of the Docker plugin by its key.
+    pub fn delete_docker(&self, key: &str) -> Result<(), StateError> {
+        self.delete(DOCKER, key)
+    }
+
+    /// Every record of the Docker plugin.
+    pub fn load_docker(&self) -> Result<Vec<DockerRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.load_table(&txn, DOCKER, "docker")
     }
 
     /// Reads everything.

@@ -68,6 +68,21 @@ impl Controller {
         if let Some(p) = &c.netns {
             check_netns(p)?;
         }
+        self.create_container_record(c)
+    }
+
+    /// A container record, for a namespace that may not exist yet (a
+    /// Docker sandbox's is made after its endpoints join).
+    pub(super) fn create_container_record(
+        &mut self,
+        c: api::ContainerCreate,
+    ) -> Result<(), ApiError> {
+        if self.containers.contains_key(&c.name) {
+            return Err(ApiError::conflict(format!(
+                "container `{}` already exists",
+                c.name
+            )));
+        }
         let rec = ContainerRecord {
             name: c.name.clone(),
             id: random_id(),
@@ -162,5 +177,95 @@ pub(super) fn is_running(pid: nix::unistd::Pid) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+impl Controller {
+    /// Renames a container and moves its endpoints along (records, DNS,
+    /// published ports, the cluster directory): a Docker sandbox is
+    /// connected before Docker's container name is known. Refused when
+    /// the name is another container's.
+    pub(super) fn rename_container(&mut self, old: &str, new: &str) -> Result<(), ApiError> {
+        if old == new {
+            return Ok(());
+        }
+        api::validate_name("container", new).map_err(ApiError::bad)?;
+        if self.containers.contains_key(new) {
+            return Err(ApiError::conflict(format!(
+                "container `{new}` exists already; `{old}` keeps its name"
+            )));
+        }
+        if self.connecting.contains_key(old) {
+            return Err(ApiError::conflict(format!(
+                "container `{old}` is being connected; try again when that is done"
+            )));
+        }
+        let mut rec = self
+            .containers
+            .get(old)
+            .cloned()
+            .ok_or_else(|| no_container(old))?;
+        rec.name = new.to_string();
+        self.store.put_container(&rec).map_err(internal)?;
+        self.containers.insert(new.to_string(), rec);
+        let nets: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|(_, n)| n.endpoints.contains_key(old))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for network in nets {
+            let net = self.networks.get_mut(&network).expect("listed");
+            let mut ep = net.endpoints.remove(old).expect("listed");
+            ep.record.container = new.to_string();
+            let (record, ports) = (ep.record.clone(), ep.ports.clone());
+            net.endpoints.insert(new.to_string(), ep);
+            net.publish_zone();
+            let kind = net.record.driver;
+            let stored = self
+                .store
+                .put_endpoint(&record)
+                .and_then(|()| self.store.put_ports(new, &network, &ports))
+                .and_then(|()| self.store.delete_endpoint(old, &network));
+            if let Err(e) = stored {
+                tracing::error!(container = old, network, error = %e, "storing a renamed endpoint");
+            }
+            // Published again under the new name (same key).
+            drivers::of(kind).endpoint_connected(self, &network, new);
+        }
+        if let Err(e) = self.store.delete_container(old) {
+            tracing::error!(container = old, error = %e, "deleting the old container record");
+        }
+        self.containers.remove(old);
+        self.docker_container_renamed(old, new);
+        tracing::info!(old, new, "container renamed");
+        Ok(())
+    }
+
+    /// Sets the DNS aliases of a container's endpoint on a network.
+    pub(super) fn set_aliases(
+        &mut self,
+        network: &str,
+        container: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let net = self
+            .networks
+            .get_mut(network)
+            .ok_or_else(|| ApiError::not_found(format!("network `{network}` not found")))?;
+        let ep = net
+            .endpoints
+            .get_mut(container)
+            .ok_or_else(|| no_container(container))?;
+        if ep.record.aliases == aliases {
+            return Ok(());
+        }
+        ep.record.aliases = aliases;
+        let record = ep.record.clone();
+        net.publish_zone();
+        let kind = net.record.driver;
+        self.store.put_endpoint(&record).map_err(internal)?;
+        drivers::of(kind).endpoint_connected(self, network, container);
+        Ok(())
     }
 }

@@ -35,6 +35,18 @@ macro_rules! step {
     };
 }
 
+/// Where an endpoint's TAP is made and who configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// In the container's namespace, named `ethN`, configured by vswitch
+    /// (addresses, routes, up): `vswitch run` and `network connect`.
+    Configure,
+    /// In vswitchd's own namespace, named `ifname`, with only its MAC and
+    /// MTU set, for a container runtime to move into the sandbox and
+    /// configure (Docker's `Join`).
+    Runtime { ifname: String },
+}
+
 /// What phase 1 of a connect decided.
 struct Plan {
     network: String,
@@ -74,9 +86,19 @@ impl Detached {
 impl ControlPlane {
     /// `network connect`.
     pub(super) fn connect(&self, network: &str, req: api::Connect) -> Result<(), ApiError> {
+        self.connect_placed(network, req, Placement::Configure)
+    }
+
+    /// A connect whose TAP is placed as `placement` says.
+    pub(super) fn connect_placed(
+        &self,
+        network: &str,
+        req: api::Connect,
+        placement: Placement,
+    ) -> Result<(), ApiError> {
         let mut rollback = Rollback::default();
         match catch_unwind(AssertUnwindSafe(|| {
-            self.connect_steps(network, &req, &mut rollback)
+            self.connect_steps(network, &req, &placement, &mut rollback)
         })) {
             Ok(Ok(())) => {
                 rollback.commit();
@@ -98,19 +120,37 @@ impl ControlPlane {
         &self,
         network: &str,
         req: &api::Connect,
+        placement: &Placement,
         rollback: &mut Rollback,
     ) -> Result<(), ApiError> {
-        let mut plan = self.lock()?.plan_connect(network, req, rollback)?;
+        let mut plan = self
+            .lock()?
+            .plan_connect(network, req, placement, rollback)?;
         step!("connect::netlink");
-        plan.record.ifname =
-            netns::next_ifname(&plan.netns).map_err(|e| ApiError::bad(e.to_string()))?;
-        plan.iface.name = plan.record.ifname.clone();
-        rollback.push(Undo::Tap {
-            netns: plan.netns.clone(),
-            ifname: plan.record.ifname.clone(),
-        });
-        let tap = netns::attach_tap_queues(&plan.netns, &plan.iface, plan.queues)
-            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let tap = match placement {
+            Placement::Configure => {
+                plan.record.ifname =
+                    netns::next_ifname(&plan.netns).map_err(|e| ApiError::bad(e.to_string()))?;
+                plan.iface.name = plan.record.ifname.clone();
+                rollback.push(Undo::Tap {
+                    netns: plan.netns.clone(),
+                    ifname: plan.record.ifname.clone(),
+                });
+                netns::attach_tap_queues(&plan.netns, &plan.iface, plan.queues)
+                    .map_err(|e| ApiError::bad(e.to_string()))?
+            }
+            Placement::Runtime { ifname } => {
+                plan.record.ifname = ifname.clone();
+                plan.iface.name = ifname.clone();
+                let tap = netns::make_tap_for_runtime(&plan.iface, plan.queues)
+                    .map_err(|e| ApiError::bad(e.to_string()))?;
+                // Not persistent once the descriptors close, wherever the
+                // runtime has moved it by then.
+                let handle = tap[0].try_clone().map_err(internal)?;
+                rollback.push(Undo::RuntimeTap(handle));
+                tap
+            }
+        };
         step!("connect::tap");
         self.lock()?.finish_connect(plan, tap, rollback)
     }
@@ -129,6 +169,7 @@ impl Controller {
         &mut self,
         network: &str,
         req: &api::Connect,
+        placement: &Placement,
         rollback: &mut Rollback,
     ) -> Result<Plan, ApiError> {
         let net = self.network(network)?;
@@ -172,12 +213,17 @@ impl Controller {
                 )))
             }
             (None, Some(p)) => {
-                self.create_container(api::ContainerCreate {
+                let c = api::ContainerCreate {
                     name: req.container.clone(),
                     netns: Some(p.clone()),
                     owns_netns: false,
                     pid: None,
-                })?;
+                };
+                match placement {
+                    Placement::Configure => self.create_container(c)?,
+                    // Docker makes the sandbox's namespace after Join.
+                    Placement::Runtime { .. } => self.create_container_record(c)?,
+                }
                 rollback.push(Undo::Container(req.container.clone()));
             }
         }
@@ -290,6 +336,13 @@ impl Controller {
         want: Want,
         rollback: &mut Rollback,
     ) -> Result<IpAddr, ApiError> {
+        // An address Docker's IPAM request took for this endpoint is
+        // already allocated, and stays so until Docker releases it.
+        if let Want::Static(ip) = want {
+            if self.docker.holds(network, ip) {
+                return Ok(ip);
+            }
+        }
         let a = drivers::of(kind).allocate(self, network, want)?;
         rollback.push(Undo::Addresses {
             network: network.to_string(),
@@ -398,7 +451,9 @@ impl Controller {
             .into_iter()
             .chain(ep.record.ipv6.map(|n| IpAddr::V6(n.addr())))
         {
-            driver.release(self, network, a);
+            if !self.docker.holds(network, a) {
+                driver.release(self, network, a);
+            }
         }
         tracing::info!(container, network, "endpoint disconnected");
         let netns = self.containers.get(container).and_then(|c| c.netns.clone());

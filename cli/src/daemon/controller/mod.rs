@@ -31,6 +31,7 @@ use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
 
 mod containers;
+mod docker;
 mod drivers;
 mod endpoints;
 mod ids;
@@ -203,6 +204,8 @@ pub struct Controller {
     /// phases: the container cannot be removed or connected again, nor the
     /// network removed, meanwhile.
     connecting: BTreeMap<String, String>,
+    /// Docker's networks, endpoints and IPAM pools (the Docker plugin).
+    docker: docker::DockerState,
     next_port: u32,
     next_network: u32,
     bad_requests: u64,
@@ -272,6 +275,7 @@ impl Controller {
             networks: BTreeMap::new(),
             containers: BTreeMap::new(),
             connecting: BTreeMap::new(),
+            docker: docker::DockerState::default(),
             next_port: 1,
             next_network: 1,
             bad_requests: 0,

@@ -73,15 +73,18 @@ impl ControlPlane {
     pub fn handle(&self, req: Request) -> Result<Value, ApiError> {
         match catch_unwind(AssertUnwindSafe(|| self.dispatch(req))) {
             Ok(result) => result,
-            Err(panic) => {
-                let what = panic_message(&*panic);
-                let why = format!("a request panicked: {what}");
-                self.fail(why);
-                Err(ApiError::internal(format!(
-                    "vswitchd hit a bug handling this request ({what}); what the request had set up was undone, and the daemon stops so that a restart restores its state from the store"
-                )))
-            }
+            Err(panic) => Err(self.panicked(&*panic)),
         }
+    }
+
+    /// A request panicked: the daemon stops; the answer says why.
+    pub(super) fn panicked(&self, panic: &(dyn std::any::Any + Send)) -> ApiError {
+        let what = panic_message(panic);
+        let why = format!("a request panicked: {what}");
+        self.fail(why);
+        ApiError::internal(format!(
+            "vswitchd hit a bug handling this request ({what}); what the request had set up was undone, and the daemon stops so that a restart restores its state from the store"
+        ))
     }
 
     fn dispatch(&self, req: Request) -> Result<Value, ApiError> {
@@ -112,7 +115,14 @@ impl ControlPlane {
             }
             Request::NetworkInspect(name) => to_value(self.lock()?.network_inspect(&name)?),
             Request::NetworkRemove(name) => {
-                self.lock()?.remove_network(&name)?;
+                let mut ctrl = self.lock()?;
+                if let Some(d) = ctrl.docker.network_on(&name) {
+                    return Err(ApiError::conflict(format!(
+                        "network `{name}` is Docker's network {}; remove it with `docker network rm`",
+                        &d.id[..d.id.len().min(12)]
+                    )));
+                }
+                ctrl.remove_network(&name)?;
                 to_value(name)
             }
             Request::ContainerList => {

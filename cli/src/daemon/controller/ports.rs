@@ -168,6 +168,54 @@ impl Controller {
             .map_err(ApiError::from)
     }
 
+    /// Makes `ports` the published ports of a connected endpoint (Docker's
+    /// `ProgramExternalConnectivity`): those it had are withdrawn first.
+    /// On error the endpoint publishes nothing.
+    pub(super) fn replace_published(
+        &mut self,
+        network: &str,
+        container: &str,
+        ports: &[PortMapping],
+    ) -> Result<(), ApiError> {
+        self.unpublish_all(network, container)?;
+        let bound = self.bind_ports(network, ports)?;
+        let mappings: Vec<PortMapping> = bound.iter().map(|b| b.mapping()).collect();
+        self.save_ports(container, network, &mappings)?;
+        self.set_endpoint_ports(network, container, mappings);
+        if let Err(e) = self.start_forwarding(network, container, bound) {
+            let _ = self.unpublish_all(network, container);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Withdraws every published port of a connected endpoint.
+    pub(super) fn unpublish_all(&mut self, network: &str, container: &str) -> Result<(), ApiError> {
+        let port = self
+            .network(network)?
+            .endpoints
+            .get(container)
+            .map(|e| e.port)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "container `{container}` is not connected to network `{network}`"
+                ))
+            })?;
+        self.unpublish(network, container, port);
+        self.set_endpoint_ports(network, container, Vec::new());
+        self.save_ports(container, network, &[])
+    }
+
+    fn set_endpoint_ports(&mut self, network: &str, container: &str, ports: Vec<PortMapping>) {
+        if let Some(e) = self
+            .networks
+            .get_mut(network)
+            .and_then(|n| n.endpoints.get_mut(container))
+        {
+            e.ports = ports;
+        }
+    }
+
     /// Stores the mappings of an endpoint (or removes the record when
     /// there are none).
     pub(super) fn save_ports(

@@ -25,6 +25,7 @@ impl Controller {
                 }
             }
         }
+        self.load_docker()?;
         for ep in snap.endpoints {
             let key = ep.key();
             if let Err(e) = self.restore_endpoint(ep.clone()) {
@@ -33,6 +34,7 @@ impl Controller {
                 self.forget_container_if_unused(&ep.container);
             }
         }
+        self.settle_docker();
         for n in self.networks.values() {
             n.publish_zone();
         }
@@ -64,10 +66,28 @@ impl Controller {
             .id
             .ok_or_else(|| ApiError::internal("network has no datapath"))?;
         let queues = self.datapath.queues();
+        let mut rec = rec;
         let tap = match netns::reopen_tap_queues(&netns, &rec.ifname, queues) {
             Ok(t) => t,
-            Err(_) => netns::attach_tap_queues(&netns, &iface_config(net, &rec), queues)
-                .map_err(|e| ApiError::internal(e.to_string()))?,
+            Err(e) => match netns::link_by_mac(&netns, MacAddr(rec.mac)) {
+                // A TAP a container runtime renamed when it moved it in
+                // (Docker's ethN): found by its MAC.
+                Ok(Some(name)) if name != rec.ifname => {
+                    let t = netns::reopen_tap_queues(&netns, &name, queues)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    rec.ifname = name;
+                    if let Err(e) = self.store.put_endpoint(&rec) {
+                        tracing::warn!(error = %e, "storing the interface's new name");
+                    }
+                    t
+                }
+                _ if self.docker.is_endpoint_tap(&rec.ifname) => {
+                    // Docker configured it; vswitch cannot make it again.
+                    return Err(ApiError::internal(e.to_string()));
+                }
+                _ => netns::attach_tap_queues(&netns, &iface_config(net, &rec), queues)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            },
         };
         if let Some(a) = rec.ipv4 {
             self.ipam

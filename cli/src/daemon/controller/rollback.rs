@@ -26,6 +26,9 @@ pub(super) enum Undo {
     },
     /// A TAP made in a namespace.
     Tap { netns: PathBuf, ifname: String },
+    /// A TAP made for a container runtime to move (a descriptor of it: the
+    /// device goes when the last one closes, wherever it is by then).
+    RuntimeTap(switch::tap::Tap),
     /// A port attached to the datapath.
     Port(PortId),
     /// An endpoint record in the store.
@@ -101,6 +104,9 @@ impl Controller {
             }
             // Rollback::run does this without the lock.
             Undo::Tap { netns, ifname } => remove_tap(&netns, &ifname),
+            Undo::RuntimeTap(tap) => {
+                let _ = tap.set_persist(false);
+            }
             Undo::Port(port) => match self.datapath.remove_port(port) {
                 Ok(Some(tap)) => {
                     // Not persistent any more: closing it deletes it.

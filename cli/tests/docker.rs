@@ -1,0 +1,355 @@
+//! Docker on vswitch, end to end: a real dockerd (Debian's docker.io) in
+//! the test's namespace uses vswitchd's remote network driver and IPAM
+//! driver (`vswitchd --docker-plugin`). Containers are busybox from an
+//! imported image; nothing is pulled, and traffic stays in namespaces the
+//! test made.
+
+mod common;
+
+use std::time::Duration;
+
+use common::docker::DockerHost;
+use common::*;
+
+/// A "Docker host": dockerd and vswitchd in one network namespace, vswitchd
+/// in dockerd's mount namespace (where the sandboxes' namespaces are
+/// mounted and `/run/docker/plugins` is the test's own). dockerd is
+/// dropped first, so its containers leave while the plugin still answers.
+struct DockerOnVswitch {
+    docker: DockerHost,
+    host: Host,
+}
+
+/// A web server that answers `/cgi-bin/ip` with the client's address.
+const WEB: &[&str] = &[
+    "sh",
+    "-c",
+    "mkdir -p /w/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /w/cgi-bin/ip && chmod +x /w/cgi-bin/ip && echo hello-from-vswitch > /w/index.html && exec httpd -f -p 80 -h /w",
+];
+
+impl DockerOnVswitch {
+    fn start(dockerd_flags: &[&str]) -> DockerOnVswitch {
+        let ns = Netns::new("vdk");
+        let docker = DockerHost::start(&ns.name, None, dockerd_flags);
+        let api = docker.host();
+        let host = Host::start_in_mount_ns(
+            ns,
+            Some(docker.mount_ns_path()),
+            &["--docker-plugin", "--docker-host", &api],
+        );
+        DockerOnVswitch { docker, host }
+    }
+
+    /// `docker network create -d vswitch --ipam-driver vswitch
+    /// -o vswitch.name=NAME FLAGS... NAME`; returns NAME.
+    fn network(&self, prefix: &str, flags: &[&str]) -> String {
+        let name = unique(prefix);
+        let opt = format!("vswitch.name={name}");
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "vswitch",
+            "--ipam-driver",
+            "vswitch",
+            "-o",
+            &opt,
+        ];
+        args.extend_from_slice(flags);
+        args.push(&name);
+        self.docker.docker_ok(&args);
+        name
+    }
+
+    /// `docker run --rm --network NET busybox sh -c SCRIPT`: its output.
+    fn client(&self, network: &str, script: &str) -> std::process::Output {
+        self.docker.docker_within(
+            &[
+                "run",
+                "--rm",
+                "--pull",
+                "never",
+                "--network",
+                network,
+                common::docker::BUSYBOX,
+                "sh",
+                "-c",
+                script,
+            ],
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Waits until vswitch knows the Docker container by its name on
+    /// `network` (Docker's API is asked after the endpoint joins).
+    fn wait_named(&self, network: &str, name: &str) {
+        wait_for(
+            &format!("{name} named on {network}"),
+            Duration::from_secs(30),
+            || has_container(&self.host, network, name),
+        );
+    }
+}
+
+#[test]
+fn containers_talk_by_name_and_alias_and_removal_leaves_nothing() {
+    require_root!();
+    let d = DockerOnVswitch::start(&[]);
+    let net = d.network("dkw", &["--subnet", "10.210.0.0/24"]);
+    let web = d
+        .docker
+        .run("web", &["--network", &net, "--network-alias", "www"], WEB);
+    d.wait_named(&net, &web);
+
+    let out = d.client(
+        &net,
+        &format!("ping -c1 -W2 {web} && ping -c1 -W2 www && wget -qO- http://{web}/ && wget -qO- http://www/"),
+    );
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{}",
+        stderr(&out),
+        tail(&d.host.log(), 40)
+    );
+    assert_eq!(text.matches("hello-from-vswitch").count(), 2, "{text}");
+    assert!(text.contains("10.210.0."), "{text}");
+
+    // vswitch's own view: the container under its Docker name, with its
+    // alias, and answered by vswitch's DNS on the gateway.
+    let inspect = d.host.vs_json(&["inspect", &web]);
+    let ep = &inspect[0]["Networks"][net.as_str()];
+    let ip = ep["IPAddress"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.210.0."), "{inspect}");
+    assert!(
+        ep["Aliases"].as_array().unwrap().iter().any(|a| a == "www"),
+        "{inspect}"
+    );
+    let out = d.client(
+        &net,
+        &format!("nslookup {web} 10.210.0.1; nslookup www 10.210.0.1"),
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        text.matches(&ip).count(),
+        2,
+        "vswitch's DNS does not know Docker's names: {text}"
+    );
+
+    // Gone: no endpoint, no TAP, no network, no address.
+    d.docker.docker_ok(&["rm", "-f", &web]);
+    d.docker.docker_ok(&["network", "rm", &net]);
+    let list = d.host.vs_ok(&["network", "ls"]);
+    assert!(!list.contains(&net), "{list}");
+    assert!(!d.host.vs(&["inspect", &web]).status.success());
+    let links = stdout(&d.host.ns.exec(&["ip", "-o", "link"]));
+    assert!(!links.contains("vsd"), "a TAP is left: {links}");
+    // The subnet is free again for a new network.
+    let again = d.network("dkw", &["--subnet", "10.210.0.0/24"]);
+    d.docker.docker_ok(&["network", "rm", &again]);
+}
+
+#[test]
+fn network_connect_gives_a_second_interface() {
+    require_root!();
+    let d = DockerOnVswitch::start(&[]);
+    let front = d.network("dkf", &["--subnet", "10.211.0.0/24"]);
+    let back = d.network("dkb", &[]);
+    let web = d.docker.run("web", &["--network", &front], WEB);
+    d.docker
+        .docker_ok(&["network", "connect", "--alias", "db", &back, &web]);
+    let addrs = d.docker.docker_ok(&["exec", &web, "ip", "addr"]);
+    assert!(addrs.contains("eth0") && addrs.contains("eth1"), "{addrs}");
+    d.wait_named(&back, &web);
+    let inspect = d.host.vs_json(&["inspect", &web]);
+    assert!(
+        inspect[0]["Networks"][front.as_str()].is_object(),
+        "{inspect}"
+    );
+    assert!(
+        inspect[0]["Networks"][back.as_str()].is_object(),
+        "{inspect}"
+    );
+
+    let out = d.client(&back, "ping -c1 -W2 db && wget -qO- http://db/");
+    assert!(
+        stdout(&out).contains("hello-from-vswitch"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Networks are isolated: the back network's client cannot reach the
+    // front address.
+    let front_ip = d.host.ip_of(&web, &front);
+    let out = d.client(&back, &format!("ping -c1 -W1 {front_ip}"));
+    assert!(
+        !out.status.success(),
+        "front reached from back: {}",
+        stdout(&out)
+    );
+
+    d.docker.docker_ok(&["network", "disconnect", &back, &web]);
+    let addrs = d.docker.docker_ok(&["exec", &web, "ip", "addr"]);
+    assert!(!addrs.contains("eth1"), "{addrs}");
+    let inspect = d.host.vs_json(&["inspect", &web]);
+    assert!(inspect[0]["Networks"][back.as_str()].is_null(), "{inspect}");
+    // A static address and MAC are kept.
+    let fixed = d.docker.run(
+        "fixed",
+        &[
+            "--network",
+            &front,
+            "--ip",
+            "10.211.0.99",
+            "--mac-address",
+            "02:00:00:aa:bb:cc",
+        ],
+        &["sleep", "600"],
+    );
+    let addrs = d.docker.docker_ok(&["exec", &fixed, "ip", "addr"]);
+    assert!(
+        addrs.contains("10.211.0.99/24") && addrs.contains("02:00:00:aa:bb:cc"),
+        "{addrs}"
+    );
+    d.wait_named(&front, &fixed);
+    let inspect = d.host.vs_json(&["inspect", &fixed]);
+    let ep = &inspect[0]["Networks"][front.as_str()];
+    assert_eq!(ep["IPAddress"], "10.211.0.99", "{inspect}");
+    assert_eq!(ep["MacAddress"], "02:00:00:aa:bb:cc", "{inspect}");
+    // The address is taken: a second container cannot have it.
+    let out = d.docker.docker(&[
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--network",
+        &front,
+        "--ip",
+        "10.211.0.99",
+        common::docker::BUSYBOX,
+        "true",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a taken address was handed out twice"
+    );
+}
+
+#[test]
+fn published_port_keeps_the_clients_address_and_goes_with_the_container() {
+    require_root!();
+    let d = DockerOnVswitch::start(&[]);
+    let net = d.network("dkp", &[]);
+    let client = Netns::new("vdkc");
+    veth(&d.host.ns, "10.251.0.1/24", &client, "10.251.0.2/24");
+    let web = d
+        .docker
+        .run("web", &["--network", &net, "-p", "8080:80"], WEB);
+    let (ok_, out) = until_ok(
+        &client.name,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://10.251.0.1:8080/cgi-bin/ip",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        ok_,
+        "published port unreachable: {out}\n{}",
+        tail(&d.host.log(), 40)
+    );
+    // busybox httpd listens on IPv6 and shows an IPv4 client mapped.
+    assert!(
+        matches!(out.trim(), "10.251.0.2" | "[::ffff:10.251.0.2]"),
+        "the container saw another address: {out}"
+    );
+    // vswitch shows the published port of the Docker container.
+    d.wait_named(&net, &web);
+    let ports = d.host.vs_ok(&["port", &web]);
+    assert!(
+        ports.contains("80/tcp") && ports.contains("8080"),
+        "{ports}"
+    );
+
+    d.docker.docker_ok(&["stop", "-t", "1", &web]);
+    let out = client.exec(&["curl", "-s", "--max-time", "2", "http://10.251.0.1:8080/"]);
+    assert!(
+        !out.status.success(),
+        "still published after stop: {}",
+        stdout(&out)
+    );
+    let listening = stdout(&d.host.ns.exec(&["ss", "-ltn"]));
+    assert!(!listening.contains(":8080"), "{listening}");
+}
+
+#[test]
+fn containers_stay_connected_across_restarts_of_vswitchd_and_dockerd() {
+    require_root!();
+    let mut d = DockerOnVswitch::start(&["--live-restore"]);
+    let net = d.network("dkr", &[]);
+    let web = d.docker.run("web", &["--network", &net], WEB);
+    let peer = d
+        .docker
+        .run("peer", &["--network", &net], &["sleep", "600"]);
+    d.wait_named(&net, &web);
+    let fetch = |d: &DockerOnVswitch| {
+        d.docker.docker_within(
+            // (busybox 1.35's `wget -T` crashes: `timeout` bounds it.)
+            &[
+                "exec",
+                &peer,
+                "timeout",
+                "3",
+                "wget",
+                "-qO-",
+                &format!("http://{web}/"),
+            ],
+            Duration::from_secs(20),
+        )
+    };
+    // (httpd starts after its shell has written the page.)
+    wait_for(
+        "traffic before the restarts",
+        Duration::from_secs(20),
+        || stdout(&fetch(&d)).contains("hello-from-vswitch"),
+    );
+
+    // vswitchd crashes and comes back: the TAPs Docker renamed are found
+    // again and traffic flows.
+    d.host.restart();
+    let mut last = String::new();
+    wait_for(
+        "traffic after vswitchd restart",
+        Duration::from_secs(20),
+        || {
+            let out = fetch(&d);
+            last = format!("{}{}", stdout(&out), stderr(&out));
+            last.contains("hello-from-vswitch")
+        },
+    );
+    let inspect = d.host.vs_json(&["inspect", &web]);
+    assert_eq!(
+        inspect[0]["Networks"][net.as_str()]["Interface"],
+        "eth0",
+        "{inspect}"
+    );
+
+    // dockerd restarts with --live-restore: its containers keep running
+    // and connected.
+    d.docker.restart();
+    wait_for(
+        "traffic after dockerd restart",
+        Duration::from_secs(30),
+        || stdout(&fetch(&d)).contains("hello-from-vswitch"),
+    );
+    // And a new container still joins.
+    let out = d.client(&net, &format!("timeout 3 wget -qO- http://{web}/"));
+    assert!(
+        stdout(&out).contains("hello-from-vswitch"),
+        "{}",
+        stderr(&out)
+    );
+}
