@@ -40,6 +40,27 @@ impl DockerOnVswitch {
         DockerOnVswitch { docker, host }
     }
 
+    /// A Docker host that is a cluster member at `ip` on the underlay.
+    fn in_cluster(
+        ul: &Underlay,
+        ip: &str,
+        key: &TempFile,
+        dockerd_flags: &[&str],
+    ) -> DockerOnVswitch {
+        let ns = ul.plug("vdo", &format!("{ip}/24"));
+        let docker = DockerHost::start(&ns.name, None, dockerd_flags);
+        let api = docker.host();
+        let mut args = cluster_args(key.path(), ip);
+        args.extend([
+            "--docker-plugin".to_string(),
+            "--docker-host".to_string(),
+            api,
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let host = Host::start_in_mount_ns(ns, Some(docker.mount_ns_path()), &args);
+        DockerOnVswitch { docker, host }
+    }
+
     /// `docker network create -d vswitch --ipam-driver vswitch
     /// -o vswitch.name=NAME FLAGS... NAME`; returns NAME.
     fn network(&self, prefix: &str, flags: &[&str]) -> String {
@@ -351,5 +372,77 @@ fn containers_stay_connected_across_restarts_of_vswitchd_and_dockerd() {
         stdout(&out).contains("hello-from-vswitch"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Docker's `"dns"` setting for names its own resolver does not know:
+/// every vswitch gateway answers on this address.
+const VSWITCH_DNS: &str = "169.254.53.53";
+
+#[test]
+fn two_docker_hosts_share_an_overlay_and_talk_by_name() {
+    require_root!();
+    let ul = Underlay::new();
+    let key = TempFile::new("vskey-docker", "docker hosts without swarm");
+    let a = DockerOnVswitch::in_cluster(&ul, "192.0.2.21", &key, &["--dns", VSWITCH_DNS]);
+    let b = DockerOnVswitch::in_cluster(&ul, "192.0.2.22", &key, &["--dns", VSWITCH_DNS]);
+    b.host.vs_ok(&["join-cluster", "192.0.2.21"]);
+    for h in [&a.host, &b.host] {
+        wait_for("2 alive members", Duration::from_secs(20), || {
+            alive_members(h) == 2
+        });
+    }
+    // The same network created on each Docker host, by the same name.
+    let name = unique("dko");
+    let opt = format!("vswitch.name={name}");
+    let create = [
+        "network",
+        "create",
+        "-d",
+        "vswitch",
+        "--ipam-driver",
+        "vswitch",
+        "--subnet",
+        "10.212.0.0/24",
+        "-o",
+        &opt,
+        "-o",
+        "vswitch.driver=overlay",
+        &name,
+    ];
+    a.docker.docker_ok(&create);
+    wait_for("the overlay on host b", Duration::from_secs(15), || {
+        b.host.vs(&["network", "inspect", &name]).status.success()
+    });
+    b.docker.docker_ok(&create);
+
+    let web = a
+        .docker
+        .run("web", &["--network", &name, "--network-alias", "www"], WEB);
+    a.wait_named(&name, &web);
+    wait_for("web seen from host b", Duration::from_secs(20), || {
+        has_container(&b.host, &name, &web)
+    });
+    let inspect = b.host.vs_json(&["network", "inspect", &name]);
+    assert_eq!(inspect[0]["Driver"], "overlay", "{inspect}");
+
+    // From a container on host b: Docker's resolver does not know `web`
+    // and forwards to vswitch's DNS, which knows every host's containers.
+    let mut last = String::new();
+    wait_for(
+        "web by name and alias from host b",
+        Duration::from_secs(30),
+        || {
+            let out = b.client(&name, &format!("timeout 3 wget -qO- http://{web}/ && timeout 3 wget -qO- http://www/ && ip addr"));
+            last = format!("{}{}", stdout(&out), stderr(&out));
+            last.matches("hello-from-vswitch").count() == 2
+        },
+    );
+    // Addresses are unique across the hosts (the cluster IPAM).
+    let web_ip = a.host.ip_of(&web, &name);
+    assert!(last.contains("10.212.0."), "{last}");
+    assert!(
+        !last.contains(&format!("inet {web_ip}/")),
+        "host b's client got web's address {web_ip}: {last}"
     );
 }

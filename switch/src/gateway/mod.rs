@@ -89,6 +89,14 @@ use upstream::{Client, Pending};
 const INITIAL_TCP_LISTENERS: usize = 2;
 /// The DNS port, UDP and TCP.
 pub const DNS_PORT: u16 = 53;
+/// The address every network's gateway also answers DNS on (UDP): one
+/// resolver address for all networks, for a runtime that takes a single
+/// upstream for every container (Docker's `"dns"` setting: its embedded
+/// resolver forwards the names it does not know there, from inside the
+/// container's namespace, so the query reaches the gateway of the
+/// container's network by its default route). Link-local, so it is never
+/// an address of the outside world; the NAT never forwards it.
+pub const DNS_SERVICE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
 /// Forwarded queries waiting for an upstream reply, per gateway. Beyond:
 /// SERVFAIL at once.
 pub const MAX_PENDING_UPSTREAM: usize = 1024;
@@ -455,7 +463,12 @@ impl Gateway {
         }
         let (path, transport) = match (pkt.ip(), pkt.transport()) {
             (Some(IpHeader::V4(ip)), Some(transport)) => {
-                if Some(ip.dst()) != self.ipv4 || !answers_itself(&transport, false) {
+                let to_service = ip.dst() == DNS_SERVICE_V4
+                    && matches!(&transport, TransportHeader::Udp(u) if u.dst_port() == DNS_PORT)
+                    && self.ipv4.is_some();
+                if (Some(ip.dst()) != self.ipv4 && !to_service)
+                    || !answers_itself(&transport, false)
+                {
                     return Direct::Pass;
                 }
                 let src = ip.src();
@@ -772,6 +785,40 @@ mod tests {
         gw.handle_frame(&bad, now);
         assert!(drain(&mut gw, now).is_empty());
         assert_eq!(gw.stats().frames_bad_checksum, 1);
+    }
+
+    #[test]
+    fn dns_on_the_service_address() {
+        let now = Instant::now();
+        let mut gw = gateway(vec![], now);
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(C_MAC, GW_MAC.0)
+            .ipv4(C4.octets(), DNS_SERVICE_V4.octets(), 64)
+            .udp(40000, 53)
+            .write(&mut f, &dns_query(7, "web.", RecordType::A))
+            .unwrap();
+        let reply = one_reply(&mut gw, &f, now);
+        let pkt = SlicedPacket::from_ethernet(&reply).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &pkt.net else {
+            panic!("not ipv4")
+        };
+        // Answered from the address it was asked at.
+        assert_eq!(ip.header().source_addr(), DNS_SERVICE_V4);
+        assert_eq!(ip.header().destination_addr(), C4);
+        let Some(TransportSlice::Udp(udp)) = &pkt.transport else {
+            panic!("not udp")
+        };
+        let msg = Message::from_vec(udp.payload()).unwrap();
+        assert_eq!(msg.answers.len(), 1, "{msg:?}");
+        // Other traffic to that address is not the gateway's.
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(C_MAC, GW_MAC.0)
+            .ipv4(C4.octets(), DNS_SERVICE_V4.octets(), 64)
+            .udp(40000, 5353)
+            .write(&mut f, b"x")
+            .unwrap();
+        gw.handle_frame(&f, now);
+        assert!(drain(&mut gw, now).is_empty());
     }
 
     #[test]

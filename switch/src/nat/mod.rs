@@ -431,6 +431,10 @@ pub fn is_for_nat(
                 return false;
             }
             let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            if dst == crate::gateway::DNS_SERVICE_V4 {
+                // The gateway's resolver, never the outside world's.
+                return false;
+            }
             if Some(dst) == gateway_ipv4 {
                 let ihl = usize::from(ip[0] & 0x0f) * 4;
                 let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
@@ -890,6 +894,7 @@ mod tests {
     #[case::nat_port_on_gateway("10.0.0.1", 6, 50000, true)]
     #[case::nat_udp_port_on_gateway("10.0.0.1", 17, 65535, true)]
     #[case::below_nat_ports("10.0.0.1", 6, 49151, false)]
+    #[case::dns_service("169.254.53.53", 17, 53, false)]
     #[case::multicast("224.0.0.251", 17, 5353, false)]
     #[case::broadcast("255.255.255.255", 17, 67, false)]
     #[case::loopback("127.0.0.1", 6, 80, false)]
