@@ -446,3 +446,74 @@ fn two_docker_hosts_share_an_overlay_and_talk_by_name() {
         "host b's client got web's address {web_ip}: {last}"
     );
 }
+
+#[test]
+fn ipv6_ranges_internal_networks_and_a_container_removed_while_vswitchd_was_down() {
+    require_root!();
+    let mut d = DockerOnVswitch::start(&[]);
+    let net = d.network(
+        "dk6",
+        &[
+            "--ipv6",
+            "--internal",
+            "--subnet",
+            "10.213.0.0/24",
+            "--ip-range",
+            "10.213.0.128/25",
+            "--subnet",
+            "fd00:213::/64",
+        ],
+    );
+    let inspect = d.host.vs_json(&["network", "inspect", &net]);
+    assert_eq!(inspect[0]["Internal"], true, "{inspect}");
+    assert_eq!(inspect[0]["EnableIPv6"], true, "{inspect}");
+    assert_eq!(
+        inspect[0]["IPAM"]["Config"][0]["IPRange"], "10.213.0.128/25",
+        "{inspect}"
+    );
+    let c1 = d.docker.run("c1", &["--network", &net], &["sleep", "600"]);
+    let c2 = d.docker.run("c2", &["--network", &net], &["sleep", "600"]);
+    d.wait_named(&net, &c2);
+    let ip1 = d.host.ip_of(&c1, &net);
+    let last: u8 = ip1.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ip1.starts_with("10.213.0.") && last >= 128,
+        "{ip1} is outside --ip-range"
+    );
+    let v = d.host.vs_json(&["inspect", &c1]);
+    let ip6 = v[0]["Networks"][net.as_str()]["GlobalIPv6Address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(ip6.starts_with("fd00:213::"), "{v}");
+    // Internal: no default route in the container, and both families
+    // reach the neighbour.
+    let routes = d.docker.docker_ok(&["exec", &c2, "ip", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    d.docker
+        .docker_ok(&["exec", &c2, "ping", "-c1", "-W2", &ip1]);
+    d.docker
+        .docker_ok(&["exec", &c2, "ping", "-6", "-c1", "-W2", &ip6]);
+
+    // vswitchd is down while c2 goes: Docker's calls fail, and the next
+    // start releases what c2 held.
+    let ip2 = d.host.ip_of(&c2, &net);
+    d.host.kill9();
+    let out = d
+        .docker
+        .docker_within(&["rm", "-f", &c2], Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.host.restart();
+    assert!(
+        !d.host.vs(&["inspect", &c2]).status.success(),
+        "c2 is still known"
+    );
+    let links = stdout(&d.host.ns.exec(&["ip", "-o", "link"]));
+    assert!(!links.contains("vsd"), "a TAP is left: {links}");
+    // Its address is free: a container asking for it gets it.
+    let c3 = d
+        .docker
+        .run("c3", &["--network", &net, "--ip", &ip2], &["sleep", "600"]);
+    d.wait_named(&net, &c3);
+    assert_eq!(d.host.ip_of(&c3, &net), ip2);
+}
