@@ -517,3 +517,89 @@ fn ipv6_ranges_internal_networks_and_a_container_removed_while_vswitchd_was_down
     d.wait_named(&net, &c3);
     assert_eq!(d.host.ip_of(&c3, &net), ip2);
 }
+
+#[test]
+fn a_network_made_with_the_vswitch_cli_is_shared_with_docker() {
+    require_root!();
+    let d = DockerOnVswitch::start(&[]);
+    let net = d.host.network("dks", &["--subnet", "10.214.0.0/24"]);
+    // A sandbox of the test's own, by /proc path (vswitchd runs in
+    // dockerd's mount namespace, which does not see the test's /run/netns).
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let netns = format!("/proc/{}/ns/net", holder.id());
+    wait_for("the sandbox's namespace", Duration::from_secs(5), || {
+        std::fs::read_link(&netns).ok() != std::fs::read_link("/proc/self/ns/net").ok()
+    });
+    let sandbox = unique("sbx");
+    d.host
+        .vs_ok(&["network", "connect", "--netns", &netns, &net, &sandbox]);
+    let sandbox_ip = d.host.ip_of(&sandbox, &net);
+    // Docker's network on it: the same subnet, found, not made again.
+    let opt = format!("vswitch.name={net}");
+    let wrong = d.docker.docker(&[
+        "network",
+        "create",
+        "-d",
+        "vswitch",
+        "--ipam-driver",
+        "vswitch",
+        "--subnet",
+        "10.215.0.0/24",
+        "-o",
+        &opt,
+        "x",
+    ]);
+    assert!(
+        !wrong.status.success(),
+        "a Docker network with another subnet was accepted"
+    );
+    assert!(
+        stderr(&wrong).contains("10.214.0.0/24"),
+        "{}",
+        stderr(&wrong)
+    );
+    d.docker.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "vswitch",
+        "--ipam-driver",
+        "vswitch",
+        "--ipam-opt",
+        &opt,
+        "-o",
+        &opt,
+        "shared",
+    ]);
+    let web = d.docker.run("web", &["--network", "shared"], WEB);
+    d.wait_named(&net, &web);
+    // The vswitch sandbox reaches the Docker container by name (vswitch's
+    // DNS), and the container reaches the sandbox by address.
+    // (Asked of the gateway by address: the sandbox has no resolv.conf of
+    // its own, and the host's resolvers are never to be asked.)
+    let mut last = String::new();
+    wait_for(
+        "the Docker container from the vswitch sandbox",
+        Duration::from_secs(20),
+        || {
+            let out = cmd(&[
+            "nsenter", &format!("--net={netns}"), "sh", "-c",
+            &format!("ip=$(dig +short +time=1 +tries=1 @10.214.0.1 {web}) && [ -n \"$ip\" ] && curl -s --max-time 2 http://$ip/"),
+        ]);
+            last = stdout(&out);
+            last.contains("hello-from-vswitch")
+        },
+    );
+    d.docker
+        .docker_ok(&["exec", &web, "ping", "-c1", "-W2", &sandbox_ip]);
+    // Docker's network goes; the vswitch network stays, with its sandbox.
+    d.docker.docker_ok(&["rm", "-f", &web]);
+    d.docker.docker_ok(&["network", "rm", "shared"]);
+    assert!(has_container(&d.host, &net, &sandbox));
+    d.host.vs_ok(&["network", "disconnect", &net, &sandbox]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -19,12 +19,18 @@ struct Plugin {
 
 impl Plugin {
     fn start() -> Plugin {
+        Plugin::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Plugin {
         let ns = Netns::new("vdp");
         let socket = std::env::temp_dir()
             .join(format!("vstest-{}-plugin.sock", ns.name))
             .display()
             .to_string();
-        let host = Host::start_in(ns, &["--docker-plugin", "--docker-plugin-socket", &socket]);
+        let mut args = vec!["--docker-plugin", "--docker-plugin-socket", &socket];
+        args.extend_from_slice(extra);
+        let host = Host::start_in(ns, &args);
         Plugin { host, socket }
     }
 
@@ -472,4 +478,46 @@ fn bad_and_out_of_order_calls_are_refused_and_leave_nothing() {
     assert!(!list.contains(&name), "{list}");
     // The daemon counted what it refused and is still up.
     assert!(p.host.vs(&["network", "ls"]).status.success());
+}
+
+#[test]
+fn a_join_that_fails_half_way_leaves_no_tap_and_can_be_undone() {
+    require_root!();
+    // The datapath step of the connect fails: everything before it (the
+    // TAP made for Docker, the container record) is undone.
+    let p = Plugin::start_with(&["--test-failpoints", "connect::datapath=return"]);
+    let name = unique("dpf");
+    p.ok(
+        "NetworkDriver.CreateNetwork",
+        &json!({"NetworkID": NET, "Options": {"com.docker.network.generic": {"vswitch.name": name}},
+            "IPv4Data": [{"Pool": "10.204.0.0/24", "Gateway": "10.204.0.1/24"}]}),
+    );
+    p.ok(
+        "NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.204.0.7/24"}}),
+    );
+    let sandbox = Netns::new("vdpf");
+    let msg = p.refused(
+        "NetworkDriver.Join",
+        &json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": format!("/run/netns/{}", sandbox.name)}).to_string(),
+    );
+    assert!(msg.contains("connect::datapath"), "{msg}");
+    let links = stdout(&p.host.ns.exec(&["ip", "-o", "link"]));
+    assert!(
+        !links.contains("vsd"),
+        "the TAP made for Docker is left: {links}"
+    );
+    let inspect = p.host.vs_json(&["network", "inspect", &name]);
+    assert_eq!(inspect[0]["Containers"], json!({}), "{inspect}");
+    // Docker then deletes the endpoint and the network: both go.
+    p.ok(
+        "NetworkDriver.Leave",
+        &json!({"NetworkID": NET, "EndpointID": EP}),
+    );
+    p.ok(
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": NET, "EndpointID": EP}),
+    );
+    p.ok("NetworkDriver.DeleteNetwork", &json!({"NetworkID": NET}));
+    assert!(!p.host.vs(&["network", "inspect", &name]).status.success());
 }
