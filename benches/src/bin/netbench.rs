@@ -26,6 +26,8 @@
 // This file is the crate root, so its modules sit in `netbench/` by path.
 #[path = "netbench/cpu.rs"]
 mod cpu;
+#[path = "netbench/docker.rs"]
+mod docker;
 #[path = "netbench/exec.rs"]
 mod exec;
 #[path = "netbench/overlay.rs"]

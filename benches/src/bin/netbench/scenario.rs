@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cpu::Watched;
+use crate::docker;
 use crate::exec::{in_ns, interrupted, Background, Shell};
 use crate::overlay;
 use crate::ovs;
@@ -131,6 +132,8 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(publish::PastaEgress),
         Box::new(publish::SlirpEgress),
         Box::new(publish::VswitchEgress),
+        Box::new(docker::DockerBridge),
+        Box::new(docker::DockerVswitch),
     ]
 }
 
@@ -350,6 +353,9 @@ pub struct VswitchHost {
     label: String,
     socket: PathBuf,
     state_dir: PathBuf,
+    /// A mount namespace to run the daemon in (a dockerd's), and the
+    /// network namespace it runs in when the host does not own one.
+    mount_ns: Option<(String, String)>,
     /// Networks `network create` made here (removed before the daemon stops).
     networks: Vec<String>,
     /// Containers `vswitch run` was asked to make (their namespaces too).
@@ -389,6 +395,7 @@ impl VswitchHost {
             label: label.to_string(),
             socket: state_dir.join("vswitchd.sock"),
             state_dir,
+            mount_ns: None,
             networks: Vec::new(),
             containers: Vec::new(),
             containers_removed: false,
@@ -401,9 +408,58 @@ impl VswitchHost {
         Ok(host)
     }
 
+    /// Starts vswitchd in the network namespace `netns` (someone else's)
+    /// and the mount namespace `mount_ns` (`/proc/PID/ns/mnt` of a
+    /// dockerd's): the Docker plugin must see the sandboxes' namespaces
+    /// where dockerd mounts them.
+    pub fn start_in_mount_ns(
+        env: &Env,
+        netns: &str,
+        mount_ns: &str,
+        label: &str,
+        extra: &[&str],
+    ) -> Result<VswitchHost, Error> {
+        let state_dir = env.sh.dir().join(label);
+        std::fs::create_dir_all(&state_dir).map_err(|e| Error::Io {
+            context: format!("creating {}", state_dir.display()),
+            source: e,
+        })?;
+        let mut host = VswitchHost {
+            sh: env.sh.clone(),
+            vswitch: env.vswitch.clone(),
+            label: label.to_string(),
+            socket: state_dir.join("vswitchd.sock"),
+            state_dir,
+            mount_ns: Some((mount_ns.to_string(), netns.to_string())),
+            networks: Vec::new(),
+            containers: Vec::new(),
+            containers_removed: false,
+            daemon: None,
+            ns: None,
+            torn_down: false,
+        };
+        host.start_daemon(env, extra)?;
+        Ok(host)
+    }
+
     fn start_daemon(&mut self, env: &Env, extra: &[&str]) -> Result<(), Error> {
-        let ns = self.ns_name().to_string();
-        let mut argv = in_ns(&ns, &[env.vswitchd.display().to_string()]);
+        let (ns, mut argv) = match &self.mount_ns {
+            Some((mnt, net)) => (
+                net.clone(),
+                vec![
+                    "nsenter".to_string(),
+                    format!("--mount={mnt}"),
+                    format!("--net=/run/netns/{net}"),
+                    "--".into(),
+                    env.vswitchd.display().to_string(),
+                ],
+            ),
+            None => {
+                let ns = self.ns_name().to_string();
+                let argv = in_ns(&ns, &[env.vswitchd.display().to_string()]);
+                (ns, argv)
+            }
+        };
         argv.extend(
             [
                 "--state-dir",
