@@ -138,6 +138,12 @@ fn containers_talk_by_name_and_alias_and_removal_leaves_nothing() {
 
     // vswitch's own view: the container under its Docker name, with its
     // alias, and answered by vswitch's DNS on the gateway.
+    // The interface as Docker named it in the sandbox.
+    wait_for(
+        "the TAP's name in the sandbox",
+        Duration::from_secs(10),
+        || d.host.vs_json(&["inspect", &web])[0]["Networks"][net.as_str()]["Interface"] == "eth0",
+    );
     let inspect = d.host.vs_json(&["inspect", &web]);
     let ep = &inspect[0]["Networks"][net.as_str()];
     let ip = ep["IPAddress"].as_str().unwrap().to_string();

@@ -252,6 +252,38 @@ impl ControlPlane {
         }))
     }
 
+    /// What Docker's API said of a joined endpoint (see
+    /// [`Controller::docker_named`]); then the name Docker gave the TAP in
+    /// the sandbox (`ethN`) is learnt, by its MAC, without the lock.
+    pub fn docker_named(
+        &self,
+        endpoint: &str,
+        name: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let found = {
+            let mut c = self.lock()?;
+            c.docker_named(endpoint, name, aliases)?;
+            c.docker_endpoint_place(endpoint)
+        };
+        let Some((network, container, netns, mac)) = found else {
+            return Ok(());
+        };
+        // Docker moves the TAP in when the sandbox's namespace is made,
+        // which may be just after the container shows in its network.
+        for _ in 0..50 {
+            if let Ok(Some(ifname)) = netns::link_by_mac(&netns, mac) {
+                return self.lock()?.set_ifname(&network, &container, &ifname);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tracing::debug!(
+            endpoint = short(endpoint),
+            "the TAP's name in the sandbox was not learnt"
+        );
+        Ok(())
+    }
+
     /// `Leave`: the endpoint disconnected (Docker has moved its TAP out of
     /// the sandbox by now, or the sandbox is gone with it).
     fn docker_leave(&self, e: &EndpointRef) -> Result<Value, ApiError> {
@@ -356,7 +388,7 @@ impl Controller {
     /// and its aliases on the network. The sandbox's container takes the
     /// name (unless another container has it) and the endpoint the
     /// aliases, for DNS here and, on overlays, on every host.
-    pub fn docker_named(
+    fn docker_named(
         &mut self,
         endpoint: &str,
         name: &str,
@@ -392,6 +424,32 @@ impl Controller {
         }
         aliases.dedup();
         self.set_aliases(&network, &container, aliases)
+    }
+
+    /// A joined endpoint's vswitch network, container, sandbox and MAC.
+    fn docker_endpoint_place(&self, endpoint: &str) -> Option<(String, String, PathBuf, MacAddr)> {
+        let ep = self.docker.endpoints.get(endpoint)?;
+        let container = ep.container.clone()?;
+        let network = self.docker.networks.get(&ep.network)?.name.clone();
+        let netns = self.containers.get(&container)?.netns.clone()?;
+        Some((network, container, netns, MacAddr(ep.mac)))
+    }
+
+    /// Stores an endpoint's interface name as the runtime named it.
+    fn set_ifname(&mut self, network: &str, container: &str, ifname: &str) -> Result<(), ApiError> {
+        let Some(ep) = self
+            .networks
+            .get_mut(network)
+            .and_then(|n| n.endpoints.get_mut(container))
+        else {
+            return Ok(());
+        };
+        if ep.record.ifname == ifname {
+            return Ok(());
+        }
+        ep.record.ifname = ifname.to_string();
+        let record = ep.record.clone();
+        self.store.put_endpoint(&record).map_err(internal)
     }
 
     /// Stores a record and makes it the live one.

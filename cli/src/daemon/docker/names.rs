@@ -118,11 +118,9 @@ pub async fn name_endpoint(
             "Docker did not tell the endpoint's container name; it keeps its sandbox's");
         return;
     };
-    let result = tokio::task::spawn_blocking(move || {
-        ctrl.with(|c| c.docker_named(&endpoint, &name, aliases))
-    })
-    .await;
-    if let Ok(Some(Err(e))) = result {
+    let result =
+        tokio::task::spawn_blocking(move || ctrl.docker_named(&endpoint, &name, aliases)).await;
+    if let Ok(Err(e)) = result {
         tracing::warn!(error = %e, "naming a Docker endpoint");
     }
 }
