@@ -581,7 +581,8 @@ mod tests {
     #[case(&[], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge",
                   "kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay", "vswitch-overlay-encrypted",
                   "socat-relay", "pasta-publish", "vswitch-publish",
-                  "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
+                  "pasta-egress", "slirp4netns-egress", "vswitch-egress",
+                  "docker-bridge", "docker-vswitch"])]
     #[case(&["publish", "egress"], &["socat-relay", "pasta-publish", "vswitch-publish",
                                      "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
     #[case(&["local"], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge"])]
