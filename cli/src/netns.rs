@@ -301,51 +301,40 @@ pub fn make_tap_for_runtime(cfg: &IfaceConfig, queues: usize) -> Result<Vec<Tap>
     validate_mtu(cfg)?;
     let cfg = cfg.clone();
     let here = PathBuf::from("/proc/self/ns/net");
-    // A thread of its own: the netlink runtime must not be the caller's.
-    let thread = std::thread::Builder::new()
-        .name("vswitch-netns".into())
-        .spawn(move || {
-            let rtnl = Rtnl::new()?;
-            if rtnl.link_index(&cfg.name, &here)?.is_some() {
-                return Err(NetnsError::TapBusy {
-                    name: cfg.name.clone(),
-                    netns: here,
-                });
-            }
-            let tap = open_tap(&here, &cfg.name, Some(queues))?;
-            let set = || -> Result<(), NetnsError> {
-                let index =
-                    rtnl.link_index(&cfg.name, &here)?
-                        .ok_or_else(|| NetnsError::NoSuchTap {
-                            name: cfg.name.clone(),
-                            netns: here.clone(),
-                        })?;
-                let link = LinkUnspec::new_with_index(index)
-                    .address(cfg.mac.0.to_vec())
-                    .mtu(cfg.mtu)
-                    .build();
-                rtnl.block_on(rtnl.handle.link().set(link).execute())
-                    .map_err(|e| {
-                        netlink_error(
-                            format!("set MAC {} and MTU {} of {}", cfg.mac, cfg.mtu, cfg.name),
-                            e,
-                        )
-                    })
-            };
-            if let Err(e) = set() {
-                let _ = tap[0].set_persist(false);
-                return Err(e);
-            }
-            Ok(tap)
-        })
-        .map_err(|source| NetnsError::Thread {
-            path: PathBuf::from("."),
-            source,
-        })?;
-    match thread.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    on_own_thread("vswitch-netns", move || {
+        let rtnl = Rtnl::new()?;
+        if rtnl.link_index(&cfg.name, &here)?.is_some() {
+            return Err(NetnsError::TapBusy {
+                name: cfg.name.clone(),
+                netns: here,
+            });
+        }
+        let tap = open_tap(&here, &cfg.name, Some(queues))?;
+        let set = || -> Result<(), NetnsError> {
+            let index =
+                rtnl.link_index(&cfg.name, &here)?
+                    .ok_or_else(|| NetnsError::NoSuchTap {
+                        name: cfg.name.clone(),
+                        netns: here.clone(),
+                    })?;
+            let link = LinkUnspec::new_with_index(index)
+                .address(cfg.mac.0.to_vec())
+                .mtu(cfg.mtu)
+                .build();
+            rtnl.block_on(rtnl.handle.link().set(link).execute())
+                .map_err(|e| {
+                    netlink_error(
+                        format!("set MAC {} and MTU {} of {}", cfg.mac, cfg.mtu, cfg.name),
+                        e,
+                    )
+                })
+        };
+        if let Err(e) = set() {
+            let _ = tap[0].set_persist(false);
+            return Err(e);
+        }
+        Ok(tap)
+    })
 }
 
 /// The name of the interface whose MAC is `mac` in the namespace, if there
@@ -447,11 +436,20 @@ pub fn loopback_up(netns: &Path) -> Result<(), NetnsError> {
 /// routes and the local table (the host's own addresses) are left out. Sorted,
 /// without duplicates.
 pub fn host_routes() -> Result<Vec<IpNet>, NetnsError> {
-    // A thread inherits the namespace of the thread that creates it, and a
-    // private runtime there cannot collide with the caller's own runtime.
+    on_own_thread("vswitch-routes", || Rtnl::new()?.route_prefixes())
+}
+
+/// Runs `f` on a short-lived thread of the caller's namespace: a thread
+/// inherits the namespace of the thread that creates it, and a private
+/// netlink runtime there cannot collide with the caller's own runtime. A
+/// panic in `f` is resumed on the caller.
+fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
     let thread = std::thread::Builder::new()
-        .name("vswitch-routes".into())
-        .spawn(|| Rtnl::new()?.route_prefixes())
+        .name(name.into())
+        .spawn(f)
         .map_err(|source| NetnsError::Thread {
             path: PathBuf::from("."),
             source,

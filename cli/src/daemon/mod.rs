@@ -205,22 +205,28 @@ fn init_logging(args: &DaemonArgs) {
 
 /// Binds the control socket, refusing to steal one a live daemon answers on.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
+    bind_unix(
+        path,
+        "the control socket",
+        "another vswitchd already answers there; stop it or pass --socket",
+    )
+}
+
+/// Binds a Unix socket (`what`) at `path`: its directory made, a stale
+/// socket replaced, one that answers refused with `taken`.
+fn bind_unix(path: &Path, what: &str, taken: &str) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+            .with_context(|| format!("creating the directory of {what} {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another vswitchd already answers on {}; stop it or pass --socket",
-                path.display()
-            );
+            bail!("{what} {}: {taken}", path.display());
         }
         std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            .with_context(|| format!("removing the stale {what} {}", path.display()))?;
     }
-    UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))
+    UnixListener::bind(path).with_context(|| format!("binding {what} {}", path.display()))
 }
 
 /// Rootless: find or start the pause process and join its user and mount

@@ -71,22 +71,9 @@ async fn handle(
             return Ok(error_response(&ApiError::new(e.status(), e.to_string())));
         }
     };
-    // A 503 means "waiting for another host" (address space for an
-    // overlay): retry for a while, with the controller unlocked in between
-    // so the answer can arrive.
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let result = loop {
-        let ctrl2 = ctrl.clone();
-        let req = request.clone();
-        let result = tokio::task::spawn_blocking(move || ctrl2.handle(req))
-            .await
-            .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
-        match result {
-            Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            other => break other,
-        }
+    let result = {
+        let ctrl = ctrl.clone();
+        run_retrying(move || ctrl.handle(request.clone())).await
     };
     Ok(match result {
         Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
@@ -108,30 +95,68 @@ pub async fn serve(
     listener: UnixListener,
     ctrl: Arc<ControlPlane>,
     info: Info,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let info = Arc::new(info);
+    serve_unix(listener, "control", shutdown, move |req| {
+        handle(ctrl.clone(), info.clone(), req)
+    })
+    .await
+}
+
+/// Runs a request on a blocking thread; a 503 ("waiting for another
+/// host": address space for an overlay) is retried for a while, with the
+/// controller unlocked in between so the answer can arrive.
+pub(super) async fn run_retrying<F>(f: F) -> Result<serde_json::Value, ApiError>
+where
+    F: Fn() -> Result<serde_json::Value, ApiError> + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        let f = f.clone();
+        let result = tokio::task::spawn_blocking(move || f())
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
+        match result {
+            Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Accepts HTTP/1.1 connections on `listener` (the `what` socket), one task
+/// each, answered by `handler`, until `shutdown` turns true.
+pub(super) async fn serve_unix<H, Fut>(
+    listener: UnixListener,
+    what: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
-                        tracing::warn!(error = %e, "control socket accept");
+                        tracing::warn!(error = %e, socket = what, "accept");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                let ctrl = ctrl.clone();
-                let info = info.clone();
+                let handler = handler.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(ctrl.clone(), info.clone(), req));
                     let conn = http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
+                        .serve_connection(TokioIo::new(stream), service_fn(handler));
                     if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "control connection");
+                        tracing::debug!(error = %e, socket = what, "connection");
                     }
                 });
             }

@@ -463,12 +463,12 @@ impl Gateway {
         }
         let (path, transport) = match (pkt.ip(), pkt.transport()) {
             (Some(IpHeader::V4(ip)), Some(transport)) => {
-                let to_service = ip.dst() == DNS_SERVICE_V4
-                    && matches!(&transport, TransportHeader::Udp(u) if u.dst_port() == DNS_PORT)
-                    && self.ipv4.is_some();
-                if (Some(ip.dst()) != self.ipv4 && !to_service)
-                    || !answers_itself(&transport, false)
-                {
+                // The gateway's own address, or DNS on the service address.
+                let mine = Some(ip.dst()) == self.ipv4
+                    || (ip.dst() == DNS_SERVICE_V4
+                        && self.ipv4.is_some()
+                        && matches!(&transport, TransportHeader::Udp(_)));
+                if !mine || !answers_itself(&transport, false) {
                     return Direct::Pass;
                 }
                 let src = ip.src();

@@ -384,28 +384,7 @@ impl VswitchHost {
     /// with `extra` flags after the usual ones; returns once its control
     /// socket accepts connections.
     pub fn start(env: &Env, ns: Netns, label: &str, extra: &[&str]) -> Result<VswitchHost, Error> {
-        let state_dir = env.sh.dir().join(label);
-        std::fs::create_dir_all(&state_dir).map_err(|e| Error::Io {
-            context: format!("creating {}", state_dir.display()),
-            source: e,
-        })?;
-        let mut host = VswitchHost {
-            sh: env.sh.clone(),
-            vswitch: env.vswitch.clone(),
-            label: label.to_string(),
-            socket: state_dir.join("vswitchd.sock"),
-            state_dir,
-            mount_ns: None,
-            networks: Vec::new(),
-            containers: Vec::new(),
-            containers_removed: false,
-            daemon: None,
-            ns: Some(ns),
-            torn_down: false,
-        };
-        // From here on, dropping `host` undoes whatever was done.
-        host.start_daemon(env, extra)?;
-        Ok(host)
+        VswitchHost::launch(env, label, Some(ns), None, extra)
     }
 
     /// Starts vswitchd in the network namespace `netns` (someone else's)
@@ -419,6 +398,17 @@ impl VswitchHost {
         label: &str,
         extra: &[&str],
     ) -> Result<VswitchHost, Error> {
+        let place = (mount_ns.to_string(), netns.to_string());
+        VswitchHost::launch(env, label, None, Some(place), extra)
+    }
+
+    fn launch(
+        env: &Env,
+        label: &str,
+        ns: Option<Netns>,
+        mount_ns: Option<(String, String)>,
+        extra: &[&str],
+    ) -> Result<VswitchHost, Error> {
         let state_dir = env.sh.dir().join(label);
         std::fs::create_dir_all(&state_dir).map_err(|e| Error::Io {
             context: format!("creating {}", state_dir.display()),
@@ -430,14 +420,15 @@ impl VswitchHost {
             label: label.to_string(),
             socket: state_dir.join("vswitchd.sock"),
             state_dir,
-            mount_ns: Some((mount_ns.to_string(), netns.to_string())),
+            mount_ns,
             networks: Vec::new(),
             containers: Vec::new(),
             containers_removed: false,
             daemon: None,
-            ns: None,
+            ns,
             torn_down: false,
         };
+        // From here on, dropping `host` undoes whatever was done.
         host.start_daemon(env, extra)?;
         Ok(host)
     }

@@ -56,6 +56,30 @@ impl DockerState {
             .any(|p| p.network.as_deref() == Some(network) && p.held.iter().any(|(a, _)| *a == ip))
     }
 
+    /// Makes `r` the live record of its kind.
+    fn insert(&mut self, r: DockerRecord) {
+        match r {
+            DockerRecord::Pool(p) => {
+                self.pools.insert(p.id.clone(), p);
+            }
+            DockerRecord::Network(n) => {
+                self.networks.insert(n.id.clone(), n);
+            }
+            DockerRecord::Endpoint(e) => {
+                self.endpoints.insert(e.id.clone(), e);
+            }
+        }
+    }
+
+    /// The pools holding addresses Docker's endpoint `endpoint` uses.
+    fn pools_of(&self, endpoint: &str) -> Vec<DockerPool> {
+        self.pools
+            .values()
+            .filter(|p| p.held.iter().any(|(_, o)| o.as_deref() == Some(endpoint)))
+            .cloned()
+            .collect()
+    }
+
     /// Whether `ifname` is the TAP of a Docker endpoint.
     pub(super) fn is_endpoint_tap(&self, ifname: &str) -> bool {
         self.endpoints.values().any(|d| d.ifname == ifname)
@@ -109,7 +133,7 @@ fn sandbox_container(sandbox: &Path) -> Result<String, ApiError> {
     Ok(name)
 }
 
-/// An address of `net` with the prefix of `subnet`, as IPAM answers.
+/// An address with the prefix of `subnet`, as IPAM answers (`A.B.C.D/NN`).
 fn with_prefix(ip: IpAddr, subnet: IpNet) -> String {
     format!("{ip}/{}", subnet.prefix_len())
 }
@@ -339,21 +363,8 @@ impl ControlPlane {
             // Gone already: deleting twice is not an error.
             return Ok(json!({}));
         };
-        c.store
-            .delete_docker(&DockerRecord::Endpoint(ep.clone()).key())
-            .map_err(internal)?;
-        c.docker.endpoints.remove(&e.endpoint);
-        let owned: Vec<DockerPool> = c
-            .docker
-            .pools
-            .values()
-            .filter(|p| {
-                p.held
-                    .iter()
-                    .any(|(_, o)| o.as_deref() == Some(&e.endpoint))
-            })
-            .cloned()
-            .collect();
+        c.docker_delete(&DockerRecord::Endpoint(ep))?;
+        let owned = c.docker.pools_of(&e.endpoint);
         for mut p in owned {
             for (_, o) in p.held.iter_mut() {
                 if o.as_deref() == Some(&e.endpoint) {
@@ -455,17 +466,7 @@ impl Controller {
     /// Stores a record and makes it the live one.
     fn docker_put(&mut self, r: DockerRecord) -> Result<(), ApiError> {
         self.store.put_docker(&r).map_err(internal)?;
-        match r {
-            DockerRecord::Pool(p) => {
-                self.docker.pools.insert(p.id.clone(), p);
-            }
-            DockerRecord::Network(n) => {
-                self.docker.networks.insert(n.id.clone(), n);
-            }
-            DockerRecord::Endpoint(e) => {
-                self.docker.endpoints.insert(e.id.clone(), e);
-            }
-        }
+        self.docker.insert(r);
         Ok(())
     }
 
@@ -611,11 +612,7 @@ impl Controller {
         let Some(n) = self.networks.get(network) else {
             return;
         };
-        let used = n.endpoints.values().any(|e| {
-            e.record.ipv4.map(|x| IpAddr::V4(x.addr())) == Some(a)
-                || e.record.ipv6.map(|x| IpAddr::V6(x.addr())) == Some(a)
-        });
-        if !used {
+        if !n.uses(a) {
             let kind = n.record.driver;
             drivers::of(kind).release(self, network, a);
         }
@@ -1077,17 +1074,7 @@ impl Controller {
     /// After a restart, before the endpoints: the Docker records loaded.
     pub(super) fn load_docker(&mut self) -> anyhow::Result<()> {
         for r in self.store.load_docker()? {
-            match r {
-                DockerRecord::Pool(p) => {
-                    self.docker.pools.insert(p.id.clone(), p);
-                }
-                DockerRecord::Network(n) => {
-                    self.docker.networks.insert(n.id.clone(), n);
-                }
-                DockerRecord::Endpoint(e) => {
-                    self.docker.endpoints.insert(e.id.clone(), e);
-                }
-            }
+            self.docker.insert(r);
         }
         Ok(())
     }
@@ -1105,13 +1092,7 @@ impl Controller {
             .flat_map(|(n, p)| p.held.iter().map(move |(a, _)| (n.clone(), *a)))
             .collect();
         for (network, a) in held {
-            let used = self.networks.get(&network).is_some_and(|n| {
-                n.endpoints.values().any(|e| {
-                    e.record.ipv4.map(|x| IpAddr::V4(x.addr())) == Some(a)
-                        || e.record.ipv6.map(|x| IpAddr::V6(x.addr())) == Some(a)
-                })
-            });
-            if !used {
+            if !self.networks.get(&network).is_some_and(|n| n.uses(a)) {
                 self.restore_held_address(&network, a);
             }
         }
@@ -1142,17 +1123,7 @@ impl Controller {
             // Docker moved the TAP back out before the Leave it could not
             // send, if the sandbox still existed then.
             let _ = netns::remove_tap(Path::new("/proc/self/ns/net"), &e.ifname);
-            let owned: Vec<DockerPool> = self
-                .docker
-                .pools
-                .values()
-                .filter(|p| {
-                    p.held
-                        .iter()
-                        .any(|(_, o)| o.as_deref() == Some(e.id.as_str()))
-                })
-                .cloned()
-                .collect();
+            let owned = self.docker.pools_of(&e.id);
             for mut p in owned {
                 let mine: Vec<IpAddr> = p
                     .held

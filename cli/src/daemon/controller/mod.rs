@@ -147,6 +147,14 @@ impl Network {
         })
     }
 
+    /// Whether one of the network's endpoints here has the address `ip`.
+    fn uses(&self, ip: IpAddr) -> bool {
+        self.endpoints.values().any(|e| {
+            e.record.ipv4.map(|x| IpAddr::V4(x.addr())) == Some(ip)
+                || e.record.ipv6.map(|x| IpAddr::V6(x.addr())) == Some(ip)
+        })
+    }
+
     fn is_switched(&self) -> bool {
         drivers::of(self.record.driver).switches()
     }

@@ -16,27 +16,19 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use super::controller::ControlPlane;
-use super::ApiError;
 use crate::api::MAX_BODY;
 use protocol::{Api, Call, ProtocolError};
 
 /// Where Docker looks for plugins.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/vswitch.sock";
-
-/// How long a call waiting for another host (overlay address space) is
-/// retried.
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Docker's plugin content type.
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -89,19 +81,9 @@ async fn handle(
         }
     };
     tracing::debug!(%path, body = %String::from_utf8_lossy(&body), "Docker plugin call");
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let result = loop {
-        let ctrl2 = ctrl.clone();
-        let c = call.clone();
-        let result = tokio::task::spawn_blocking(move || ctrl2.handle_docker(c))
-            .await
-            .unwrap_or_else(|e| Err(ApiError::internal(format!("call handler failed: {e}"))));
-        match result {
-            Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            other => break other,
-        }
+    let result = {
+        let (ctrl, call) = (ctrl.clone(), call.clone());
+        super::server::run_retrying(move || ctrl.handle_docker(call.clone())).await
     };
     Ok(match result {
         Ok(value) => {
@@ -124,22 +106,11 @@ async fn handle(
 
 /// Binds the plugin socket (its directory made, a stale socket replaced).
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the plugin directory {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another process already answers on the Docker plugin socket {}; stop it or pass --docker-plugin-socket",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale plugin socket {}", path.display()))?;
-    }
-    UnixListener::bind(path)
-        .with_context(|| format!("binding the Docker plugin socket {}", path.display()))
+    super::bind_unix(
+        path,
+        "the Docker plugin socket",
+        "another process already answers there; stop it or pass --docker-plugin-socket",
+    )
 }
 
 /// Serves Docker until `shutdown` turns true; `docker` is Docker's own API,
@@ -148,33 +119,10 @@ pub async fn serve(
     listener: UnixListener,
     ctrl: Arc<ControlPlane>,
     docker: Option<names::DockerApi>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Docker plugin socket accept");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let ctrl = ctrl.clone();
-                let docker = docker.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(ctrl.clone(), docker.clone(), req));
-                    let conn = http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "Docker plugin connection");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    super::server::serve_unix(listener, "docker plugin", shutdown, move |req| {
+        handle(ctrl.clone(), docker.clone(), req)
+    })
+    .await
 }
