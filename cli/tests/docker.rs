@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::capture::{contains, secret_ping, Capture, SECRET};
 use common::docker::DockerHost;
 use common::*;
 
@@ -451,6 +452,157 @@ fn two_docker_hosts_share_an_overlay_and_talk_by_name() {
         !last.contains(&format!("inet {web_ip}/")),
         "host b's client got web's address {web_ip}: {last}"
     );
+}
+
+/// A Docker host and a plain vswitch host share an encrypted overlay that
+/// `docker network create` made with `--gateway`, `--aux-address` and
+/// Docker's MTU option: the vswitch host sees all of it, its container
+/// reaches the Docker container by name, inside QUIC only, and cannot take
+/// the aux address. `docker network rm` leaves the overlay to the host
+/// that still uses it; when that host removes it, the Docker network makes
+/// it again at its next container; the last `docker network rm` removes it
+/// everywhere.
+#[test]
+fn an_encrypted_overlay_with_gateway_aux_address_and_mtu_lives_while_a_host_uses_it() {
+    require_root!();
+    let ul = Underlay::new();
+    let key = TempFile::new("vskey-dke", "docker encrypted overlay");
+    let a = DockerOnVswitch::in_cluster(&ul, "192.0.2.31", &key, &[]);
+    let mut b = Host::in_cluster(&ul, "vdb", "192.0.2.32", &key.0, &[]);
+    b.vs_ok(&["join-cluster", "192.0.2.31"]);
+    wait_for("2 alive members", Duration::from_secs(20), || {
+        alive_members(&a.host) == 2 && alive_members(&b) == 2
+    });
+    let flags = [
+        "-o",
+        "vswitch.driver=overlay",
+        "-o",
+        "encrypted",
+        "-o",
+        "com.docker.network.driver.mtu=1400",
+        "--subnet",
+        "10.214.0.0/24",
+        "--gateway",
+        "10.214.0.254",
+        "--aux-address",
+        "printer=10.214.0.10",
+    ];
+    let net = a.network("dke", &flags);
+    wait_for("the overlay on host b", Duration::from_secs(15), || {
+        b.vs(&["network", "inspect", &net]).status.success()
+    });
+    let check_network = |h: &dyn Vswitch| {
+        let i = h.vs_json(&["network", "inspect", &net]);
+        assert_eq!(i[0]["Driver"], "overlay", "{i}");
+        // As Docker sends `-o encrypted`: present, empty (the daemon takes
+        // it as on; the capture below shows it is).
+        assert_eq!(i[0]["Options"]["encrypted"], "", "{i}");
+        assert_eq!(i[0]["MTU"], 1400, "{i}");
+        assert_eq!(i[0]["IPAM"]["Config"][0]["Gateway"], "10.214.0.254", "{i}");
+    };
+    check_network(&b);
+
+    let web = a
+        .docker
+        .run("web", &["--network", &net, "--network-alias", "www"], WEB);
+    a.wait_named(&net, &web);
+    let link = a
+        .docker
+        .docker_ok(&["exec", &web, "ip", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    let routes = a.docker.docker_ok(&["exec", &web, "ip", "route"]);
+    assert!(routes.contains("default via 10.214.0.254"), "{routes}");
+    let web_ip = a.host.ip_of(&web, &net);
+    assert_ne!(web_ip, "10.214.0.10", "the aux address was handed out");
+
+    // The aux address is taken cluster-wide.
+    let taken = b.vs(&run_detached(
+        &unique("aux"),
+        &net,
+        &["--ip", "10.214.0.10"],
+        &["sleep", "60"],
+    ));
+    assert!(!taken.status.success(), "host b got the aux address");
+    let cl = b.run("cl", &net, &[]);
+    wait_for("web seen from host b", Duration::from_secs(20), || {
+        has_container(&b, &net, &web) && has_container(&a.host, &net, &cl)
+    });
+    wait_for("www resolved from host b", Duration::from_secs(20), || {
+        resolves(&cl, "10.214.0.254", "www").as_deref() == Some(web_ip.as_str())
+    });
+    let cap = Capture::start(&ul, "dke");
+    let o = secret_ping(&cl, &web_ip);
+    let bytes = cap.finish();
+    assert!(
+        o.status.success(),
+        "ping across the encrypted overlay: {}",
+        stderr(&o)
+    );
+    assert!(!bytes.is_empty());
+    assert!(
+        !contains(&bytes, SECRET),
+        "the payload crossed the underlay in the clear"
+    );
+
+    // Host b still uses the overlay: Docker's network goes, the overlay stays.
+    a.docker.docker_ok(&["rm", "-f", &web]);
+    a.docker.docker_ok(&["network", "rm", &net]);
+    check_network(&b);
+    check_network(&a.host);
+    assert!(ping_until(&cl, "10.214.0.254", Duration::from_secs(5)).is_some());
+
+    // Made again on a, then removed by its last user, b: a's Docker
+    // network makes it again for its next container.
+    let mut again = flags.to_vec();
+    let opt = format!("vswitch.name={net}");
+    again.extend(["-o", &opt]);
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        "vswitch",
+        "--ipam-driver",
+        "vswitch",
+    ];
+    args.extend(again);
+    args.push(&net);
+    a.docker.docker_ok(&args);
+    b.vs_ok(&["rm", &cl]);
+    b.vs_ok(&["network", "rm", &net]);
+    wait_for(
+        "the overlay gone from host a",
+        Duration::from_secs(15),
+        || !a.host.vs(&["network", "inspect", &net]).status.success(),
+    );
+    let web2 = a.docker.run("web2", &["--network", &net], WEB);
+    a.wait_named(&net, &web2);
+    check_network(&a.host);
+    wait_for(
+        "the overlay back on host b",
+        Duration::from_secs(15),
+        || b.vs(&["network", "inspect", &net]).status.success(),
+    );
+    check_network(&b);
+    let cl2 = b.run("cl2", &net, &[]);
+    let web2_ip = a.host.ip_of(&web2, &net);
+    assert!(
+        ping_until(&cl2, &web2_ip, Duration::from_secs(15)).is_some(),
+        "host b to the Docker container on the overlay made again"
+    );
+
+    // The last Docker network removes it everywhere.
+    b.vs_ok(&["rm", &cl2]);
+    wait_for("cl2 gone from host a", Duration::from_secs(15), || {
+        !has_container(&a.host, &net, &cl2)
+    });
+    a.docker.docker_ok(&["rm", "-f", &web2]);
+    a.docker.docker_ok(&["network", "rm", &net]);
+    wait_for(
+        "the overlay gone from host b",
+        Duration::from_secs(15),
+        || !b.vs(&["network", "inspect", &net]).status.success(),
+    );
+    assert!(!a.host.vs(&["network", "inspect", &net]).status.success());
 }
 
 #[test]

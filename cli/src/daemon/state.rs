@@ -250,9 +250,14 @@ pub struct DockerNetwork {
     pub id: String,
     /// The vswitch network.
     pub name: String,
-    /// Whether Docker's CreateNetwork made the vswitch network (removed
-    /// with it) or found it made (left when Docker's goes).
+    /// Whether Docker's CreateNetwork made the vswitch network or found it
+    /// made.
     pub created: bool,
+    /// What makes the vswitch network again if it went while Docker's
+    /// stays (an overlay removed by the last host that used it): the
+    /// request CreateNetwork made, or would have made, as the API's JSON
+    /// (the API type skips empty fields, which postcard cannot).
+    pub spec: String,
 }
 
 /// A Docker endpoint.
@@ -716,6 +721,59 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn docker_records_read_back_as_written() {
+        let dir = tmpdir("docker");
+        let records = vec![
+            DockerRecord::Pool(DockerPool {
+                id: "vswitch/10.2.0.0/24".into(),
+                subnet: "10.2.0.0/24".parse().unwrap(),
+                ip_range: Some("10.2.0.128/25".parse().unwrap()),
+                gateway: Some("10.2.0.1".parse().unwrap()),
+                network: Some("web".into()),
+                held: vec![("10.2.0.130".parse().unwrap(), Some("ep1".into()))],
+                pending: vec!["10.2.0.9".parse().unwrap()],
+                refs: 2,
+            }),
+            DockerRecord::Network(DockerNetwork {
+                id: "n1".into(),
+                name: "web".into(),
+                created: true,
+                spec: serde_json::to_string(&crate::api::NetworkCreate {
+                    name: "web".into(),
+                    subnets: vec![SubnetSpec {
+                        subnet: Some("10.2.0.0/24".parse().unwrap()),
+                        gateway: None,
+                        ip_range: None,
+                    }],
+                    ..Default::default()
+                })
+                .unwrap(),
+            }),
+            DockerRecord::Endpoint(DockerEndpoint {
+                id: "ep1".into(),
+                network: "n1".into(),
+                ipv4: Some("10.2.0.130/24".parse().unwrap()),
+                ipv6: None,
+                mac: [2, 0x42, 10, 2, 0, 130],
+                ifname: "vsdep1".into(),
+                container: None,
+            }),
+        ];
+        {
+            let s = Store::open(&dir).unwrap();
+            for r in &records {
+                s.put_docker(r).unwrap();
+            }
+        }
+        let mut back = Store::open(&dir).unwrap().load_docker().unwrap();
+        back.sort_by_key(DockerRecord::key);
+        let mut want = records;
+        want.sort_by_key(DockerRecord::key);
+        assert_eq!(back, want);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

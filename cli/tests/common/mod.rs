@@ -6,6 +6,7 @@
 //! parallel; every guard cleans up in `Drop`, so a failing test leaves
 //! nothing behind. Traffic goes only to addresses inside these namespaces.
 #![allow(dead_code)]
+pub mod capture;
 pub mod docker;
 
 use std::path::{Path, PathBuf};

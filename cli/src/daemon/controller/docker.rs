@@ -661,6 +661,7 @@ impl Controller {
             self.docker_put(DockerRecord::Pool(pool))?;
             return Ok(json!({ "Address": with_prefix(a, subnet), "Data": {} }));
         };
+        self.docker_network_again(&network)?;
         let kind = self.network(&network)?.record.driver;
         let family = if subnet.addr().is_ipv6() {
             ipam::Family::V6
@@ -765,6 +766,16 @@ impl Controller {
                     .and_then(|p| p.ip_range),
             })
             .collect();
+        let spec = api::NetworkCreate {
+            name: name.clone(),
+            driver,
+            subnets,
+            ipv6: c.ipv6,
+            internal: c.internal,
+            mtu,
+            options,
+            labels: [("com.docker.network.id".to_string(), c.network.clone())].into(),
+        };
         let created = match self.networks.get(&name) {
             Some(n) => {
                 // Found: Docker's view must be the network's.
@@ -803,16 +814,7 @@ impl Controller {
                 false
             }
             None => {
-                self.create_network(api::NetworkCreate {
-                    name: name.clone(),
-                    driver,
-                    subnets,
-                    ipv6: c.ipv6,
-                    internal: c.internal,
-                    mtu,
-                    options,
-                    labels: [("com.docker.network.id".to_string(), c.network.clone())].into(),
-                })?;
+                self.create_network(spec.clone())?;
                 true
             }
         };
@@ -820,6 +822,7 @@ impl Controller {
             id: c.network.clone(),
             name: name.clone(),
             created,
+            spec: serde_json::to_string(&spec).map_err(|e| internal(e.to_string()))?,
         };
         let bound = self.docker_bind_pools(&name, &data);
         if let Err(e) = bound.and_then(|()| self.docker_put(DockerRecord::Network(record))) {
@@ -886,7 +889,10 @@ impl Controller {
         }
     }
 
-    /// `DeleteNetwork`: the vswitch network goes if Docker made it.
+    /// `DeleteNetwork`: the vswitch network goes if a Docker network made
+    /// it (here or on another host) and no other host has endpoints on it;
+    /// otherwise it stays for them, and only this host's Docker network
+    /// goes.
     fn docker_delete_network(&mut self, id: &str) -> Result<Value, ApiError> {
         let Some(n) = self.docker.networks.get(id).cloned() else {
             return Ok(json!({}));
@@ -897,16 +903,47 @@ impl Controller {
                 short(id)
             )));
         }
-        if n.created && self.networks.contains_key(&n.name) {
-            // The addresses Docker still holds go with the network.
-            self.docker_unbind_pools(&n.name);
+        // The addresses Docker still holds go either way.
+        self.docker_unbind_pools(&n.name);
+        let last = self.networks.get(&n.name).is_some_and(|v| {
+            v.record.labels.contains_key("com.docker.network.id") && v.remotes.is_empty()
+        });
+        if last {
             self.remove_network(&n.name)?;
-        } else {
-            self.docker_unbind_pools(&n.name);
+        } else if self.networks.contains_key(&n.name) {
+            tracing::info!(network = %n.name, "vswitch network left for its other users");
         }
         self.docker_delete(&DockerRecord::Network(n.clone()))?;
-        tracing::info!(docker = short(id), network = %n.name, "Docker network removed");
+        tracing::info!(docker = short(id), network = %n.name, removed = last, "Docker network removed");
         Ok(json!({}))
+    }
+
+    /// The vswitch network of a Docker network, made again from the
+    /// Docker network's request if it went meanwhile (the last other host
+    /// removed the overlay, or `vswitch network rm`), with the addresses
+    /// Docker still holds in it.
+    fn docker_network_again(&mut self, name: &str) -> Result<(), ApiError> {
+        if self.networks.contains_key(name) {
+            return Ok(());
+        }
+        let Some(spec) = self.docker.network_on(name).map(|n| n.spec.clone()) else {
+            return Err(ApiError::not_found(format!("no vswitch network `{name}`")));
+        };
+        let spec: api::NetworkCreate = serde_json::from_str(&spec)
+            .map_err(|e| internal(format!("the stored request of network `{name}`: {e}")))?;
+        tracing::info!(network = %name, "making the vswitch network of a Docker network again");
+        self.create_network(spec)?;
+        let held: Vec<IpAddr> = self
+            .docker
+            .pools
+            .values()
+            .filter(|p| p.network.as_deref() == Some(name))
+            .flat_map(|p| p.held.iter().map(|(a, _)| *a))
+            .collect();
+        for a in held {
+            self.restore_held_address(name, a);
+        }
+        Ok(())
     }
 
     /// `CreateEndpoint`: Docker's addresses checked against the network,
@@ -924,6 +961,7 @@ impl Controller {
                 short(&e.endpoint)
             )));
         }
+        self.docker_network_again(&dn.name)?;
         let n = self.network(&dn.name)?;
         let check = |a: Option<IpNet>, subnet: Option<IpNet>, what: &str| -> Result<(), ApiError> {
             match (a, subnet) {
