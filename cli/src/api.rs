@@ -292,6 +292,115 @@ pub struct Disconnect {
     pub container: String,
 }
 
+/// `POST /v1/cni/add`: vswitch-cni's ADD, a runtime's namespace attached
+/// to a network as the interface the runtime names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CniAdd {
+    /// The attachment: the runtime's container id and the interface.
+    #[serde(flatten)]
+    pub key: CniKey,
+    /// The namespace the runtime made (`CNI_NETNS`).
+    #[serde(rename = "NetNs")]
+    pub netns: PathBuf,
+    /// The container's name, as DNS answers it (`K8S_POD_NAME`); the
+    /// container id's first 12 characters without one.
+    #[serde(rename = "Name", default)]
+    pub name: Option<String>,
+    #[serde(rename = "IPv4Address", default)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(rename = "IPv6Address", default)]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(rename = "MacAddress", default)]
+    pub mac: Option<String>,
+    #[serde(rename = "Aliases", default)]
+    pub aliases: Vec<String>,
+    #[serde(rename = "Ports", default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// One CNI attachment: (container id, interface) on a network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct CniKey {
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    #[serde(rename = "IfName")]
+    pub ifname: String,
+    #[serde(rename = "Network")]
+    pub network: String,
+}
+
+/// What vswitchd made for a CNI attachment: what ADD's result says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CniAttachment {
+    #[serde(flatten)]
+    pub key: CniKey,
+    /// The vswitch container it belongs to.
+    #[serde(rename = "Container")]
+    pub container: String,
+    #[serde(rename = "NetNs")]
+    pub netns: PathBuf,
+    #[serde(rename = "MacAddress")]
+    pub mac: String,
+    #[serde(rename = "MTU")]
+    pub mtu: u32,
+    #[serde(rename = "IPv4", default)]
+    pub ipv4: Option<ipnet::Ipv4Net>,
+    #[serde(rename = "IPv6", default)]
+    pub ipv6: Option<ipnet::Ipv6Net>,
+    /// The network's gateways (the next hop of the subnet's traffic).
+    #[serde(rename = "Gateway4", default)]
+    pub gateway4: Option<Ipv4Addr>,
+    #[serde(rename = "Gateway6", default)]
+    pub gateway6: Option<Ipv6Addr>,
+    /// Whether the interface carries the default routes (the container's
+    /// first network, unless internal).
+    #[serde(rename = "DefaultRoute", default)]
+    pub default_route: bool,
+    /// Where the container's resolver should send names: the gateway.
+    #[serde(rename = "Nameservers", default)]
+    pub nameservers: Vec<IpAddr>,
+    /// The ports as published (a host port 0 became the one picked).
+    #[serde(rename = "Ports", default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// `POST /v1/cni/check`'s answer: the attachment and what its interface
+/// has now in the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniCheck {
+    #[serde(rename = "Attachment")]
+    pub attachment: CniAttachment,
+    #[serde(rename = "Live")]
+    pub live: LiveInterface,
+}
+
+/// An interface as the kernel has it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LiveInterface {
+    #[serde(rename = "MacAddress")]
+    pub mac: String,
+    #[serde(rename = "MTU")]
+    pub mtu: u32,
+    #[serde(rename = "Up")]
+    pub up: bool,
+    #[serde(rename = "Addresses")]
+    pub addrs: Vec<IpNet>,
+    /// Routes of the main table through it: destination, next hop.
+    #[serde(rename = "Routes")]
+    pub routes: Vec<(IpNet, Option<IpAddr>)>,
+}
+
+/// `POST /v1/cni/gc`: every attachment of `network` not in `valid` goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CniGc {
+    #[serde(rename = "Network")]
+    pub network: String,
+    /// (container id, interface) pairs the runtime still uses.
+    #[serde(rename = "Valid", default)]
+    pub valid: Vec<(String, String)>,
+}
+
 /// Registers a sandbox made by `vswitch run` (its namespace and process).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -611,6 +720,10 @@ pub enum Request {
     VtepAdd(String, Vtep),
     VtepRemove(String, Vtep),
     IpamReclaim(Reclaim),
+    CniAdd(CniAdd),
+    CniDel(CniKey),
+    CniCheck(CniKey),
+    CniGc(CniGc),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -653,6 +766,39 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
         return Err(format!(
             "invalid {kind} name `{}`: use 1 to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a CNI attachment's container id (what the spec allows:
+/// alphanumerics, `_`, `.`, `-`, starting with an alphanumeric) and
+/// interface name (what Linux allows).
+pub fn validate_cni_key(k: &CniKey) -> Result<(), String> {
+    let id = &k.container_id;
+    let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && id.len() <= 256;
+    if !ok {
+        return Err(format!(
+            "invalid container id `{}`: use letters, digits, `_`, `.` or `-`, starting with a letter or digit",
+            id.escape_debug()
+        ));
+    }
+    let name = &k.ifname;
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(format!(
+            "invalid interface name `{}`: use 1 to 15 characters without `/`, `:` or spaces",
             name.escape_debug()
         ));
     }
@@ -747,6 +893,40 @@ impl Request {
             ("DELETE", ["networks", name, "vteps"]) => {
                 let name = name_segment("network", name)?;
                 Request::VtepRemove(name, body("DELETE /v1/networks/NAME/vteps", body_bytes)?)
+            }
+            ("POST", ["cni", verb]) => {
+                let check = |k: &CniKey| -> Result<(), DecodeError> {
+                    validate_name("network", &k.network).map_err(DecodeError::BadName)?;
+                    validate_cni_key(k).map_err(DecodeError::BadName)
+                };
+                match *verb {
+                    "add" => {
+                        let a: CniAdd = body("POST /v1/cni/add", body_bytes)?;
+                        check(&a.key)?;
+                        if let Some(n) = &a.name {
+                            validate_name("container", n).map_err(DecodeError::BadName)?;
+                        }
+                        for alias in &a.aliases {
+                            validate_name("alias", alias).map_err(DecodeError::BadName)?;
+                        }
+                        Request::CniAdd(a)
+                    }
+                    "del" | "check" => {
+                        let k: CniKey = body("POST /v1/cni/del", body_bytes)?;
+                        check(&k)?;
+                        if *verb == "del" {
+                            Request::CniDel(k)
+                        } else {
+                            Request::CniCheck(k)
+                        }
+                    }
+                    "gc" => {
+                        let g: CniGc = body("POST /v1/cni/gc", body_bytes)?;
+                        validate_name("network", &g.network).map_err(DecodeError::BadName)?;
+                        Request::CniGc(g)
+                    }
+                    _ => return Err(not_found()),
+                }
             }
             _ => return Err(not_found()),
         };

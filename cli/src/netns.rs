@@ -359,6 +359,116 @@ pub fn link_by_mac(netns: &Path, mac: MacAddr) -> Result<Option<String>, NetnsEr
     })
 }
 
+/// An interface as the kernel has it now (what CNI's CHECK compares).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IfaceState {
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// `IFF_UP`.
+    pub up: bool,
+    /// Its addresses, IPv6 link-local ones left out.
+    pub addrs: Vec<IpNet>,
+    /// The main table's routes through it: destination, next hop.
+    pub routes: Vec<(IpNet, Option<IpAddr>)>,
+}
+
+/// The state of interface `name` in the namespace, `None` if there is none.
+pub fn iface_state(netns: &Path, name: &str) -> Result<Option<IfaceState>, NetnsError> {
+    validate_ifname(name)?;
+    let name = name.to_string();
+    let path = netns.to_path_buf();
+    in_netns(netns, move || {
+        let rtnl = Rtnl::new()?;
+        let ns = path.display();
+        let req = rtnl.handle.link().get().match_name(name.clone()).execute();
+        let link = match rtnl.block_on(async {
+            futures::pin_mut!(req);
+            req.try_next().await
+        }) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(None),
+            Err(e) if nl_errno(&e) == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(netlink_error(format!("look up {name} in {ns}"), e)),
+        };
+        let index = link.header.index;
+        let mut state = IfaceState {
+            up: link
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Up),
+            ..IfaceState::default()
+        };
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Address(m) if m.len() == 6 => {
+                    let mut b = [0u8; 6];
+                    b.copy_from_slice(m);
+                    state.mac = Some(MacAddr(b));
+                }
+                LinkAttribute::Mtu(m) => state.mtu = *m,
+                _ => {}
+            }
+        }
+        let addrs: Vec<AddressMessage> = rtnl
+            .block_on(
+                rtnl.handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+                    .try_collect(),
+            )
+            .map_err(|e| netlink_error(format!("list addresses of {name} in {ns}"), e))?;
+        state.addrs = addrs
+            .iter()
+            .filter_map(address_net)
+            .filter(|n| !matches!(n.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .collect();
+        for family in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let v6 = family.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
+            let routes: Vec<RouteMessage> = rtnl
+                .block_on(rtnl.handle.route().get(family).execute().try_collect())
+                .map_err(|e| netlink_error(format!("list routes in {ns}"), e))?;
+            for r in &routes {
+                if route_oif(r) != Some(index)
+                    || route_table(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                {
+                    continue;
+                }
+                let dst = route_prefix(r).unwrap_or(if v6 {
+                    IpNet::V6(ipnet::Ipv6Net::default())
+                } else {
+                    IpNet::V4(ipnet::Ipv4Net::default())
+                });
+                if matches!(dst.addr(), IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 || a.is_multicast())
+                {
+                    continue;
+                }
+                let gw = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::V6(*g)),
+                    _ => None,
+                });
+                state.routes.push((dst, gw));
+            }
+        }
+        Ok(Some(state))
+    })
+}
+
+/// Whether the namespace has an interface `name`.
+pub fn link_exists(netns: &Path, name: &str) -> Result<bool, NetnsError> {
+    validate_ifname(name)?;
+    let name = name.to_string();
+    let path = netns.to_path_buf();
+    in_netns(netns, move || {
+        Ok(Rtnl::new()?.link_index(&name, &path)?.is_some())
+    })
+}
+
 /// Re-open an existing persistent TAP after a daemon restart without changing
 /// its configuration. [`NetnsError::NoSuchTap`] if the device is gone.
 pub fn reopen_tap(netns: &Path, name: &str) -> Result<Tap, NetnsError> {

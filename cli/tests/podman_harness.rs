@@ -7,16 +7,14 @@
 //! traffic stays on a bridge the test made.
 
 mod common;
-#[path = "common/podman.rs"]
-mod podman;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::podman::{self, PodmanHost, DEBIAN_CNI_PLUGINS, IMAGE};
 use common::*;
-use podman::{PodmanHost, DEBIAN_CNI_PLUGINS, IMAGE};
 use serde_json::{json, Value};
 
 #[test]

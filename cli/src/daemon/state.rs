@@ -123,6 +123,9 @@ const PEERS: TableDefinition<&str, ()> = TableDefinition::new("peers");
 /// pools ([`DockerRecord`]), keyed `pool/ID`, `net/ID` and `ep/ID`.
 const DOCKER: TableDefinition<&str, &[u8]> = TableDefinition::new("docker");
 
+/// CNI attachments ([`CniRecord`]), keyed `CONTAINER_ID/IFNAME`.
+const CNI: TableDefinition<&str, &[u8]> = TableDefinition::new("cni");
+
 /// The files of releases up to 89781ca that [`Store::open`] imports.
 const LEGACY_PORTS_DIR: &str = "published";
 const LEGACY_PEERS_FILE: &str = "cluster-peers.json";
@@ -277,6 +280,24 @@ pub struct DockerEndpoint {
     pub container: Option<String>,
 }
 
+/// A CNI attachment: a runtime's (container id, interface) as a vswitch
+/// endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRecord {
+    pub container_id: String,
+    pub ifname: String,
+    pub network: String,
+    /// The vswitch container.
+    pub container: String,
+}
+
+impl CniRecord {
+    /// The key in the cni table.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.container_id, self.ifname)
+    }
+}
+
 /// One record of the Docker plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DockerRecord {
@@ -357,6 +378,7 @@ impl Store {
             txn.open_table(PORTS)?;
             txn.open_table(PEERS)?;
             txn.open_table(DOCKER)?;
+            txn.open_table(CNI)?;
             Ok(())
         })?;
         store.import_legacy(dir)?;
@@ -552,6 +574,22 @@ impl Store {
     /// Deletes a record of the Docker plugin by its key.
     pub fn delete_docker(&self, key: &str) -> Result<(), StateError> {
         self.delete(DOCKER, key)
+    }
+
+    /// Stores a CNI attachment.
+    pub fn put_cni(&self, r: &CniRecord) -> Result<(), StateError> {
+        self.put(CNI, &r.key(), &encode(r))
+    }
+
+    /// Deletes a CNI attachment.
+    pub fn delete_cni(&self, r: &CniRecord) -> Result<(), StateError> {
+        self.delete(CNI, &r.key())
+    }
+
+    /// Every CNI attachment.
+    pub fn load_cni(&self) -> Result<Vec<CniRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.load_table(&txn, CNI, "cni")
     }
 
     /// Every record of the Docker plugin.

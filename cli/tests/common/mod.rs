@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 pub mod capture;
 pub mod docker;
+pub mod podman;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -223,6 +224,7 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "vswitch" => PathBuf::from(env!("CARGO_BIN_EXE_vswitch")),
         "vswitchd" => PathBuf::from(env!("CARGO_BIN_EXE_vswitchd")),
+        "vswitch-cni" => PathBuf::from(env!("CARGO_BIN_EXE_vswitch-cni")),
         _ => unreachable!(),
     }
 }

@@ -41,6 +41,9 @@ pub(super) enum Placement {
     /// In the container's namespace, named `ethN`, configured by vswitch
     /// (addresses, routes, up): `vswitch run` and `network connect`.
     Configure,
+    /// In the container's namespace, named `ifname` by the runtime,
+    /// configured by vswitch: CNI's ADD. The name must be free.
+    Named { ifname: String },
     /// In vswitchd's own namespace, named `ifname`, with only its MAC and
     /// MTU set, for a container runtime to move into the sandbox and
     /// configure (Docker's `Join`).
@@ -128,9 +131,23 @@ impl ControlPlane {
             .plan_connect(network, req, placement, rollback)?;
         step!("connect::netlink");
         let tap = match placement {
-            Placement::Configure => {
-                plan.record.ifname =
-                    netns::next_ifname(&plan.netns).map_err(|e| ApiError::bad(e.to_string()))?;
+            Placement::Configure | Placement::Named { .. } => {
+                plan.record.ifname = match placement {
+                    Placement::Named { ifname } => {
+                        if netns::link_exists(&plan.netns, ifname)
+                            .map_err(|e| ApiError::bad(e.to_string()))?
+                        {
+                            return Err(ApiError::conflict(format!(
+                                "{} has an interface {ifname} already",
+                                plan.netns.display()
+                            )));
+                        }
+                        ifname.clone()
+                    }
+                    _ => {
+                        netns::next_ifname(&plan.netns).map_err(|e| ApiError::bad(e.to_string()))?
+                    }
+                };
                 plan.iface.name = plan.record.ifname.clone();
                 rollback.push(Undo::Tap {
                     netns: plan.netns.clone(),
@@ -220,7 +237,7 @@ impl Controller {
                     pid: None,
                 };
                 match placement {
-                    Placement::Configure => self.create_container(c)?,
+                    Placement::Configure | Placement::Named { .. } => self.create_container(c)?,
                     // Docker makes the sandbox's namespace after Join.
                     Placement::Runtime { .. } => self.create_container_record(c)?,
                 }

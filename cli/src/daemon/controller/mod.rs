@@ -30,6 +30,7 @@ use crate::api::{self, Driver, SubnetSpec};
 use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
 
+mod cni;
 mod containers;
 mod docker;
 mod drivers;
@@ -214,6 +215,8 @@ pub struct Controller {
     connecting: BTreeMap<String, String>,
     /// Docker's networks, endpoints and IPAM pools (the Docker plugin).
     docker: docker::DockerState,
+    /// CNI attachments (vswitch-cni).
+    cni: cni::CniTable,
     next_port: u32,
     next_network: u32,
     bad_requests: u64,
@@ -284,6 +287,7 @@ impl Controller {
             containers: BTreeMap::new(),
             connecting: BTreeMap::new(),
             docker: docker::DockerState::default(),
+            cni: cni::CniTable::new(),
             next_port: 1,
             next_network: 1,
             bad_requests: 0,

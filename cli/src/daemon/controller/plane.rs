@@ -104,6 +104,13 @@ impl ControlPlane {
                 self.remove_container(&name)?;
                 to_value(name)
             }
+            Request::CniAdd(a) => to_value(self.cni_add(a)?),
+            Request::CniDel(k) => {
+                self.cni_del(&k)?;
+                to_value(serde_json::json!({}))
+            }
+            Request::CniCheck(k) => to_value(self.cni_check(&k)?),
+            Request::CniGc(g) => to_value(self.cni_gc(&g)?),
             // The others do not wait: one step under the lock.
             Request::Ping => to_value("OK"),
             Request::NetworkList => to_value(self.lock()?.network_list()),

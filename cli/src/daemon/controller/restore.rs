@@ -35,6 +35,7 @@ impl Controller {
             }
         }
         self.settle_docker();
+        self.load_cni()?;
         for n in self.networks.values() {
             n.publish_zone();
         }
