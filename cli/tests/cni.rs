@@ -444,3 +444,53 @@ fn chains_with_a_reference_plugin_after_it() {
     ok_result(&cni("DEL", &env, &c1));
     assert!(!sb.links().contains("eth0"), "{}", sb.links());
 }
+
+/// A CNI network naming a vswitch overlay: containers attached through
+/// the plugin on two hosts reach and resolve each other, and their
+/// addresses are unique across the hosts (the cluster IPAM).
+#[test]
+fn an_overlay_attaches_containers_on_every_host() {
+    require_root!();
+    let ul = Underlay::new();
+    let key = TempFile::new("vskey-cni", "cni overlay test cluster");
+    let h1 = Host::in_cluster(&ul, "vcn", "192.0.2.61", &key.0, &[]);
+    let h2 = Host::in_cluster(&ul, "vcn", "192.0.2.62", &key.0, &[]);
+    h2.vs_ok(&["join-cluster", "192.0.2.61"]);
+    wait_for("2 alive members", Duration::from_secs(20), || {
+        alive_members(&h1) == 2 && alive_members(&h2) == 2
+    });
+    let net = h1.network("cno", &["--driver", "overlay", "--subnet", "10.220.0.0/24"]);
+    wait_for("the overlay on h2", Duration::from_secs(15), || {
+        h2.vs(&["network", "inspect", &net]).status.success()
+    });
+    let mut sandboxes = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, h) in [&h1, &h2, &h1, &h2, &h1, &h2].into_iter().enumerate() {
+        let sb = Sandbox::new("cnov");
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAME=pod{i}");
+        let r = cni("ADD", &sb.env("eth0", &args), &conf(h, &net, "1.0.0"));
+        addresses.push(address_of(ok_result(&r)));
+        sandboxes.push((sb, h));
+    }
+    let mut unique = addresses.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), addresses.len(), "{addresses:?}");
+    // pod0 (h1) and pod1 (h2): across the tunnel, by address and name.
+    let (a, _) = &sandboxes[0];
+    assert!(
+        ping_until(&a.ns.name, &addresses[1], Duration::from_secs(15)).is_some(),
+        "pod0 to pod1 across hosts"
+    );
+    wait_for("pod1 resolvable on h1", Duration::from_secs(15), || {
+        resolves(&a.ns.name, "10.220.0.1", "pod1").as_deref() == Some(addresses[1].as_str())
+    });
+    for (sb, h) in &sandboxes {
+        ok_result(&cni("DEL", &sb.env("eth0", ""), &conf(h, &net, "1.0.0")));
+    }
+    for h in [&h1, &h2] {
+        wait_for("no endpoints left", Duration::from_secs(15), || {
+            h.vs_json(&["network", "inspect", &net])[0]["Containers"] == json!({})
+        });
+    }
+}

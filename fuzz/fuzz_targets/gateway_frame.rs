@@ -178,7 +178,10 @@ impl Harness {
                 break;
             };
             assert!(self.upstreams.contains(&to) || upstreams(3).contains(&to));
-            assert!(n >= 12 && self.buf[2] & 0x80 == 0, "upstream datagram not a query");
+            assert!(
+                n >= 12 && self.buf[2] & 0x80 == 0,
+                "upstream datagram not a query"
+            );
             self.last_upstream = Some((to, self.buf[..n].to_vec()));
         }
     }

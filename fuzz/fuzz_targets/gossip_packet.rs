@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use overlay::key::NonceSequence;
-use overlay::{ClusterKey, PublishedEndpoint, Gossip, GossipConfig, MemberMeta, NetworkSpec};
+use overlay::{ClusterKey, Gossip, GossipConfig, MemberMeta, NetworkSpec, PublishedEndpoint};
 
 const MAX_DATAGRAM: usize = 1400;
 
@@ -81,7 +81,9 @@ fuzz_target!(|input: &[u8]| {
         let before = gossip.stats();
         match op & 3 {
             0 => {
-                let Some(len) = take_u16(&mut data) else { break };
+                let Some(len) = take_u16(&mut data) else {
+                    break;
+                };
                 let bytes = take(&mut data, usize::from(len)).unwrap_or(data);
                 let authentic = key.open(bytes, &mut sealed).is_ok();
                 gossip.handle_datagram(from, bytes, now);
@@ -91,9 +93,13 @@ fuzz_target!(|input: &[u8]| {
                 assert_eq!(failed, u64::from(!authentic));
             }
             1 => {
-                let Some(len) = take_u16(&mut data) else { break };
+                let Some(len) = take_u16(&mut data) else {
+                    break;
+                };
                 let plain = take(&mut data, usize::from(len)).unwrap_or(data);
-                let n = key.seal(&mut nonces, plain, &mut sealed).expect("buffer is large");
+                let n = key
+                    .seal(&mut nonces, plain, &mut sealed)
+                    .expect("buffer is large");
                 gossip.handle_datagram(from, &sealed[..n], now);
                 let after = gossip.stats();
                 assert_eq!(after.datagrams_in, before.datagrams_in + 1);
@@ -106,7 +112,9 @@ fuzz_target!(|input: &[u8]| {
                 assert!(gossip.poll_timeout().is_some());
             }
             _ => {
-                let Some(sel) = take(&mut data, 1).map(|b| b[0]) else { break };
+                let Some(sel) = take(&mut data, 1).map(|b| b[0]) else {
+                    break;
+                };
                 let n = sel >> 2;
                 match sel & 3 {
                     0 => {
@@ -118,7 +126,9 @@ fuzz_target!(|input: &[u8]| {
                             ipv4: Some(Ipv4Addr::new(10, 0, 0, n)),
                             ipv6: None,
                         };
-                        gossip.publish_endpoint(&format!("e{n}"), record, now).expect("small record");
+                        gossip
+                            .publish_endpoint(&format!("e{n}"), record, now)
+                            .expect("small record");
                     }
                     1 => {
                         gossip.remove_endpoint(&format!("e{n}"), now);
@@ -150,7 +160,9 @@ fuzz_target!(|input: &[u8]| {
         }
         while let Some((_to, n)) = gossip.poll_transmit(&mut out) {
             assert!(n <= MAX_DATAGRAM);
-            let m = key.open(&out[..n], &mut opened).expect("our datagrams are authentic");
+            let m = key
+                .open(&out[..n], &mut opened)
+                .expect("our datagrams are authentic");
             assert!(m >= 1 && opened[0] <= 3, "unknown tag {}", opened[0]);
         }
         while gossip.poll_event().is_some() {}

@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
         Ok((vni, inner)) => {
             assert!(data.len() >= HEADER_LEN + INNER_MIN_LEN);
             assert!(data[0] & FLAG_VNI != 0);
-            assert_eq!(vni.get(), u32::from_be_bytes([0, data[4], data[5], data[6]]));
+            assert_eq!(
+                vni.get(),
+                u32::from_be_bytes([0, data[4], data[5], data[6]])
+            );
             assert_eq!(inner.as_ptr(), data[HEADER_LEN..].as_ptr());
             assert_eq!(inner.len(), data.len() - HEADER_LEN);
 
