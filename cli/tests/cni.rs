@@ -251,6 +251,20 @@ fn add_check_del_gc_status_and_version_as_the_spec_writes_them() {
     assert!(host.vs(&["inspect", "db"]).status.success());
     ok_result(&cni("DEL", &db.env("net1", ""), &c10));
 
+    // A 0.4.0 configuration gets a 0.4.0 result (addresses with their
+    // version, no MTU).
+    let old = Sandbox::new("cnio");
+    let r = cni("ADD", &old.env("eth0", ""), &conf(&host, &net, "0.4.0"));
+    let r = ok_result(&r).clone();
+    assert_eq!(r["cniVersion"], "0.4.0");
+    assert_eq!(r["ips"][0]["version"], "4", "{r}");
+    assert!(r["interfaces"][0].get("mtu").is_none(), "{r}");
+    ok_result(&cni(
+        "DEL",
+        &old.env("eth0", ""),
+        &conf(&host, &net, "0.4.0"),
+    ));
+
     // STATUS of a network vswitchd does not have: not available (50).
     let missing = conf(&host, "nosuchnet", "1.1.0");
     let s = cni("STATUS", &[], &missing);
