@@ -128,6 +128,19 @@ impl PodmanHost {
     /// (e.g. where the test put `vswitch-cni`), then in Debian's
     /// `/usr/lib/cni`; with [`IMAGE`] imported.
     pub fn start(cni_plugin_dirs: &[&Path]) -> PodmanHost {
+        PodmanHost::start_with(cni_plugin_dirs, true)
+    }
+
+    /// [`PodmanHost::start`] without `dns_servers`, so containers get the
+    /// nameservers of their networks' CNI results. Only for networks whose
+    /// results name one (vswitch-cni's: the gateway), and in a test whose
+    /// namespaces have no way out: Podman falls back to the machine's
+    /// resolvers otherwise.
+    pub fn start_with_network_dns(cni_plugin_dirs: &[&Path]) -> PodmanHost {
+        PodmanHost::start_with(cni_plugin_dirs, false)
+    }
+
+    fn start_with(cni_plugin_dirs: &[&Path], loopback_dns: bool) -> PodmanHost {
         let name = unique("pm");
         let dir = std::env::temp_dir().join(format!("vstest-{name}"));
         assert!(
@@ -147,7 +160,7 @@ impl PodmanHost {
         ] {
             std::fs::create_dir_all(h.dir.join(d)).unwrap();
         }
-        h.write_config(cni_plugin_dirs);
+        h.write_config(cni_plugin_dirs, loopback_dns);
         h.import_busybox();
         h
     }
@@ -163,7 +176,7 @@ impl PodmanHost {
         format!("/vstest-{}", self.name)
     }
 
-    fn write_config(&self, cni_plugin_dirs: &[&Path]) {
+    fn write_config(&self, cni_plugin_dirs: &[&Path], loopback_dns: bool) {
         let d = &self.dir;
         let mut plugin_dirs: Vec<PathBuf> =
             cni_plugin_dirs.iter().map(|p| p.to_path_buf()).collect();
@@ -184,7 +197,7 @@ impl PodmanHost {
             r#"# vswitch test podman {name}
 [containers]
 netns = "none"
-dns_servers = ["127.0.0.1"]
+{dns}
 default_ulimits = ["nofile={nofile_soft}:{nofile}", "nproc={nproc}:{nproc}"]
 
 [network]
@@ -209,6 +222,11 @@ runtime = "runc"
 runc = [{runc}]
 "#,
             name = self.name,
+            dns = if loopback_dns {
+                r#"dns_servers = ["127.0.0.1"]"#
+            } else {
+                "# dns_servers: the networks' own (their CNI results)"
+            },
             nofile_soft = nofile.min(1024),
             plugin_dirs = toml_list(&plugin_dirs),
             net_d = toml_str(&self.cni_config_dir),
