@@ -417,6 +417,16 @@ impl Drop for Host {
         // Whatever `vswitch rm` could not remove (or a dead daemon left).
         for c in std::mem::take(&mut self.containers) {
             if Path::new("/run/netns").join(&c).exists() {
+                // Its process too (`vswitch rm` stops it; a stopped daemon
+                // could not), or it outlives the test.
+                for pid in stdout(&cmd(&["ip", "netns", "pids", &c])).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
                 let _ = cmd(&["ip", "netns", "del", &c]);
             }
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&c));
