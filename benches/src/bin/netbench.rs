@@ -42,6 +42,8 @@ mod publish;
 mod rate;
 #[path = "netbench/report.rs"]
 mod report;
+#[path = "netbench/rootless.rs"]
+mod rootless;
 #[path = "netbench/scenario.rs"]
 mod scenario;
 #[path = "netbench/workload.rs"]
@@ -582,7 +584,12 @@ mod tests {
                   "kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay", "vswitch-overlay-encrypted",
                   "socat-relay", "pasta-publish", "vswitch-publish",
                   "pasta-egress", "slirp4netns-egress", "vswitch-egress",
+                  "pasta-publish-rootless", "vswitch-publish-rootless",
+                  "pasta-egress-rootless", "vswitch-egress-rootless",
                   "docker-bridge", "docker-vswitch"])]
+    #[case(&["publish-rootless", "egress-rootless"],
+           &["pasta-publish-rootless", "vswitch-publish-rootless",
+             "pasta-egress-rootless", "vswitch-egress-rootless"])]
     #[case(&["publish", "egress"], &["socat-relay", "pasta-publish", "vswitch-publish",
                                      "pasta-egress", "slirp4netns-egress", "vswitch-egress"])]
     #[case(&["local"], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge"])]

@@ -8,7 +8,12 @@
 //! (the container on a veth to the host) and pasta's port forwarding (`-t`);
 //! the candidate: vswitchd with `vswitch run -d -p 5201:5201 -p 5202:5202`.
 //!
-//! `egress`: the container downloads from an iperf3 server in a "world"
+//! The publish group's rows: TCP from the client to the host's address,
+//! TCP from a client in the host namespace itself to `127.0.0.1` (the
+//! published port on the host's loopback, where pasta splices), the UDP
+//! 64-byte packet rate to port [`PPS_PORT`], and the connection rate.
+//!
+//! `egress`: the container downloads from and uploads to an iperf3 server in a "world"
 //! namespace (198.51.100.2/24) on a veth to the host (198.51.100.1/24);
 //! the container has no route to it but through the forwarder, whose host
 //! sockets reach the world. Baselines: pasta and slirp4netns attached to
@@ -24,12 +29,15 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use crate::exec::{in_ns, listening_ports, on_path, wait_listening, Background, Shell};
+use crate::exec::{
+    in_ns, listening_ports, on_path, wait_bound, wait_listening, Background, Proto, Shell,
+};
+use crate::rootless::{child_in_other_netns, tun_usable_by_everyone, User};
 use crate::scenario::{
     add_veth, address_up, wait_until, Deployment, Endpoints, Env, Netns, Scenario, VswitchHost,
     STEP,
 };
-use crate::workload::{Workload, ECHO_PORT, IPERF_PORT};
+use crate::workload::{Workload, ECHO_PORT, IPERF_PORT, PPS_PORT};
 use crate::Error;
 
 /// The client link: the client's and the host's address (publish group).
@@ -59,11 +67,16 @@ const USERMODE_MTU: u32 = 65520;
 const READY: Duration = Duration::from_secs(15);
 
 fn publish_workloads() -> Vec<Workload> {
-    vec![Workload::TcpStream { streams: 1 }, Workload::ConnectRate]
+    vec![
+        Workload::TcpStream { streams: 1 },
+        Workload::TcpStreamLoopback,
+        Workload::PacketRate,
+        Workload::ConnectRate,
+    ]
 }
 
 fn egress_workloads() -> Vec<Workload> {
-    vec![Workload::TcpDownload]
+    vec![Workload::TcpDownload, Workload::TcpUpload]
 }
 
 /// Fails with [`Error::Unavailable`] (a skip, not a failure) when `prog`
@@ -200,8 +213,11 @@ struct Built {
     /// Forwarders (socat, pasta, slirp4netns), stopped first.
     procs: Vec<Background>,
     host: Option<VswitchHost>,
-    /// Namespaces made here, deleted last, latest first.
+    /// Namespaces made here, deleted after the host, latest first.
     nss: Vec<Netns>,
+    /// The rootless scenarios' user, removed last (with whatever it still
+    /// runs).
+    user: Option<User>,
 }
 
 impl Built {
@@ -211,6 +227,7 @@ impl Built {
             procs: Vec::new(),
             host: None,
             nss: Vec::new(),
+            user: None,
         }
     }
 
@@ -247,17 +264,21 @@ impl Deployment for Built {
                 errors.push(e);
             }
         }
+        if let Some(mut u) = self.user.take() {
+            errors.extend(u.remove());
+        }
         errors
     }
 }
 
-fn publish_endpoints(client: String, container: String) -> Endpoints {
+fn publish_endpoints(client: String, host: String, container: String) -> Endpoints {
     Endpoints {
         a_ns: client,
         b_ns: container,
         b_ip: IpAddr::V4(HOST_IP),
         server_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         mtu: VETH_MTU,
+        loopback_ns: Some(host),
         watched: Vec::new(),
     }
 }
@@ -279,7 +300,11 @@ fn client_and_host(env: &Env, prefix: &str) -> Result<(Built, Netns), Error> {
     many_connections(sh, &client)?;
     many_connections(sh, &host)?;
     let container = format!("nb{}{prefix}b", env.tag);
-    let mut d = Built::new(publish_endpoints(client.name().to_string(), container));
+    let mut d = Built::new(publish_endpoints(
+        client.name().to_string(),
+        host.name().to_string(),
+        container,
+    ));
     d.keep(client);
     Ok((d, host))
 }
@@ -305,17 +330,9 @@ fn world_and_host(env: &Env, prefix: &str, mtu: u32) -> Result<(Built, Netns), E
     Ok((d, host))
 }
 
-/// Starts pasta in `host`, attached to `container`'s namespace, with TCP
-/// `ports` forwarded into it (none: egress only); returns once it has
-/// configured the namespace (with `addr`) and listens on the ports.
-fn start_pasta(
-    env: &Env,
-    host: &Netns,
-    container: &Netns,
-    ports: &[u16],
-    addr: Ipv4Addr,
-) -> Result<Background, Error> {
-    let tcp = if ports.is_empty() {
+/// pasta's spelling of a port list: `none`, or the ports comma-separated.
+fn pasta_ports(ports: &[u16]) -> String {
+    if ports.is_empty() {
         "none".to_string()
     } else {
         ports
@@ -323,7 +340,21 @@ fn start_pasta(
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(",")
-    };
+    }
+}
+
+/// Starts pasta in `host`, attached to `container`'s namespace, with TCP
+/// `ports` and UDP `udp_ports` forwarded into it (none: egress only);
+/// returns once it has configured the namespace (with `addr`) and listens
+/// on the TCP ports.
+fn start_pasta(
+    env: &Env,
+    host: &Netns,
+    container: &Netns,
+    (ports, udp_ports): (&[u16], &[u16]),
+    addr: Ipv4Addr,
+) -> Result<Background, Error> {
+    let (tcp, udp) = (pasta_ports(ports), pasta_ports(udp_ports));
     let netns = format!("/run/netns/{}", container.name());
     let mut pasta = env.sh.spawn(
         &in_ns(
@@ -339,7 +370,7 @@ fn start_pasta(
                 "--tcp-ports",
                 &tcp,
                 "--udp-ports",
-                "none",
+                &udp,
                 "--tcp-ns",
                 "none",
                 "--udp-ns",
@@ -353,6 +384,65 @@ fn start_pasta(
     wait_address(&env.sh, container.name(), addr, &mut pasta)?;
     wait_ports(&mut pasta, ports)?;
     Ok(pasta)
+}
+
+/// Starts pasta as `user` (unprivileged, as rootless Podman runs it) in
+/// `host`, spawning its own user and network namespace with a command that
+/// only keeps it (`pasta ... -- sleep N`), TCP `ports` and UDP `udp_ports`
+/// forwarded into it; names that namespace `container` under `/run/netns`
+/// for the workloads; returns once pasta has configured it (with `addr`)
+/// and listens on the TCP ports.
+fn start_rootless_pasta(
+    env: &Env,
+    user: &User,
+    host: &Netns,
+    container: &str,
+    (ports, udp_ports): (&[u16], &[u16]),
+    addr: Ipv4Addr,
+) -> Result<(Background, Netns), Error> {
+    let (tcp, udp) = (pasta_ports(ports), pasta_ports(udp_ports));
+    let sleep = (u64::from(env.duration) * 10 + 600).to_string();
+    let mut pasta = env.sh.spawn(
+        &user.run_as.argv(
+            host.name(),
+            &[
+                "pasta",
+                "--foreground",
+                "--ipv4-only",
+                "--config-net",
+                "--no-map-gw",
+                "--tcp-ports",
+                &tcp,
+                "--udp-ports",
+                &udp,
+                "--tcp-ns",
+                "none",
+                "--udp-ns",
+                "none",
+                "--",
+                "sleep",
+                &sleep,
+            ],
+        ),
+        &format!("pasta-{container}"),
+    )?;
+    let pid = pasta
+        .pid()
+        .ok_or_else(|| Error::Setup(format!("`{}` is not running", pasta.argv())))?;
+    let mut child = None;
+    wait_until(
+        &format!("{} to make its namespace", pasta.argv()),
+        READY,
+        || {
+            still_running(&mut pasta)?;
+            child = child_in_other_netns(pid);
+            Ok(child.is_some())
+        },
+    )?;
+    let ns = Netns::attach(&env.sh, container.to_string(), child.unwrap_or(pid))?;
+    wait_address(&env.sh, container, addr, &mut pasta)?;
+    wait_ports(&mut pasta, ports)?;
+    Ok((pasta, ns))
 }
 
 fn watch(label: &str, p: &Background) -> Option<crate::cpu::Watched> {
@@ -381,7 +471,7 @@ impl Scenario for SocatRelay {
         true
     }
     fn description(&self) -> &'static str {
-        "client namespace → host namespace 192.0.2.1:5201/5202, where `socat TCP-LISTEN:PORT,fork,reuseaddr TCP:10.249.0.2:PORT` relays to the container on a veth (10.249.0.0/24, MTU 1500); a plain userspace relay, one forked socat per connection"
+        "client namespace → host namespace 192.0.2.1:5201/5202, where `socat TCP-LISTEN:PORT,fork,reuseaddr TCP:10.249.0.2:PORT` relays to the container on a veth (10.249.0.0/24, MTU 1500), and `socat UDP4-LISTEN:5203,reuseaddr UDP4:10.249.0.2:5203` the UDP flow; a plain userspace relay, one forked socat per TCP connection; the loopback row's client is in the host namespace, to 127.0.0.1"
     }
     fn workloads(&self) -> Vec<Workload> {
         publish_workloads()
@@ -413,6 +503,21 @@ impl Scenario for SocatRelay {
             wait_listening(&mut relay, "socat", port, READY)?;
             d.procs.push(relay);
         }
+        // One UDP flow (the packet-rate workload's): without `fork` socat
+        // takes the first sender as its peer and relays both ways.
+        let mut relay = sh.spawn(
+            &in_ns(
+                &host,
+                &[
+                    "socat",
+                    &format!("UDP4-LISTEN:{PPS_PORT},reuseaddr"),
+                    &format!("UDP4:{PUBLISH_CONTAINER_IP}:{PPS_PORT}"),
+                ],
+            ),
+            &format!("socat-udp-{PPS_PORT}-{host}"),
+        )?;
+        wait_bound(&mut relay, "socat", Proto::Udp, PPS_PORT, READY)?;
+        d.procs.push(relay);
         // The relays fork per connection; the children's CPU is not
         // sampled (the machine's totals still show it).
         Ok(Box::new(d))
@@ -437,7 +542,7 @@ impl Scenario for PastaPublish {
         true
     }
     fn description(&self) -> &'static str {
-        "client namespace → host namespace 192.0.2.1:5201/5202, where `pasta --config-net -t 5201,5202 --netns CONTAINER` (as root, --runas 0, IPv4, tap MTU 65520) forwards into the container's namespace"
+        "client namespace → host namespace 192.0.2.1:5201/5202, where `pasta --config-net -t 5201,5202 -u 5203 --netns CONTAINER` (as root, --runas 0, IPv4, tap MTU 65520) forwards into the container's namespace; the loopback row's client is in the host namespace, to 127.0.0.1 (pasta splices loopback connections)"
     }
     fn workloads(&self) -> Vec<Workload> {
         publish_workloads()
@@ -455,7 +560,7 @@ impl Scenario for PastaPublish {
             env,
             d.ns(&host),
             d.ns(&c),
-            &[IPERF_PORT, ECHO_PORT],
+            (&[IPERF_PORT, ECHO_PORT], &[PPS_PORT]),
             HOST_IP,
         )?;
         d.ep.watched.extend(watch("pasta", &pasta));
@@ -482,7 +587,7 @@ impl Scenario for VswitchPublish {
         false
     }
     fn description(&self) -> &'static str {
-        "client namespace → host namespace 192.0.2.1:5201/5202, where vswitchd publishes the container's ports (`vswitch run -d -p 5201:5201 -p 5202:5202`, bridge network 10.249.0.0/24, MTU 1500, TAP endpoint) through smoltcp"
+        "client namespace → host namespace 192.0.2.1:5201/5202, where vswitchd publishes the container's ports (`vswitch run -d -p 5201:5201 -p 5202:5202 -p 5203:5203/udp`, bridge network 10.249.0.0/24, MTU 1500, TAP endpoint) through smoltcp; the loopback row's client is in the host namespace, to 127.0.0.1"
     }
     fn workloads(&self) -> Vec<Workload> {
         publish_workloads()
@@ -500,9 +605,10 @@ impl Scenario for VswitchPublish {
             &net,
             &["--subnet", PUBLISH_SUBNET, "--mtu", &VETH_MTU.to_string()],
         )?;
-        let (iperf, echo) = (
+        let (iperf, echo, pps) = (
             format!("{IPERF_PORT}:{IPERF_PORT}"),
             format!("{ECHO_PORT}:{ECHO_PORT}"),
+            format!("{PPS_PORT}:{PPS_PORT}/udp"),
         );
         host.run_container(
             &container,
@@ -514,6 +620,8 @@ impl Scenario for VswitchPublish {
                 &iperf,
                 "-p",
                 &echo,
+                "-p",
+                &pps,
             ],
             env.duration,
         )?;
@@ -541,7 +649,7 @@ impl Scenario for PastaEgress {
         true
     }
     fn description(&self) -> &'static str {
-        "container namespace attached to `pasta --config-net -t none --netns CONTAINER` (as root, --runas 0, IPv4, tap MTU 65520) in the host namespace; downloads from the world namespace 198.51.100.2 (veth to the host) through pasta's host sockets"
+        "container namespace attached to `pasta --config-net -t none --netns CONTAINER` (as root, --runas 0, IPv4, tap MTU 65520) in the host namespace; downloads from and uploads to the world namespace 198.51.100.2 (veth to the host) through pasta's host sockets"
     }
     fn workloads(&self) -> Vec<Workload> {
         egress_workloads()
@@ -554,7 +662,7 @@ impl Scenario for PastaEgress {
         let host = d.keep(host);
         unanswered_default_route(sh, d.ns(&host), WORLD_LINK_GW, "wl0")?;
         let c = d.keep(Netns::create(sh, d.ep.a_ns.clone())?);
-        let pasta = start_pasta(env, d.ns(&host), d.ns(&c), &[], HOST_WORLD_IP)?;
+        let pasta = start_pasta(env, d.ns(&host), d.ns(&c), (&[], &[]), HOST_WORLD_IP)?;
         d.ep.watched.extend(watch("pasta", &pasta));
         d.procs.push(pasta);
         Ok(Box::new(d))
@@ -579,7 +687,7 @@ impl Scenario for SlirpEgress {
         true
     }
     fn description(&self) -> &'static str {
-        "container namespace attached to `slirp4netns --configure --mtu=65520 --disable-host-loopback --netns-type=path /run/netns/CONTAINER tap0` in the host namespace (10.0.2.100/24 via 10.0.2.2); downloads from the world namespace 198.51.100.2 through slirp's host sockets"
+        "container namespace attached to `slirp4netns --configure --mtu=65520 --disable-host-loopback --netns-type=path /run/netns/CONTAINER tap0` in the host namespace (10.0.2.100/24 via 10.0.2.2); downloads from and uploads to the world namespace 198.51.100.2 through slirp's host sockets"
     }
     fn workloads(&self) -> Vec<Workload> {
         egress_workloads()
@@ -635,7 +743,7 @@ impl Scenario for VswitchEgress {
         false
     }
     fn description(&self) -> &'static str {
-        "container (`vswitch run -d`) on a vswitch bridge network (10.250.0.0/24, MTU 1500, TAP endpoint), vswitchd in the host namespace; downloads from the world namespace 198.51.100.2 through vswitchd's userspace NAT (smoltcp, host sockets)"
+        "container (`vswitch run -d`) on a vswitch bridge network (10.250.0.0/24, MTU 1500, TAP endpoint), vswitchd in the host namespace; downloads from and uploads to the world namespace 198.51.100.2 through vswitchd's userspace NAT (smoltcp, host sockets)"
     }
     fn workloads(&self) -> Vec<Workload> {
         egress_workloads()
@@ -649,6 +757,228 @@ impl Scenario for VswitchEgress {
             .host
             .insert(VswitchHost::start(env, host_ns, "vswitchd", &[])?);
         let net = format!("nb{}e", env.tag);
+        host.create_network(
+            &net,
+            &["--subnet", EGRESS_SUBNET, "--mtu", &VETH_MTU.to_string()],
+        )?;
+        host.run_container(
+            &container,
+            &net,
+            &["--ip", &EGRESS_CONTAINER_IP.to_string()],
+            env.duration,
+        )?;
+        d.ep.watched.extend(host.watched());
+        Ok(Box::new(d))
+    }
+}
+
+/// Baseline: pasta's port forwarding run unprivileged, as rootless Podman
+/// runs it.
+#[derive(Debug)]
+pub struct PastaPublishRootless;
+
+impl Scenario for PastaPublishRootless {
+    fn key(&self) -> &'static str {
+        "pasta-publish-rootless"
+    }
+    fn title(&self) -> &'static str {
+        "pasta, rootless"
+    }
+    fn group(&self) -> &'static str {
+        "publish-rootless"
+    }
+    fn is_baseline(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "as pasta-publish, but pasta runs as an unprivileged user netbench creates (setpriv), in the host namespace, spawning the container's user and network namespace itself (`pasta --config-net -t 5201,5202 -u 5203 -- sleep N`), which netbench names with `ip netns attach` for the servers"
+    }
+    fn workloads(&self) -> Vec<Workload> {
+        publish_workloads()
+    }
+
+    fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
+        require("pasta", "passt")?;
+        require("setpriv", "util-linux")?;
+        let sh = &env.sh;
+        let (mut d, host) = client_and_host(env, "rp")?;
+        let host = d.keep(host);
+        unanswered_default_route(sh, d.ns(&host), CLIENT_LINK_GW, "cl0")?;
+        d.user = Some(User::create(sh, format!("nb{}rp", env.tag))?);
+        let user = d.user.as_ref().expect("the user just made");
+        let (pasta, c) = start_rootless_pasta(
+            env,
+            user,
+            d.ns(&host),
+            &d.ep.b_ns,
+            (&[IPERF_PORT, ECHO_PORT], &[PPS_PORT]),
+            HOST_IP,
+        )?;
+        d.ep.watched.extend(watch("pasta", &pasta));
+        d.procs.push(pasta);
+        d.keep(c);
+        Ok(Box::new(d))
+    }
+}
+
+/// vswitch: a published port of a container of `vswitchd --rootless`.
+#[derive(Debug)]
+pub struct VswitchPublishRootless;
+
+impl Scenario for VswitchPublishRootless {
+    fn key(&self) -> &'static str {
+        "vswitch-publish-rootless"
+    }
+    fn title(&self) -> &'static str {
+        "vswitch, rootless"
+    }
+    fn group(&self) -> &'static str {
+        "publish-rootless"
+    }
+    fn is_baseline(&self) -> bool {
+        false
+    }
+    fn description(&self) -> &'static str {
+        "as vswitch-publish, but `vswitchd --rootless` and `vswitch` run as an unprivileged user netbench creates (setpriv; /dev/net/tun mode 0666), in the host namespace; the container's namespace (inside the daemon's user namespace) named with `ip netns attach` for the servers"
+    }
+    fn workloads(&self) -> Vec<Workload> {
+        publish_workloads()
+    }
+
+    fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
+        VswitchHost::check_binaries(env)?;
+        require("setpriv", "util-linux")?;
+        tun_usable_by_everyone()?;
+        let (mut d, host_ns) = client_and_host(env, "rv")?;
+        let container = d.ep.b_ns.clone();
+        let user = d
+            .user
+            .insert(User::create(&env.sh, format!("nb{}rv", env.tag))?);
+        let host = d.host.insert(VswitchHost::start_rootless(
+            env,
+            host_ns,
+            "vswitchd-rootless",
+            user,
+        )?);
+        let net = format!("nb{}r", env.tag);
+        host.create_network(
+            &net,
+            &["--subnet", PUBLISH_SUBNET, "--mtu", &VETH_MTU.to_string()],
+        )?;
+        let (iperf, echo, pps) = (
+            format!("{IPERF_PORT}:{IPERF_PORT}"),
+            format!("{ECHO_PORT}:{ECHO_PORT}"),
+            format!("{PPS_PORT}:{PPS_PORT}/udp"),
+        );
+        host.run_container(
+            &container,
+            &net,
+            &[
+                "--ip",
+                &PUBLISH_CONTAINER_IP.to_string(),
+                "-p",
+                &iperf,
+                "-p",
+                &echo,
+                "-p",
+                &pps,
+            ],
+            env.duration,
+        )?;
+        d.ep.watched.extend(host.watched());
+        Ok(Box::new(d))
+    }
+}
+
+/// Baseline: pasta's egress run unprivileged, as rootless Podman runs it.
+#[derive(Debug)]
+pub struct PastaEgressRootless;
+
+impl Scenario for PastaEgressRootless {
+    fn key(&self) -> &'static str {
+        "pasta-egress-rootless"
+    }
+    fn title(&self) -> &'static str {
+        "pasta, rootless"
+    }
+    fn group(&self) -> &'static str {
+        "egress-rootless"
+    }
+    fn is_baseline(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "as pasta-egress, but pasta runs as an unprivileged user netbench creates (setpriv), in the host namespace, spawning the container's user and network namespace itself (`pasta --config-net -t none -u none -- sleep N`)"
+    }
+    fn workloads(&self) -> Vec<Workload> {
+        egress_workloads()
+    }
+
+    fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
+        require("pasta", "passt")?;
+        require("setpriv", "util-linux")?;
+        let sh = &env.sh;
+        let (mut d, host) = world_and_host(env, "rq", USERMODE_MTU)?;
+        let host = d.keep(host);
+        unanswered_default_route(sh, d.ns(&host), WORLD_LINK_GW, "wl0")?;
+        d.user = Some(User::create(sh, format!("nb{}rq", env.tag))?);
+        let user = d.user.as_ref().expect("the user just made");
+        let (pasta, c) = start_rootless_pasta(
+            env,
+            user,
+            d.ns(&host),
+            &d.ep.a_ns,
+            (&[], &[]),
+            HOST_WORLD_IP,
+        )?;
+        d.ep.watched.extend(watch("pasta", &pasta));
+        d.procs.push(pasta);
+        d.keep(c);
+        Ok(Box::new(d))
+    }
+}
+
+/// vswitch: a container of `vswitchd --rootless` reaching the world
+/// through the rootless daemon's userspace NAT.
+#[derive(Debug)]
+pub struct VswitchEgressRootless;
+
+impl Scenario for VswitchEgressRootless {
+    fn key(&self) -> &'static str {
+        "vswitch-egress-rootless"
+    }
+    fn title(&self) -> &'static str {
+        "vswitch, rootless"
+    }
+    fn group(&self) -> &'static str {
+        "egress-rootless"
+    }
+    fn is_baseline(&self) -> bool {
+        false
+    }
+    fn description(&self) -> &'static str {
+        "as vswitch-egress, but `vswitchd --rootless` and `vswitch` run as an unprivileged user netbench creates (setpriv; /dev/net/tun mode 0666) in the host namespace"
+    }
+    fn workloads(&self) -> Vec<Workload> {
+        egress_workloads()
+    }
+
+    fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {
+        VswitchHost::check_binaries(env)?;
+        require("setpriv", "util-linux")?;
+        tun_usable_by_everyone()?;
+        let (mut d, host_ns) = world_and_host(env, "rw", VETH_MTU)?;
+        let container = d.ep.a_ns.clone();
+        let user = d
+            .user
+            .insert(User::create(&env.sh, format!("nb{}rw", env.tag))?);
+        let host = d.host.insert(VswitchHost::start_rootless(
+            env,
+            host_ns,
+            "vswitchd-rootless",
+            user,
+        )?);
+        let net = format!("nb{}s", env.tag);
         host.create_network(
             &net,
             &["--subnet", EGRESS_SUBNET, "--mtu", &VETH_MTU.to_string()],
@@ -679,6 +1009,14 @@ mod tests {
             assert_eq!(s.group(), "publish");
             assert_eq!(s.workloads(), publish_workloads(), "{}", s.key());
         }
+        let rootless: Vec<Box<dyn Scenario>> = vec![
+            Box::new(PastaPublishRootless),
+            Box::new(VswitchPublishRootless),
+        ];
+        for s in &rootless {
+            assert_eq!(s.group(), "publish-rootless");
+            assert_eq!(s.workloads(), publish_workloads(), "{}", s.key());
+        }
         let egress: Vec<Box<dyn Scenario>> = vec![
             Box::new(PastaEgress),
             Box::new(SlirpEgress),
@@ -688,12 +1026,21 @@ mod tests {
             assert_eq!(s.group(), "egress");
             assert_eq!(s.workloads(), egress_workloads(), "{}", s.key());
         }
+        let rootless: Vec<Box<dyn Scenario>> = vec![
+            Box::new(PastaEgressRootless),
+            Box::new(VswitchEgressRootless),
+        ];
+        for s in &rootless {
+            assert_eq!(s.group(), "egress-rootless");
+            assert_eq!(s.workloads(), egress_workloads(), "{}", s.key());
+        }
     }
 
     #[test]
     fn forwarded_endpoints_listen_everywhere_and_egress_binds_the_world() {
-        let p = publish_endpoints("c".into(), "b".into());
+        let p = publish_endpoints("c".into(), "h".into(), "b".into());
         assert_eq!(p.b_ip, IpAddr::V4(HOST_IP));
+        assert_eq!(p.loopback_ns.as_deref(), Some("h"));
         assert!(p.server_ip.is_unspecified());
         let e = egress_endpoints("b".into(), "w".into(), 1500);
         assert_eq!(
@@ -702,6 +1049,13 @@ mod tests {
         );
         // pasta maps its gateway to the host: the world must not be it.
         assert_ne!(WORLD_LINK_GW, WORLD_IP);
+        assert_eq!(e.loopback_ns, None);
+    }
+
+    #[test]
+    fn pasta_port_lists() {
+        assert_eq!(pasta_ports(&[]), "none");
+        assert_eq!(pasta_ports(&[IPERF_PORT, ECHO_PORT]), "5201,5202");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::exec::{in_ns, interrupted, Background, Shell};
 use crate::overlay;
 use crate::ovs;
 use crate::publish;
+use crate::rootless::{RunAs, User};
 use crate::workload::Workload;
 use crate::Error;
 
@@ -57,6 +58,10 @@ pub struct Endpoints {
     /// (every address) when A reaches B through a forwarder.
     pub server_ip: IpAddr,
     pub mtu: u32,
+    /// Where B's forwarded ports are also open on `127.0.0.1` (the
+    /// forwarder's host namespace, publish group): the loopback client's
+    /// namespace. None elsewhere.
+    pub loopback_ns: Option<String>,
     /// Processes whose threads' CPU time is worth reporting (the switch).
     pub watched: Vec<Watched>,
 }
@@ -70,6 +75,7 @@ impl Endpoints {
             b_ip: IpAddr::V4(b_ip),
             server_ip: IpAddr::V4(b_ip),
             mtu,
+            loopback_ns: None,
             watched: Vec::new(),
         }
     }
@@ -132,6 +138,10 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(publish::PastaEgress),
         Box::new(publish::SlirpEgress),
         Box::new(publish::VswitchEgress),
+        Box::new(publish::PastaPublishRootless),
+        Box::new(publish::VswitchPublishRootless),
+        Box::new(publish::PastaEgressRootless),
+        Box::new(publish::VswitchEgressRootless),
         Box::new(docker::DockerBridge),
         Box::new(docker::DockerVswitch),
     ]
@@ -155,6 +165,18 @@ impl Netns {
         };
         sh.ok(&["ip", "-n", &ns.name, "link", "set", "lo", "up"], STEP)?;
         Ok(ns)
+    }
+
+    /// Names the network namespace of process `pid` (made by someone
+    /// else: a rootless forwarder) `name` under `/run/netns`; deleting it
+    /// only detaches the name.
+    pub fn attach(sh: &Shell, name: String, pid: u32) -> Result<Netns, Error> {
+        sh.ok(&["ip", "netns", "attach", &name, &pid.to_string()], STEP)?;
+        Ok(Netns {
+            name,
+            sh: sh.clone(),
+            alive: true,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -348,7 +370,12 @@ impl Deployment for VswitchDeployment {
 #[derive(Debug)]
 pub struct VswitchHost {
     sh: Shell,
+    vswitchd: PathBuf,
     vswitch: PathBuf,
+    /// `vswitchd --rootless` and `vswitch` run as this user (rootless
+    /// scenarios); containers' namespaces are then attached under
+    /// `/run/netns` by their process for the workloads.
+    run_as: Option<RunAs>,
     /// Names it in CPU samples; also its log's and state directory's name.
     label: String,
     socket: PathBuf,
@@ -384,7 +411,19 @@ impl VswitchHost {
     /// with `extra` flags after the usual ones; returns once its control
     /// socket accepts connections.
     pub fn start(env: &Env, ns: Netns, label: &str, extra: &[&str]) -> Result<VswitchHost, Error> {
-        VswitchHost::launch(env, label, Some(ns), None, extra)
+        VswitchHost::launch(env, label, Some(ns), None, None, extra)
+    }
+
+    /// Starts `vswitchd --rootless` as `user` inside `ns` (the host owns
+    /// the namespace from now on), its state, socket and runtime directory
+    /// in the user's home, the binaries copied there.
+    pub fn start_rootless(
+        env: &Env,
+        ns: Netns,
+        label: &str,
+        user: &User,
+    ) -> Result<VswitchHost, Error> {
+        VswitchHost::launch(env, label, Some(ns), None, Some(user), &[])
     }
 
     /// Starts vswitchd in the network namespace `netns` (someone else's)
@@ -399,7 +438,7 @@ impl VswitchHost {
         extra: &[&str],
     ) -> Result<VswitchHost, Error> {
         let place = (mount_ns.to_string(), netns.to_string());
-        VswitchHost::launch(env, label, None, Some(place), extra)
+        VswitchHost::launch(env, label, None, Some(place), None, extra)
     }
 
     fn launch(
@@ -407,16 +446,30 @@ impl VswitchHost {
         label: &str,
         ns: Option<Netns>,
         mount_ns: Option<(String, String)>,
+        user: Option<&User>,
         extra: &[&str],
     ) -> Result<VswitchHost, Error> {
-        let state_dir = env.sh.dir().join(label);
-        std::fs::create_dir_all(&state_dir).map_err(|e| Error::Io {
-            context: format!("creating {}", state_dir.display()),
-            source: e,
-        })?;
+        let (state_dir, vswitchd, vswitch) = match user {
+            Some(u) => {
+                let dir = u.run_as.home.join(label);
+                u.run_as.mkdir(&dir)?;
+                let bins = u.copy_binaries(&[&env.vswitchd, &env.vswitch])?;
+                (dir, bins[0].clone(), bins[1].clone())
+            }
+            None => {
+                let dir = env.sh.dir().join(label);
+                std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+                    context: format!("creating {}", dir.display()),
+                    source: e,
+                })?;
+                (dir, env.vswitchd.clone(), env.vswitch.clone())
+            }
+        };
         let mut host = VswitchHost {
             sh: env.sh.clone(),
-            vswitch: env.vswitch.clone(),
+            vswitchd,
+            vswitch,
+            run_as: user.map(|u| u.run_as.clone()),
             label: label.to_string(),
             socket: state_dir.join("vswitchd.sock"),
             state_dir,
@@ -429,11 +482,11 @@ impl VswitchHost {
             torn_down: false,
         };
         // From here on, dropping `host` undoes whatever was done.
-        host.start_daemon(env, extra)?;
+        host.start_daemon(extra)?;
         Ok(host)
     }
 
-    fn start_daemon(&mut self, env: &Env, extra: &[&str]) -> Result<(), Error> {
+    fn start_daemon(&mut self, extra: &[&str]) -> Result<(), Error> {
         let (ns, mut argv) = match &self.mount_ns {
             Some((mnt, net)) => (
                 net.clone(),
@@ -442,12 +495,16 @@ impl VswitchHost {
                     format!("--mount={mnt}"),
                     format!("--net=/run/netns/{net}"),
                     "--".into(),
-                    env.vswitchd.display().to_string(),
+                    self.vswitchd.display().to_string(),
                 ],
             ),
             None => {
                 let ns = self.ns_name().to_string();
-                let argv = in_ns(&ns, &[env.vswitchd.display().to_string()]);
+                let vswitchd = self.vswitchd.display().to_string();
+                let argv = match &self.run_as {
+                    Some(r) => r.argv(&ns, &[vswitchd.as_str(), "--rootless"]),
+                    None => in_ns(&ns, &[vswitchd]),
+                };
                 (ns, argv)
             }
         };
@@ -517,7 +574,10 @@ impl VswitchHost {
             format!("unix://{}", self.socket.display()),
         ];
         v.extend(args.iter().map(|s| s.to_string()));
-        v
+        match &self.run_as {
+            Some(r) => r.argv(self.ns_name(), &v),
+            None => v,
+        }
     }
 
     /// `vswitch ARGS...` against this daemon; a failure carries the
@@ -582,7 +642,20 @@ impl VswitchHost {
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "sleep", &sleep]);
         self.containers.push(name.to_string());
-        self.vs(&args).map(|_| ())
+        self.vs(&args)?;
+        if self.run_as.is_some() {
+            // A rootless container's namespace is only in the daemon's
+            // mount namespace: attach it by its process for the workloads
+            // (teardown's `ip netns del` detaches it).
+            let v = self.vs_json(&["inspect", name])?;
+            let pid = v[0]["Pid"].as_u64().ok_or_else(|| Error::Parse {
+                tool: "vswitch",
+                what: format!("`vswitch inspect {name}` shows no Pid: {v}"),
+            })?;
+            self.sh
+                .ok(&["ip", "netns", "attach", name, &pid.to_string()], STEP)?;
+        }
+        Ok(())
     }
 
     /// A container's IPv4 address on `network`, from `vswitch inspect`.
@@ -802,6 +875,8 @@ mod tests {
             "ka", "kb", "kbr", "vh", "va", "vb", // local
             "psc", "psh", "psb", "ppc", "pph", "ppb", "pvc", "pvh", "pvb", "p", // publish
             "epw", "eph", "epb", "esw", "esh", "esb", "evw", "evh", "evb", "e", // egress
+            "rpc", "rph", "rpb", "rvc", "rvh", "rvb", "r", // publish-rootless
+            "rqw", "rqh", "rqb", "rww", "rwh", "rwb", "s", // egress-rootless
         ];
         let overlay = [
             "xu", "xh1", "xh2", "xa", "xb", "ou", "oh1", "oh2", "oa", "ob", "ov", "qu", "qh1",

@@ -57,6 +57,13 @@ pub const METRICS: &[Metric] = &[
         decimals: 2,
     },
     Metric {
+        key: "tcp_lo_gbps",
+        label: "TCP throughput, 1 stream, client on the host's loopback (iperf3)",
+        unit: "Gbit/s",
+        better: Better::Higher,
+        decimals: 2,
+    },
+    Metric {
         key: "tcp_2_gbps",
         label: "TCP throughput, 2 streams (iperf3 -P 2)",
         unit: "Gbit/s",
@@ -112,6 +119,13 @@ pub const METRICS: &[Metric] = &[
         better: Better::Higher,
         decimals: 2,
     },
+    Metric {
+        key: "tcp_up_gbps",
+        label: "TCP upload, 1 stream (iperf3)",
+        unit: "Gbit/s",
+        better: Better::Higher,
+        decimals: 2,
+    },
 ];
 
 /// A workload between A and B.
@@ -128,6 +142,13 @@ pub enum Workload {
     ConnectRate,
     /// iperf3 TCP from B to A, started by A (`iperf3 -c B -R`): A downloads.
     TcpDownload,
+    /// iperf3 TCP from A to B with one stream, for the egress group: A
+    /// (the container) uploads to B (the world).
+    TcpUpload,
+    /// iperf3 TCP, one stream, from a client in the forwarder's own
+    /// namespace to `127.0.0.1` ([`Endpoints::loopback_ns`]): a published
+    /// port reached on the host's loopback.
+    TcpStreamLoopback,
     /// 64-byte frames (UDP, 18 bytes of payload) from A to B as fast as
     /// they go, `sendmmsg`/`recvmmsg` (netbench's own ends, see `pps.rs`).
     PacketRate,
@@ -149,7 +170,12 @@ impl Workload {
     #[cfg(test)]
     pub fn every() -> Vec<Workload> {
         let mut v = Workload::all();
-        v.extend([Workload::ConnectRate, Workload::TcpDownload]);
+        v.extend([
+            Workload::TcpStreamLoopback,
+            Workload::ConnectRate,
+            Workload::TcpDownload,
+            Workload::TcpUpload,
+        ]);
         v
     }
 
@@ -172,6 +198,8 @@ impl Workload {
             Workload::IcmpEcho => "ping".into(),
             Workload::ConnectRate => "TCP connect/echo/close".into(),
             Workload::TcpDownload => "iperf3 TCP -R".into(),
+            Workload::TcpUpload => "iperf3 TCP upload".into(),
+            Workload::TcpStreamLoopback => "iperf3 TCP -P 1 via loopback".into(),
             Workload::PacketRate => "UDP 64-byte flood".into(),
         }
     }
@@ -183,7 +211,7 @@ impl Workload {
             Workload::TcpRequestResponse => "sockperf",
             Workload::IcmpEcho => "ping",
             Workload::ConnectRate => "netbench",
-            Workload::TcpDownload => "iperf3",
+            Workload::TcpDownload | Workload::TcpUpload | Workload::TcpStreamLoopback => "iperf3",
             Workload::PacketRate => "netbench",
         }
     }
@@ -197,6 +225,8 @@ impl Workload {
             Workload::IcmpEcho => &["icmp_avg_us", "icmp_p99_us"],
             Workload::ConnectRate => &["tcp_conn_per_s"],
             Workload::TcpDownload => &["tcp_down_gbps"],
+            Workload::TcpUpload => &["tcp_up_gbps"],
+            Workload::TcpStreamLoopback => &["tcp_lo_gbps"],
             Workload::PacketRate => &["udp64_kpps"],
         }
     }
@@ -206,10 +236,28 @@ impl Workload {
         let b_ip = ep.b_ip.to_string();
         let limit = Duration::from_secs(u64::from(duration) + 30);
         match *self {
-            Workload::TcpStream { .. } | Workload::TcpDownload => {
+            Workload::TcpStream { .. }
+            | Workload::TcpDownload
+            | Workload::TcpUpload
+            | Workload::TcpStreamLoopback => {
                 let (streams, reverse) = match *self {
                     Workload::TcpStream { streams } => (streams, false),
-                    _ => (1, true),
+                    Workload::TcpDownload => (1, true),
+                    _ => (1, false),
+                };
+                // The client and the address it sends to: A and B's, or
+                // the forwarder's namespace and its loopback.
+                let (client_ns, b_ip) = match *self {
+                    Workload::TcpStreamLoopback => (
+                        ep.loopback_ns.as_deref().ok_or_else(|| {
+                            Error::Setup(
+                                "this scenario has no forwarder namespace to run a loopback client in"
+                                    .into(),
+                            )
+                        })?,
+                        std::net::Ipv4Addr::LOCALHOST.to_string(),
+                    ),
+                    _ => (ep.a_ns.as_str(), b_ip),
                 };
                 let port = IPERF_PORT.to_string();
                 let mut argv = vec!["iperf3", "-s", "-1", "-p", &port];
@@ -240,13 +288,9 @@ impl Workload {
                 if reverse {
                     argv.push("-R");
                 }
-                let out = sh.ok(&in_ns(&ep.a_ns, &argv), limit)?;
+                let out = sh.ok(&in_ns(client_ns, &argv), limit)?;
                 let r = parse_iperf3(&out)?;
-                let key = match (reverse, streams) {
-                    (true, _) => "tcp_down_gbps",
-                    (false, 1) => "tcp_1_gbps",
-                    (false, _) => "tcp_2_gbps",
-                };
+                let key = self.metric_keys()[0];
                 Ok(Measured {
                     note: None,
                     values: vec![(key, r.received_bps / 1e9)],
@@ -256,6 +300,8 @@ impl Workload {
                         "retransmits": r.retransmits,
                         "streams": streams,
                         "reverse": reverse,
+                        "client_ns": client_ns,
+                        "to": b_ip,
                     }),
                 })
             }
