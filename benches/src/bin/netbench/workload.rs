@@ -298,6 +298,7 @@ impl Workload {
                         "received_bits_per_second": r.received_bps,
                         "sent_bits_per_second": r.sent_bps,
                         "retransmits": r.retransmits,
+                        "interval_bits_per_second": r.interval_bps,
                         "streams": streams,
                         "reverse": reverse,
                         "client_ns": client_ns,
@@ -541,11 +542,14 @@ fn packet_rate(sh: &Shell, ep: &Endpoints, duration: u32) -> Result<PacketRate, 
 }
 
 /// What `iperf3 -J` reports at the end of a client run.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IperfResult {
     pub received_bps: f64,
     pub sent_bps: f64,
     pub retransmits: Option<u64>,
+    /// Each interval's rate (`intervals[].sum.bits_per_second`, one a
+    /// second by default): shows a stream that stalls rather than runs slow.
+    pub interval_bps: Vec<f64>,
 }
 
 pub fn parse_iperf3(json_text: &str) -> Result<IperfResult, Error> {
@@ -571,6 +575,14 @@ pub fn parse_iperf3(json_text: &str) -> Result<IperfResult, Error> {
         received_bps: bps("sum_received")?,
         sent_bps: bps("sum_sent")?,
         retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
+        interval_bps: v["intervals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -709,7 +721,7 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    const IPERF: &str = r#"{"start":{},"intervals":[],"end":{
+    const IPERF: &str = r#"{"start":{},"intervals":[{"sum":{"bits_per_second":2.0e10}},{"sum":{"bits_per_second":1.0e3}}],"end":{
         "sum_sent":{"bytes":1,"bits_per_second":2.5e10,"retransmits":7},
         "sum_received":{"bytes":1,"bits_per_second":2.4e10}}}"#;
 
@@ -719,6 +731,7 @@ mod tests {
         assert_eq!(r.received_bps, 2.4e10);
         assert_eq!(r.sent_bps, 2.5e10);
         assert_eq!(r.retransmits, Some(7));
+        assert_eq!(r.interval_bps, [2.0e10, 1.0e3]);
     }
 
     #[rstest]
