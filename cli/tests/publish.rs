@@ -266,3 +266,67 @@ fn a_port_without_a_host_port_gets_a_free_one() {
     );
     assert!(ok && out.contains("peer="), "{out}");
 }
+
+/// A bulk upload from a container to the world through egress arrives
+/// whole and in time (the NAT must tell the container its window opened
+/// again once the host socket drained).
+#[test]
+fn egress_upload_arrives_intact() {
+    require_root!();
+    let h = Host::start(&[]);
+    let world = Netns::new("vsu");
+    veth(&h.ns, "198.51.100.1/24", &world, "198.51.100.2/24");
+    let net = h.network("u", &["--subnet", "10.233.0.0/24"]);
+    let mut h = h;
+    let c = h.run("c", &net, &[]);
+    let dir = std::env::temp_dir().join(format!("vsupload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src");
+    let dst = dir.join("dst");
+    ok(&[
+        "sh",
+        "-c",
+        &format!("head -c 67108864 /dev/urandom > {}", src.display()),
+    ]);
+    let _sink = Bg::spawn(
+        &world.name,
+        &[
+            "socat",
+            "-u",
+            "TCP-LISTEN:8081,reuseaddr",
+            &format!("CREATE:{}", dst.display()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    let o = ns_exec(
+        &c,
+        &[
+            "timeout",
+            "60",
+            "socat",
+            "-u",
+            &format!("OPEN:{}", src.display()),
+            "TCP:198.51.100.2:8081,connect-timeout=3",
+        ],
+    );
+    let took = start.elapsed();
+    assert!(
+        o.status.success(),
+        "upload failed after {took:?}: {}",
+        stderr(&o)
+    );
+    wait_for("the sink to finish", Duration::from_secs(10), || {
+        std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) == 67108864
+    });
+    let sum = |p: &std::path::Path| {
+        stdout(&cmd(&["sha256sum", p.to_str().unwrap()]))
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(sum(&src), sum(&dst));
+    eprintln!("64 MiB uploaded in {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
