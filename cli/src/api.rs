@@ -774,7 +774,8 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
 
 /// Checks a CNI attachment's container id (what the spec allows:
 /// alphanumerics, `_`, `.`, `-`, starting with an alphanumeric) and
-/// interface name (what Linux allows).
+/// interface name (what Linux allows, as [`crate::netns::validate_ifname`]
+/// checks it).
 pub fn validate_cni_key(k: &CniKey) -> Result<(), String> {
     let id = &k.container_id;
     let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -788,21 +789,7 @@ pub fn validate_cni_key(k: &CniKey) -> Result<(), String> {
             id.escape_debug()
         ));
     }
-    let name = &k.ifname;
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if !ok {
-        return Err(format!(
-            "invalid interface name `{}`: use 1 to 15 characters without `/`, `:` or spaces",
-            name.escape_debug()
-        ));
-    }
-    Ok(())
+    crate::netns::validate_ifname(&k.ifname).map_err(|e| e.to_string())
 }
 
 fn body<T: for<'de> Deserialize<'de>>(

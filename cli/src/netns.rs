@@ -380,15 +380,8 @@ pub fn iface_state(netns: &Path, name: &str) -> Result<Option<IfaceState>, Netns
     in_netns(netns, move || {
         let rtnl = Rtnl::new()?;
         let ns = path.display();
-        let req = rtnl.handle.link().get().match_name(name.clone()).execute();
-        let link = match rtnl.block_on(async {
-            futures::pin_mut!(req);
-            req.try_next().await
-        }) {
-            Ok(Some(l)) => l,
-            Ok(None) => return Ok(None),
-            Err(e) if nl_errno(&e) == Some(libc::ENODEV) => return Ok(None),
-            Err(e) => return Err(netlink_error(format!("look up {name} in {ns}"), e)),
+        let Some(link) = rtnl.link(&name, &path)? else {
+            return Ok(None);
         };
         let index = link.header.index;
         let mut state = IfaceState {
@@ -422,7 +415,7 @@ pub fn iface_state(netns: &Path, name: &str) -> Result<Option<IfaceState>, Netns
         state.addrs = addrs
             .iter()
             .filter_map(address_net)
-            .filter(|n| !matches!(n.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .filter(|n| !matches!(n.addr(), IpAddr::V6(v6) if v6.is_unicast_link_local()))
             .collect();
         for family in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -443,7 +436,7 @@ pub fn iface_state(netns: &Path, name: &str) -> Result<Option<IfaceState>, Netns
                 } else {
                     IpNet::V4(ipnet::Ipv4Net::default())
                 });
-                if matches!(dst.addr(), IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 || a.is_multicast())
+                if matches!(dst.addr(), IpAddr::V6(a) if a.is_unicast_link_local() || a.is_multicast())
                 {
                     continue;
                 }
@@ -642,7 +635,9 @@ fn open_tap(netns: &Path, name: &str, queues: Option<usize>) -> Result<Vec<Tap>,
     })
 }
 
-fn validate_ifname(name: &str) -> Result<(), NetnsError> {
+/// Checks an interface name as the kernel would (1 to 15 bytes, no `/`,
+/// `:`, NUL or whitespace, not `.` or `..`).
+pub fn validate_ifname(name: &str) -> Result<(), NetnsError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_IFNAME_LEN
         && name != "."
@@ -782,13 +777,22 @@ impl Rtnl {
 
     /// The index of interface `name`, or `None` if there is none.
     fn link_index(&self, name: &str, netns: &Path) -> Result<Option<u32>, NetnsError> {
-        let req = self.handle.link().get().match_name(name).execute();
+        Ok(self.link(name, netns)?.map(|msg| msg.header.index))
+    }
+
+    /// Interface `name`, or `None` if there is none.
+    fn link(&self, name: &str, netns: &Path) -> Result<Option<LinkMessage>, NetnsError> {
+        let req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match self.block_on(async {
             futures::pin_mut!(req);
             req.try_next().await
         }) {
-            Ok(Some(msg)) => Ok(Some(msg.header.index)),
-            Ok(None) => Ok(None),
+            Ok(msg) => Ok(msg),
             Err(e) if nl_errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(netlink_error(
                 format!("look up {name} in {}", netns.display()),
@@ -884,8 +888,7 @@ impl Rtnl {
             let Some(net) = address_net(&msg) else {
                 continue;
             };
-            let link_local =
-                matches!(net.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            let link_local = matches!(net.addr(), IpAddr::V6(v6) if v6.is_unicast_link_local());
             if link_local || cfg.addrs.contains(&net) {
                 continue;
             }

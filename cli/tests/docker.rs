@@ -66,6 +66,12 @@ impl DockerOnVswitch {
     /// -o vswitch.name=NAME FLAGS... NAME`; returns NAME.
     fn network(&self, prefix: &str, flags: &[&str]) -> String {
         let name = unique(prefix);
+        self.network_named(&name, flags);
+        name
+    }
+
+    /// [`DockerOnVswitch::network`] of a given name.
+    fn network_named(&self, name: &str, flags: &[&str]) {
         let opt = format!("vswitch.name={name}");
         let mut args = vec![
             "network",
@@ -78,9 +84,8 @@ impl DockerOnVswitch {
             &opt,
         ];
         args.extend_from_slice(flags);
-        args.push(&name);
+        args.push(name);
         self.docker.docker_ok(&args);
-        name
     }
 
     /// `docker run --rm --network NET busybox sh -c SCRIPT`: its output.
@@ -553,20 +558,7 @@ fn an_encrypted_overlay_with_gateway_aux_address_and_mtu_lives_while_a_host_uses
 
     // Made again on a, then removed by its last user, b: a's Docker
     // network makes it again for its next container.
-    let mut again = flags.to_vec();
-    let opt = format!("vswitch.name={net}");
-    again.extend(["-o", &opt]);
-    let mut args = vec![
-        "network",
-        "create",
-        "-d",
-        "vswitch",
-        "--ipam-driver",
-        "vswitch",
-    ];
-    args.extend(again);
-    args.push(&net);
-    a.docker.docker_ok(&args);
+    a.network_named(&net, &flags);
     b.vs_ok(&["rm", &cl]);
     b.vs_ok(&["network", "rm", &net]);
     wait_for(

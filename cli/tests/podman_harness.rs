@@ -69,7 +69,7 @@ fn podman_runs_busybox_with_state_of_its_own_and_cleans_up() {
     drop(h);
     eprintln!("cleanup took {:?}", t.elapsed());
     for (what, pid) in [("container", pid), ("conmon", conmon)] {
-        assert!(!podman::alive(pid as i32), "{what} ({pid}) still runs");
+        assert!(!common::alive(pid as i32), "{what} ({pid}) still runs");
     }
     assert!(!dir.exists(), "{} is still there", dir.display());
     assert!(
@@ -134,13 +134,7 @@ fn two_containers_on_a_cni_bridge_reach_each_other_and_nothing_leaves() {
     for pin in &pins {
         assert!(!Path::new(pin).exists(), "{pin} is still there");
     }
-    let cache = std::fs::read_dir(podman::CNI_CACHE)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let cache = cni_cache();
     for id in &ids {
         assert!(
             !cache.iter().any(|f| f.contains(id.as_str())),
@@ -335,7 +329,7 @@ fn a_failing_test_leaves_nothing_behind_even_when_podman_lost_its_containers() {
     assert!(failed.is_err(), "the test did not fail");
     let (dir, cgroup, bridge, id, pin, pids) = rx.recv().unwrap();
     for pid in pids {
-        assert!(!podman::alive(pid as i32), "{pid} still runs");
+        assert!(!common::alive(pid as i32), "{pid} still runs");
     }
     assert!(!Path::new(&pin).exists(), "{pin} is still there");
     assert!(
@@ -349,13 +343,7 @@ fn a_failing_test_leaves_nothing_behind_even_when_podman_lost_its_containers() {
             .exists(),
         "cgroup {cgroup} is still there"
     );
-    let cache = std::fs::read_dir(podman::CNI_CACHE)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let cache = cni_cache();
     assert!(
         !cache.iter().any(|f| f.contains(&id)),
         "CNI cache still holds {id}: {cache:?}"
@@ -540,4 +528,15 @@ fn firewall_rules() -> String {
         }
     }
     all
+}
+
+/// The names of libcni's cached results (`/var/lib/cni/results`).
+fn cni_cache() -> Vec<String> {
+    std::fs::read_dir(podman::CNI_CACHE)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

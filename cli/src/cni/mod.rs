@@ -61,17 +61,17 @@ enum Answer {
     Status(u16, Vec<u8>),
 }
 
-async fn ask(client: &Client, path: &str, body: &impl serde::Serialize) -> Answer {
-    let body = serde_json::to_vec(body).unwrap_or_default();
-    let method = if path.starts_with("/v1/cni/") {
-        "POST"
-    } else {
-        "GET"
-    };
+async fn ask(client: &Client, method: &str, path: &str, body: Vec<u8>) -> Answer {
     match client.raw(method, path, body).await {
         Ok((status, bytes)) => Answer::Status(status, bytes),
         Err(e) => Answer::Unreachable(format!("{e:#}")),
     }
+}
+
+/// `POST /v1/cni/VERB` with `body` as JSON.
+async fn post(client: &Client, verb: &str, body: &impl serde::Serialize) -> Answer {
+    let body = serde_json::to_vec(body).expect("API types serialize");
+    ask(client, "POST", &format!("/v1/cni/{verb}"), body).await
 }
 
 /// The daemon's error message from its body.
@@ -136,7 +136,7 @@ async fn handle(inv: &Invocation) -> Result<Outcome, CniError> {
                 aliases: inv.wants.aliases.clone(),
                 ports,
             };
-            match ask(&client, "/v1/cni/add", &add).await {
+            match post(&client, "add", &add).await {
                 Answer::Status(200, b) => {
                     let made: api::CniAttachment = decode(&b)?;
                     let ours = spec::add_result(&inv.version, &made);
@@ -150,7 +150,7 @@ async fn handle(inv: &Invocation) -> Result<Outcome, CniError> {
                 Answer::Unreachable(why) => Err(unreachable(why)),
             }
         }
-        Command::Del => match ask(&client, "/v1/cni/del", &key()).await {
+        Command::Del => match post(&client, "del", &key()).await {
             Answer::Status(200, _) | Answer::Status(404, _) => Ok(Outcome::ok(None)),
             Answer::Status(s, b) => Err(refused(s, &b)),
             // Nothing of it can be served any more, nor is anything held
@@ -166,7 +166,7 @@ async fn handle(inv: &Invocation) -> Result<Outcome, CniError> {
                 .prev_result
                 .as_ref()
                 .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult"))?;
-            match ask(&client, "/v1/cni/check", &key()).await {
+            match post(&client, "check", &key()).await {
                 Answer::Status(200, b) => {
                     let check: api::CniCheck = decode(&b)?;
                     let netns = inv.netns.clone().unwrap_or_default();
@@ -193,7 +193,7 @@ async fn handle(inv: &Invocation) -> Result<Outcome, CniError> {
         }
         Command::Status => {
             let path = format!("/v1/networks/{network}");
-            match ask(&client, &path, &()).await {
+            match ask(&client, "GET", &path, Vec::new()).await {
                 Answer::Status(200, _) => Ok(Outcome::ok(None)),
                 Answer::Status(404, _) => Err(CniError::new(
                     code::NOT_AVAILABLE,
@@ -221,7 +221,7 @@ async fn handle(inv: &Invocation) -> Result<Outcome, CniError> {
                     .map(|a| (a.container_id.clone(), a.ifname.clone()))
                     .collect(),
             };
-            match ask(&client, "/v1/cni/gc", &gc).await {
+            match post(&client, "gc", &gc).await {
                 Answer::Status(200, b) => {
                     let removed: Vec<api::CniKey> = decode(&b)?;
                     Ok(Outcome {

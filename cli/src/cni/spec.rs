@@ -452,29 +452,33 @@ pub fn add_result(version: &str, a: &crate::api::CniAttachment) -> Value {
     let with_version = !at_least(version, "1.0.0");
     let mut ips = Vec::new();
     let mut routes = Vec::new();
-    if let Some(v4) = a.ipv4 {
-        let mut ip = json!({ "address": v4.to_string(), "interface": 0 });
-        if let Some(g) = a.gateway4 {
+    let families = [
+        (
+            a.ipv4.map(IpNet::V4),
+            a.gateway4.map(IpAddr::V4),
+            "0.0.0.0/0",
+            "4",
+        ),
+        (
+            a.ipv6.map(IpNet::V6),
+            a.gateway6.map(IpAddr::V6),
+            "::/0",
+            "6",
+        ),
+    ];
+    for (addr, gateway, default, family) in families {
+        let Some(addr) = addr else {
+            continue;
+        };
+        let mut ip = json!({ "address": addr.to_string(), "interface": 0 });
+        if let Some(g) = gateway {
             ip["gateway"] = json!(g.to_string());
             if a.default_route {
-                routes.push(json!({ "dst": "0.0.0.0/0", "gw": g.to_string() }));
+                routes.push(json!({ "dst": default, "gw": g.to_string() }));
             }
         }
         if with_version {
-            ip["version"] = json!("4");
-        }
-        ips.push(ip);
-    }
-    if let Some(v6) = a.ipv6 {
-        let mut ip = json!({ "address": v6.to_string(), "interface": 0 });
-        if let Some(g) = a.gateway6 {
-            ip["gateway"] = json!(g.to_string());
-            if a.default_route {
-                routes.push(json!({ "dst": "::/0", "gw": g.to_string() }));
-            }
-        }
-        if with_version {
-            ip["version"] = json!("6");
+            ip["version"] = json!(family);
         }
         ips.push(ip);
     }
@@ -513,8 +517,7 @@ pub fn check_differences(
     let ifaces = prev
         .get("interfaces")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
     let index = ifaces.iter().position(|i| {
         i.get("name").and_then(Value::as_str) == Some(ifname)
             && i.get("sandbox").and_then(Value::as_str).is_some()
@@ -539,7 +542,7 @@ pub fn check_differences(
             ));
         }
     }
-    if !mac_eq(&a.mac, &live.mac) {
+    if !a.mac.eq_ignore_ascii_case(&live.mac) {
         diff.push(format!(
             "{ifname} has MAC {}, vswitch gave it {}",
             live.mac, a.mac
@@ -620,10 +623,6 @@ pub fn check_differences(
         }
     }
     diff
-}
-
-fn mac_eq(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
 }
 
 #[cfg(test)]

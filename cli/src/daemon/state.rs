@@ -61,6 +61,56 @@ mod subnets_format {
     }
 }
 
+/// A `network create` request as stored: its subnets as [`StoredSubnet`]s.
+mod request_format {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::api::{Driver, NetworkCreate, SubnetSpec};
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored {
+        name: String,
+        driver: Driver,
+        #[serde(with = "super::subnets_format")]
+        subnets: Vec<SubnetSpec>,
+        ipv6: bool,
+        internal: bool,
+        mtu: Option<u32>,
+        options: BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
+    }
+
+    pub fn serialize<S: Serializer>(v: &NetworkCreate, s: S) -> Result<S::Ok, S::Error> {
+        Stored {
+            name: v.name.clone(),
+            driver: v.driver,
+            subnets: v.subnets.clone(),
+            ipv6: v.ipv6,
+            internal: v.internal,
+            mtu: v.mtu,
+            options: v.options.clone(),
+            labels: v.labels.clone(),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NetworkCreate, D::Error> {
+        let v = Stored::deserialize(d)?;
+        Ok(NetworkCreate {
+            name: v.name,
+            driver: v.driver,
+            subnets: v.subnets,
+            ipv6: v.ipv6,
+            internal: v.internal,
+            mtu: v.mtu,
+            options: v.options,
+            labels: v.labels,
+        })
+    }
+}
+
 /// A published port as stored: every field present, and a protocol of
 /// our own whose variant order is the stored format (postcard writes the
 /// index), so a change to the API type cannot change what is on disk.
@@ -253,14 +303,11 @@ pub struct DockerNetwork {
     pub id: String,
     /// The vswitch network.
     pub name: String,
-    /// Whether Docker's CreateNetwork made the vswitch network or found it
-    /// made.
-    pub created: bool,
     /// What makes the vswitch network again if it went while Docker's
     /// stays (an overlay removed by the last host that used it): the
-    /// request CreateNetwork made, or would have made, as the API's JSON
-    /// (the API type skips empty fields, which postcard cannot).
-    pub spec: String,
+    /// request CreateNetwork made, or would have made.
+    #[serde(with = "request_format")]
+    pub spec: crate::api::NetworkCreate,
 }
 
 /// A Docker endpoint.
@@ -284,17 +331,15 @@ pub struct DockerEndpoint {
 /// endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniRecord {
-    pub container_id: String,
-    pub ifname: String,
-    pub network: String,
+    pub key: crate::api::CniKey,
     /// The vswitch container.
     pub container: String,
 }
 
 impl CniRecord {
     /// The key in the cni table.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.container_id, self.ifname)
+    pub fn table_key(&self) -> String {
+        format!("{}/{}", self.key.container_id, self.key.ifname)
     }
 }
 
@@ -578,12 +623,12 @@ impl Store {
 
     /// Stores a CNI attachment.
     pub fn put_cni(&self, r: &CniRecord) -> Result<(), StateError> {
-        self.put(CNI, &r.key(), &encode(r))
+        self.put(CNI, &r.table_key(), &encode(r))
     }
 
     /// Deletes a CNI attachment.
     pub fn delete_cni(&self, r: &CniRecord) -> Result<(), StateError> {
-        self.delete(CNI, &r.key())
+        self.delete(CNI, &r.table_key())
     }
 
     /// Every CNI attachment.
@@ -778,17 +823,17 @@ mod tests {
             DockerRecord::Network(DockerNetwork {
                 id: "n1".into(),
                 name: "web".into(),
-                created: true,
-                spec: serde_json::to_string(&crate::api::NetworkCreate {
+                spec: crate::api::NetworkCreate {
                     name: "web".into(),
                     subnets: vec![SubnetSpec {
                         subnet: Some("10.2.0.0/24".parse().unwrap()),
                         gateway: None,
                         ip_range: None,
                     }],
+                    mtu: Some(1400),
+                    labels: [("com.docker.network.id".into(), "n1".into())].into(),
                     ..Default::default()
-                })
-                .unwrap(),
+                },
             }),
             DockerRecord::Endpoint(DockerEndpoint {
                 id: "ep1".into(),

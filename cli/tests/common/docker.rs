@@ -45,7 +45,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{cmd, ok, spawn_logged, stderr, stdout, tail, unique};
+use super::{
+    alive, cmd, ok, output_within, ppid, remove_cgroup, spawn_logged, stderr, stdout, tail, unique,
+};
 
 /// The Docker client of the installed engine (`/usr/local/bin/docker` is
 /// a newer client).
@@ -567,63 +569,6 @@ fn ping(socket: &Path) -> bool {
     answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.ends_with("OK")
 }
 
-/// Runs `command` with `input` on its stdin, killing it after `within`;
-/// the output says so in its stderr.
-fn output_within(mut command: Command, input: Option<&'static [u8]>, within: Duration) -> Output {
-    command
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let writer = input.map(|bytes| {
-        let mut stdin = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(bytes);
-        })
-    });
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + within;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    let stdout = out.join().unwrap_or_default();
-    let mut stderr = err.join().unwrap_or_default();
-    if timed_out {
-        stderr.extend_from_slice(format!("\n(killed after {within:?})").as_bytes());
-    }
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
 /// A tar of a root file system with the static busybox, its applets as
 /// symbolic links in /bin, and a root user; made once per test process.
 pub fn busybox_tar() -> &'static [u8] {
@@ -710,41 +655,4 @@ fn leftovers(mount_ns: &str) -> Vec<i32> {
     }
     found.remove(&me);
     found.into_iter().collect()
-}
-
-/// The parent of `pid` (from `/proc/PID/stat`).
-fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE PPID ...", COMM may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    state != Some("Z")
-}
-
-/// Removes a cgroup directory and the ones below it (a few tries while
-/// their last processes exit).
-fn remove_cgroup(dir: &Path) {
-    if let Ok(children) = std::fs::read_dir(dir) {
-        for c in children.flatten() {
-            if c.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup(&c.path());
-            }
-        }
-    }
-    for _ in 0..50 {
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -10,9 +10,11 @@ pub mod capture;
 pub mod docker;
 pub mod podman;
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -717,4 +719,119 @@ pub fn has_container(h: &impl Vswitch, net: &str, name: &str) -> bool {
     h.vs_json(&["network", "inspect", net])[0]["Containers"]
         .as_object()
         .is_some_and(|c| c.values().any(|v| v["Name"] == name))
+}
+
+// Processes of the real daemons the tests run (dockerd, podman): shared by
+// their harnesses.
+
+/// The parent of `pid` (from `/proc/PID/stat`).
+pub fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...", COMM may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` exists and is not a zombie (this machine's init reaps
+/// orphans late).
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    state != Some("Z")
+}
+
+/// Removes a cgroup directory and the ones below it (a few tries while
+/// their last processes exit).
+pub fn remove_cgroup(dir: &Path) {
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&c.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `command` with `input` on its stdin, killing it after `within`;
+/// the output says so in its stderr. Output that a process it left
+/// behind still writes is not waited for beyond the deadline.
+pub fn output_within(
+    mut command: Command,
+    input: Option<&'static [u8]>,
+    within: Duration,
+) -> Output {
+    command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if let Some(bytes) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(bytes);
+        });
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let reader = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (into, done) = (buf.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                into.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+            let _ = done.send(());
+        });
+        buf
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + within;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Both pipes at their end, or a few seconds more (should a process
+    // the command left behind hold them).
+    let grace = Instant::now() + Duration::from_secs(5);
+    for _ in 0..2 {
+        let left = grace.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let stdout = out.lock().unwrap().clone();
+    let mut stderr = err.lock().unwrap().clone();
+    if timed_out {
+        stderr.extend_from_slice(format!("\n(killed after {within:?})").as_bytes());
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }

@@ -343,6 +343,27 @@ fn pasta_ports(ports: &[u16]) -> String {
     }
 }
 
+/// pasta's flags common to every scenario: in the foreground, IPv4, the
+/// namespace configured by pasta, TCP `tcp` and UDP `udp` ports forwarded
+/// into it and none out of it.
+fn pasta_argv<'a>(tcp: &'a str, udp: &'a str) -> [&'a str; 13] {
+    [
+        "pasta",
+        "--foreground",
+        "--ipv4-only",
+        "--config-net",
+        "--no-map-gw",
+        "--tcp-ports",
+        tcp,
+        "--udp-ports",
+        udp,
+        "--tcp-ns",
+        "none",
+        "--udp-ns",
+        "none",
+    ]
+}
+
 /// Starts pasta in `host`, attached to `container`'s namespace, with TCP
 /// `ports` and UDP `udp_ports` forwarded into it (none: egress only);
 /// returns once it has configured the namespace (with `addr`) and listens
@@ -360,24 +381,10 @@ fn start_pasta(
         &in_ns(
             host.name(),
             &[
-                "pasta",
-                "--foreground",
-                "--ipv4-only",
-                "--runas",
-                "0",
-                "--config-net",
-                "--no-map-gw",
-                "--tcp-ports",
-                &tcp,
-                "--udp-ports",
-                &udp,
-                "--tcp-ns",
-                "none",
-                "--udp-ns",
-                "none",
-                "--netns",
-                &netns,
-            ],
+                pasta_argv(&tcp, &udp).as_slice(),
+                &["--runas", "0", "--netns", &netns],
+            ]
+            .concat(),
         ),
         &format!("pasta-{}", container.name()),
     )?;
@@ -405,24 +412,7 @@ fn start_rootless_pasta(
     let mut pasta = env.sh.spawn(
         &user.run_as.argv(
             host.name(),
-            &[
-                "pasta",
-                "--foreground",
-                "--ipv4-only",
-                "--config-net",
-                "--no-map-gw",
-                "--tcp-ports",
-                &tcp,
-                "--udp-ports",
-                &udp,
-                "--tcp-ns",
-                "none",
-                "--udp-ns",
-                "none",
-                "--",
-                "sleep",
-                &sleep,
-            ],
+            &[pasta_argv(&tcp, &udp).as_slice(), &["--", "sleep", &sleep]].concat(),
         ),
         &format!("pasta-{container}"),
     )?;
@@ -450,6 +440,80 @@ fn watch(label: &str, p: &Background) -> Option<crate::cpu::Watched> {
         label: label.to_string(),
         pid: p.pid()?,
     })
+}
+
+/// vswitchd in `host_ns`: as root, or (`rootless_user`: the suffix of the
+/// user netbench makes for it) `vswitchd --rootless` as that user.
+fn start_vswitchd<'a>(
+    env: &Env,
+    d: &'a mut Built,
+    host_ns: Netns,
+    rootless_user: Option<&str>,
+) -> Result<&'a mut VswitchHost, Error> {
+    let host = match rootless_user {
+        None => VswitchHost::start(env, host_ns, "vswitchd", &[])?,
+        Some(suffix) => {
+            let user = d
+                .user
+                .insert(User::create(&env.sh, format!("nb{}{suffix}", env.tag))?);
+            VswitchHost::start_rootless(env, host_ns, "vswitchd-rootless", user)?
+        }
+    };
+    d.ep.watched.extend(host.watched());
+    Ok(d.host.insert(host))
+}
+
+/// The publish group's vswitch container: on network `net`, with the
+/// workloads' ports published.
+fn publish_on_vswitch(
+    env: &Env,
+    host: &mut VswitchHost,
+    container: &str,
+    net: &str,
+) -> Result<(), Error> {
+    host.create_network(
+        net,
+        &["--subnet", PUBLISH_SUBNET, "--mtu", &VETH_MTU.to_string()],
+    )?;
+    let (iperf, echo, pps) = (
+        format!("{IPERF_PORT}:{IPERF_PORT}"),
+        format!("{ECHO_PORT}:{ECHO_PORT}"),
+        format!("{PPS_PORT}:{PPS_PORT}/udp"),
+    );
+    host.run_container(
+        container,
+        net,
+        &[
+            "--ip",
+            &PUBLISH_CONTAINER_IP.to_string(),
+            "-p",
+            &iperf,
+            "-p",
+            &echo,
+            "-p",
+            &pps,
+        ],
+        env.duration,
+    )
+}
+
+/// The egress group's vswitch container, on network `net`.
+fn egress_on_vswitch(
+    env: &Env,
+    host: &mut VswitchHost,
+    container: &str,
+    net: &str,
+) -> Result<(), Error> {
+    host.create_network(
+        net,
+        &["--subnet", EGRESS_SUBNET, "--mtu", &VETH_MTU.to_string()],
+    )?;
+    host.run_container(
+        container,
+        net,
+        &["--ip", &EGRESS_CONTAINER_IP.to_string()],
+        env.duration,
+    )
 }
 
 /// Baseline: a plain userspace TCP relay, one `socat` per port in the host,
@@ -597,35 +661,9 @@ impl Scenario for VswitchPublish {
         VswitchHost::check_binaries(env)?;
         let (mut d, host_ns) = client_and_host(env, "pv")?;
         let container = d.ep.b_ns.clone();
-        let host = d
-            .host
-            .insert(VswitchHost::start(env, host_ns, "vswitchd", &[])?);
         let net = format!("nb{}p", env.tag);
-        host.create_network(
-            &net,
-            &["--subnet", PUBLISH_SUBNET, "--mtu", &VETH_MTU.to_string()],
-        )?;
-        let (iperf, echo, pps) = (
-            format!("{IPERF_PORT}:{IPERF_PORT}"),
-            format!("{ECHO_PORT}:{ECHO_PORT}"),
-            format!("{PPS_PORT}:{PPS_PORT}/udp"),
-        );
-        host.run_container(
-            &container,
-            &net,
-            &[
-                "--ip",
-                &PUBLISH_CONTAINER_IP.to_string(),
-                "-p",
-                &iperf,
-                "-p",
-                &echo,
-                "-p",
-                &pps,
-            ],
-            env.duration,
-        )?;
-        d.ep.watched.extend(host.watched());
+        let host = start_vswitchd(env, &mut d, host_ns, None)?;
+        publish_on_vswitch(env, host, &container, &net)?;
         Ok(Box::new(d))
     }
 }
@@ -753,21 +791,9 @@ impl Scenario for VswitchEgress {
         VswitchHost::check_binaries(env)?;
         let (mut d, host_ns) = world_and_host(env, "ev", VETH_MTU)?;
         let container = d.ep.a_ns.clone();
-        let host = d
-            .host
-            .insert(VswitchHost::start(env, host_ns, "vswitchd", &[])?);
         let net = format!("nb{}e", env.tag);
-        host.create_network(
-            &net,
-            &["--subnet", EGRESS_SUBNET, "--mtu", &VETH_MTU.to_string()],
-        )?;
-        host.run_container(
-            &container,
-            &net,
-            &["--ip", &EGRESS_CONTAINER_IP.to_string()],
-            env.duration,
-        )?;
-        d.ep.watched.extend(host.watched());
+        let host = start_vswitchd(env, &mut d, host_ns, None)?;
+        egress_on_vswitch(env, host, &container, &net)?;
         Ok(Box::new(d))
     }
 }
@@ -851,41 +877,9 @@ impl Scenario for VswitchPublishRootless {
         tun_usable_by_everyone()?;
         let (mut d, host_ns) = client_and_host(env, "rv")?;
         let container = d.ep.b_ns.clone();
-        let user = d
-            .user
-            .insert(User::create(&env.sh, format!("nb{}rv", env.tag))?);
-        let host = d.host.insert(VswitchHost::start_rootless(
-            env,
-            host_ns,
-            "vswitchd-rootless",
-            user,
-        )?);
         let net = format!("nb{}r", env.tag);
-        host.create_network(
-            &net,
-            &["--subnet", PUBLISH_SUBNET, "--mtu", &VETH_MTU.to_string()],
-        )?;
-        let (iperf, echo, pps) = (
-            format!("{IPERF_PORT}:{IPERF_PORT}"),
-            format!("{ECHO_PORT}:{ECHO_PORT}"),
-            format!("{PPS_PORT}:{PPS_PORT}/udp"),
-        );
-        host.run_container(
-            &container,
-            &net,
-            &[
-                "--ip",
-                &PUBLISH_CONTAINER_IP.to_string(),
-                "-p",
-                &iperf,
-                "-p",
-                &echo,
-                "-p",
-                &pps,
-            ],
-            env.duration,
-        )?;
-        d.ep.watched.extend(host.watched());
+        let host = start_vswitchd(env, &mut d, host_ns, Some("rv"))?;
+        publish_on_vswitch(env, host, &container, &net)?;
         Ok(Box::new(d))
     }
 }
@@ -969,27 +963,9 @@ impl Scenario for VswitchEgressRootless {
         tun_usable_by_everyone()?;
         let (mut d, host_ns) = world_and_host(env, "rw", VETH_MTU)?;
         let container = d.ep.a_ns.clone();
-        let user = d
-            .user
-            .insert(User::create(&env.sh, format!("nb{}rw", env.tag))?);
-        let host = d.host.insert(VswitchHost::start_rootless(
-            env,
-            host_ns,
-            "vswitchd-rootless",
-            user,
-        )?);
         let net = format!("nb{}s", env.tag);
-        host.create_network(
-            &net,
-            &["--subnet", EGRESS_SUBNET, "--mtu", &VETH_MTU.to_string()],
-        )?;
-        host.run_container(
-            &container,
-            &net,
-            &["--ip", &EGRESS_CONTAINER_IP.to_string()],
-            env.duration,
-        )?;
-        d.ep.watched.extend(host.watched());
+        let host = start_vswitchd(env, &mut d, host_ns, Some("rw"))?;
+        egress_on_vswitch(env, host, &container, &net)?;
         Ok(Box::new(d))
     }
 }

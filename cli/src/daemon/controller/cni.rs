@@ -4,7 +4,7 @@
 //! An attachment is keyed as the CNI spec keys it, by (container id,
 //! interface name), and is one vswitch endpoint: the runtime's namespace is
 //! the container's, the interface is a TAP named as the runtime asked
-//! (`Placement::Named`) and configured by vswitch (addresses, default
+//! (`Placement::Configure` with its name) and configured by vswitch (addresses, default
 //! routes, MTU), so the plugin's result describes what is already there.
 //! Attachments of one container id share one vswitch container, named after
 //! the runtime's name for it (`K8S_POD_NAME`), so DNS answers by that name;
@@ -22,14 +22,6 @@ fn table_key(k: &api::CniKey) -> (String, String) {
     (k.container_id.clone(), k.ifname.clone())
 }
 
-fn record_key(r: &CniRecord) -> api::CniKey {
-    api::CniKey {
-        container_id: r.container_id.clone(),
-        ifname: r.ifname.clone(),
-        network: r.network.clone(),
-    }
-}
-
 impl ControlPlane {
     /// `ADD`: the namespace attached to the network as `ifname`. The same
     /// ADD again answers what it made; another network on a taken key is
@@ -39,10 +31,10 @@ impl ControlPlane {
         let container = {
             let mut c = self.lock()?;
             if let Some(r) = c.cni.get(&key).cloned() {
-                if r.network != a.key.network {
+                if r.key.network != a.key.network {
                     return Err(ApiError::conflict(format!(
                         "container {} has {} on network `{}` already; DEL it first",
-                        a.key.container_id, a.key.ifname, r.network
+                        a.key.container_id, a.key.ifname, r.key.network
                     )));
                 }
                 match c.cni_attachment(&r) {
@@ -69,32 +61,31 @@ impl ControlPlane {
         self.connect_placed(
             &a.key.network,
             req,
-            Placement::Named {
-                ifname: a.key.ifname.clone(),
+            Placement::Configure {
+                ifname: Some(a.key.ifname.clone()),
             },
         )?;
         let rec = CniRecord {
-            container_id: a.key.container_id.clone(),
-            ifname: a.key.ifname.clone(),
-            network: a.key.network.clone(),
-            container: container.clone(),
+            key: a.key,
+            container,
         };
-        let stored = {
+        let made = {
             let mut c = self.lock()?;
-            match c.store.put_cni(&rec) {
-                Ok(()) => {
-                    c.cni.insert(key, rec.clone());
-                    Ok(c.cni_attachment(&rec)?)
-                }
-                Err(e) => Err(internal(e)),
-            }
+            c.store.put_cni(&rec).map_err(internal).and_then(|()| {
+                c.cni.insert(key, rec.clone());
+                c.cni_attachment(&rec)
+            })
         };
-        if stored.is_err() {
-            let _ = self.disconnect(&a.key.network, &container);
+        match &made {
+            Ok(_) => tracing::info!(id = %rec.key.container_id, ifname = %rec.key.ifname,
+                network = %rec.key.network, container = %rec.container, "CNI attachment added"),
+            // Whatever part of it was made goes again.
+            Err(_) => {
+                let _ = self.cni_del(&rec.key);
+                let _ = self.disconnect(&rec.key.network, &rec.container);
+            }
         }
-        tracing::info!(id = %a.key.container_id, ifname = %a.key.ifname,
-            network = %a.key.network, %container, "CNI attachment added");
-        stored
+        made
     }
 
     /// `DEL`: idempotent; an attachment, endpoint or namespace already gone
@@ -102,10 +93,10 @@ impl ControlPlane {
     pub(super) fn cni_del(&self, k: &api::CniKey) -> Result<(), ApiError> {
         let key = table_key(k);
         let rec = match self.lock()?.cni.get(&key) {
-            Some(r) if r.network == k.network => r.clone(),
+            Some(r) if r.key.network == k.network => r.clone(),
             _ => return Ok(()),
         };
-        match self.disconnect(&rec.network, &rec.container) {
+        match self.disconnect(&rec.key.network, &rec.container) {
             Ok(()) => {}
             Err(e) if e.status == 404 => {}
             Err(e) => return Err(e),
@@ -126,7 +117,7 @@ impl ControlPlane {
             let rec = c
                 .cni
                 .get(&table_key(k))
-                .filter(|r| r.network == k.network)
+                .filter(|r| r.key.network == k.network)
                 .ok_or_else(|| {
                     ApiError::not_found(format!(
                         "container {} has no attachment {} on network `{}`",
@@ -159,19 +150,18 @@ impl ControlPlane {
     /// `GC`: every attachment of the network that the runtime does not
     /// list as valid is deleted; returns their keys.
     pub(super) fn cni_gc(&self, g: &api::CniGc) -> Result<Vec<api::CniKey>, ApiError> {
-        let stale: Vec<api::CniKey> = self
-            .lock()?
-            .cni
-            .values()
-            .filter(|r| {
-                r.network == g.network
-                    && !g
-                        .valid
-                        .iter()
-                        .any(|(id, ifname)| *id == r.container_id && *ifname == r.ifname)
-            })
-            .map(record_key)
-            .collect();
+        let stale: Vec<api::CniKey> =
+            self.lock()?
+                .cni
+                .values()
+                .filter(|r| {
+                    r.key.network == g.network
+                        && !g.valid.iter().any(|(id, ifname)| {
+                            *id == r.key.container_id && *ifname == r.key.ifname
+                        })
+                })
+                .map(|r| r.key.clone())
+                .collect();
         let mut errors = Vec::new();
         for k in &stale {
             if let Err(e) = self.cni_del(k) {
@@ -197,7 +187,7 @@ impl Controller {
         if let Some(r) = self
             .cni
             .values()
-            .find(|r| r.container_id == a.key.container_id)
+            .find(|r| r.key.container_id == a.key.container_id)
         {
             return Ok(r.container.clone());
         }
@@ -225,11 +215,11 @@ impl Controller {
 
     /// What an attachment is, from its endpoint.
     fn cni_attachment(&self, r: &CniRecord) -> Result<api::CniAttachment, ApiError> {
-        let net = self.network(&r.network)?;
+        let net = self.network(&r.key.network)?;
         let ep = net.endpoints.get(&r.container).ok_or_else(|| {
             ApiError::not_found(format!(
                 "container `{}` is not connected to network `{}` any more",
-                r.container, r.network
+                r.container, r.key.network
             ))
         })?;
         let netns = self
@@ -239,7 +229,7 @@ impl Controller {
             .unwrap_or_default();
         let (gw4, gw6) = (net.gateway4(), net.gateway6());
         Ok(api::CniAttachment {
-            key: record_key(r),
+            key: r.key.clone(),
             container: r.container.clone(),
             netns,
             mac: MacAddr(ep.record.mac).to_string(),
@@ -264,13 +254,12 @@ impl Controller {
         for r in self.store.load_cni()? {
             let alive = self
                 .networks
-                .get(&r.network)
+                .get(&r.key.network)
                 .is_some_and(|n| n.endpoints.contains_key(&r.container));
             if alive {
-                self.cni
-                    .insert((r.container_id.clone(), r.ifname.clone()), r);
+                self.cni.insert(table_key(&r.key), r);
             } else {
-                tracing::warn!(id = %r.container_id, ifname = %r.ifname, network = %r.network,
+                tracing::warn!(id = %r.key.container_id, ifname = %r.key.ifname, network = %r.key.network,
                     "the endpoint of a CNI attachment went while vswitchd was down; dropping it");
                 if let Err(e) = self.store.delete_cni(&r) {
                     tracing::warn!(error = %e, "deleting a CNI attachment");

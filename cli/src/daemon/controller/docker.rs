@@ -821,8 +821,7 @@ impl Controller {
         let record = DockerNetwork {
             id: c.network.clone(),
             name: name.clone(),
-            created,
-            spec: serde_json::to_string(&spec).map_err(|e| internal(e.to_string()))?,
+            spec,
         };
         let bound = self.docker_bind_pools(&name, &data);
         if let Err(e) = bound.and_then(|()| self.docker_put(DockerRecord::Network(record))) {
@@ -929,8 +928,6 @@ impl Controller {
         let Some(spec) = self.docker.network_on(name).map(|n| n.spec.clone()) else {
             return Err(ApiError::not_found(format!("no vswitch network `{name}`")));
         };
-        let spec: api::NetworkCreate = serde_json::from_str(&spec)
-            .map_err(|e| internal(format!("the stored request of network `{name}`: {e}")))?;
         tracing::info!(network = %name, "making the vswitch network of a Docker network again");
         self.create_network(spec)?;
         let held: Vec<IpAddr> = self

@@ -38,12 +38,11 @@ macro_rules! step {
 /// Where an endpoint's TAP is made and who configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Placement {
-    /// In the container's namespace, named `ethN`, configured by vswitch
-    /// (addresses, routes, up): `vswitch run` and `network connect`.
-    Configure,
-    /// In the container's namespace, named `ifname` by the runtime,
-    /// configured by vswitch: CNI's ADD. The name must be free.
-    Named { ifname: String },
+    /// In the container's namespace, configured by vswitch (addresses,
+    /// routes, up), named `ifname` (CNI's ADD: the runtime's name, which
+    /// must be free) or else the first free `ethN` (`vswitch run`,
+    /// `network connect`).
+    Configure { ifname: Option<String> },
     /// In vswitchd's own namespace, named `ifname`, with only its MAC and
     /// MTU set, for a container runtime to move into the sandbox and
     /// configure (Docker's `Join`).
@@ -89,7 +88,7 @@ impl Detached {
 impl ControlPlane {
     /// `network connect`.
     pub(super) fn connect(&self, network: &str, req: api::Connect) -> Result<(), ApiError> {
-        self.connect_placed(network, req, Placement::Configure)
+        self.connect_placed(network, req, Placement::Configure { ifname: None })
     }
 
     /// A connect whose TAP is placed as `placement` says.
@@ -131,9 +130,9 @@ impl ControlPlane {
             .plan_connect(network, req, placement, rollback)?;
         step!("connect::netlink");
         let tap = match placement {
-            Placement::Configure | Placement::Named { .. } => {
-                plan.record.ifname = match placement {
-                    Placement::Named { ifname } => {
+            Placement::Configure { ifname } => {
+                plan.record.ifname = match ifname {
+                    Some(ifname) => {
                         if netns::link_exists(&plan.netns, ifname)
                             .map_err(|e| ApiError::bad(e.to_string()))?
                         {
@@ -144,7 +143,7 @@ impl ControlPlane {
                         }
                         ifname.clone()
                     }
-                    _ => {
+                    None => {
                         netns::next_ifname(&plan.netns).map_err(|e| ApiError::bad(e.to_string()))?
                     }
                 };
@@ -237,7 +236,7 @@ impl Controller {
                     pid: None,
                 };
                 match placement {
-                    Placement::Configure | Placement::Named { .. } => self.create_container(c)?,
+                    Placement::Configure { .. } => self.create_container(c)?,
                     // Docker makes the sandbox's namespace after Join.
                     Placement::Runtime { .. } => self.create_container_record(c)?,
                 }
