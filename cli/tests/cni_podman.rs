@@ -56,11 +56,16 @@ impl PodmanOnVswitch {
             &json!({
                 "cniVersion": "1.0.0",
                 "name": net,
+                // Debian's tuning after it: Podman runs the chain, tuning
+                // gets vswitch-cni's result as prevResult.
                 "plugins": [{
                     "type": "vswitch-cni",
                     "network": net,
                     "socket": host.socket,
                     "capabilities": {"portMappings": true, "aliases": true},
+                }, {
+                    "type": "tuning",
+                    "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"},
                 }],
             })
             .to_string(),
@@ -129,6 +134,10 @@ fn podman_containers_talk_by_name_and_alias() {
     let client = p
         .podman
         .run("cl", &["--network", &p.net], &["sleep", "600"]);
+    let chained = p
+        .podman
+        .exec_ok(&web, &["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"]);
+    assert_eq!(chained.trim(), "1", "tuning did not run after vswitch-cni");
     for c in [&web, &client] {
         let ip = p.listed(c).unwrap_or_else(|| {
             panic!(
