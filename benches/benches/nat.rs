@@ -28,6 +28,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use switch::dns::Zone;
 use switch::gateway::{Gateway, GatewayConfig};
 use switch::nat::{ConnId, Nat, NatConfig, NatEvent, NatLimits};
+use switch::offload::{self, VnetHdr};
 use switch::MacAddr;
 
 const GW_MAC: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0, 0, 1]);
@@ -96,6 +97,7 @@ struct Net {
     epoch: Instant,
     now: Instant,
     buf: Vec<u8>,
+    segs: Vec<u8>,
 }
 
 impl Net {
@@ -152,6 +154,7 @@ impl Net {
             epoch,
             now: epoch,
             buf: vec![0; 65536],
+            segs: vec![0; 2 * 65536],
         };
         net.pump();
         net.wire.tx.clear();
@@ -172,7 +175,7 @@ impl Net {
             while let Some(f) = self.wire.tx.pop_front() {
                 moved = true;
                 if self.nat.is_for_nat(&f) {
-                    self.nat.handle_frame(&f, self.now);
+                    self.nat.handle_frame(&VnetHdr::NONE, &f, self.now);
                 } else {
                     self.gw.handle_frame(&f, self.now);
                 }
@@ -182,12 +185,17 @@ impl Net {
                 moved = true;
                 self.wire.rx.push_back(self.buf[..n].to_vec());
             }
-            while let Some(n) = self.nat.poll_transmit(self.now, &mut self.buf) {
+            while let Some((n, hdr)) = self.nat.poll_transmit(self.now, &mut self.buf) {
                 moved = true;
-                let mut f = self.wire.free.pop().unwrap_or_default();
-                f.clear();
-                f.extend_from_slice(&self.buf[..n]);
-                self.wire.rx.push_back(f);
+                // As the container's kernel does with a TAP write.
+                let segs = offload::segment(&hdr, &self.buf[..n], 0, &mut self.segs)
+                    .expect("a consistent offload header");
+                for i in 0..segs.count {
+                    let mut f = self.wire.free.pop().unwrap_or_default();
+                    f.clear();
+                    f.extend_from_slice(segs.frame(&self.segs, 0, i).expect("a segment"));
+                    self.wire.rx.push_back(f);
+                }
             }
             if !moved {
                 return;
@@ -338,14 +346,14 @@ fn udp_benches(c: &mut Criterion) {
     let now = Instant::now();
     let mut net = Net::new();
     let frame = udp_frame(&[0x42; 64]);
-    net.nat.handle_frame(&frame, now);
+    net.nat.handle_frame(&VnetHdr::NONE, &frame, now);
     let Some(NatEvent::UdpFlowOpened { flow, dst, .. }) = net.nat.poll_event() else {
         panic!("no flow");
     };
     let mut out = vec![0u8; 2048];
     g.bench_function("egress_datagram", |b| {
         b.iter(|| {
-            net.nat.handle_frame(black_box(&frame), now);
+            net.nat.handle_frame(&VnetHdr::NONE, black_box(&frame), now);
             black_box(net.nat.poll_datagram(&mut out).unwrap());
         })
     });

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use switch::nat::{ConnId, FlowId, ListenerId, Nat, NatConfig, NatEvent, NatLimits};
+use switch::offload::{self, VnetHdr};
 use switch::MacAddr;
 
 const GW_MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0, 0, 1];
@@ -277,16 +278,24 @@ struct Harness {
     flows: Vec<FlowId>,
     last_segment: Option<Segment>,
     buf: Vec<u8>,
+    segs: Vec<u8>,
 }
 
 impl Harness {
     fn drain(&mut self) {
         for _ in 0..10_000 {
-            let Some(n) = self.nat.poll_transmit(self.now, &mut self.buf) else {
+            let Some((n, hdr)) = self.nat.poll_transmit(self.now, &mut self.buf) else {
                 break;
             };
-            if let Some((seg, _)) = check_frame(&self.buf[..n]) {
-                self.last_segment = Some(seg);
+            // As the container's kernel: cut a super-frame at the MSS and
+            // complete a partial checksum; the header must be consistent.
+            let segs = offload::segment(&hdr, &self.buf[..n], 0, &mut self.segs)
+                .expect("the NAT's offload header is consistent");
+            for i in 0..segs.count {
+                let f = segs.frame(&self.segs, 0, i).expect("a segment");
+                if let Some((seg, _)) = check_frame(f) {
+                    self.last_segment = Some(seg);
+                }
             }
         }
         while let Some(e) = self.nat.poll_event() {
@@ -355,6 +364,7 @@ fuzz_target!(|data: &[u8]| {
         flows: Vec::new(),
         last_segment: None,
         buf: vec![0u8; 65536],
+        segs: vec![0u8; 2 * 65536],
     };
     let mut input = Input(data);
     for _ in 0..256 {
@@ -367,9 +377,11 @@ fuzz_target!(|data: &[u8]| {
         let container: IpAddr = if v6 { C6.into() } else { C4.into() };
         match tag & 7 {
             0 => {
+                // Any offload header a TAP could write, then any bytes.
+                let hdr = VnetHdr::parse(input.bytes(VnetHdr::LEN)).unwrap_or(VnetHdr::NONE);
                 let n = usize::from(input.u16());
                 let frame = input.bytes(n);
-                h.nat.handle_frame(frame, h.now);
+                h.nat.handle_frame(&hdr, frame, h.now);
             }
             1 => {
                 let seg = Segment {
@@ -380,7 +392,21 @@ fuzz_target!(|data: &[u8]| {
                     flags: input.byte(),
                 };
                 let n = usize::from(input.byte());
-                h.nat.handle_frame(&tcp_frame(&seg, input.bytes(n)), h.now);
+                let frame = tcp_frame(&seg, input.bytes(n));
+                // Half of them as a TSO super-frame with a partial checksum.
+                let hdr = if selector & 1 == 0 {
+                    VnetHdr::NONE
+                } else {
+                    VnetHdr {
+                        flags: offload::flags::NEEDS_CSUM,
+                        gso_type: if v6 { offload::gso::TCPV6 } else { offload::gso::TCPV4 },
+                        hdr_len: 0,
+                        gso_size: input.u16(),
+                        csum_start: if v6 { 54 } else { 34 },
+                        csum_offset: 16,
+                    }
+                };
+                h.nat.handle_frame(&hdr, &frame, h.now);
             }
             2 => {
                 let src = SocketAddr::new(container, input.u16().max(1));
@@ -392,7 +418,7 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     echo_frame(src, dst.ip(), payload)
                 };
-                h.nat.handle_frame(&frame, h.now);
+                h.nat.handle_frame(&VnetHdr::NONE, &frame, h.now);
             }
             3 => {
                 let flags = input.byte();
@@ -400,7 +426,7 @@ fuzz_target!(|data: &[u8]| {
                 let payload = input.bytes(n);
                 if let Some(mut seg) = h.last_segment.take() {
                     seg.flags = flags;
-                    h.nat.handle_frame(&tcp_frame(&seg, payload), h.now);
+                    h.nat.handle_frame(&VnetHdr::NONE, &tcp_frame(&seg, payload), h.now);
                 }
             }
             4 => {

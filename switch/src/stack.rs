@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities};
+use smoltcp::phy::{self, Device, DeviceCapabilities, PacketMeta};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use crate::gateway::GatewayError;
@@ -57,13 +57,17 @@ pub(crate) fn check_interface(
     Ok(())
 }
 
-/// Frames waiting for `poll_transmit`, with a bounded free list of buffers
-/// so the steady state allocates nothing.
+/// Frames waiting for `poll_transmit`, bounded in count and in bytes, with
+/// a bounded free list of buffers so the steady state allocates nothing.
 #[derive(Debug)]
 pub(crate) struct TxQueue {
     pub(crate) frames: VecDeque<Vec<u8>>,
     free: Vec<Vec<u8>>,
     capacity: usize,
+    /// Bytes queued at most (a queue of 64 KiB super-frames is bounded by
+    /// this rather than by the count).
+    byte_capacity: usize,
+    bytes: usize,
     /// Buffers kept for reuse at most.
     free_limit: usize,
     /// Frames dropped: the queue was full, or a frame was too large for the
@@ -72,18 +76,20 @@ pub(crate) struct TxQueue {
 }
 
 impl TxQueue {
-    pub(crate) fn new(capacity: usize, free_limit: usize) -> TxQueue {
+    pub(crate) fn new(capacity: usize, byte_capacity: usize, free_limit: usize) -> TxQueue {
         TxQueue {
             frames: VecDeque::new(),
             free: Vec::new(),
             capacity,
+            byte_capacity,
+            bytes: 0,
             free_limit,
             dropped: 0,
         }
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.frames.len() >= self.capacity
+        self.frames.len() >= self.capacity || self.bytes >= self.byte_capacity
     }
 
     /// An empty buffer for the next frame, or `None` (counted) when full.
@@ -98,6 +104,7 @@ impl TxQueue {
     }
 
     pub(crate) fn commit(&mut self, buf: Vec<u8>) {
+        self.bytes += buf.len();
         self.frames.push_back(buf);
     }
 
@@ -107,11 +114,18 @@ impl TxQueue {
         }
     }
 
+    /// The next frame, to hand back with [`TxQueue::recycle`].
+    pub(crate) fn pop(&mut self) -> Option<Vec<u8>> {
+        let frame = self.frames.pop_front()?;
+        self.bytes -= frame.len();
+        Some(frame)
+    }
+
     /// Copies the next frame into `out` and returns its length. A frame
     /// longer than `out` is dropped (counted) and the next one tried.
     pub(crate) fn pop_into(&mut self, out: &mut [u8]) -> Option<usize> {
         loop {
-            let frame = self.frames.pop_front()?;
+            let frame = self.pop()?;
             let n = frame.len();
             let fits = n <= out.len();
             if fits {
@@ -131,9 +145,10 @@ pub(crate) trait Framing {
     /// Bytes kept in front of smoltcp's packet in each frame.
     const HEADROOM: usize;
 
-    /// Completes `frame` (the headroom, then smoltcp's packet); false drops
-    /// it.
-    fn finish(&mut self, frame: &mut [u8]) -> bool;
+    /// Completes `frame` (the headroom, then smoltcp's packet), which
+    /// smoltcp sent with `meta` (the segment size it asks the device to cut
+    /// a TCP super-frame into, if any); false drops it.
+    fn finish(&mut self, frame: &mut [u8], meta: PacketMeta) -> bool;
 }
 
 /// smoltcp writes whole frames (an Ethernet-medium interface).
@@ -142,7 +157,7 @@ pub(crate) struct Whole;
 impl Framing for Whole {
     const HEADROOM: usize = 0;
 
-    fn finish(&mut self, _frame: &mut [u8]) -> bool {
+    fn finish(&mut self, _frame: &mut [u8], _meta: PacketMeta) -> bool {
         true
     }
 }
@@ -176,6 +191,7 @@ impl<F: Framing> Device for QueueDevice<'_, F> {
             QueueTx {
                 tx: self.tx,
                 framing: &mut self.framing,
+                meta: PacketMeta::default(),
             },
         ))
     }
@@ -187,6 +203,7 @@ impl<F: Framing> Device for QueueDevice<'_, F> {
         Some(QueueTx {
             tx: self.tx,
             framing: &mut self.framing,
+            meta: PacketMeta::default(),
         })
     }
 
@@ -209,6 +226,7 @@ impl phy::RxToken for QueueRx<'_> {
 pub(crate) struct QueueTx<'a, F> {
     tx: &'a mut TxQueue,
     framing: &'a mut F,
+    meta: PacketMeta,
 }
 
 impl<F: Framing> phy::TxToken for QueueTx<'_, F> {
@@ -222,12 +240,16 @@ impl<F: Framing> phy::TxToken for QueueTx<'_, F> {
         };
         buf.resize(F::HEADROOM + len, 0);
         let r = f(&mut buf[F::HEADROOM..]);
-        if self.framing.finish(&mut buf) {
+        if self.framing.finish(&mut buf, self.meta) {
             self.tx.commit(buf);
         } else {
             self.tx.recycle(buf);
         }
         r
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.meta = meta;
     }
 }
 
@@ -239,7 +261,7 @@ pub(crate) fn new_interface(
     caps: &DeviceCapabilities,
     now: Instant,
 ) -> Interface {
-    let mut tx = TxQueue::new(0, 0);
+    let mut tx = TxQueue::new(0, 0, 0);
     let mut device = QueueDevice {
         rx: None,
         tx: &mut tx,
@@ -360,23 +382,39 @@ mod tests {
 
     #[test]
     fn tx_queue_bounds_and_recycles() {
-        let mut q = TxQueue::new(2, 1);
+        let mut q = TxQueue::new(2, usize::MAX, 1);
         for _ in 0..2 {
             let b = q.alloc().unwrap();
             q.commit(b);
         }
         assert!(q.alloc().is_none());
         assert_eq!(q.dropped, 1);
-        let a = q.frames.pop_front().unwrap();
-        let b = q.frames.pop_front().unwrap();
+        let a = q.pop().unwrap();
+        let b = q.pop().unwrap();
         q.recycle(a);
         q.recycle(b);
         assert_eq!(q.free.len(), 1);
     }
 
     #[test]
+    fn tx_queue_is_bounded_in_bytes() {
+        let mut q = TxQueue::new(100, 1000, 4);
+        let mut b = q.alloc().unwrap();
+        b.resize(999, 0);
+        q.commit(b);
+        let mut b = q.alloc().unwrap();
+        b.resize(10, 0);
+        q.commit(b);
+        assert!(q.is_full());
+        assert!(q.alloc().is_none());
+        let a = q.pop().unwrap();
+        q.recycle(a);
+        assert!(!q.is_full());
+    }
+
+    #[test]
     fn pop_into_drops_frames_too_big_for_the_buffer() {
-        let mut q = TxQueue::new(4, 4);
+        let mut q = TxQueue::new(4, usize::MAX, 4);
         for len in [10, 3] {
             let mut b = q.alloc().unwrap();
             b.resize(len, 7);

@@ -325,7 +325,7 @@ impl Gateway {
         caps.max_transmission_unit = config.mtu + ETH_LEN;
 
         let mut rng = Rng(config.random_seed);
-        let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_FRAMES);
+        let tx = TxQueue::new(TX_QUEUE_FRAMES, usize::MAX, TX_QUEUE_FRAMES);
         let hardware = HardwareAddress::Ethernet(EthernetAddress(mac.0));
         let mut iface = new_interface(hardware, rng.next_u64(), &caps, now);
         add_addrs(&mut iface, config.ipv4, config.ipv6);

@@ -159,7 +159,7 @@ impl Nat {
         let Some(tuple) = self.container_tuple(ingress, udp.src_port(), udp.dst_port()) else {
             return;
         };
-        if !udp.checksum_ok(ingress.src, ingress.dst) {
+        if !ingress.csum_trusted && !udp.checksum_ok(ingress.src, ingress.dst) {
             self.stats.frames_bad_checksum += 1;
             return;
         }
@@ -486,7 +486,7 @@ mod tests {
         let mut buf = [0u8; 2048];
         assert_eq!(
             net.nat.poll_transmit(net.now, &mut buf),
-            Some(MTU + ETH_LEN)
+            Some((MTU + ETH_LEN, VnetHdr::NONE))
         );
     }
 
@@ -495,7 +495,11 @@ mod tests {
         let now = Instant::now();
         let mut nat = Nat::new(config(true, limits()), now).unwrap();
         for i in 0..100u16 {
-            nat.handle_frame(&udp_frame(2000 + i, sa("198.51.100.9:53"), b"x"), now);
+            nat.handle_frame(
+                &VnetHdr::NONE,
+                &udp_frame(2000 + i, sa("198.51.100.9:53"), b"x"),
+                now,
+            );
         }
         let s = nat.stats();
         assert_eq!(s.udp_active, limits().max_udp_flows as u64);
@@ -503,7 +507,11 @@ mod tests {
         // The datagram queue is bounded too.
         let big = vec![0u8; 1400];
         for _ in 0..DATAGRAM_QUEUE + 10 {
-            nat.handle_frame(&udp_frame(2000, sa("198.51.100.9:53"), &big), now);
+            nat.handle_frame(
+                &VnetHdr::NONE,
+                &udp_frame(2000, sa("198.51.100.9:53"), &big),
+                now,
+            );
         }
         assert_eq!(nat.datagrams.queue.len(), DATAGRAM_QUEUE);
         assert!(nat.stats().udp_dropped >= 10);

@@ -112,10 +112,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Interface, SocketSet};
-use smoltcp::phy::{DeviceCapabilities, Medium};
+use smoltcp::phy::{Checksum, DeviceCapabilities, Medium};
 use smoltcp::wire::HardwareAddress;
 
 use crate::gateway::GatewayError;
+use crate::offload::{flags, gso, VnetHdr};
 use crate::stack::{add_addrs, check_interface, new_interface, poll_at, Rng, TxQueue};
 use crate::wire::{IpFrame, IpHeader, IpProtocol, TransportHeader};
 use crate::MacAddr;
@@ -140,6 +141,14 @@ pub const NAT_PORTS: RangeInclusive<u16> = 49152..=65535;
 /// Frames waiting for [`Nat::poll_transmit`]. Beyond: smoltcp waits, other
 /// frames are dropped (counted).
 pub const TX_QUEUE_FRAMES: usize = 1024;
+
+/// Bytes of frames waiting for [`Nat::poll_transmit`] (64 super-frames of
+/// 64 KiB). Beyond: as beyond [`TX_QUEUE_FRAMES`].
+pub const TX_QUEUE_BYTES: usize = 4 << 20;
+
+/// The largest TCP super-frame the NAT takes or sends: a whole IP packet of
+/// 64 KiB, as a TAP's TSO or GSO carries it.
+pub const MAX_SUPER_PACKET: usize = 65_535;
 
 /// Datagrams waiting for [`Nat::poll_datagram`]. Beyond: dropped (counted).
 pub const DATAGRAM_QUEUE: usize = 1024;
@@ -514,6 +523,8 @@ struct Ingress<'a> {
     dst: IpAddr,
     /// The whole IP packet, without Ethernet padding.
     packet: &'a [u8],
+    /// The transport checksum need not be checked (a local TAP's).
+    csum_trusted: bool,
 }
 
 impl Nat {
@@ -611,10 +622,23 @@ impl Nat {
 
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = config.mtu;
+        // smoltcp sends TCP super-frames of up to 64 KiB and says the
+        // container's MSS; the NAT writes them with a GSO virtio_net_hdr and
+        // a partial checksum (`device::NatLink`), which the container's
+        // kernel cuts, and completes or trusts, as it does for any local
+        // sender. The link's MTU is therefore the super-frame's: smoltcp
+        // 0.14 drops an IPv6 packet above the MTU even when it asked for
+        // segmentation, and the segment size still comes from the
+        // container's MSS (which its own MTU bounds). TCP checksums from
+        // containers are checked in `handle_frame` instead, where a TAP's
+        // partial ones are known.
+        caps.max_transmission_unit = MAX_SUPER_PACKET;
+        caps.checksum.tcp = Checksum::None;
+        caps.segmentation.tcpv4 = std::num::NonZeroUsize::new(MAX_SUPER_PACKET);
+        caps.segmentation.tcpv6 = std::num::NonZeroUsize::new(MAX_SUPER_PACKET);
 
         let mut rng = Rng(config.random_seed);
-        let tx = TxQueue::new(TX_QUEUE_FRAMES, 64);
+        let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_BYTES, 64);
         let neighbors = HashMap::new();
         let mut iface = new_interface(HardwareAddress::Ip, rng.next_u64(), &caps, now);
         iface.set_any_ip(true);
@@ -678,9 +702,19 @@ impl Nat {
     }
 
     /// Takes a frame the bridge delivered to the gateway port and
-    /// [`is_for_nat`] claimed.
-    pub fn handle_frame(&mut self, frame: &[u8], now: Instant) {
+    /// [`is_for_nat`] claimed, with the offload header it came with: a
+    /// frame whose transport checksum a local TAP left partial
+    /// (`NEEDS_CSUM`) or vouched for (`DATA_VALID`) is not checked again,
+    /// and a TCP super-frame (TSO) is taken whole. Other GSO super-frames
+    /// must be segmented first (counted unsupported).
+    pub fn handle_frame(&mut self, hdr: &VnetHdr, frame: &[u8], now: Instant) {
         self.stats.frames_in += 1;
+        let tcp_gso = matches!(hdr.gso_type & !gso::ECN, gso::TCPV4 | gso::TCPV6);
+        if hdr.is_gso() && !tcp_gso {
+            self.stats.frames_unsupported += 1;
+            return;
+        }
+        let csum_trusted = hdr.flags & (flags::NEEDS_CSUM | flags::DATA_VALID) != 0;
         let Ok(pkt) = IpFrame::parse(frame) else {
             self.stats.frames_malformed += 1;
             return;
@@ -740,18 +774,30 @@ impl Nat {
             src,
             dst,
             packet,
+            csum_trusted,
         };
-        match pkt.transport() {
+        let transport = pkt.transport();
+        if hdr.is_gso() && !matches!(transport, Some(TransportHeader::Tcp(_))) {
+            self.stats.frames_unsupported += 1;
+            return;
+        }
+        match transport {
             // IPv6 extension headers: smoltcp reads only hop-by-hop; none of
             // our peers send them on TCP/UDP.
-            Some(TransportHeader::Tcp(tcp)) if direct => self.tcp_segment(&ingress, &tcp, now),
+            Some(TransportHeader::Tcp(tcp)) if direct => {
+                if !csum_trusted && !tcp.checksum_ok(src, dst) {
+                    self.stats.frames_bad_checksum += 1;
+                    return;
+                }
+                self.tcp_segment(&ingress, &tcp, now)
+            }
             Some(TransportHeader::Udp(udp)) if direct => self.udp_datagram(&ingress, &udp, now),
             Some(TransportHeader::Icmpv4(icmp)) if direct => {
                 let Some(echo) = icmp.echo_request() else {
                     self.stats.frames_unsupported += 1;
                     return;
                 };
-                if !icmp.checksum_ok() {
+                if !csum_trusted && !icmp.checksum_ok() {
                     self.stats.frames_bad_checksum += 1;
                     return;
                 }
@@ -765,7 +811,7 @@ impl Nat {
                 let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
                     return;
                 };
-                if !icmp.checksum_ok(s, d) {
+                if !csum_trusted && !icmp.checksum_ok(s, d) {
                     self.stats.frames_bad_checksum += 1;
                     return;
                 }
@@ -776,15 +822,32 @@ impl Nat {
     }
 
     /// Copies the next frame to inject into the bridge into `out`; returns
-    /// its length. A frame longer than `out` is dropped (counted).
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+    /// its length and its offload header: a TCP frame has a partial checksum
+    /// (`NEEDS_CSUM`) and may be a GSO super-frame of up to
+    /// [`MAX_SUPER_PACKET`] to be cut at the container's MSS. A frame longer
+    /// than `out` is dropped (counted).
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<(usize, VnetHdr)> {
         if self.tx.frames.is_empty() {
             // smoltcp may have had more to send than the queue took.
             self.run(None, Service::Woken(None), now);
         }
-        let n = self.tx.pop_into(out)?;
-        self.stats.frames_out += 1;
-        Some(n)
+        loop {
+            let buf = self.tx.pop()?;
+            // Every queued buffer starts with its offload header.
+            let hdr = VnetHdr::parse(&buf).unwrap_or(VnetHdr::NONE);
+            let frame = buf.get(VnetHdr::LEN..).unwrap_or_default();
+            let n = frame.len();
+            let fits = n <= out.len();
+            if fits {
+                out[..n].copy_from_slice(frame);
+            }
+            self.tx.recycle(buf);
+            if fits {
+                self.stats.frames_out += 1;
+                return Some((n, hdr));
+            }
+            self.tx.dropped += 1;
+        }
     }
 
     /// The next thing the daemon must do with host sockets.
@@ -847,8 +910,9 @@ impl Nat {
         let Some(mut buf) = self.tx.alloc() else {
             return false;
         };
-        buf.resize(size, 0);
-        if write(&mut buf) {
+        buf.resize(VnetHdr::LEN + size, 0);
+        VnetHdr::NONE.write(&mut buf);
+        if write(&mut buf[VnetHdr::LEN..]) {
             self.tx.commit(buf);
             true
         } else {
@@ -949,22 +1013,22 @@ mod tests {
     fn garbage_is_counted() {
         let now = Instant::now();
         let mut nat = Nat::new(config(true, limits()), now).unwrap();
-        nat.handle_frame(&[], now);
-        nat.handle_frame(&[0xff; 10], now);
+        nat.handle_frame(&VnetHdr::NONE, &[], now);
+        nat.handle_frame(&VnetHdr::NONE, &[0xff; 10], now);
         let mut f = syn_frame(1000, sa("198.51.100.9:80"));
         f.truncate(30);
-        nat.handle_frame(&f, now);
+        nat.handle_frame(&VnetHdr::NONE, &f, now);
         assert_eq!(nat.stats().frames_malformed, 3);
         // Bad TCP and UDP checksums.
         let mut f = syn_frame(1000, sa("198.51.100.9:80"));
         let n = f.len();
         f[n - 3] ^= 0x40; // the window field
-        nat.handle_frame(&f, now);
+        nat.handle_frame(&VnetHdr::NONE, &f, now);
         assert_eq!(nat.stats().frames_bad_checksum, 1);
         let mut f = udp_frame(1000, sa("198.51.100.9:53"), b"abc");
         let n = f.len();
         f[n - 1] ^= 1;
-        nat.handle_frame(&f, now);
+        nat.handle_frame(&VnetHdr::NONE, &f, now);
         assert_eq!(nat.stats().frames_bad_checksum, 2);
         // From outside the network, and to the network itself.
         let mut f = Vec::new();
@@ -973,8 +1037,12 @@ mod tests {
             .udp(1000, 53)
             .write(&mut f, b"abc")
             .unwrap();
-        nat.handle_frame(&f, now);
-        nat.handle_frame(&udp_frame(1000, sa("10.0.0.3:53"), b"abc"), now);
+        nat.handle_frame(&VnetHdr::NONE, &f, now);
+        nat.handle_frame(
+            &VnetHdr::NONE,
+            &udp_frame(1000, sa("10.0.0.3:53"), b"abc"),
+            now,
+        );
         assert_eq!(nat.stats().frames_bad_address, 2);
         // ICMP other than echo requests, and other MACs, are not handled.
         let mut f = Vec::new();
@@ -986,10 +1054,10 @@ mod tests {
             }))
             .write(&mut f, &[])
             .unwrap();
-        nat.handle_frame(&f, now);
+        nat.handle_frame(&VnetHdr::NONE, &f, now);
         let mut f = udp_frame(1000, sa("198.51.100.9:53"), b"abc");
         f[5] = 0x99;
-        nat.handle_frame(&f, now);
+        nat.handle_frame(&VnetHdr::NONE, &f, now);
         assert_eq!(nat.stats().frames_unsupported, 2);
         assert!(nat.poll_event().is_none());
         assert!(nat.poll_transmit(now, &mut [0u8; 2048]).is_none());
@@ -1017,15 +1085,15 @@ mod tests {
             for f in &frames {
                 let mut g = templates[f.len() % templates.len()].clone();
                 g.extend_from_slice(f);
-                nat.handle_frame(f, t);
-                nat.handle_frame(&g, t);
+                nat.handle_frame(&VnetHdr::NONE, f, t);
+                nat.handle_frame(&VnetHdr::NONE, &g, t);
             }
             for f in templates.iter_mut() {
                 for (i, b) in &flips {
                     let i = i % f.len();
                     f[i] ^= b;
                 }
-                nat.handle_frame(f, t);
+                nat.handle_frame(&VnetHdr::NONE, f, t);
             }
             for (op, x) in ops {
                 let id = ConnId(x % 8);
@@ -1038,9 +1106,9 @@ mod tests {
                     _ => t += Duration::from_millis(x % 100_000),
                 }
                 nat.handle_timeout(t);
-                while let Some(n) = nat.poll_transmit(t, &mut buf) {
+                while let Some((n, hdr)) = nat.poll_transmit(t, &mut buf) {
                     proptest::prop_assert_eq!(&buf[6..12], &GW_MAC.0);
-                    proptest::prop_assert!(n <= MTU + ETH_LEN);
+                    proptest::prop_assert!(hdr.is_gso() || n <= MTU + ETH_LEN);
                 }
                 while nat.poll_event().is_some() {}
                 while nat.poll_datagram(&mut buf).is_some() {}

@@ -15,6 +15,7 @@ pub(super) use super::addresses::canonical;
 pub(super) use super::*;
 pub(super) use crate::dns::Zone;
 pub(super) use crate::gateway::{Gateway, GatewayConfig};
+pub(super) use crate::offload::VnetHdr;
 pub(super) use crate::stack::smol_instant;
 pub(super) use crate::stack::test_wire::Wire;
 pub(super) use crate::MacAddr;
@@ -154,6 +155,13 @@ pub(super) struct Net {
     pub(super) now: Instant,
     pub(super) events: Vec<NatEvent>,
     pub(super) datagrams: Vec<(Datagram, Vec<u8>)>,
+    /// Coalesce the container's TCP segments into super-frames, as a TAP
+    /// with TSO hands them to the daemon.
+    pub(super) tso: Option<crate::offload::Gro>,
+    /// The largest frame the NAT sent (before segmentation).
+    pub(super) largest_out: usize,
+    /// Super-frames handed to the NAT.
+    pub(super) super_in: usize,
 }
 
 impl Net {
@@ -182,6 +190,9 @@ impl Net {
             now: epoch,
             events: Vec::new(),
             datagrams: Vec::new(),
+            tso: None,
+            largest_out: 0,
+            super_in: 0,
         };
         // The gateway asks for the container: the container learns the
         // gateway's MAC, as after any first exchange.
@@ -206,20 +217,27 @@ impl Net {
             self.c.iface.poll(t, &mut self.c.wire, &mut self.c.sockets);
             while let Some(f) = self.c.wire.tx.pop_front() {
                 moved = true;
-                if self.nat.is_for_nat(&f) {
-                    self.nat.handle_frame(&f, self.now);
-                } else {
-                    self.gw.handle_frame(&f, self.now);
-                }
+                self.sent_by_container(&f);
             }
+            self.flush_tso();
             while let Some(n) = self.gw.poll_transmit(self.now, &mut buf) {
                 moved = true;
                 self.c.wire.rx.push_back(buf[..n].to_vec());
             }
-            while let Some(n) = self.nat.poll_transmit(self.now, &mut buf) {
+            while let Some((n, hdr)) = self.nat.poll_transmit(self.now, &mut buf) {
                 moved = true;
-                check_frame(&buf[..n]);
-                self.c.wire.rx.push_back(buf[..n].to_vec());
+                self.largest_out = self.largest_out.max(n);
+                // What the container's kernel does with a TAP write: cut a
+                // super-frame at its MSS, complete a partial checksum.
+                let mut segs = vec![0u8; 2 * 65536];
+                let s = crate::offload::segment(&hdr, &buf[..n], 0, &mut segs)
+                    .expect("the NAT's offload header is consistent");
+                for i in 0..s.count {
+                    let f = s.frame(&segs, 0, i).unwrap();
+                    check_frame(f);
+                    assert!(f.len() <= MTU + 14, "a segment above the MTU");
+                    self.c.wire.rx.push_back(f.to_vec());
+                }
             }
             while let Some(e) = self.nat.poll_event() {
                 self.events.push(e);
@@ -232,6 +250,49 @@ impl Net {
             }
         }
         panic!("the link never went quiet");
+    }
+
+    /// A frame the container sent, to the NAT or gateway as the datapath
+    /// hands it, through the TSO coalescer if on.
+    fn sent_by_container(&mut self, f: &[u8]) {
+        use crate::offload::Offer;
+        if let Some(gro) = self.tso.as_mut() {
+            if gro.offer(f) == Offer::Absorbed {
+                return;
+            }
+            self.flush_tso();
+            let gro = self.tso.as_mut().unwrap();
+            if gro.offer(f) == Offer::Absorbed {
+                return;
+            }
+        }
+        self.deliver(&VnetHdr::NONE, f);
+    }
+
+    fn flush_tso(&mut self) {
+        let Some(gro) = self.tso.as_mut() else {
+            return;
+        };
+        if gro.has_pending() {
+            let run = gro.pending().to_vec();
+            gro.reset();
+            let hdr = VnetHdr::parse(&run).unwrap();
+            self.deliver(&hdr, &run[VnetHdr::LEN..]);
+        }
+    }
+
+    fn deliver(&mut self, hdr: &VnetHdr, f: &[u8]) {
+        self.super_in += usize::from(hdr.is_gso());
+        if self.nat.is_for_nat(f) {
+            self.nat.handle_frame(hdr, f, self.now);
+        } else {
+            let mut segs = vec![0u8; 2 * 65536];
+            let s = crate::offload::segment(hdr, f, 0, &mut segs).unwrap();
+            for i in 0..s.count {
+                self.gw
+                    .handle_frame(s.frame(&segs, 0, i).unwrap(), self.now);
+            }
+        }
     }
 
     /// Pumps and lets a little time pass (delayed ACKs, small timers).

@@ -1,6 +1,7 @@
 //! Delivering a switched frame: to a TAP (with its virtio_net_hdr, or
-//! coalesced into a super-frame), to a gateway or NAT (segmented to MTU
-//! frames first), to the first worker (handoff), or to a VTEP.
+//! coalesced into a super-frame), to a NAT (TCP super-frames whole), to a
+//! gateway (segmented to MTU frames first), to the first worker (handoff),
+//! or to a VTEP.
 
 use super::gateways::feed_gateway;
 use super::*;
@@ -82,8 +83,21 @@ impl Egress<'_> {
             Some(Slot::Gateway(g)) => {
                 g.counters.tx_packets += 1;
                 g.counters.tx_bytes += frame.len() as u64;
-                if offloaded {
-                    // smoltcp takes MTU-sized frames with full checksums.
+                let nat_takes_whole = g.nat.as_ref().is_some_and(|nat| {
+                    nat.is_for_nat(frame)
+                        && (!hdr.is_gso()
+                            || matches!(hdr.gso_type & !gso::ECN, gso::TCPV4 | gso::TCPV6))
+                });
+                if nat_takes_whole {
+                    // The NAT takes partial checksums and TCP super-frames
+                    // (TSO) as they are.
+                    if let Some(nat) = g.nat.as_mut() {
+                        nat.handle_frame(hdr, frame, self.now);
+                    }
+                } else if offloaded {
+                    // The gateway's smoltcp (and the NAT, for UDP
+                    // super-frames) takes MTU-sized frames with full
+                    // checksums.
                     match offload::segment(hdr, frame, 0, self.seg) {
                         Ok(segs) => {
                             for i in 0..segs.count {

@@ -43,7 +43,7 @@ use switch::bridge::{Action, Bridge, BridgeConfig, DropCounters, DropReason, Por
 use switch::gateway::{Gateway, GatewayConfig};
 use switch::nat::{Nat, NatConfig, NatStats};
 use switch::neighbor::Neighbors;
-use switch::offload::{self, Gro, Offer, VnetHdr};
+use switch::offload::{self, gso, Gro, Offer, VnetHdr};
 use switch::tap::Tap;
 use switch::{MacAddr, NetworkId, PortId};
 
