@@ -267,58 +267,42 @@ fn a_port_without_a_host_port_gets_a_free_one() {
     assert!(ok && out.contains("peer="), "{out}");
 }
 
-/// A bulk upload from a container to the world through egress arrives
-/// whole and in time (the NAT must tell the container its window opened
-/// again once the host socket drained).
-#[test]
-fn egress_upload_arrives_intact() {
+/// 256 MiB each way through egress and through published ports arrive
+/// intact (SHA-256) and in time, with the container's offloads on (TSO
+/// super-frames into the NAT, GSO super-frames out of it) and off (MTU
+/// frames with full checksums): the NAT must tell the container its window
+/// opened once the host socket drained, and stream both directions whole.
+#[rstest::rstest]
+#[case::offloads_on(true)]
+#[case::offloads_off(false)]
+fn bulk_transfers_arrive_intact_both_ways(#[case] offloads: bool) {
     require_root!();
+    const SIZE: u64 = 256 << 20;
     let h = Host::start(&[]);
     let world = Netns::new("vsu");
     veth(&h.ns, "198.51.100.1/24", &world, "198.51.100.2/24");
+    let client = Netns::new("vsk");
+    veth(&h.ns, "192.0.2.1/24", &client, "192.0.2.2/24");
     let net = h.network("u", &["--subnet", "10.233.0.0/24"]);
     let mut h = h;
-    let c = h.run("c", &net, &[]);
-    let dir = std::env::temp_dir().join(format!("vsupload-{}", std::process::id()));
+    let c = h.run("c", &net, &["-p", "8080:80", "-p", "8081:81"]);
+    if !offloads {
+        let o = ns_exec(
+            &c,
+            &[
+                "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+            ],
+        );
+        assert!(o.status.success(), "ethtool: {}", stderr(&o));
+    }
+    let dir = std::env::temp_dir().join(format!("vsbulk-{}-{}", std::process::id(), offloads));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("src");
-    let dst = dir.join("dst");
     ok(&[
         "sh",
         "-c",
-        &format!("head -c 67108864 /dev/urandom > {}", src.display()),
+        &format!("head -c {SIZE} /dev/urandom > {}", src.display()),
     ]);
-    let _sink = Bg::spawn(
-        &world.name,
-        &[
-            "socat",
-            "-u",
-            "TCP-LISTEN:8081,reuseaddr",
-            &format!("CREATE:{}", dst.display()),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let start = std::time::Instant::now();
-    let o = ns_exec(
-        &c,
-        &[
-            "timeout",
-            "60",
-            "socat",
-            "-u",
-            &format!("OPEN:{}", src.display()),
-            "TCP:198.51.100.2:8081,connect-timeout=3",
-        ],
-    );
-    let took = start.elapsed();
-    assert!(
-        o.status.success(),
-        "upload failed after {took:?}: {}",
-        stderr(&o)
-    );
-    wait_for("the sink to finish", Duration::from_secs(10), || {
-        std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) == 67108864
-    });
     let sum = |p: &std::path::Path| {
         stdout(&cmd(&["sha256sum", p.to_str().unwrap()]))
             .split_whitespace()
@@ -326,7 +310,78 @@ fn egress_upload_arrives_intact() {
             .unwrap_or_default()
             .to_string()
     };
-    assert_eq!(sum(&src), sum(&dst));
-    eprintln!("64 MiB uploaded in {took:?}");
+    let want = sum(&src);
+    let src = src.display().to_string();
+    // (what, the listening side's namespace and `socat -u` addresses, the
+    // connecting side's, the file written): `socat -u` copies from its
+    // first address to its second.
+    let dst = |n: &str| dir.join(n).display().to_string();
+    let transfers = [
+        (
+            "egress upload",
+            world.name.clone(),
+            format!("TCP-LISTEN:8091,reuseaddr CREATE:{}", dst("up")),
+            c.clone(),
+            format!("OPEN:{src} TCP:198.51.100.2:8091,connect-timeout=3"),
+            dst("up"),
+        ),
+        (
+            "egress download",
+            world.name.clone(),
+            format!("OPEN:{src} TCP-LISTEN:8092,reuseaddr"),
+            c.clone(),
+            format!(
+                "TCP:198.51.100.2:8092,connect-timeout=3 CREATE:{}",
+                dst("down")
+            ),
+            dst("down"),
+        ),
+        (
+            "published port, client to container",
+            c.clone(),
+            format!("TCP-LISTEN:80,reuseaddr CREATE:{}", dst("in")),
+            client.name.clone(),
+            format!("OPEN:{src} TCP:192.0.2.1:8080,connect-timeout=3"),
+            dst("in"),
+        ),
+        (
+            "published port, container to client",
+            c.clone(),
+            format!("OPEN:{src} TCP-LISTEN:81,reuseaddr"),
+            client.name.clone(),
+            format!("TCP:192.0.2.1:8081,connect-timeout=3 CREATE:{}", dst("out")),
+            dst("out"),
+        ),
+    ];
+    for (what, listen_ns, listen, connect_ns, connect, file) in &transfers {
+        let mut argv = vec!["timeout", "120", "socat", "-u"];
+        argv.extend(listen.split(' '));
+        let _listener = Bg::spawn(listen_ns, &argv);
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        let mut argv = vec!["timeout", "120", "socat", "-u"];
+        argv.extend(connect.split(' '));
+        let o = ns_exec(connect_ns, &argv);
+        assert!(
+            o.status.success(),
+            "{what} failed after {:?}: {}\n{}",
+            start.elapsed(),
+            stderr(&o),
+            tail(&h.log(), 20)
+        );
+        let path = std::path::Path::new(file);
+        let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while size() != SIZE && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(size(), SIZE, "{what}: not all bytes arrived");
+        assert_eq!(sum(path), want, "{what}: the bytes differ");
+        eprintln!(
+            "{what}: 256 MiB in {:?} (offloads {offloads})",
+            start.elapsed()
+        );
+        let _ = std::fs::remove_file(path);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
