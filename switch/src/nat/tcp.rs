@@ -1193,6 +1193,86 @@ mod tests {
         assert_eq!(net.nat.stats().frames_bad_checksum, 0);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the sizes of the writes and reads on either side, with
+        /// or without the container's TSO, over IPv4 or IPv6, both streams
+        /// arrive whole and in order, and the connection ends with both
+        /// FINs and one graceful `TcpClosed`.
+        #[test]
+        fn streams_arrive_whole_whatever_the_chunking(
+            v6 in proptest::bool::ANY,
+            tso in proptest::bool::ANY,
+            up_len in 0usize..120_000,
+            down_len in 0usize..120_000,
+            container_chunk in 1usize..70_000,
+            host_chunk in 1usize..70_000,
+            host_read in 1usize..70_000,
+        ) {
+            let mut net = Net::new(true, limits());
+            if tso {
+                net.tso = Some(crate::offload::Gro::new(true));
+            }
+            let to = if v6 { sa("[2001:db8:1::9]:443") } else { sa("198.51.100.9:80") };
+            let (h, id) = net.egress(to, 40004);
+            let up = pattern(up_len, 7);
+            let down = pattern(down_len, 8);
+            let (mut sent_up, mut sent_down) = (0, 0);
+            let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+            let (mut up_closed, mut down_closed) = (false, false);
+            let mut events = Vec::new();
+            for _ in 0..20_000 {
+                if sent_up < up.len() {
+                    let end = (sent_up + container_chunk).min(up.len());
+                    sent_up += net.c.tcp(h).send_slice(&up[sent_up..end]).unwrap();
+                } else if !up_closed {
+                    net.c.tcp(h).close();
+                    up_closed = true;
+                }
+                if sent_down < down.len() {
+                    let end = (sent_down + host_chunk).min(down.len());
+                    sent_down += net.nat.tcp_write(id, &down[sent_down..end], net.now);
+                } else if !down_closed {
+                    net.nat.tcp_host_closed(id, net.now);
+                    down_closed = true;
+                }
+                net.pump();
+                // A host socket that takes at most `host_read` bytes a call.
+                loop {
+                    let chunk = net.nat.tcp_peek(id);
+                    let n = chunk.len().min(host_read);
+                    if n == 0 {
+                        break;
+                    }
+                    got_up.extend_from_slice(&chunk[..n]);
+                    net.nat.tcp_consume(id, n, net.now);
+                }
+                got_down.extend(net.c.recv_all(h));
+                events.extend(net.take_events());
+                if events.contains(&NatEvent::TcpClosed { id, reset: false }) {
+                    break;
+                }
+                net.tick(Duration::from_millis(1));
+            }
+            proptest::prop_assert!(got_up == up, "up: {} of {}", got_up.len(), up.len());
+            proptest::prop_assert!(got_down == down, "down: {} of {}", got_down.len(), down.len());
+            proptest::prop_assert!(events.contains(&NatEvent::TcpFin(id)), "{events:?}");
+            proptest::prop_assert_eq!(
+                events.iter().filter(|e| matches!(e, NatEvent::TcpClosed { .. })).count(),
+                1,
+                "{:?}",
+                events
+            );
+            proptest::prop_assert!(
+                events.contains(&NatEvent::TcpClosed { id, reset: false }),
+                "{:?}",
+                events
+            );
+            proptest::prop_assert_eq!(net.nat.stats().frames_bad_checksum, 0);
+        }
+    }
+
     #[test]
     fn egress_ipv6() {
         let mut net = Net::new(true, limits());
