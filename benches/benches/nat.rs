@@ -116,6 +116,7 @@ impl Net {
                 egress: true,
                 limits,
                 random_seed: 1,
+                shard: switch::nat::Shard::WHOLE,
             },
             epoch,
         )

@@ -655,6 +655,10 @@ pub struct Stats {
     /// worker): how the kernel spreads flows over the queues.
     #[serde(rename = "WorkerRxPackets", default)]
     pub worker_rx_packets: Vec<u64>,
+    /// TCP connections through published ports and egress each worker's
+    /// NAT shards took (one entry per worker): how the L4 work spreads.
+    #[serde(rename = "WorkerNatConnections", default)]
+    pub worker_nat_connections: Vec<u64>,
     /// The VXLAN tunnel.
     #[serde(rename = "Tunnel")]
     pub tunnel: BTreeMap<String, u64>,

@@ -385,3 +385,75 @@ fn bulk_transfers_arrive_intact_both_ways(#[case] offloads: bool) {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tcp_connections_spread_over_the_workers() {
+    require_root!();
+    const EACH: usize = 16;
+    let h = Host::start(&["--workers", "2"]);
+    let world = Netns::new("vsq");
+    veth(&h.ns, "198.51.100.1/24", &world, "198.51.100.2/24");
+    let client = Netns::new("vsj");
+    veth(&h.ns, "192.0.2.1/24", &client, "192.0.2.2/24");
+    let _world_echo = peer_echo_tcp(&world.name, 8080);
+    let net = h.network("q", &["--subnet", "10.234.0.0/24"]);
+    let mut h = h;
+    let c = h.run("c", &net, &["-p", "8080:80"]);
+    let _container_echo = peer_echo_tcp(&c, 80);
+    // Each connection answers with the peer it saw: the real client, and
+    // the daemon's address for egress, whichever worker served it.
+    let runs = [
+        (
+            c.clone(),
+            "TCP:198.51.100.2:8080,connect-timeout=3",
+            "peer=198.51.100.1",
+        ),
+        (
+            client.name.clone(),
+            "TCP:192.0.2.1:8080,connect-timeout=3",
+            "peer=192.0.2.2",
+        ),
+    ];
+    for (ns, to, want) in &runs {
+        for i in 0..EACH {
+            let (ok, out) = until_ok(ns, &["socat", "-T3", "-", to], Duration::from_secs(10));
+            assert!(
+                ok && out.contains(want),
+                "{to} #{i}: {out}\n{}",
+                tail(&h.log(), 30)
+            );
+        }
+    }
+    // A loopback client appears as the gateway, with a port the accepting
+    // worker lends.
+    let (ok, out) = until_ok(
+        &h.ns.name,
+        &["socat", "-T3", "-", "TCP:127.0.0.1:8080,connect-timeout=3"],
+        Duration::from_secs(10),
+    );
+    assert!(ok && out.contains("peer=10.234.0.1"), "{out}");
+    let stats = h.vs_json(&["stats", "--json"]);
+    let per_worker: Vec<u64> = stats["WorkerNatConnections"]
+        .as_array()
+        .expect("WorkerNatConnections")
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(per_worker.len(), 2, "{stats}");
+    // Each connection went to one worker by its tuple: both took a share
+    // (fewer than 4 of 32 random tuples on one worker: odds below 1e-6).
+    assert!(per_worker.iter().all(|n| *n >= 4), "{per_worker:?}");
+    assert!(
+        per_worker.iter().sum::<u64>() > 2 * EACH as u64,
+        "{per_worker:?}"
+    );
+    let nat = &stats["Nat"][&net];
+    assert!(
+        nat["TcpInbound"].as_u64().unwrap_or(0) > EACH as u64,
+        "{stats}"
+    );
+    assert!(
+        nat["TcpEgress"].as_u64().unwrap_or(0) >= EACH as u64,
+        "{stats}"
+    );
+}

@@ -355,6 +355,7 @@ fuzz_target!(|data: &[u8]| {
         egress: data.first().is_none_or(|b| b & 0x80 == 0),
         limits: limits(),
         random_seed: 1,
+        shard: switch::nat::Shard::WHOLE,
     };
     let mut h = Harness {
         nat: Nat::new(config, start).expect("valid config"),

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{Nat, NatError, Proto, Tuple, NAT_PORTS};
+use super::{tcp_shard, Nat, NatError, Proto, Tuple, NAT_PORTS};
 use crate::MacAddr;
 
 impl Nat {
@@ -83,6 +83,16 @@ impl Nat {
         Ok(())
     }
 
+    /// A published-port client (canonical) the container can answer
+    /// through the gateway, and so sees with its own address.
+    pub(super) fn appears_as_itself(&self, client: SocketAddr, container: SocketAddr) -> bool {
+        let ip = client.ip();
+        client.port() != 0
+            && ip.is_ipv4() == container.is_ipv4()
+            && self.is_forwardable(ip)
+            && !self.is_gateway(ip)
+    }
+
     /// The peer a container sees for a published-port client: the client
     /// itself, or a gateway address and port when the container could not
     /// answer the client's address through the gateway.
@@ -93,11 +103,7 @@ impl Nat {
         proto: Proto,
     ) -> Result<(SocketAddr, bool), NatError> {
         let client = canonical(client);
-        let ip = client.ip();
-        let reachable = client.port() != 0
-            && ip.is_ipv4() == container.is_ipv4()
-            && self.is_forwardable(ip)
-            && !self.is_gateway(ip);
+        let reachable = self.appears_as_itself(client, container);
         let taken = match proto {
             Proto::Tcp => self.tuples.contains_key(&Tuple {
                 container,
@@ -117,16 +123,27 @@ impl Nat {
         }
         .ok_or(NatError::NotInNetwork(container))?;
         let port = self
-            .free_port(gateway, proto)
+            .free_port(gateway, proto, container)
             .ok_or(NatError::NoFreePort(gateway))?;
         Ok((SocketAddr::new(gateway, port), true))
     }
 
-    /// Takes a free port on `ip` in [`NAT_PORTS`].
-    pub(super) fn free_port(&mut self, ip: IpAddr, proto: Proto) -> Option<u16> {
+    /// Takes a free port on `ip` in [`NAT_PORTS`] for a connection or
+    /// flow to `container`; for TCP, one whose tuple this shard owns.
+    pub(super) fn free_port(
+        &mut self,
+        ip: IpAddr,
+        proto: Proto,
+        container: SocketAddr,
+    ) -> Option<u16> {
+        let shard = self.shard;
         let used = match proto {
             Proto::Tcp => &mut self.tcp_ports,
             Proto::Udp => &mut self.udp_ports,
+        };
+        let ours = |p: u16| {
+            proto == Proto::Udp
+                || tcp_shard(container, SocketAddr::new(ip, p), shard.count) == shard.index
         };
         let start = *NAT_PORTS.start();
         let span = u32::from(*NAT_PORTS.end() - start) + 1;
@@ -136,7 +153,7 @@ impl Nat {
         let from = u32::from(self.port_cursor - start);
         let port = (0..span)
             .map(|i| start + ((from + i) % span) as u16)
-            .find(|p| !used.contains(&(ip, *p)))?;
+            .find(|p| ours(*p) && !used.contains(&(ip, *p)))?;
         used.insert((ip, port));
         self.port_cursor = if port == *NAT_PORTS.end() {
             start

@@ -236,6 +236,79 @@ pub struct NatConfig {
     /// Seeds smoltcp's initial sequence numbers and the NAT's port choice:
     /// pass a fresh random value.
     pub random_seed: u64,
+    /// Which part of the network's TCP connections this NAT serves
+    /// ([`Shard::WHOLE`]: all of them).
+    pub shard: Shard,
+}
+
+/// One of `count` NATs that share a network's TCP connections, one per
+/// datapath worker, so that the L4 work of many connections runs on every
+/// core. A connection belongs to the shard [`tcp_shard`] names for its
+/// tuple as the container sees it, a pure function every worker computes
+/// alike: frames from containers go to the owner by [`frame_shard`], a
+/// published port's accepted connection by [`Nat::inbound_tcp_shard`], and
+/// a gateway-side port a shard lends is one whose tuple hashes back to
+/// that shard. UDP flows and ICMP echo stay with shard 0, as does
+/// everything that is not plain TCP. The limits in [`NatLimits`] are the
+/// network's: each shard holds its share of the TCP ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, `0..count`.
+    pub index: usize,
+    /// How many shards the network has, 1..=64.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The only shard: every connection.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+    /// Most shards a network may have.
+    pub const MAX: usize = 64;
+}
+
+/// The shard, of `count`, that owns the TCP connection between a
+/// container's `container` address and port and the `peer` it sees.
+/// IPv4-mapped addresses count as IPv4.
+pub fn tcp_shard(container: SocketAddr, peer: SocketAddr, count: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    if count <= 1 {
+        return 0;
+    }
+    // `DefaultHasher::new` hashes alike in every thread of a process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    addresses::canonical(container).hash(&mut h);
+    addresses::canonical(peer).hash(&mut h);
+    (h.finish() % count as u64) as usize
+}
+
+/// The shard, of `count`, that must take `frame` from a container (one
+/// [`is_for_nat`] claimed): a TCP segment's connection owner by
+/// [`tcp_shard`]; shard 0 for everything else, malformed frames included
+/// (it counts them). Reads only the headers; never panics.
+pub fn frame_shard(frame: &[u8], count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    let Ok(pkt) = IpFrame::parse(frame) else {
+        return 0;
+    };
+    let (src, dst) = match pkt.ip() {
+        Some(IpHeader::V4(ip)) if !ip.is_fragment() && ip.transport_follows() => {
+            (IpAddr::V4(ip.src()), IpAddr::V4(ip.dst()))
+        }
+        Some(IpHeader::V6(ip)) if ip.transport_follows() => {
+            (IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()))
+        }
+        _ => return 0,
+    };
+    match pkt.transport() {
+        Some(TransportHeader::Tcp(tcp)) => tcp_shard(
+            SocketAddr::new(src, tcp.src_port()),
+            SocketAddr::new(dst, tcp.dst_port()),
+            count,
+        ),
+        _ => 0,
+    }
 }
 
 /// Why a NAT cannot be built, or a connection or flow cannot be made.
@@ -426,6 +499,40 @@ pub struct NatStats {
     pub icmp_dropped: u64,
 }
 
+impl NatStats {
+    /// Adds another shard's counters (gauges add up too: each shard holds
+    /// its own connections and flows).
+    pub fn add(&mut self, other: &NatStats) {
+        self.frames_in += other.frames_in;
+        self.frames_out += other.frames_out;
+        self.frames_malformed += other.frames_malformed;
+        self.frames_bad_checksum += other.frames_bad_checksum;
+        self.frames_unsupported += other.frames_unsupported;
+        self.frames_bad_address += other.frames_bad_address;
+        self.frames_dropped += other.frames_dropped;
+        self.frames_no_neighbor += other.frames_no_neighbor;
+        self.egress_denied += other.egress_denied;
+        self.tcp_egress += other.tcp_egress;
+        self.tcp_inbound += other.tcp_inbound;
+        self.tcp_refused += other.tcp_refused;
+        self.tcp_connect_failed += other.tcp_connect_failed;
+        self.tcp_timed_out += other.tcp_timed_out;
+        self.tcp_active += other.tcp_active;
+        self.udp_flows += other.udp_flows;
+        self.udp_refused += other.udp_refused;
+        self.udp_expired += other.udp_expired;
+        self.udp_active += other.udp_active;
+        self.udp_to_host += other.udp_to_host;
+        self.udp_to_container += other.udp_to_container;
+        self.udp_dropped += other.udp_dropped;
+        self.icmp_flows += other.icmp_flows;
+        self.icmp_active += other.icmp_active;
+        self.icmp_to_host += other.icmp_to_host;
+        self.icmp_to_container += other.icmp_to_container;
+        self.icmp_dropped += other.icmp_dropped;
+    }
+}
+
 /// True when the daemon should hand `frame` (received on the gateway port)
 /// to the network's [`Nat`] rather than its gateway: unicast IPv4 or IPv6
 /// to any address but the gateway's, or TCP/UDP to the gateway address on a
@@ -557,6 +664,7 @@ pub struct Nat {
     mtu: usize,
     egress: bool,
     limits: NatLimits,
+    shard: Shard,
     epoch: Instant,
     caps: DeviceCapabilities,
     iface: Interface,
@@ -615,7 +723,14 @@ impl Nat {
     pub fn new(config: NatConfig, now: Instant) -> Result<Nat, NatError> {
         let mac = config.gateway_mac;
         check_interface(mac, config.mtu, config.ipv4, config.ipv6)?;
-        let limits = config.limits;
+        let shard = config.shard;
+        if shard.count == 0 || shard.count > Shard::MAX || shard.index >= shard.count {
+            return Err(NatError::Limit("shard"));
+        }
+        let mut limits = config.limits;
+        // The TCP bounds are the network's: each shard holds its share.
+        limits.max_tcp = limits.max_tcp.div_ceil(shard.count);
+        limits.max_tcp_connecting = limits.max_tcp_connecting.div_ceil(shard.count);
         if !TCP_BUFFER_RANGE.contains(&limits.tcp_buffer) {
             return Err(NatError::Limit("tcp_buffer"));
         }
@@ -646,7 +761,9 @@ impl Nat {
         caps.segmentation.tcpv4 = std::num::NonZeroUsize::new(MAX_SUPER_PACKET);
         caps.segmentation.tcpv6 = std::num::NonZeroUsize::new(MAX_SUPER_PACKET);
 
-        let mut rng = Rng(config.random_seed);
+        // Shards of one network draw different sequence numbers and ports.
+        let mut rng =
+            Rng(config.random_seed ^ (shard.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_BYTES, 64);
         let neighbors = HashMap::new();
         let mut iface = new_interface(HardwareAddress::Ip, rng.next_u64(), &caps, now);
@@ -667,6 +784,7 @@ impl Nat {
             mtu: config.mtu,
             egress: config.egress,
             limits,
+            shard,
             epoch: now,
             caps,
             iface,
@@ -699,6 +817,25 @@ impl Nat {
     /// [`is_for_nat`] with this network's gateway addresses.
     pub fn is_for_nat(&self, frame: &[u8]) -> bool {
         is_for_nat(frame, self.ipv4.map(|(a, _)| a), self.ipv6.map(|(a, _)| a))
+    }
+
+    /// Which part of the network's connections this NAT serves.
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// The shard that must take a published port's TCP connection from
+    /// `client` to `container` (accepted by this one): the owner of the
+    /// tuple the container will see when the client appears as itself;
+    /// this shard when it appears as a gateway address and port, since the
+    /// port this shard lends is one whose tuple comes back to it.
+    pub fn inbound_tcp_shard(&self, client: SocketAddr, container: SocketAddr) -> usize {
+        let client = addresses::canonical(client);
+        if self.appears_as_itself(client, container) {
+            tcp_shard(container, client, self.shard.count)
+        } else {
+            self.shard.index
+        }
     }
 
     /// Counters so far.
@@ -935,6 +1072,120 @@ impl Nat {
 #[cfg(test)]
 mod tests {
     use super::testing::*;
+
+    fn shard_net(index: usize, count: usize) -> Net {
+        let mut net = Net::new(true, limits());
+        let shard = Shard { index, count };
+        net.nat = Nat::new(
+            NatConfig {
+                shard,
+                ..config(true, limits())
+            },
+            net.epoch,
+        )
+        .unwrap();
+        net
+    }
+
+    #[test]
+    fn frames_go_to_the_shard_of_their_connection() {
+        let dst = sa("198.51.100.9:443");
+        let mut per_shard = [0usize; 3];
+        for sport in 40000..40300 {
+            let f = syn_frame(sport, dst);
+            let shard = frame_shard(&f, 3);
+            assert_eq!(shard, tcp_shard(SocketAddr::new(C4.into(), sport), dst, 3));
+            per_shard[shard] += 1;
+        }
+        // Connections spread over every shard, none starved.
+        assert!(per_shard.iter().all(|n| *n >= 60), "{per_shard:?}");
+        // An IPv4-mapped client is the same client.
+        let mapped = SocketAddr::new(C4.to_ipv6_mapped().into(), 40000);
+        let c = SocketAddr::new(C4.into(), 40000);
+        assert_eq!(tcp_shard(mapped, dst, 7), tcp_shard(c, dst, 7));
+        // Everything else stays with the first shard.
+        assert_eq!(frame_shard(&udp_frame(40001, dst, b"x"), 3), 0);
+        let echo = echo_request_frame(IpAddr::V4(OUTSIDE4), 7, 1, b"ping");
+        assert_eq!(frame_shard(&echo, 3), 0);
+        assert_eq!(frame_shard(&[0u8; 20], 3), 0);
+        assert_eq!(frame_shard(&syn_frame(40002, dst), 1), 0);
+    }
+
+    #[test]
+    fn a_shard_serves_its_connections_and_lends_ports_it_owns() {
+        let mut net = shard_net(1, 2);
+        assert_eq!(net.nat.shard(), Shard { index: 1, count: 2 });
+        // A client that appears as itself belongs to its tuple's shard.
+        let container = sa("10.0.0.2:80");
+        let client = sa("192.0.2.7:5555");
+        assert_eq!(
+            net.nat.inbound_tcp_shard(client, container),
+            tcp_shard(container, client, 2)
+        );
+        // Loopback clients appear as the gateway, with a port this shard
+        // lends: one whose tuple hashes back here, so the container's
+        // replies come to this shard.
+        for i in 0..8 {
+            let client = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 41000 + i);
+            assert_eq!(net.nat.inbound_tcp_shard(client, container), 1);
+            let (h, id) = net.inbound(&client.to_string(), "10.0.0.2:80");
+            net.settle();
+            let peer = SocketAddr::from(net.c.tcp(h).remote_endpoint().unwrap());
+            assert_eq!(peer.ip(), IpAddr::V4(GW4));
+            assert_eq!(tcp_shard(container, peer, 2), 1, "{peer}");
+            net.nat.tcp_write(id, b"hello", net.now);
+            net.settle();
+            assert_eq!(net.c.recv_all(h), b"hello");
+            net.nat.tcp_abort(id, net.now);
+            net.settle();
+            net.take_events();
+        }
+        // Egress whose tuple this shard owns works as with one shard.
+        let to = sa("198.51.100.9:80");
+        let port = (40000..)
+            .find(|p| tcp_shard(SocketAddr::new(C4.into(), *p), to, 2) == 1)
+            .unwrap();
+        let (h, id) = net.egress(to, port);
+        net.c.tcp(h).send_slice(b"up").unwrap();
+        net.settle();
+        assert_eq!(net.host_read(id), b"up");
+    }
+
+    #[test]
+    fn each_shard_holds_its_share_of_the_tcp_limit() {
+        let mut net = shard_net(0, 4);
+        // limits(): 64 connections for the network, 16 per shard of four.
+        let container = sa("10.0.0.2:80");
+        let _h = net.c.listen(80);
+        let mut ok = 0;
+        for i in 0..20 {
+            let client = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 42000 + i);
+            if net
+                .nat
+                .inbound_tcp(client, container, C_MAC, net.now)
+                .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 16);
+        assert_eq!(net.nat.stats().tcp_refused, 4);
+    }
+
+    #[rstest]
+    #[case::no_shards(0, 0)]
+    #[case::index_past_count(2, 2)]
+    #[case::too_many(0, Shard::MAX + 1)]
+    fn bad_shards_are_refused(#[case] index: usize, #[case] count: usize) {
+        let cfg = NatConfig {
+            shard: Shard { index, count },
+            ..config(true, limits())
+        };
+        assert!(matches!(
+            Nat::new(cfg, Instant::now()),
+            Err(NatError::Limit("shard"))
+        ));
+    }
 
     #[test]
     fn internal_network_drops_egress_but_publishes_ports() {

@@ -54,6 +54,7 @@ pub(super) fn config(egress: bool, limits: NatLimits) -> NatConfig {
         egress,
         limits,
         random_seed: 7,
+        shard: super::Shard::WHOLE,
     }
 }
 

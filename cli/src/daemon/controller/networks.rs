@@ -252,6 +252,7 @@ impl Controller {
                 egress: !net.record.internal,
                 limits: NatLimits::default(),
                 random_seed: random_u64(),
+                shard: switch::nat::Shard::WHOLE,
             });
             let config = GatewayConfig {
                 mac: gateway_mac,

@@ -77,6 +77,7 @@ impl Controller {
             bad_requests: self.bad_requests,
             suppressed: dp.suppressed,
             worker_rx_packets: dp.worker_rx_packets.clone(),
+            worker_nat_connections: dp.worker_nat_connections.clone(),
             tunnel,
             gossip,
             nat: self

@@ -45,12 +45,14 @@ pub enum Command {
         security: PortSecurity,
         reply: mpsc::Sender<Result<(), DatapathError>>,
     },
-    /// On workers other than the first: frames for this gateway port are
-    /// handed to the first worker, which owns the gateway and its NAT.
+    /// On workers other than the first: the gateway port, whose gateway is
+    /// the first worker's (frames for it are handed there), with this
+    /// worker's shard of its NAT.
     AddHandoff {
         port: PortId,
         network: NetworkId,
         mac: MacAddr,
+        nat: Option<NatConfig>,
         reply: mpsc::Sender<Result<(), DatapathError>>,
     },
     /// Detaches a port and hands its TAP back (to be deleted or kept).

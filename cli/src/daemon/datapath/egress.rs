@@ -43,7 +43,10 @@ pub(super) struct Egress<'a> {
     pub(super) quic: Option<&'a QuicHandle>,
     pub(super) tunnel_counters: &'a mut TunnelCounters,
     pub(super) rules: &'a TunnelRules<NetworkId, PortId>,
-    pub(super) handoff: Option<&'a Handoff>,
+    /// The ways to the other workers ([`Datapath::peers`]).
+    pub(super) peers: &'a [Option<Handoff>],
+    /// This worker's index.
+    pub(super) index: usize,
     pub(super) from: Origin,
     /// The frame came from a member's tunnel port: TCP segments may be
     /// coalesced.
@@ -71,23 +74,29 @@ impl Egress<'_> {
                 }
                 Err(_) => t.counters.tx_drops += 1,
             },
-            Some(Slot::Handoff(c)) => {
-                // The first worker owns this gateway: the frame goes there.
-                if self.handoff.is_some_and(|h| h.hand(to, hdr, frame)) {
-                    c.tx_packets += 1;
-                    c.tx_bytes += frame.len() as u64;
-                } else {
-                    c.tx_drops += 1;
-                }
-            }
             Some(Slot::Gateway(g)) => {
+                // Whose is it: the NAT shard that owns its connection, or
+                // the first worker's gateway (and NAT shard for UDP, ICMP).
+                let for_nat = g.nat.as_ref().is_some_and(|nat| nat.is_for_nat(frame));
+                let owner = match &g.nat {
+                    Some(nat) if for_nat => switch::nat::frame_shard(frame, nat.shard().count),
+                    _ => 0,
+                };
+                if owner != self.index {
+                    match self.peers.get(owner).and_then(Option::as_ref) {
+                        Some(h) if h.hand(to, hdr, frame) => {
+                            g.counters.tx_packets += 1;
+                            g.counters.tx_bytes += frame.len() as u64;
+                        }
+                        _ => g.counters.tx_drops += 1,
+                    }
+                    return;
+                }
                 g.counters.tx_packets += 1;
                 g.counters.tx_bytes += frame.len() as u64;
-                let nat_takes_whole = g.nat.as_ref().is_some_and(|nat| {
-                    nat.is_for_nat(frame)
-                        && (!hdr.is_gso()
-                            || matches!(hdr.gso_type & !gso::ECN, gso::TCPV4 | gso::TCPV6))
-                });
+                let nat_takes_whole = for_nat
+                    && (!hdr.is_gso()
+                        || matches!(hdr.gso_type & !gso::ECN, gso::TCPV4 | gso::TCPV6));
                 if nat_takes_whole {
                     // The NAT takes partial checksums and TCP super-frames
                     // (TSO) as they are.

@@ -1,5 +1,6 @@
-//! Servicing the gateways of the first worker: timers, the frames their
-//! gateways and NATs emit, the NAT's host sockets and upstream DNS.
+//! Servicing the gateway ports: timers, the frames the gateways (the
+//! first worker's) and this worker's NAT shards emit, the NATs' host
+//! sockets and upstream DNS.
 
 use super::*;
 
@@ -10,10 +11,12 @@ impl Datapath {
         // Timers: a gateway whose deadline passed gets its turn too.
         for (port, slot) in self.ports.iter_mut() {
             if let Slot::Gateway(g) = slot {
-                if g.gateway.poll_timeout(now).is_some_and(|t| t <= now) {
-                    g.gateway.handle_timeout(now);
-                    if !self.dirty.contains(port) {
-                        self.dirty.push(*port);
+                if let Some(gw) = g.gateway.as_mut() {
+                    if gw.poll_timeout(now).is_some_and(|t| t <= now) {
+                        gw.handle_timeout(now);
+                        if !self.dirty.contains(port) {
+                            self.dirty.push(*port);
+                        }
                     }
                 }
                 if let Some(nat) = g.nat.as_mut() {
@@ -33,14 +36,20 @@ impl Datapath {
             let mut emitted = 0;
             while emitted < 4 * BATCH {
                 let n = match self.ports.get_mut(&port) {
-                    Some(Slot::Gateway(g)) => match g.gateway.poll_transmit(now, &mut self.out) {
-                        Some(n) => {
-                            g.counters.rx_packets += 1;
-                            g.counters.rx_bytes += n as u64;
-                            n
+                    Some(Slot::Gateway(g)) => {
+                        match g
+                            .gateway
+                            .as_mut()
+                            .and_then(|gw| gw.poll_transmit(now, &mut self.out))
+                        {
+                            Some(n) => {
+                                g.counters.rx_packets += 1;
+                                g.counters.rx_bytes += n as u64;
+                                n
+                            }
+                            None => break,
                         }
-                        None => break,
-                    },
+                    }
                     _ => break,
                 };
                 emitted += 1;
@@ -100,11 +109,20 @@ impl Datapath {
                 self.dirty.push(port);
             }
             if let Some(Slot::Gateway(g)) = self.ports.get_mut(&port) {
-                while let Some((to, n)) = g.gateway.poll_upstream(&mut self.out) {
+                let GatewayPort {
+                    gateway: Some(gateway),
+                    upstream4,
+                    upstream6,
+                    ..
+                } = &mut **g
+                else {
+                    continue;
+                };
+                while let Some((to, n)) = gateway.poll_upstream(&mut self.out) {
                     let sock = if to.is_ipv6() {
-                        g.upstream6.as_ref()
+                        upstream6.as_ref()
                     } else {
-                        g.upstream4.as_ref()
+                        upstream4.as_ref()
                     };
                     match sock.map(|s| s.send_to(&self.out[..n], to)) {
                         Some(Ok(_)) => {}
@@ -151,6 +169,16 @@ impl Datapath {
         }
         // Keep the allocation for the next turn.
         self.nat_ready = todo;
+        // Connections accepted for another worker's NAT shard go there.
+        for conn in self.nat_io.take_accepted_elsewhere() {
+            let sent = match self.peers.get(conn.owner).and_then(Option::as_ref) {
+                Some(h) => h.hand_conn(conn),
+                None => Err(conn),
+            };
+            if let Err(conn) = sent {
+                self.nat_io.refuse(conn);
+            }
+        }
     }
 
     pub(super) fn read_upstream(&mut self, network: NetworkId, v6: bool, now: Instant) {
@@ -161,10 +189,12 @@ impl Datapath {
             return;
         };
         let sock = if v6 { &g.upstream6 } else { &g.upstream4 };
-        let Some(sock) = sock else { return };
+        let (Some(sock), Some(gateway)) = (sock, g.gateway.as_mut()) else {
+            return;
+        };
         for _ in 0..BATCH {
             match sock.recv_from(&mut self.buf) {
-                Ok((n, from)) => g.gateway.handle_upstream(from, &self.buf[..n], now),
+                Ok((n, from)) => gateway.handle_upstream(from, &self.buf[..n], now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "upstream DNS receive");
@@ -194,10 +224,14 @@ pub(super) fn bind_upstream(
 }
 
 /// Hands a plain frame (full checksums, no GSO) to the network's NAT or
-/// gateway.
+/// gateway (the first worker's: elsewhere only NAT frames get here).
 pub(super) fn feed_gateway(g: &mut GatewayPort, frame: &[u8], now: Instant) {
     match g.nat.as_mut() {
         Some(nat) if nat.is_for_nat(frame) => nat.handle_frame(&VnetHdr::NONE, frame, now),
-        _ => g.gateway.handle_frame(frame, now),
+        _ => {
+            if let Some(gw) = g.gateway.as_mut() {
+                gw.handle_frame(frame, now);
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! them, and turns each call into a [`Command`] per worker and a bounded
 //! wait for the answers.
 
-use super::handoff::handoff_pair;
+use super::handoff::handoff_mesh;
 use super::*;
 
 /// One worker thread's command queue and waker.
@@ -34,10 +34,14 @@ impl Worker {
 /// its own queue of every TAP (`IFF_MULTI_QUEUE`): the kernel spreads a
 /// container's flows over the queues, so each worker switches the flows of
 /// its queue, TAP to TAP and TAP to tunnel, without sharing anything on
-/// the way. The first worker also owns what has state of its own: the
-/// gateways and NATs (the others hand frames for them over through a
-/// bounded queue of preallocated buffers), the tunnel's receive side and
-/// the QUIC receive queue.
+/// the way. Each worker also holds its shard of every network's NAT: a TCP
+/// connection through a published port or egress belongs to the worker its
+/// tuple hashes to ([`switch::nat::tcp_shard`]), and a frame of it that
+/// another worker's queue carried is handed over, through a bounded queue
+/// of preallocated buffers per pair of workers. The first worker owns the
+/// rest of what has state of its own: the gateways, the NATs' UDP and ICMP
+/// flows and published listeners, the tunnel's receive side and the QUIC
+/// receive queue.
 #[derive(Debug)]
 pub struct DatapathHandle {
     workers: Vec<Worker>,
@@ -73,11 +77,9 @@ impl DatapathHandle {
             let _ = setsockopt(sock, sockopt::RcvBuf, &TUNNEL_SOCKET_BUF);
             let _ = setsockopt(sock, sockopt::SndBuf, &TUNNEL_SOCKET_BUF);
         }
-        // Every other worker's way to the first one's gateways.
-        let (handoffs, handed): (Vec<_>, Vec<_>) =
-            (1..count).map(|_| handoff_pair(wakers[0].clone())).unzip();
-        let mut handoffs = handoffs.into_iter();
-        let mut handed = Some(handed);
+        // Every worker's way to every other: to the first one's gateways,
+        // to the NAT shard that owns a connection.
+        let mut mesh = handoff_mesh(&wakers).into_iter();
         let mut list = Vec::with_capacity(count);
         for (k, (poll, waker)) in polls.into_iter().zip(wakers).enumerate() {
             // The first worker reads the tunnel; the others send on a
@@ -101,11 +103,10 @@ impl DatapathHandle {
             dp.quic = quic.clone();
             dp.quic_rx = quic_rx;
             dp.busy_poll = busy_poll;
-            if k == 0 {
-                dp.handed = handed.take().unwrap_or_default();
-            } else {
-                dp.handoff = handoffs.next();
-            }
+            let (peers, handed) = mesh.next().expect("one per worker");
+            dp.index = k;
+            dp.peers = peers;
+            dp.handed = handed;
             let thread = std::thread::Builder::new()
                 .name(format!("vswitch-dp{k}"))
                 .spawn(move || {
@@ -170,20 +171,28 @@ impl DatapathHandle {
         nat: Option<NatConfig>,
     ) -> Result<(), DatapathError> {
         let handoff = gateway.as_ref().map(|(port, c)| (*port, c.mac));
+        let count = self.workers.len();
+        // Each worker's shard of the NAT.
+        let shard = |k: usize| {
+            nat.clone().map(|mut c| {
+                c.shard = Shard { index: k, count };
+                c
+            })
+        };
         let mut gateway = gateway;
-        let mut nat = nat;
         Self::all_ok(self.ask_all(|k, reply| Command::AddNetwork {
             network,
             gateway: if k == 0 { gateway.take() } else { None },
-            nat: if k == 0 { nat.take() } else { None },
+            nat: if k == 0 { shard(0) } else { None },
             reply,
         })?)?;
         if let Some((port, mac)) = handoff {
-            for w in &self.workers[1..] {
+            for (k, w) in self.workers.iter().enumerate().skip(1) {
                 w.ask(|reply| Command::AddHandoff {
                     port,
                     network,
                     mac,
+                    nat: shard(k),
                     reply,
                 })??;
             }
@@ -320,6 +329,9 @@ impl DatapathHandle {
         let mut total = all.next().unwrap_or_default();
         for s in all {
             total.worker_rx_packets.extend(s.worker_rx_packets);
+            total
+                .worker_nat_connections
+                .extend(s.worker_nat_connections);
             for (port, c) in s.ports {
                 total.ports.entry(port).or_default().add(&c);
             }
@@ -327,6 +339,9 @@ impl DatapathHandle {
             total.tunnel.add(&s.tunnel);
             total.tunnel_rx.add(&s.tunnel_rx);
             total.suppressed += s.suppressed;
+            for (network, n) in s.nat {
+                total.nat.entry(network).or_default().add(&n);
+            }
         }
         Ok(total)
     }

@@ -91,7 +91,8 @@ impl Datapath {
             tunnel_counters,
             suppressed,
             rules,
-            handoff,
+            peers,
+            index,
             ..
         } = self;
         let (frame, coalesce) = match src {
@@ -107,8 +108,7 @@ impl Datapath {
             Some(Slot::Tap(_)) => Origin::Local,
             Some(Slot::Gateway(_)) => Origin::Gateway,
             Some(Slot::Vtep(_)) => Origin::Tunnel,
-            // A handoff port never sends: its frames arrive at the first worker.
-            Some(Slot::Handoff(_)) | None => return,
+            None => return,
         };
         // ARP/ND for remote endpoints: answered here, never flooded.
         if from == Origin::Local && !neighbors.is_empty() {
@@ -135,7 +135,8 @@ impl Datapath {
             quic: quic.as_ref(),
             tunnel_counters,
             rules,
-            handoff: handoff.as_ref(),
+            peers,
+            index: *index,
             from,
             coalesce,
             now,

@@ -19,7 +19,9 @@
 //! - `egress`: delivering a switched frame to a TAP, a gateway, another
 //!   worker or a VTEP (GSO for UDP, one DATAGRAM per segment for QUIC).
 //! - `gateways`: servicing the gateways, their NATs and upstream DNS.
-//! - `handoff`: frames from the other workers to the first one's gateways.
+//! - `handoff`: frames (and accepted connections) from one worker to
+//!   another: to the first one's gateways, to the NAT shard that owns a
+//!   TCP connection.
 //! - `nat_io`: the NAT's host sockets (published ports, egress flows).
 //! - `tokens`: what each poll token stands for.
 use std::collections::{HashMap, VecDeque};
@@ -41,7 +43,7 @@ use overlay::Vni;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use switch::bridge::{Action, Bridge, BridgeConfig, DropCounters, DropReason, PortSecurity};
 use switch::gateway::{Gateway, GatewayConfig};
-use switch::nat::{Nat, NatConfig, NatStats};
+use switch::nat::{Nat, NatConfig, NatStats, Shard};
 use switch::neighbor::Neighbors;
 use switch::offload::{self, gso, Gro, Offer, VnetHdr};
 use switch::tap::Tap;
@@ -97,7 +99,7 @@ const TUNNEL_RX_BUF: usize = 65_536;
 
 /// Room for an ARP or neighbour advertisement built by the switch.
 const NEIGHBOR_REPLY_BUF: usize = 512;
-/// Frames a worker may have in flight to the first worker's gateways.
+/// Frames a worker may have in flight to each other worker.
 const HANDOFF_BUFS: usize = 32;
 /// Most datapath workers (TAP queues per port).
 pub const MAX_WORKERS: usize = 8;
@@ -113,8 +115,14 @@ struct TapPort {
     queued: bool,
 }
 
+/// A network's gateway port. The first worker holds the gateway itself
+/// (ARP, ND, ICMP, DNS); every worker holds its shard of the network's NAT
+/// ([`switch::nat::Shard`]): TCP connections are spread over the workers
+/// by their tuple, everything else is the first worker's.
 struct GatewayPort {
-    gateway: Gateway,
+    /// None on the other workers: frames for the gateway are handed to the
+    /// first one.
+    gateway: Option<Gateway>,
     nat: Option<Nat>,
     upstream4: Option<UdpSocket>,
     upstream6: Option<UdpSocket>,
@@ -139,8 +147,6 @@ enum Slot {
     Tap(TapPort),
     Gateway(Box<GatewayPort>),
     Vtep(VtepPort),
-    /// A gateway owned by the first worker (see [`Handoff`]).
-    Handoff(PortCounters),
 }
 
 /// Which buffer a frame being switched sits in; for a frame from a tunnel,
@@ -191,9 +197,13 @@ struct Datapath {
     nat_io: NatIo,
     /// NAT sockets that reported readiness this turn (token indexes).
     nat_ready: Vec<usize>,
-    /// Workers other than the first: the way to the gateways.
-    handoff: Option<Handoff>,
-    /// The first worker: frames the others hand over.
+    /// This worker's index, and so its shard of every NAT.
+    index: usize,
+    /// The way to each other worker (none at this worker's own index):
+    /// frames for the first one's gateways, and for the NAT shard that
+    /// owns a TCP connection.
+    peers: Vec<Option<Handoff>>,
+    /// What the other workers hand over.
     handed: Vec<HandoffRx>,
     /// Frames read from TAP queues.
     tap_rx: u64,

@@ -118,6 +118,18 @@ fn bind_one(addr: SocketAddr, dual: bool, proto: PublishedProto) -> io::Result<P
     })
 }
 
+/// A published port's connection accepted by one worker for another
+/// worker's NAT shard ([`Nat::inbound_tcp_shard`]), on its way there.
+pub struct Accepted {
+    /// The worker (shard) that takes it.
+    pub owner: usize,
+    pub network: NetworkId,
+    stream: TcpStream,
+    client: SocketAddr,
+    container: SocketAddr,
+    mac: MacAddr,
+}
+
 /// One host TCP connection of the NAT.
 struct TcpHost {
     id: ConnId,
@@ -186,6 +198,8 @@ pub struct NatIo {
     next_listener: u64,
     /// Sockets that stopped at a bound with work left.
     retry: VecDeque<usize>,
+    /// Connections accepted for other workers' NAT shards.
+    elsewhere: Vec<Accepted>,
     pub counters: NatIoCounters,
 }
 
@@ -626,34 +640,18 @@ impl NatIo {
                 }
                 for (stream, client) in accepted {
                     let _ = stream.set_nodelay(true);
-                    match nat.inbound_tcp(client, container, mac, now) {
-                        Ok(id) => {
-                            let s = HostSock {
-                                network,
-                                owner: None,
-                                kind: Kind::Tcp(TcpHost {
-                                    id,
-                                    stream,
-                                    connecting: false,
-                                    pending: Vec::new(),
-                                    host_eof: false,
-                                    host_eof_reported: false,
-                                    to_host_blocked: false,
-                                }),
-                            };
-                            match self.insert(registry, s, Interest::READABLE | Interest::WRITABLE)
-                            {
-                                Ok(i) => {
-                                    self.conns.insert((network, id), i);
-                                }
-                                Err(_) => nat.tcp_abort(id, now),
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(%client, error = %e, "published port refused");
-                            self.counters.inbound_refused += 1;
-                            let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                        }
+                    let conn = Accepted {
+                        owner: nat.inbound_tcp_shard(client, container),
+                        network,
+                        stream,
+                        client,
+                        container,
+                        mac,
+                    };
+                    if conn.owner == nat.shard().index {
+                        self.adopt(registry, nat, conn, now);
+                    } else {
+                        self.elsewhere.push(conn);
                     }
                 }
             }
@@ -685,6 +683,62 @@ impl NatIo {
         }
         if more {
             self.retry.push_back(idx);
+        }
+    }
+
+    /// Connections accepted for other workers' NAT shards since the last
+    /// call (see [`Accepted`]).
+    pub fn take_accepted_elsewhere(&mut self) -> Vec<Accepted> {
+        std::mem::take(&mut self.elsewhere)
+    }
+
+    /// Refuses a connection that could not reach its shard: the client
+    /// sees a reset.
+    pub fn refuse(&mut self, conn: Accepted) {
+        tracing::debug!(client = %conn.client, "published port: owner worker behind; refused");
+        self.counters.inbound_refused += 1;
+        let _ = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+    }
+
+    /// Takes a published port's accepted connection into this worker's
+    /// shard `nat` of its network: the NAT connects to the container from
+    /// the client's address, this keeps the host socket.
+    pub fn adopt(&mut self, registry: &Registry, nat: &mut Nat, conn: Accepted, now: Instant) {
+        let Accepted {
+            network,
+            stream,
+            client,
+            container,
+            mac,
+            ..
+        } = conn;
+        match nat.inbound_tcp(client, container, mac, now) {
+            Ok(id) => {
+                let s = HostSock {
+                    network,
+                    owner: None,
+                    kind: Kind::Tcp(TcpHost {
+                        id,
+                        stream,
+                        connecting: false,
+                        pending: Vec::new(),
+                        host_eof: false,
+                        host_eof_reported: false,
+                        to_host_blocked: false,
+                    }),
+                };
+                match self.insert(registry, s, Interest::READABLE | Interest::WRITABLE) {
+                    Ok(i) => {
+                        self.conns.insert((network, id), i);
+                    }
+                    Err(_) => nat.tcp_abort(id, now),
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "published port refused");
+                self.counters.inbound_refused += 1;
+                let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
         }
     }
 

@@ -59,4 +59,7 @@ pub struct DatapathStats {
     pub nat: HashMap<NetworkId, NatStats>,
     /// Frames each worker read from its TAP queues.
     pub worker_rx_packets: Vec<u64>,
+    /// TCP connections each worker's NAT shards started (published ports
+    /// and egress, every network), one entry per worker.
+    pub worker_nat_connections: Vec<u64>,
 }

@@ -38,7 +38,8 @@ impl Datapath {
             suppressed: 0,
             nat_io: NatIo::new(),
             nat_ready: Vec::new(),
-            handoff: None,
+            index: 0,
+            peers: Vec::new(),
             handed: Vec::new(),
             tap_rx: 0,
             tunnel_more: false,
@@ -107,7 +108,7 @@ impl Datapath {
         self.service_ready(now);
         self.service_gateways(now);
         self.bridge.handle_timeout(now);
-        if let Some(h) = &self.handoff {
+        for h in self.peers.iter().flatten() {
             h.flush();
         }
         Ok(())
@@ -117,7 +118,7 @@ impl Datapath {
         let mut next = self.bridge.poll_timeout();
         for slot in self.ports.values_mut() {
             if let Slot::Gateway(g) = slot {
-                if let Some(t) = g.gateway.poll_timeout(now) {
+                if let Some(t) = g.gateway.as_mut().and_then(|gw| gw.poll_timeout(now)) {
                     next = Some(next.map_or(t, |n| n.min(t)));
                 }
                 if let Some(t) = g.nat.as_mut().and_then(|n| n.poll_timeout(now)) {
@@ -130,7 +131,8 @@ impl Datapath {
 
     /// Delivers the frames other workers handed over (at most one pool's
     /// worth each, which is all they can have in flight) and gives their
-    /// buffers back.
+    /// buffers back; takes the connections they accepted for this
+    /// worker's NAT shards.
     pub(super) fn drain_handed(&mut self, now: Instant) {
         for i in 0..self.handed.len() {
             for _ in 0..HANDOFF_BUFS {
@@ -141,6 +143,22 @@ impl Datapath {
                     self.deliver_handed(h.port, &hdr, &h.buf[VnetHdr::LEN..h.len], now);
                 }
                 let _ = self.handed[i].free.try_send(h.buf);
+            }
+            while let Ok(conn) = self.handed[i].conns.try_recv() {
+                let network = conn.network;
+                let Some(&port) = self.gateways.get(&network) else {
+                    continue;
+                };
+                let Some(Slot::Gateway(g)) = self.ports.get_mut(&port) else {
+                    continue;
+                };
+                let Some(nat) = g.nat.as_mut() else {
+                    continue;
+                };
+                self.nat_io.adopt(self.poll.registry(), nat, conn, now);
+                if !self.dirty.contains(&port) {
+                    self.dirty.push(port);
+                }
             }
         }
     }
@@ -156,7 +174,8 @@ impl Datapath {
             quic,
             tunnel_counters,
             rules,
-            handoff,
+            peers,
+            index,
             ..
         } = self;
         Egress {
@@ -168,7 +187,8 @@ impl Datapath {
             quic: quic.as_ref(),
             tunnel_counters,
             rules,
-            handoff: handoff.as_ref(),
+            peers,
+            index: *index,
             from: Origin::Local,
             coalesce: false,
             now,
@@ -252,17 +272,10 @@ impl Datapath {
                 port,
                 network,
                 mac,
+                nat,
                 reply,
             } => {
-                let r = self
-                    .bridge
-                    .add_port(port, network, None)
-                    .and_then(|()| self.bridge.set_static_mac(network, mac, port))
-                    .map_err(DatapathError::from);
-                if r.is_ok() {
-                    self.ports
-                        .insert(port, Slot::Handoff(PortCounters::default()));
-                }
+                let r = self.add_handoff(port, network, mac, nat);
                 let _ = reply.send(r);
             }
             Command::RemovePort { port, reply } => {
@@ -351,7 +364,7 @@ impl Datapath {
             self.ports.insert(
                 port,
                 Slot::Gateway(Box::new(GatewayPort {
-                    gateway,
+                    gateway: Some(gateway),
                     nat,
                     upstream4,
                     upstream6,
@@ -360,6 +373,38 @@ impl Datapath {
             );
             self.gateways.insert(network, port);
         }
+        Ok(())
+    }
+
+    /// The gateway port of `network` on a worker other than the first: no
+    /// gateway (frames for it go to the first worker), this worker's shard
+    /// of the NAT.
+    pub(super) fn add_handoff(
+        &mut self,
+        port: PortId,
+        network: NetworkId,
+        mac: MacAddr,
+        nat: Option<NatConfig>,
+    ) -> Result<(), DatapathError> {
+        let nat = match nat {
+            Some(c) => Some(Nat::new(c, Instant::now()).map_err(DatapathError::from)?),
+            None => None,
+        };
+        self.bridge
+            .add_port(port, network, None)
+            .and_then(|()| self.bridge.set_static_mac(network, mac, port))
+            .map_err(DatapathError::from)?;
+        self.ports.insert(
+            port,
+            Slot::Gateway(Box::new(GatewayPort {
+                gateway: None,
+                nat,
+                upstream4: None,
+                upstream6: None,
+                counters: PortCounters::default(),
+            })),
+        );
+        self.gateways.insert(network, port);
         Ok(())
     }
 
@@ -441,7 +486,6 @@ impl Datapath {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                 }
             }
-            Slot::Handoff(_) => {}
             Slot::Gateway(g) => {
                 for s in [&mut g.upstream4, &mut g.upstream6].into_iter().flatten() {
                     let _ = self.poll.registry().deregister(s);
@@ -463,7 +507,6 @@ impl Datapath {
                 Slot::Tap(t) => t.counters,
                 Slot::Gateway(g) => g.counters,
                 Slot::Vtep(v) => v.counters,
-                Slot::Handoff(c) => *c,
             };
             c.drops = self.bridge.port_drops(*id);
             ports.insert(*id, c);
@@ -483,6 +526,15 @@ impl Datapath {
                 })
                 .collect(),
             worker_rx_packets: vec![self.tap_rx],
+            worker_nat_connections: vec![self
+                .ports
+                .values()
+                .filter_map(|s| match s {
+                    Slot::Gateway(g) => g.nat.as_ref().map(|n| n.stats()),
+                    _ => None,
+                })
+                .map(|s| s.tcp_inbound + s.tcp_egress)
+                .sum()],
         }
     }
 }
