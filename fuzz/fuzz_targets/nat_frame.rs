@@ -12,6 +12,8 @@
 //! - the tables stay within their limits;
 //! - after `handle_timeout(now)` and draining, `poll_timeout` is not in the
 //!   past (the daemon never spins);
+//! - `frame_shard` names one of the shards for any bytes, and a segment's
+//!   tuple's shard for every segment built (the datapath's worker choice);
 //! - nothing panics.
 //!
 //! Input: a sequence of records, each a tag byte (low 3 bits: operation,
@@ -382,6 +384,10 @@ fuzz_target!(|data: &[u8]| {
                 let hdr = VnetHdr::parse(input.bytes(VnetHdr::LEN)).unwrap_or(VnetHdr::NONE);
                 let n = usize::from(input.u16());
                 let frame = input.bytes(n);
+                // Which worker's shard a frame goes to: any bytes, any
+                // number of shards, always one of them.
+                let shards = 1 + usize::from(selector);
+                assert!(switch::nat::frame_shard(frame, shards) < shards);
                 h.nat.handle_frame(&hdr, frame, h.now);
             }
             1 => {
@@ -407,6 +413,10 @@ fuzz_target!(|data: &[u8]| {
                         csum_offset: 16,
                     }
                 };
+                // The frames of one connection all go to one shard, its
+                // tuple's.
+                let owner = switch::nat::tcp_shard(seg.src, seg.dst, 8);
+                assert_eq!(switch::nat::frame_shard(&frame, 8), owner);
                 h.nat.handle_frame(&hdr, &frame, h.now);
             }
             2 => {
