@@ -457,7 +457,23 @@ fuzz_target!(|data: &[u8]| {
                     1 => h.nat.egress_connected(id, false, h.now),
                     2 => {
                         let data = vec![0x5a; n * 16];
-                        let taken = h.nat.tcp_write(id, &data, h.now);
+                        let taken = if selector & 8 == 0 {
+                            h.nat.tcp_write(id, &data, h.now)
+                        } else {
+                            // In place, as from a host socket: what `fill`
+                            // is given is never empty, and what it says it
+                            // wrote is what is taken.
+                            let mut off = 0;
+                            let taken = h.nat.tcp_write_with(id, h.now, |room| {
+                                assert!(!room.is_empty());
+                                let k = (data.len() - off).min(room.len());
+                                room[..k].copy_from_slice(&data[off..off + k]);
+                                off += k;
+                                k
+                            });
+                            assert_eq!(taken, off);
+                            taken
+                        };
                         assert!(taken <= data.len());
                     }
                     3 => {

@@ -296,6 +296,63 @@ impl Nat {
         n
     }
 
+    /// Host to container without a copy in between: `fill` writes the
+    /// host's bytes straight into the connection's send buffer. It gets the
+    /// buffer's free space (at most twice: the ring may wrap; never empty)
+    /// and returns how many bytes it wrote there; fewer than offered means
+    /// the source has no more now (why is the caller's to keep: end of
+    /// stream, would block, an error). Returns the bytes taken. When there
+    /// is no room left, [`NatEvent::TcpWritable`] follows once there is.
+    pub fn tcp_write_with(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        mut fill: impl FnMut(&mut [u8]) -> usize,
+    ) -> usize {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return 0;
+        };
+        let Phase::Open(handle) = conn.phase else {
+            conn.want_write = true;
+            return 0;
+        };
+        if conn.host_closed {
+            return 0;
+        }
+        let s = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut taken = 0;
+        let mut full = !s.may_send();
+        for _ in 0..2 {
+            if full {
+                break;
+            }
+            let r = s.send(|buf: &mut [u8]| {
+                if buf.is_empty() {
+                    return (0, None);
+                }
+                let n = fill(buf).min(buf.len());
+                (n, Some((n, buf.len())))
+            });
+            match r {
+                Ok(Some((n, room))) => {
+                    taken += n;
+                    if n < room {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => full = true,
+            }
+        }
+        if full {
+            conn.want_write = true;
+        }
+        if taken > 0 {
+            conn.last_active = now;
+            self.run(None, Service::Woken(Some(id)), now);
+        }
+        taken
+    }
+
     /// Copies bytes the container sent into `out`; returns how many (0:
     /// none now).
     pub fn tcp_read(&mut self, id: ConnId, out: &mut [u8], now: Instant) -> usize {
@@ -1197,7 +1254,8 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
         /// Whatever the sizes of the writes and reads on either side, with
-        /// or without the container's TSO, over IPv4 or IPv6, both streams
+        /// or without the container's TSO, over IPv4 or IPv6, host bytes
+        /// copied in or written in place, both streams
         /// arrive whole and in order, and the connection ends with both
         /// FINs and one graceful `TcpClosed`.
         #[test]
@@ -1209,6 +1267,7 @@ mod tests {
             container_chunk in 1usize..70_000,
             host_chunk in 1usize..70_000,
             host_read in 1usize..70_000,
+            zero_copy in proptest::bool::ANY,
         ) {
             let mut net = Net::new(true, limits());
             if tso {
@@ -1232,7 +1291,19 @@ mod tests {
                 }
                 if sent_down < down.len() {
                     let end = (sent_down + host_chunk).min(down.len());
-                    sent_down += net.nat.tcp_write(id, &down[sent_down..end], net.now);
+                    let src = &down[sent_down..end];
+                    sent_down += if zero_copy {
+                        // Straight into the send buffer, as from a socket.
+                        let mut off = 0;
+                        net.nat.tcp_write_with(id, net.now, |buf| {
+                            let n = (src.len() - off).min(buf.len());
+                            buf[..n].copy_from_slice(&src[off..off + n]);
+                            off += n;
+                            n
+                        })
+                    } else {
+                        net.nat.tcp_write(id, src, net.now)
+                    };
                 } else if !down_closed {
                     net.nat.tcp_host_closed(id, net.now);
                     down_closed = true;

@@ -29,8 +29,6 @@ use switch::{MacAddr, NetworkId, PortId};
 pub const NAT_SOCK: usize = 1 << 42;
 /// Reads (or accepts) per socket per wake-up before others get a turn.
 const READS_PER_TURN: usize = 16;
-/// Largest read from a host TCP socket at once.
-const TCP_CHUNK: usize = 64 * 1024;
 /// Datagrams sent per network per turn; more wait for the next turn.
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Host sockets the NAT may hold at once, all networks together (beyond:
@@ -138,11 +136,8 @@ struct TcpHost {
     stream: TcpStream,
     /// Egress: the connect has not finished.
     connecting: bool,
-    /// Host bytes `Nat::tcp_write` did not take yet.
-    pending: Vec<u8>,
-    /// The host sent FIN; reported once `pending` is through.
+    /// The host sent FIN (and the NAT was told).
     host_eof: bool,
-    host_eof_reported: bool,
     /// The container has bytes the host socket could not take yet.
     to_host_blocked: bool,
 }
@@ -405,9 +400,7 @@ impl NatIo {
                         id,
                         stream,
                         connecting: true,
-                        pending: Vec::new(),
                         host_eof: false,
-                        host_eof_reported: false,
                         to_host_blocked: false,
                     }),
                 };
@@ -589,7 +582,7 @@ impl NatIo {
                     }
                 }
                 self.pump_to_host(idx, nat, now);
-                self.pump_from_host_buf(idx, nat, buf, now);
+                self.pump_from_host(idx, nat, now);
                 return;
             }
             Kind::Udp { flow, sock } => {
@@ -729,9 +722,7 @@ impl NatIo {
                         id,
                         stream,
                         connecting: false,
-                        pending: Vec::new(),
                         host_eof: false,
-                        host_eof_reported: false,
                         to_host_blocked: false,
                     }),
                 };
@@ -785,33 +776,11 @@ impl NatIo {
         self.retry.push_back(idx);
     }
 
-    /// Host to container after [`NatEvent::TcpWritable`]: the pending bytes
-    /// first, then more from the socket (the shared buffer is not at hand
-    /// here, so reading resumes on the socket's next turn).
+    /// Host to container: reads the socket straight into the NAT's send
+    /// buffer for the connection (no copy of ours in between) until the
+    /// socket has no more, the buffer is full (then
+    /// [`NatEvent::TcpWritable`] brings us back) or the bound per turn.
     fn pump_from_host(&mut self, idx: usize, nat: &mut Nat, now: Instant) {
-        let Some(HostSock {
-            kind: Kind::Tcp(c), ..
-        }) = self.socks.get_mut(&idx)
-        else {
-            return;
-        };
-        if !c.pending.is_empty() {
-            let n = nat.tcp_write(c.id, &c.pending, now);
-            c.pending.drain(..n);
-        }
-        if c.pending.is_empty() {
-            if c.host_eof && !c.host_eof_reported {
-                c.host_eof_reported = true;
-                nat.tcp_host_closed(c.id, now);
-            } else if !c.host_eof {
-                // Reading stopped while bytes were pending: resume.
-                self.retry.push_back(idx);
-            }
-        }
-    }
-
-    /// Host to container: reads the socket while the NAT takes everything.
-    fn pump_from_host_buf(&mut self, idx: usize, nat: &mut Nat, buf: &mut [u8], now: Instant) {
         let Some(HostSock {
             kind: Kind::Tcp(c), ..
         }) = self.socks.get_mut(&idx)
@@ -821,35 +790,38 @@ impl NatIo {
         if c.connecting || c.host_eof {
             return;
         }
-        if !c.pending.is_empty() {
-            let n = nat.tcp_write(c.id, &c.pending, now);
-            c.pending.drain(..n);
-            if !c.pending.is_empty() {
-                return;
-            }
-        }
-        let chunk = buf.len().min(TCP_CHUNK);
         for _ in 0..READS_PER_TURN {
-            match c.stream.read(&mut buf[..chunk]) {
-                Ok(0) => {
-                    c.host_eof = true;
-                    c.host_eof_reported = true;
-                    nat.tcp_host_closed(c.id, now);
-                    return;
-                }
-                Ok(n) => {
-                    let taken = nat.tcp_write(c.id, &buf[..n], now);
-                    if taken < n {
-                        c.pending.extend_from_slice(&buf[taken..n]);
-                        return;
+            let (mut eof, mut blocked, mut failed) = (false, false, false);
+            let stream = &mut c.stream;
+            let taken = nat.tcp_write_with(c.id, now, |room| loop {
+                match stream.read(room) {
+                    Ok(0) => {
+                        eof = true;
+                        return 0;
+                    }
+                    Ok(n) => return n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        return 0;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        failed = true;
+                        return 0;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    nat.tcp_abort(c.id, now);
-                    return;
-                }
+            });
+            if failed {
+                nat.tcp_abort(c.id, now);
+                return;
+            }
+            if eof {
+                c.host_eof = true;
+                nat.tcp_host_closed(c.id, now);
+                return;
+            }
+            if blocked || taken == 0 {
+                return;
             }
         }
         self.retry.push_back(idx);
