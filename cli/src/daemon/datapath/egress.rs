@@ -83,12 +83,15 @@ impl Egress<'_> {
                     _ => 0,
                 };
                 if owner != self.index {
-                    match self.peers.get(owner).and_then(Option::as_ref) {
-                        Some(h) if h.hand(to, hdr, frame) => {
-                            g.counters.tx_packets += 1;
-                            g.counters.tx_bytes += frame.len() as u64;
-                        }
-                        _ => g.counters.tx_drops += 1,
+                    // Counted where it is delivered: the port's counters
+                    // are the sum over the workers.
+                    let handed = self
+                        .peers
+                        .get(owner)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|h| h.hand(to, hdr, frame));
+                    if !handed {
+                        g.counters.tx_drops += 1;
                     }
                     return;
                 }
