@@ -40,8 +40,10 @@
 //!   of the other address family, or with an address the container would
 //!   reach directly (its own subnet, link-local) appears as the gateway
 //!   address instead, with a port from [`NAT_PORTS`].
-//! - Bytes move with [`Nat::tcp_write`] (host to container; takes what fits,
-//!   then [`NatEvent::TcpWritable`] says when to retry) and [`Nat::tcp_read`]
+//! - Bytes move with [`Nat::tcp_write`] or, with no copy between the host
+//!   socket and smoltcp's buffer, [`Nat::tcp_write_with`] (host to
+//!   container; takes what fits, then [`NatEvent::TcpWritable`] says when
+//!   to retry) and [`Nat::tcp_read`]
 //!   or [`Nat::tcp_peek`] + [`Nat::tcp_consume`] (container to host, after
 //!   [`NatEvent::TcpReadable`]). Closes travel both ways: the container's FIN
 //!   is [`NatEvent::TcpFin`], the host's is [`Nat::tcp_host_closed`], a host

@@ -270,30 +270,16 @@ impl Nat {
     /// taken. Less than `data.len()`: keep the rest and retry after
     /// [`NatEvent::TcpWritable`].
     pub fn tcp_write(&mut self, id: ConnId, data: &[u8], now: Instant) -> usize {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return 0;
-        };
-        let Phase::Open(handle) = conn.phase else {
-            conn.want_write = true;
-            return 0;
-        };
-        if conn.host_closed || data.is_empty() {
+        if data.is_empty() {
             return 0;
         }
-        let s = self.sockets.get_mut::<tcp::Socket>(handle);
-        let n = if s.may_send() {
-            s.send_slice(data).unwrap_or(0)
-        } else {
-            0
-        };
-        if n < data.len() {
-            conn.want_write = true;
-        }
-        if n > 0 {
-            conn.last_active = now;
-            self.run(None, Service::Woken(Some(id)), now);
-        }
-        n
+        let mut off = 0;
+        self.tcp_write_with(id, now, |room| {
+            let n = (data.len() - off).min(room.len());
+            room[..n].copy_from_slice(&data[off..off + n]);
+            off += n;
+            n
+        })
     }
 
     /// Host to container without a copy in between: `fill` writes the

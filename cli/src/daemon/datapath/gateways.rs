@@ -135,11 +135,7 @@ impl Datapath {
     }
 
     pub(super) fn nat_mut(&mut self, network: NetworkId) -> Option<&mut Nat> {
-        let port = self.gateways.get(&network)?;
-        match self.ports.get_mut(port)? {
-            Slot::Gateway(g) => g.nat.as_mut(),
-            _ => None,
-        }
+        nat_of(&self.gateways, &mut self.ports, network).map(|(_, nat)| nat)
     }
 
     /// Services the NAT host sockets that reported readiness, and those
@@ -152,13 +148,7 @@ impl Datapath {
             let Some(network) = self.nat_io.network_of(idx) else {
                 continue;
             };
-            let Some(&port) = self.gateways.get(&network) else {
-                continue;
-            };
-            let Some(Slot::Gateway(g)) = self.ports.get_mut(&port) else {
-                continue;
-            };
-            let Some(nat) = g.nat.as_mut() else {
+            let Some((port, nat)) = nat_of(&self.gateways, &mut self.ports, network) else {
                 continue;
             };
             self.nat_io
@@ -176,6 +166,10 @@ impl Datapath {
                 None => Err(conn),
             };
             if let Err(conn) = sent {
+                tracing::debug!(
+                    owner = conn.owner,
+                    "published port: owner worker behind; refused"
+                );
                 self.nat_io.refuse(conn);
             }
         }
@@ -221,6 +215,20 @@ pub(super) fn bind_upstream(
     let mut sock = UdpSocket::bind(addr)?;
     registry.register(&mut sock, upstream_token(network, v6), Interest::READABLE)?;
     Ok(sock)
+}
+
+/// The gateway port of `network` and this worker's shard of its NAT (the
+/// fields apart, so that the caller may use the others meanwhile).
+pub(super) fn nat_of<'a>(
+    gateways: &HashMap<NetworkId, PortId>,
+    ports: &'a mut HashMap<PortId, Slot>,
+    network: NetworkId,
+) -> Option<(PortId, &'a mut Nat)> {
+    let port = *gateways.get(&network)?;
+    match ports.get_mut(&port)? {
+        Slot::Gateway(g) => Some((port, g.nat.as_mut()?)),
+        _ => None,
+    }
 }
 
 /// Hands a plain frame (full checksums, no GSO) to the network's NAT or

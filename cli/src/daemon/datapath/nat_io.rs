@@ -2,9 +2,10 @@
 //! [`NatEvent`]s and [`Datagram`]s, done with non-blocking `mio` sockets
 //! registered in the datapath's poll.
 //!
-//! One [`NatIo`] serves every network's [`Nat`]. Each host socket gets a
-//! token `NAT_SOCK | index`; the datapath hands readiness for those tokens
-//! to [`NatIo::ready`] with the socket's network's `Nat`. Work per call is
+//! Each worker's [`NatIo`] serves its shard of every network's [`Nat`].
+//! Each host socket gets a token `NAT_SOCK | index`; the datapath hands
+//! readiness for those tokens to [`NatIo::ready`] with the socket's
+//! network's `Nat`. Work per call is
 //! bounded (reads per socket per wake-up, accepts per listener); a socket
 //! that stopped at the bound goes on a retry list the datapath services
 //! on its next turn without sleeping.
@@ -393,22 +394,8 @@ impl NatIo {
                         return;
                     }
                 };
-                let s = HostSock {
-                    network,
-                    owner: None,
-                    kind: Kind::Tcp(TcpHost {
-                        id,
-                        stream,
-                        connecting: true,
-                        host_eof: false,
-                        to_host_blocked: false,
-                    }),
-                };
-                match self.insert(registry, s, Interest::READABLE | Interest::WRITABLE) {
-                    Ok(idx) => {
-                        self.conns.insert((network, id), idx);
-                    }
-                    Err(_) => nat.egress_connected(id, false, now),
+                if self.add_tcp(registry, network, id, stream, true).is_err() {
+                    nat.egress_connected(id, false, now);
                 }
             }
             NatEvent::TcpReadable(id) => {
@@ -693,50 +680,54 @@ impl NatIo {
         std::mem::take(&mut self.elsewhere)
     }
 
-    /// Refuses a connection that could not reach its shard: the client
-    /// sees a reset.
+    /// Refuses a published port's connection: the client sees a reset.
     pub fn refuse(&mut self, conn: Accepted) {
-        tracing::debug!(client = %conn.client, "published port: owner worker behind; refused");
         self.counters.inbound_refused += 1;
         let _ = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+    }
+
+    /// Registers the host side of NAT connection `id` (`connecting`: an
+    /// egress connect in progress).
+    fn add_tcp(
+        &mut self,
+        registry: &Registry,
+        network: NetworkId,
+        id: ConnId,
+        stream: TcpStream,
+        connecting: bool,
+    ) -> io::Result<()> {
+        let s = HostSock {
+            network,
+            owner: None,
+            kind: Kind::Tcp(TcpHost {
+                id,
+                stream,
+                connecting,
+                host_eof: false,
+                to_host_blocked: false,
+            }),
+        };
+        let idx = self.insert(registry, s, Interest::READABLE | Interest::WRITABLE)?;
+        self.conns.insert((network, id), idx);
+        Ok(())
     }
 
     /// Takes a published port's accepted connection into this worker's
     /// shard `nat` of its network: the NAT connects to the container from
     /// the client's address, this keeps the host socket.
     pub fn adopt(&mut self, registry: &Registry, nat: &mut Nat, conn: Accepted, now: Instant) {
-        let Accepted {
-            network,
-            stream,
-            client,
-            container,
-            mac,
-            ..
-        } = conn;
-        match nat.inbound_tcp(client, container, mac, now) {
+        match nat.inbound_tcp(conn.client, conn.container, conn.mac, now) {
             Ok(id) => {
-                let s = HostSock {
-                    network,
-                    owner: None,
-                    kind: Kind::Tcp(TcpHost {
-                        id,
-                        stream,
-                        connecting: false,
-                        host_eof: false,
-                        to_host_blocked: false,
-                    }),
-                };
-                match self.insert(registry, s, Interest::READABLE | Interest::WRITABLE) {
-                    Ok(i) => {
-                        self.conns.insert((network, id), i);
-                    }
-                    Err(_) => nat.tcp_abort(id, now),
+                if self
+                    .add_tcp(registry, conn.network, id, conn.stream, false)
+                    .is_err()
+                {
+                    nat.tcp_abort(id, now);
                 }
             }
             Err(e) => {
-                tracing::debug!(%client, error = %e, "published port refused");
-                self.counters.inbound_refused += 1;
-                let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                tracing::debug!(client = %conn.client, error = %e, "published port refused");
+                self.refuse(conn);
             }
         }
     }

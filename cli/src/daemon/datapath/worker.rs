@@ -3,7 +3,7 @@
 //! upkeep of its copy of the tables.
 
 use super::egress::Egress;
-use super::gateways::bind_upstream;
+use super::gateways::{bind_upstream, nat_of};
 use super::*;
 
 impl Datapath {
@@ -152,14 +152,8 @@ impl Datapath {
                 let _ = self.handed[i].free.try_send(h.buf);
             }
             while let Ok(conn) = self.handed[i].conns.try_recv() {
-                let network = conn.network;
-                let Some(&port) = self.gateways.get(&network) else {
-                    continue;
-                };
-                let Some(Slot::Gateway(g)) = self.ports.get_mut(&port) else {
-                    continue;
-                };
-                let Some(nat) = g.nat.as_mut() else {
+                let Some((port, nat)) = nat_of(&self.gateways, &mut self.ports, conn.network)
+                else {
                     continue;
                 };
                 self.nat_io.adopt(self.poll.registry(), nat, conn, now);
@@ -241,14 +235,7 @@ impl Datapath {
                 reply,
             } => {
                 let registry = self.poll.registry();
-                let nat = self
-                    .gateways
-                    .get(&network)
-                    .and_then(|p| self.ports.get_mut(p))
-                    .and_then(|s| match s {
-                        Slot::Gateway(g) => g.nat.as_mut(),
-                        _ => None,
-                    });
+                let nat = nat_of(&self.gateways, &mut self.ports, network).map(|(_, nat)| nat);
                 self.nat_io.remove_published(registry, owner, nat);
                 let _ = reply.send(());
             }
