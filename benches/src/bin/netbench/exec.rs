@@ -8,6 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +38,9 @@ pub fn interrupted() -> bool {
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread
 /// spawned after it) and starts a thread that waits for them and sets
 /// [`INTERRUPTED`]. Call it first thing in `main`, before any other thread.
-/// Children do not inherit the mask: `std::process` resets it on spawn.
+/// Children would inherit the mask through `fork` and `exec` (a daemon
+/// that never sees SIGTERM, a server killed only after the grace period):
+/// [`spawn_group`] unblocks the three in each child before `exec`.
 pub fn install_signal_thread() -> Result<(), Error> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
@@ -197,24 +200,38 @@ impl Shell {
 }
 
 /// Starts `argv` (`shown` in errors) in a process group of its own, with
-/// no stdin and its output in the files `out` and `err`.
+/// no stdin and its output in the files `out` and `err`, with SIGINT,
+/// SIGTERM and SIGHUP unblocked (this process blocks them for its signal
+/// thread, and a blocked mask survives `exec`).
+#[allow(unsafe_code)]
 fn spawn_group<S: AsRef<OsStr>>(
     argv: &[S],
     shown: &str,
     out: File,
     err: File,
 ) -> Result<Child, Error> {
-    Command::new(&argv[0])
-        .args(&argv[1..])
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::Spawn {
-            argv: shown.to_string(),
-            source: e,
-        })
+        .process_group(0);
+    // SAFETY: between fork and exec the closure only calls
+    // pthread_sigmask, which is async-signal-safe, on a set built on the
+    // stack; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGINT);
+            set.add(Signal::SIGTERM);
+            set.add(Signal::SIGHUP);
+            set.thread_unblock().map_err(io::Error::from)
+        });
+    }
+    cmd.spawn().map_err(|e| Error::Spawn {
+        argv: shown.to_string(),
+        source: e,
+    })
 }
 
 fn check<S: AsRef<OsStr>>(argv: &[S], out: Output) -> Result<String, Error> {
