@@ -145,12 +145,21 @@ impl Framing for NatLink<'_> {
 }
 
 impl Nat {
+    /// One smoltcp poll: `packet` (if any) in, then whatever the sockets
+    /// have to send out. Bytes the host sent before the container answered
+    /// a published connection's SYN go into its socket in between, so the
+    /// handshake's last ACK carries them (one segment, as pasta does,
+    /// instead of an ACK and the data after it).
     pub(super) fn poll_iface(
         &mut self,
         packet: Option<&[u8]>,
         rx_src: Option<(IpAddr, MacAddr)>,
         now: Instant,
     ) {
+        use smoltcp::iface::{PollIngressSingleResult, PollResult};
+        advance_tsval(now);
+        let at = smol_instant(self.epoch, now);
+        self.iface.poll_maintenance(at);
         let mut device = QueueDevice {
             rx: packet,
             tx: &mut self.tx,
@@ -163,12 +172,15 @@ impl Nat {
             },
             caps: &self.caps,
         };
-        advance_tsval(now);
-        self.iface.poll(
-            smol_instant(self.epoch, now),
-            &mut device,
-            &mut self.sockets,
-        );
+        while self
+            .iface
+            .poll_ingress_single(at, &mut device, &mut self.sockets)
+            != PollIngressSingleResult::None
+        {}
+        if !self.early.is_empty() {
+            Self::flush_early(&mut self.early, &mut self.conns, &mut self.sockets);
+        }
+        while self.iface.poll_egress(at, &mut device, &mut self.sockets) != PollResult::None {}
     }
 
     pub(super) fn hold_neighbor(&mut self, ip: IpAddr, mac: MacAddr) {

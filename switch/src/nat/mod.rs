@@ -700,6 +700,9 @@ pub struct Nat {
     poll_needed: bool,
     /// Scratch list of connection ids for service rounds.
     scratch: Vec<ConnId>,
+    /// Published connections holding host bytes until the container
+    /// answers their SYN (see [`Nat::tcp_write_with`]).
+    early: Vec<ConnId>,
     stats: NatStats,
 }
 
@@ -812,6 +815,7 @@ impl Nat {
             next_id: 1,
             poll_needed: false,
             scratch: Vec::new(),
+            early: Vec::new(),
             stats: NatStats::default(),
         })
     }

@@ -163,6 +163,8 @@ pub(super) struct Net {
     pub(super) largest_out: usize,
     /// Super-frames handed to the NAT.
     pub(super) super_in: usize,
+    /// Every segment the NAT sent to the container, when set.
+    pub(super) recorded: Option<Vec<Vec<u8>>>,
 }
 
 impl Net {
@@ -194,6 +196,7 @@ impl Net {
             tso: None,
             largest_out: 0,
             super_in: 0,
+            recorded: None,
         };
         // The gateway asks for the container: the container learns the
         // gateway's MAC, as after any first exchange.
@@ -237,6 +240,9 @@ impl Net {
                     let f = s.frame(&segs, 0, i).unwrap();
                     check_frame(f);
                     assert!(f.len() <= MTU + 14, "a segment above the MTU");
+                    if let Some(r) = self.recorded.as_mut() {
+                        r.push(f.to_vec());
+                    }
                     self.c.wire.rx.push_back(f.to_vec());
                 }
             }
