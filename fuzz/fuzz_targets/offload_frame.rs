@@ -12,14 +12,16 @@
 //! - every run `Gro` delivers is either one absorbed frame unchanged behind
 //!   an empty header, or a super-frame whose completed checksum is right
 //!   and which `segment` cuts back into the absorbed payloads, in order;
-//! - with `verify`, no frame with a wrong TCP checksum is absorbed.
+//! - with `verify`, no frame with a wrong TCP checksum is absorbed;
+//! - a frame `partial_checksum` marks (headers only) completes, by the
+//!   header it gives, into one whose transport checksum is right.
 //!
 //! Input: a control byte (bits 0..3: headroom; bit 4: a 4 KiB output
 //! buffer instead of 256 KiB), then the 10-byte header and the frame.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switch::offload::{complete_checksum, segment, Gro, Offer, VnetHdr};
+use switch::offload::{complete_checksum, partial_checksum, segment, Gro, Offer, VnetHdr};
 
 fn naive_sum(data: &[u8], initial: u64) -> u16 {
     let mut sum = initial;
@@ -203,6 +205,14 @@ fuzz_target!(|data: &[u8]| {
             }
             assert_eq!(payload, &frame[p.body..p.end]);
         }
+    }
+    if let Some(h) = partial_checksum(frame) {
+        assert!(h.needs_csum() && !h.is_gso());
+        let mut full = frame.to_vec();
+        complete_checksum(&h, &mut full).expect("a marked frame completes");
+        let p = parse(&full).expect("a marked frame parses");
+        assert_eq!(p.end, full.len(), "a marked frame has no padding");
+        assert!(transport_ok(&full, &p), "completed checksum");
     }
     segments.push(frame);
     coalesce(&segments, true);

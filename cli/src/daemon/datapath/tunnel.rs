@@ -101,11 +101,20 @@ impl Datapath {
         else {
             return;
         };
+        // A static VTEP (a kernel VXLAN device) may leave the inner
+        // checksum partial, as Linux does for a packet bound for a device
+        // with checksum offload (a veth): it goes on marked so, and the
+        // container's kernel, the NAT or the segmenter completes or trusts
+        // it as it does a TAP's. Members (vswitchd) send complete sums.
+        let hdr = match coalesce {
+            false => offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE),
+            true => VnetHdr::NONE,
+        };
         // The inner frame is the datagram's tail.
         let (at, n) = (start + len - frame.len(), frame.len());
         self.count_vtep_rx(port, n);
         let src = Src::Tunnel { buf, coalesce };
-        self.switch_frame(port, src, at, n, &VnetHdr::NONE, now);
+        self.switch_frame(port, src, at, n, &hdr, now);
     }
 
     /// Switches the frames of the QUIC datagrams that arrived (a bounded
