@@ -348,6 +348,11 @@ impl TunnelStats {
     }
 }
 
+/// The rules' tables, looked up for every datagram: foldhash's fast
+/// hasher, randomly keyed per map (SipHash, the standard default, cost
+/// more than the rest of a decapsulation).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A VTEP and what it did last.
 #[derive(Debug, Clone)]
 struct Entry<N> {
@@ -360,11 +365,11 @@ struct Entry<N> {
 /// module documentation.
 #[derive(Debug, Clone)]
 pub struct TunnelRules<N, P> {
-    vni_of: HashMap<N, Vni>,
-    network_of_vni: HashMap<Vni, N>,
+    vni_of: Map<N, Vni>,
+    network_of_vni: Map<Vni, N>,
     /// (network, canonical remote IP) -> VTEP port.
-    by_ip: HashMap<(N, IpAddr), P>,
-    vteps: HashMap<P, Entry<N>>,
+    by_ip: Map<(N, IpAddr), P>,
+    vteps: Map<P, Entry<N>>,
     stats: TunnelStats,
 }
 
@@ -386,10 +391,10 @@ where
     /// No networks, no VTEPs.
     pub fn new() -> Self {
         TunnelRules {
-            vni_of: HashMap::new(),
-            network_of_vni: HashMap::new(),
-            by_ip: HashMap::new(),
-            vteps: HashMap::new(),
+            vni_of: Map::default(),
+            network_of_vni: Map::default(),
+            by_ip: Map::default(),
+            vteps: Map::default(),
             stats: TunnelStats::default(),
         }
     }

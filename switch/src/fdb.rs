@@ -15,123 +15,23 @@
 //! by learning.
 //!
 //! Lookups are one probe of a hash table keyed by (network, MAC) with a
-//! per-process randomly keyed hasher ([`FastHashBuilder`]); no call on the
+//! per-process randomly keyed hasher ([`FastMap`]); no call on the
 //! per-packet path allocates.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::{MacAddr, NetworkId, PortId};
 
-/// A `HashMap` with [`FastHashBuilder`].
-pub(crate) type FastMap<K, V> = HashMap<K, V, FastHashBuilder>;
+/// A `HashMap` with foldhash's fast hasher, keyed per map from a
+/// per-process random seed: a few cycles for a (network, MAC) key against
+/// the tens SipHash takes. An attacker who picks MAC addresses cannot
+/// predict which collide, and the tables it serves are bounded anyway.
+/// Every table on the per-packet path uses it.
+pub type FastMap<K, V> = HashMap<K, V, FastHashBuilder>;
 
-/// Builds [`FastHasher`]s keyed with a per-process random seed.
-///
-/// The hasher is a folded multiply (as in foldhash and wyhash) over the
-/// integers of the key: a few cycles for a (network, MAC) key, against the
-/// tens SipHash takes. The seed comes from the standard library's randomly
-/// seeded `RandomState`, so an attacker who picks MAC addresses cannot
-/// predict which collide; and the tables it serves are bounded anyway.
-#[derive(Debug, Clone, Copy)]
-pub struct FastHashBuilder {
-    seed: u64,
-    multiplier: u64,
-}
-
-impl FastHashBuilder {
-    /// A builder with a fresh random key.
-    pub fn new() -> Self {
-        let random = std::collections::hash_map::RandomState::new();
-        FastHashBuilder {
-            seed: random.hash_one(0x6a09_e667_f3bc_c908u64),
-            // Odd, so the multiplication loses no bits of the input.
-            multiplier: random.hash_one(0xbb67_ae85_84ca_a73bu64) | 1,
-        }
-    }
-}
-
-impl Default for FastHashBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl BuildHasher for FastHashBuilder {
-    type Hasher = FastHasher;
-
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher {
-            acc: self.seed,
-            multiplier: self.multiplier,
-        }
-    }
-}
-
-/// The hasher of [`FastHashBuilder`].
-#[derive(Debug, Clone)]
-pub struct FastHasher {
-    acc: u64,
-    multiplier: u64,
-}
-
-#[inline(always)]
-fn folded_multiply(x: u64, y: u64) -> u64 {
-    let full = u128::from(x) * u128::from(y);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-impl Hasher for FastHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            // The length goes in the top byte so "a" and "a\0" differ.
-            self.write_u64(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.acc = folded_multiply(self.acc ^ i, self.multiplier);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        // One more round so the last word reaches every output bit
-        // (hashbrown uses both the low bits and the top seven).
-        folded_multiply(self.acc, 0x9e37_79b9_7f4a_7c15)
-    }
-}
+/// The hasher builder of [`FastMap`].
+pub type FastHashBuilder = foldhash::fast::RandomState;
 
 /// Settings of an [`Fdb`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,6 +428,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rstest::rstest;
+    use std::hash::{BuildHasher, Hasher};
 
     const NET: NetworkId = NetworkId(1);
     const NET2: NetworkId = NetworkId(2);
@@ -801,8 +702,8 @@ mod tests {
 
     #[test]
     fn hasher_is_keyed_and_spreads_keys() {
-        let a = FastHashBuilder::new();
-        let b = FastHashBuilder::new();
+        let a = FastHashBuilder::default();
+        let b = FastHashBuilder::default();
         let key = Key::new(NET, mac(1));
         assert_eq!(a.hash_one(key), a.hash_one(key));
         assert_ne!(a.hash_one(key), b.hash_one(key), "seeds differ");

@@ -4,7 +4,7 @@
 //! TAP takes: TCP with a partial checksum, and smoltcp's super-frames as
 //! GSO at the container's MSS.
 
-use std::collections::HashMap;
+use crate::fdb::FastMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -28,7 +28,7 @@ pub(super) struct Neighbor {
 /// The NAT's [`Framing`]: smoltcp writes IP packets; the NAT puts the
 /// Ethernet header in front, to the MAC of the packet's destination.
 pub(super) struct NatLink<'a> {
-    pub(super) neighbors: &'a HashMap<IpAddr, Neighbor>,
+    pub(super) neighbors: &'a FastMap<IpAddr, Neighbor>,
     /// The sender of the packet being received, for replies to it (a RST to
     /// a container the NAT holds no connection with).
     pub(super) rx_src: Option<(IpAddr, MacAddr)>,
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn frames_go_to_held_neighbours_or_the_sender_else_are_counted() {
-        let mut neighbors = HashMap::new();
+        let mut neighbors = FastMap::default();
         neighbors.insert(IpAddr::from([10, 0, 0, 2]), Neighbor { mac: C, refs: 1 });
         let mut no_neighbor = 0;
         let mut link = NatLink {

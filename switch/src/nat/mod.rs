@@ -107,7 +107,9 @@
 //! - `addresses`: which addresses the NAT serves, and the gateway-side
 //!   ports it lends.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use crate::fdb::FastMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -673,14 +675,14 @@ pub struct Nat {
     sockets: SocketSet<'static>,
     /// Closed TCP sockets for reuse (see `tcp::SOCKET_POOL`).
     socket_pool: Vec<smoltcp::socket::tcp::Socket<'static>>,
-    conns: HashMap<ConnId, TcpConn>,
-    tuples: HashMap<Tuple, ConnId>,
+    conns: FastMap<ConnId, TcpConn>,
+    tuples: FastMap<Tuple, ConnId>,
     connecting: usize,
-    neighbors: HashMap<IpAddr, Neighbor>,
-    flows: HashMap<FlowId, UdpFlow>,
-    flow_tuples: HashMap<Tuple, FlowId>,
-    echo_tuples: HashMap<Tuple, FlowId>,
-    inbound_flows: HashMap<(ListenerId, SocketAddr, SocketAddr), FlowId>,
+    neighbors: FastMap<IpAddr, Neighbor>,
+    flows: FastMap<FlowId, UdpFlow>,
+    flow_tuples: FastMap<Tuple, FlowId>,
+    echo_tuples: FastMap<Tuple, FlowId>,
+    inbound_flows: FastMap<(ListenerId, SocketAddr, SocketAddr), FlowId>,
     tcp_ports: HashSet<(IpAddr, u16)>,
     udp_ports: HashSet<(IpAddr, u16)>,
     /// Where the search for a free gateway-side port starts: random at
@@ -770,7 +772,7 @@ impl Nat {
         let mut rng =
             Rng(config.random_seed ^ (shard.index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let tx = TxQueue::new(TX_QUEUE_FRAMES, TX_QUEUE_BYTES, 64);
-        let neighbors = HashMap::new();
+        let neighbors = FastMap::default();
         let mut iface = new_interface(HardwareAddress::Ip, rng.next_u64(), &caps, now);
         iface.set_any_ip(true);
         add_addrs(&mut iface, config.ipv4, config.ipv6);
@@ -795,15 +797,15 @@ impl Nat {
             iface,
             sockets: SocketSet::new(Vec::new()),
             socket_pool: Vec::new(),
-            conns: HashMap::new(),
-            tuples: HashMap::new(),
+            conns: FastMap::default(),
+            tuples: FastMap::default(),
             connecting: 0,
             woken: Arc::new(Woken::default()),
             neighbors,
-            flows: HashMap::new(),
-            flow_tuples: HashMap::new(),
-            echo_tuples: HashMap::new(),
-            inbound_flows: HashMap::new(),
+            flows: FastMap::default(),
+            flow_tuples: FastMap::default(),
+            echo_tuples: FastMap::default(),
+            inbound_flows: FastMap::default(),
             tcp_ports: HashSet::new(),
             udp_ports: HashSet::new(),
             port_cursor: 0,

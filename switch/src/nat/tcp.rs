@@ -3,7 +3,7 @@
 //! published ports (a socket connects to the container from the client's
 //! address), and the bytes and closes between them and the daemon.
 
-use std::collections::HashMap;
+use crate::fdb::FastMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -388,7 +388,7 @@ impl Nat {
     /// drops them with itself.
     pub(super) fn flush_early(
         pending: &mut Vec<ConnId>,
-        conns: &mut HashMap<ConnId, TcpConn>,
+        conns: &mut FastMap<ConnId, TcpConn>,
         sockets: &mut SocketSet<'static>,
     ) {
         pending.retain(|id| {

@@ -14,7 +14,7 @@ pub(super) fn write_tap(tap: &Tap, hdr: &VnetHdr, frame: &[u8]) -> io::Result<us
 }
 
 /// Writes the super-frame being built, if any, to its TAP.
-pub(super) fn flush_gro(ports: &mut HashMap<PortId, Slot>, run: &mut GroRun) {
+pub(super) fn flush_gro(ports: &mut FastMap<PortId, Slot>, run: &mut GroRun) {
     let Some(port) = run.port.take() else {
         return;
     };
@@ -35,7 +35,7 @@ pub(super) fn flush_gro(ports: &mut HashMap<PortId, Slot>, run: &mut GroRun) {
 
 /// What delivering a frame needs.
 pub(super) struct Egress<'a> {
-    pub(super) ports: &'a mut HashMap<PortId, Slot>,
+    pub(super) ports: &'a mut FastMap<PortId, Slot>,
     pub(super) dirty: &'a mut Vec<PortId>,
     pub(super) seg: &'a mut [u8],
     pub(super) gro: &'a mut GroRun,

@@ -220,8 +220,8 @@ pub(super) fn bind_upstream(
 /// The gateway port of `network` and this worker's shard of its NAT (the
 /// fields apart, so that the caller may use the others meanwhile).
 pub(super) fn nat_of<'a>(
-    gateways: &HashMap<NetworkId, PortId>,
-    ports: &'a mut HashMap<PortId, Slot>,
+    gateways: &FastMap<NetworkId, PortId>,
+    ports: &'a mut FastMap<PortId, Slot>,
     network: NetworkId,
 ) -> Option<(PortId, &'a mut Nat)> {
     let port = *gateways.get(&network)?;

@@ -42,6 +42,7 @@ pub use overlay::tunnel::{Vtep, VtepKind};
 use overlay::Vni;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use switch::bridge::{Action, Bridge, BridgeConfig, DropCounters, DropReason, PortSecurity};
+use switch::fdb::FastMap;
 use switch::gateway::{Gateway, GatewayConfig};
 use switch::nat::{Nat, NatConfig, NatStats, Shard};
 use switch::neighbor::Neighbors;
@@ -168,9 +169,9 @@ struct Datapath {
     poll: Poll,
     rx: mpsc::Receiver<Command>,
     bridge: Bridge,
-    ports: HashMap<PortId, Slot>,
+    ports: FastMap<PortId, Slot>,
     /// Gateway port of each network.
-    gateways: HashMap<NetworkId, PortId>,
+    gateways: FastMap<NetworkId, PortId>,
     /// Ports with frames possibly left to read (edge-triggered polling).
     ready: VecDeque<PortId>,
     /// Gateways that were handed frames and may have output.
