@@ -263,6 +263,83 @@ fn multi_queue_taps_spread_flows_over_workers() {
     assert!(per_worker.iter().all(|&n| n > 100), "{per_worker:?}");
 }
 
+/// Frames each worker of `h` read from its TAP queues.
+fn worker_rx(h: &Host) -> Vec<u64> {
+    let stats = h.vs_json(&["stats", "--json"]);
+    stats["WorkerRxPackets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no WorkerRxPackets: {stats}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+/// Across an overlay the tunnel's receive side is spread over the workers
+/// too (one `SO_REUSEPORT` socket each, steered by the inner flow): each
+/// worker writes the frames of its flows into the TAPs through its own
+/// queue, which the kernel then remembers for the flow's replies, so both
+/// workers on both hosts carry some of 16 flows. With the tunnel read by
+/// the first worker only, every flow's replies came back through its
+/// queue and the other worker read nothing.
+#[test]
+fn overlay_flows_spread_over_every_worker() {
+    require_root!();
+    let ul = Underlay::new();
+    let key = TempFile::new("vsoff-wkey", "offload test workers cluster key");
+    let plug = |ip: &str| Host::in_cluster(&ul, "vsow", ip, &key.0, &["--workers", "2"]);
+    let mut h1 = plug("192.0.2.41");
+    let mut h2 = plug("192.0.2.42");
+    h2.vs_ok(&["join-cluster", "192.0.2.41"]);
+    let net = h1.network("ovw", &["--driver", "overlay", "--subnet", "10.235.0.0/24"]);
+    let start = Instant::now();
+    while !h2.vs(&["network", "inspect", &net]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(15), "overlay on h2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = h1.run("a", &net, &[]);
+    let b = h2.run("b", &net, &[]);
+    let b_ip = h2.ip_of(&b, &net);
+    assert!(
+        ping_until(&a, &b_ip, Duration::from_secs(15)).is_some(),
+        "a cannot reach b across the overlay"
+    );
+    let (before1, before2) = (worker_rx(&h1), worker_rx(&h2));
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &b, "timeout", "30", "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let o = ns_exec(
+            &a,
+            &[
+                "timeout", "30", "iperf3", "-c", &b_ip, "-P", "16", "-t", "2",
+            ],
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "iperf3: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.wait();
+    for (h, before, who) in [
+        (&h1, before1, "sender's host"),
+        (&h2, before2, "receiver's host"),
+    ] {
+        let after = worker_rx(h);
+        let read: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        eprintln!("{who}: frames read per worker {read:?}");
+        assert_eq!(read.len(), 2);
+        assert!(read.iter().all(|&n| n > 100), "{who}: {read:?}");
+    }
+}
+
 /// Turns checksum offload (and the segmentation offloads that depend on
 /// it) on or off on device `dev` in namespace `ns`.
 fn set_dev_offloads(ns: &str, dev: &str, on: bool) {

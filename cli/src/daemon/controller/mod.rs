@@ -21,7 +21,7 @@ use switch::gateway::GatewayConfig;
 use switch::nat::{NatConfig, NatLimits};
 use switch::{MacAddr, NetworkId, PortId};
 
-use super::datapath::DatapathHandle;
+use super::datapath::{self, DatapathHandle};
 use super::gossip::GossipThread;
 use super::quic::{self, QuicTransport};
 use super::state::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
@@ -237,7 +237,7 @@ impl Controller {
         let (tunnel, gossip_socket) = match &config.cluster {
             Some(cs) => {
                 let tunnel_bind = SocketAddr::new(cs.bind.ip(), cs.tunnel_port);
-                let tunnel = std::net::UdpSocket::bind(tunnel_bind).map_err(|e| {
+                let tunnel = datapath::bind_tunnel(tunnel_bind, config.workers).map_err(|e| {
                     anyhow::anyhow!(
                         "binding the tunnel port {tunnel_bind}: {e}; pick another --tunnel-port"
                     )
@@ -248,9 +248,9 @@ impl Controller {
                         cs.bind
                     )
                 })?;
-                (Some(tunnel), Some(gossip))
+                (tunnel, Some(gossip))
             }
-            None => (None, None),
+            None => (Vec::new(), None),
         };
         let (quic, published) = match &config.cluster {
             Some(cs) => {

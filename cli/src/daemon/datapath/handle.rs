@@ -40,8 +40,9 @@ impl Worker {
 /// another worker's queue carried is handed over, through a bounded queue
 /// of preallocated buffers per pair of workers. The first worker owns the
 /// rest of what has state of its own: the gateways, the NATs' UDP and ICMP
-/// flows and published listeners, the tunnel's receive side and the QUIC
-/// receive queue.
+/// flows and published listeners, and the QUIC receive queue. Each worker
+/// reads its own tunnel socket, to which the kernel steers datagrams by
+/// their inner flow ([`bind_tunnel`](super::bind_tunnel)).
 #[derive(Debug)]
 pub struct DatapathHandle {
     workers: Vec<Worker>,
@@ -50,11 +51,13 @@ pub struct DatapathHandle {
 impl DatapathHandle {
     /// Starts `workers` datapath threads (at least one, at most
     /// [`MAX_WORKERS`]).
-    /// `tunnel`: the bound UDP socket of the VXLAN tunnel, for overlays;
+    /// `tunnel`: the bound UDP sockets of the VXLAN tunnel, for overlays,
+    /// one per worker from [`bind_tunnel`](super::bind_tunnel) (workers
+    /// past the last send on a descriptor of the first and read none);
     /// `quic`: the QUIC endpoint of encrypted overlays.
     pub fn start(
         config: BridgeConfig,
-        tunnel: Option<std::net::UdpSocket>,
+        tunnel: Vec<std::net::UdpSocket>,
         quic: Option<QuicHandle>,
         workers: usize,
         busy_poll: Duration,
@@ -67,7 +70,7 @@ impl DatapathHandle {
             .iter()
             .map(|p| Waker::new(p.registry(), WAKER).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
-        if let Some(sock) = &tunnel {
+        for sock in &tunnel {
             sock.set_nonblocking(true)?;
             // Bursts of a TCP window arrive faster than one wake-up
             // drains them: the default 208 KiB overflowed (17 % of
@@ -82,17 +85,16 @@ impl DatapathHandle {
         let mut mesh = handoff_mesh(&wakers).into_iter();
         let mut list = Vec::with_capacity(count);
         for (k, (poll, waker)) in polls.into_iter().zip(wakers).enumerate() {
-            // The first worker reads the tunnel; the others send on a
-            // descriptor of the same socket.
-            let tunnel = match &tunnel {
-                Some(sock) if k == 0 => {
+            // Each worker reads and sends on a socket of its own.
+            let tunnel = match (tunnel.get(k), tunnel.first()) {
+                (Some(sock), _) => {
                     let mut sock = UdpSocket::from_std(sock.try_clone()?);
                     poll.registry()
                         .register(&mut sock, TUNNEL, Interest::READABLE)?;
                     Some(Tunnel::new(sock)?)
                 }
-                Some(sock) => Some(Tunnel::new(UdpSocket::from_std(sock.try_clone()?))?),
-                None => None,
+                (None, Some(sock)) => Some(Tunnel::new(UdpSocket::from_std(sock.try_clone()?))?),
+                (None, None) => None,
             };
             let quic_rx = match &quic {
                 Some(q) if k == 0 => Some(q.register(poll.registry(), QUIC)?),

@@ -74,6 +74,7 @@ pub use handle::DatapathHandle;
 use handoff::{Handoff, HandoffRx};
 pub use stats::{DatapathStats, PortCounters, TunnelCounters};
 use tokens::*;
+pub use tunnel::bind_tunnel;
 use tunnel::Tunnel;
 
 use nat_io::NatIo;
