@@ -341,6 +341,15 @@ mod steering_tests {
         for s in &socks {
             s.set_nonblocking(true).unwrap();
         }
+        // Another socket of this user joining the group later gets nothing.
+        let intruder = {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&socks[0].local_addr().unwrap().into()).unwrap();
+            s.set_nonblocking(true).unwrap();
+            std::net::UdpSocket::from(s)
+        };
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = ("127.0.0.1", port);
         let mut flows: Vec<(SocketAddr, SocketAddr)> = Vec::new();
@@ -384,6 +393,10 @@ mod steering_tests {
             used.extend(at);
         }
         assert_eq!(used.len(), 2, "64 flows all on one socket");
+        assert!(
+            intruder.recv(&mut [0u8; 2048]).is_err(),
+            "a stranger's socket got one"
+        );
     }
 
     #[test]
