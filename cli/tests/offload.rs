@@ -159,16 +159,40 @@ fn local_tcp_is_intact_with_offloads_on_and_off() {
 
 #[test]
 fn overlay_tcp_is_intact_with_offloads_on_and_off() {
+    overlay_is_intact(false);
+}
+
+/// The same across an encrypted overlay: every segment in its own QUIC
+/// datagram, coalesced again on the far side.
+#[test]
+fn encrypted_overlay_tcp_is_intact_with_offloads_on_and_off() {
+    overlay_is_intact(true);
+}
+
+/// QUIC datagrams the host's daemon sent.
+fn quic_tx(h: &Host) -> u64 {
+    h.vs_json(&["stats", "--json"])["Tunnel"]["QuicDatagramsOut"]
+        .as_u64()
+        .unwrap()
+}
+
+fn overlay_is_intact(encrypted: bool) {
     require_root!();
-    let (file, want) = payload("overlay");
+    let tag = if encrypted { "enc" } else { "overlay" };
+    let (file, want) = payload(tag);
     let _f = TempFile(file.clone());
     let ul = Underlay::new();
     let key = TempFile::new("vsoff-key", "offload test cluster key, long enough");
-    let plug = |ip: &str| Host::in_cluster(&ul, "vsoh", ip, &key.0, &[]);
+    let prefix = if encrypted { "vsoq" } else { "vsoh" };
+    let plug = |ip: &str| Host::in_cluster(&ul, prefix, ip, &key.0, &[]);
     let mut h1 = plug("192.0.2.31");
     let mut h2 = plug("192.0.2.32");
     h2.vs_ok(&["join-cluster", "192.0.2.31"]);
-    let net = h1.network("ovo", &["--driver", "overlay", "--subnet", "10.232.0.0/24"]);
+    let mut flags = vec!["--driver", "overlay", "--subnet", "10.232.0.0/24"];
+    if encrypted {
+        flags.extend(["--opt", "encrypted"]);
+    }
+    let net = h1.network(if encrypted { "ovq" } else { "ovo" }, &flags);
     let start = Instant::now();
     while !h2.vs(&["network", "inspect", &net]).status.success() {
         assert!(start.elapsed() < Duration::from_secs(15), "overlay on h2");
@@ -184,10 +208,19 @@ fn overlay_tcp_is_intact_with_offloads_on_and_off() {
     for (i, (a_on, b_on)) in COMBOS.into_iter().enumerate() {
         set_offloads(&a, a_on);
         set_offloads(&b, b_on);
-        let (sends0, datagrams0) = (udp_sends(&h1), tunnel_tx(&h1));
+        let (sends0, datagrams0, quic0) = (udp_sends(&h1), tunnel_tx(&h1), quic_tx(&h1));
         let got = transfer(&a, &b, &b_ip, 5500 + i as u16, &file);
         assert_eq!(got, want, "a offloads {a_on}, b offloads {b_on}");
-        if i == 0 {
+        if encrypted {
+            // Inside QUIC only: no clear VXLAN datagram left h1.
+            assert_eq!(
+                tunnel_tx(&h1),
+                datagrams0,
+                "clear VXLAN on an encrypted network"
+            );
+            let quic = quic_tx(&h1) - quic0;
+            assert!(quic as usize > TRANSFER / 1500, "{quic} QUIC datagrams");
+        } else if i == 0 {
             // The sender's super-frames left with UDP GSO: many tunnel
             // datagrams per send (the kernel counts a GSO send once).
             let sends = udp_sends(&h1) - sends0;
@@ -197,10 +230,12 @@ fn overlay_tcp_is_intact_with_offloads_on_and_off() {
                 datagrams > 5 * sends,
                 "{datagrams} datagrams, {sends} sends"
             );
+        }
+        if i == 0 {
             // Segments from the tunnel were coalesced back into
             // super-frames toward b.
             let per = tx_per_frame(&h2, &b);
-            eprintln!("overlay: {per:.0} bytes per frame written to b");
+            eprintln!("{tag}: {per:.0} bytes per frame written to b");
             assert!(per > 3000.0, "{per} bytes per frame written to b");
         }
     }

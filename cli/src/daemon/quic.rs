@@ -236,10 +236,33 @@ struct Shared {
     waker: ArcSwapOption<mio::unix::pipe::Sender>,
     /// A wake-up is on its way to the datapath.
     wake_pending: AtomicBool,
+    /// How long the QUIC thread stays awake after a datagram.
+    busy_poll: Duration,
+    /// A datagram came or went since the spinner last looked.
+    activity: AtomicBool,
+    /// The spinner is keeping the QUIC thread awake.
+    spinning: AtomicBool,
+    /// Starts the spinner.
+    spin: tokio::sync::Notify,
     counters: Counters,
 }
 
 impl Shared {
+    /// A datagram came or went: the QUIC thread stays awake a while
+    /// ([`keep_awake`]). Per datagram only loads, unless something changed;
+    /// the spinner is started (a lock inside `Notify`) once per burst.
+    fn active(&self) {
+        if self.busy_poll.is_zero() {
+            return;
+        }
+        if !self.activity.load(Ordering::Relaxed) {
+            self.activity.store(true, Ordering::Release);
+        }
+        if !self.spinning.load(Ordering::Acquire) && !self.spinning.swap(true, Ordering::AcqRel) {
+            self.spin.notify_one();
+        }
+    }
+
     fn wake_datapath(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             if let Some(w) = self.waker.load().as_ref() {
@@ -296,6 +319,7 @@ impl QuicHandle {
             let _ = s.cmds.try_send(Cmd::Dial(peer));
             return false;
         };
+        s.active();
         match conn.send_datagram(datagram) {
             Ok(()) => {
                 bump(&s.counters.datagrams_out, 1);
@@ -489,6 +513,11 @@ pub struct QuicConfig {
     pub local_tunnel: SocketAddr,
     /// The UDP payload size of the underlay (see [`udp_payload`]).
     pub udp_payload: u32,
+    /// How long the QUIC thread keeps running after its last datagram, in
+    /// or out, before it sleeps (the datapath's `--busy-poll`): a reply
+    /// within that time is sent or received without a thread wake-up. Zero
+    /// turns it off.
+    pub busy_poll: Duration,
 }
 
 fn transport_config(udp_payload: u16) -> Result<quinn::TransportConfig, String> {
@@ -567,6 +596,10 @@ impl QuicTransport {
             rx: Mutex::new(Some(rx_rx)),
             waker: ArcSwapOption::empty(),
             wake_pending: AtomicBool::new(false),
+            busy_poll: config.busy_poll,
+            activity: AtomicBool::new(false),
+            spinning: AtomicBool::new(false),
+            spin: tokio::sync::Notify::new(),
             counters: Counters::default(),
         });
         let (ready_tx, ready_rx) = std_mpsc::channel();
@@ -599,6 +632,7 @@ impl QuicTransport {
                             }
                         };
                         let _ = ready_tx.send(Ok(()));
+                        tokio::spawn(keep_awake(shared.clone()));
                         Driver::new(shared, endpoint, client).run(cmd_rx).await;
                     });
                 })?
@@ -948,6 +982,7 @@ impl Driver {
                     }
                 }
                 let n = batch.len() as u64;
+                shared.active();
                 bump(&shared.counters.datagrams_in, n);
                 bump(&shared.counters.bytes_in, bytes);
                 match shared.rx_tx.try_send(batch) {
@@ -961,6 +996,37 @@ impl Driver {
             tracing::debug!(%tunnel, reason = %reason, "QUIC connection closed");
             let _ = events.send(Event::Down { tunnel, id });
         });
+    }
+}
+
+/// Keeps the QUIC thread running for [`Shared::busy_poll`] after the last
+/// datagram in or out, as the datapath's workers keep polling after their
+/// last event: each `yield_now` lets the runtime poll its sockets (without
+/// sleeping) and run what is ready, so the reply to a datagram just sent,
+/// or the datapath's answer to one just received, is handled without the
+/// thread wake-up (an interrupt between virtual CPUs on a VM) it would
+/// otherwise cost. Sleeps on [`Shared::spin`] in between.
+async fn keep_awake(shared: Arc<Shared>) {
+    loop {
+        shared.spin.notified().await;
+        let mut until = Instant::now() + shared.busy_poll;
+        loop {
+            tokio::task::yield_now().await;
+            // And the CPU, to whatever else is runnable (the datapath, the
+            // containers): on a machine with fewer cores than busy threads
+            // a spinner that never gives it up delays the very replies it
+            // waits for, by whole scheduler slices.
+            std::thread::yield_now();
+            let now = Instant::now();
+            if shared.activity.load(Ordering::Acquire) {
+                shared.activity.store(false, Ordering::Release);
+                until = now + shared.busy_poll;
+            } else if now >= until {
+                break;
+            }
+        }
+        // A datagram after this sees the flag down and starts it again.
+        shared.spinning.store(false, Ordering::Release);
     }
 }
 
@@ -1067,6 +1133,7 @@ mod tests {
                 identity: identity.clone(),
                 local_tunnel: tunnel,
                 udp_payload: udp_payload(1500, false),
+                busy_poll: Duration::from_micros(50),
             },
             socket,
         )

@@ -254,7 +254,8 @@ impl Controller {
         };
         let (quic, published) = match &config.cluster {
             Some(cs) => {
-                let (t, fingerprint) = start_quic(cs, &config.state_dir, &config.node_name)?;
+                let (t, fingerprint) =
+                    start_quic(cs, &config.state_dir, &config.node_name, config.busy_poll)?;
                 (Some(t), Some(fingerprint))
             }
             None => (None, None),
@@ -374,6 +375,7 @@ fn start_quic(
     cs: &ClusterSettings,
     state_dir: &Path,
     node_name: &str,
+    busy_poll: Duration,
 ) -> anyhow::Result<(QuicTransport, overlay::Fingerprint)> {
     let bind = SocketAddr::new(cs.bind.ip(), cs.quic_port);
     let socket = std::net::UdpSocket::bind(bind).map_err(|e| {
@@ -395,6 +397,7 @@ fn start_quic(
             identity: presented,
             local_tunnel: SocketAddr::new(cs.advertise, cs.tunnel_port),
             udp_payload: quic::udp_payload(underlay, cs.advertise.is_ipv6()),
+            busy_poll,
         },
         socket,
     )?;
