@@ -137,9 +137,10 @@ pub struct DaemonArgs {
     /// (default: one per CPU, at most 8).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=8))]
     pub workers: Option<u16>,
-    /// Microseconds a datapath worker keeps polling after its last event
-    /// before it sleeps: an answer that comes within that time is switched
-    /// without a thread wake-up (lower latency, more CPU). 0 turns it off.
+    /// Microseconds a datapath worker (and the QUIC thread of encrypted
+    /// overlays) keeps polling after its last event before it sleeps: an
+    /// answer that comes within that time is switched without a thread
+    /// wake-up (lower latency, more CPU). 0 turns it off.
     #[arg(long, value_name = "USECS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub busy_poll: u64,
     /// Upstream DNS servers for names that are not containers' (default: the
