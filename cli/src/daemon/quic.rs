@@ -274,6 +274,36 @@ impl Shared {
     }
 }
 
+/// Where a datapath worker puts the QUIC datagrams it sends: one buffer,
+/// each datagram (or each super-frame's run of segments) copied in once and
+/// handed to quinn as a `Bytes` slice of it. quinn drops a datagram once
+/// it is in a packet; when every slice of the buffer is gone, `reserve`
+/// takes the same memory back in place, so in a steady flow nothing is
+/// allocated per datagram. While quinn still holds some, a new buffer is
+/// made (one per [`DatagramArena::CHUNK`] bytes), and the old one goes
+/// with its last slice.
+#[derive(Debug, Default)]
+pub struct DatagramArena {
+    buf: BytesMut,
+}
+
+impl DatagramArena {
+    /// Bytes per buffer: about 700 datagrams of 1,500 bytes.
+    pub const CHUNK: usize = 1 << 20;
+
+    /// `parts` one after another, as one `Bytes`.
+    pub fn take(&mut self, parts: &[&[u8]]) -> Bytes {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.buf.capacity() < len {
+            self.buf.reserve(Self::CHUNK.max(len));
+        }
+        for p in parts {
+            self.buf.put_slice(p);
+        }
+        self.buf.split().freeze()
+    }
+}
+
 /// The datapath's and the controller's end: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct QuicHandle {

@@ -41,6 +41,8 @@ pub(super) struct Egress<'a> {
     pub(super) gro: &'a mut GroRun,
     pub(super) tunnel: Option<&'a Tunnel>,
     pub(super) quic: Option<&'a QuicHandle>,
+    /// Where QUIC datagrams are copied to ([`DatagramArena`]).
+    pub(super) arena: &'a mut DatagramArena,
     pub(super) tunnel_counters: &'a mut TunnelCounters,
     pub(super) rules: &'a TunnelRules<NetworkId, PortId>,
     /// The ways to the other workers ([`Datapath::peers`]).
@@ -145,7 +147,7 @@ impl Egress<'_> {
                 if transport == Transport::Quic {
                     // Encrypted: through QUIC or not at all.
                     let sent = match self.quic {
-                        Some(q) => send_quic(q, remote, &header, hdr, frame, self.seg),
+                        Some(q) => send_quic(q, self.arena, remote, &header, hdr, frame, self.seg),
                         None => Err(0),
                     };
                     let (ok, dropped) = match sent {
@@ -233,6 +235,7 @@ pub(super) fn segment_behind(
 /// connection yet, too large; the QUIC side counts why).
 pub(super) fn send_quic(
     quic: &QuicHandle,
+    arena: &mut DatagramArena,
     remote: SocketAddr,
     header: &[u8],
     hdr: &VnetHdr,
@@ -240,15 +243,15 @@ pub(super) fn send_quic(
     seg: &mut [u8],
 ) -> Result<u64, u64> {
     if !(hdr.is_gso() || hdr.needs_csum()) {
-        return if quic.send_parts(remote, &[header, frame]) {
+        return if quic.send_bytes(remote, arena.take(&[header, frame])) {
             Ok(1)
         } else {
             Err(0)
         };
     }
     let segs = segment_behind(header, hdr, frame, seg).map_err(|_| 0u64)?;
-    // One allocation per super-frame; every datagram is a slice of it.
-    let all = bytes::Bytes::copy_from_slice(&seg[..segs.total_len(header.len())]);
+    // Copied once into the arena; every datagram is a slice of it.
+    let all = arena.take(&[&seg[..segs.total_len(header.len())]]);
     let mut sent = 0;
     for i in 0..segs.count {
         let at = i * segs.stride;

@@ -50,7 +50,7 @@ use switch::offload::{self, gso, Gro, Offer, VnetHdr};
 use switch::tap::Tap;
 use switch::{MacAddr, NetworkId, PortId};
 
-use super::quic::{QuicHandle, QuicRx};
+use super::quic::{DatagramArena, QuicHandle, QuicRx};
 
 mod command;
 mod egress;
@@ -190,6 +190,8 @@ struct Datapath {
     /// The QUIC endpoint and its receive queue (encrypted overlays).
     quic: Option<QuicHandle>,
     quic_rx: Option<QuicRx>,
+    /// The datagrams this worker sends through QUIC.
+    arena: DatagramArena,
     /// The overlay's rules: VNIs, VTEPs, admission, split horizon.
     rules: TunnelRules<NetworkId, PortId>,
     neighbors: Neighbors,
