@@ -31,17 +31,22 @@ fn payload(tag: &str) -> (std::path::PathBuf, String) {
     (path, sum.split_whitespace().next().unwrap().to_string())
 }
 
-/// Turns the sending and receiving offloads of a container's eth0 on or off.
-fn set_offloads(ns: &str, on: bool) {
+/// Turns checksum offload (and the segmentation offloads that depend on
+/// it) on or off on device `dev` in namespace `ns`.
+fn set_dev_offloads(ns: &str, dev: &str, on: bool) {
     let v = if on { "on" } else { "off" };
     // `tx` is checksum offload; TSO and GSO depend on it.
     let o = ns_exec(
         ns,
-        &[
-            "ethtool", "-K", "eth0", "tx", v, "tso", v, "gso", v, "sg", v,
-        ],
+        &["ethtool", "-K", dev, "tx", v, "tso", v, "gso", v, "sg", v],
     );
-    assert!(o.status.success(), "ethtool: {}", stderr(&o));
+    assert!(o.status.success(), "ethtool -K {dev}: {}", stderr(&o));
+}
+
+/// Turns the sending and receiving offloads of a container's eth0 on or off.
+fn set_offloads(ns: &str, on: bool) {
+    let v = if on { "on" } else { "off" };
+    set_dev_offloads(ns, "eth0", on);
     let k = stdout(&ns_exec(ns, &["ethtool", "-k", "eth0"]));
     let tso = k
         .lines()
@@ -260,19 +265,30 @@ fn multi_queue_taps_spread_flows_over_workers() {
             .collect();
         assert_eq!(tx, ["tx-0", "tx-1"], "{c}: {q}");
     }
+    iperf3_16_flows(&a, &b, &b_ip);
+    let per_worker = worker_rx(&h);
+    eprintln!("frames read per worker: {per_worker:?}");
+    assert_eq!(per_worker.len(), 2, "{per_worker:?}");
+    assert!(per_worker.iter().all(|&n| n > 100), "{per_worker:?}");
+}
+
+/// Two seconds of iperf3 with 16 flows from `client` to a server in
+/// `server_ns` at `server_ip`: the kernel hashes each flow to a queue, so
+/// with two workers both get some (all on one: 1 chance in 32,768).
+fn iperf3_16_flows(client: &str, server_ns: &str, server_ip: &str) {
     let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &b, "timeout", "30", "iperf3", "-s", "-1"])
+        .args([
+            "netns", "exec", server_ns, "timeout", "30", "iperf3", "-s", "-1",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    // 16 flows: the kernel hashes each to a queue, so both workers get
-    // some (all on one queue: 1 chance in 32,768).
     loop {
         let o = ns_exec(
-            &a,
+            client,
             &[
-                "timeout", "30", "iperf3", "-c", &b_ip, "-P", "16", "-t", "2",
+                "timeout", "30", "iperf3", "-c", server_ip, "-P", "16", "-t", "2",
             ],
         );
         if o.status.success() {
@@ -286,16 +302,6 @@ fn multi_queue_taps_spread_flows_over_workers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = server.wait();
-    let stats = h.vs_json(&["stats", "--json"]);
-    let per_worker: Vec<u64> = stats["WorkerRxPackets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    eprintln!("frames read per worker: {per_worker:?}");
-    assert_eq!(per_worker.len(), 2, "{stats}");
-    assert!(per_worker.iter().all(|&n| n > 100), "{per_worker:?}");
 }
 
 /// Frames each worker of `h` read from its TAP queues.
@@ -339,30 +345,7 @@ fn overlay_flows_spread_over_every_worker() {
         "a cannot reach b across the overlay"
     );
     let (before1, before2) = (worker_rx(&h1), worker_rx(&h2));
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &b, "timeout", "30", "iperf3", "-s", "-1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let o = ns_exec(
-            &a,
-            &[
-                "timeout", "30", "iperf3", "-c", &b_ip, "-P", "16", "-t", "2",
-            ],
-        );
-        if o.status.success() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "iperf3: {}",
-            stderr(&o)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = server.wait();
+    iperf3_16_flows(&a, &b, &b_ip);
     for (h, before, who) in [
         (&h1, before1, "sender's host"),
         (&h2, before2, "receiver's host"),
@@ -373,17 +356,6 @@ fn overlay_flows_spread_over_every_worker() {
         assert_eq!(read.len(), 2);
         assert!(read.iter().all(|&n| n > 100), "{who}: {read:?}");
     }
-}
-
-/// Turns checksum offload (and the segmentation offloads that depend on
-/// it) on or off on device `dev` in namespace `ns`.
-fn set_dev_offloads(ns: &str, dev: &str, on: bool) {
-    let v = if on { "on" } else { "off" };
-    let o = ns_exec(
-        ns,
-        &["ethtool", "-K", dev, "tx", v, "tso", v, "gso", v, "sg", v],
-    );
-    assert!(o.status.success(), "ethtool -K {dev}: {}", stderr(&o));
 }
 
 /// A kernel VXLAN device on a veth is a static VTEP whose inner checksums
@@ -413,39 +385,8 @@ fn kernel_vxlan_peer_tcp_is_intact_with_offloads_on_and_off() {
     );
     let a = h1.run("a", &net, &["--ip", "10.233.0.2"]);
     let k = ul.plug("vsokk", "192.0.2.52/24");
-    let veth = stdout(&k.exec(&["ip", "-o", "link", "show", "type", "veth"]))
-        .split(':')
-        .nth(1)
-        .map(|s| s.trim().split('@').next().unwrap().to_string())
-        .expect("the kernel peer's veth");
-    #[rustfmt::skip]
-    ok(&[
-        "ip", "-n", &k.name, "link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", "5077",
-        "local", "192.0.2.52", "dstport", "4789", "nolearning",
-    ]);
-    ok(&[
-        "bridge",
-        "-n",
-        &k.name,
-        "fdb",
-        "append",
-        "00:00:00:00:00:00",
-        "dev",
-        "vx0",
-        "dst",
-        "192.0.2.51",
-    ]);
-    ok(&[
-        "ip",
-        "-n",
-        &k.name,
-        "addr",
-        "add",
-        "10.233.0.50/24",
-        "dev",
-        "vx0",
-    ]);
-    ok(&["ip", "-n", &k.name, "link", "set", "vx0", "up"]);
+    let veth = underlay_veth(&k.name);
+    kernel_vtep(&k.name, 5077, "192.0.2.52", "192.0.2.51", "10.233.0.50/24");
     h1.vs_ok(&["network", "vtep", "add", &net, "192.0.2.52"]);
     assert!(
         ping_until(&k.name, "10.233.0.2", Duration::from_secs(10)).is_some(),

@@ -241,47 +241,7 @@ fn kernel_vxlan_device_is_a_working_peer() {
     // The foreign VTEP: a kernel vxlan device with the same VNI, static FDB
     // toward h1, in a namespace of the test.
     let k = ul.plug("vsk", "192.0.2.40/24");
-    ok(&[
-        "ip",
-        "-n",
-        &k.name,
-        "link",
-        "add",
-        "vx0",
-        "type",
-        "vxlan",
-        "id",
-        "5001",
-        "local",
-        "192.0.2.40",
-        "dstport",
-        "4789",
-        "nolearning",
-    ]);
-    ok(&["ip", "-n", &k.name, "link", "set", "vx0", "mtu", "1450"]);
-    ok(&[
-        "bridge",
-        "-n",
-        &k.name,
-        "fdb",
-        "append",
-        "00:00:00:00:00:00",
-        "dev",
-        "vx0",
-        "dst",
-        "192.0.2.31",
-    ]);
-    ok(&[
-        "ip",
-        "-n",
-        &k.name,
-        "addr",
-        "add",
-        "10.242.0.50/24",
-        "dev",
-        "vx0",
-    ]);
-    ok(&["ip", "-n", &k.name, "link", "set", "vx0", "up"]);
+    kernel_vtep(&k.name, 5001, "192.0.2.40", "192.0.2.31", "10.242.0.50/24");
 
     // Not admitted yet: dropped as a non-member.
     assert!(!k

@@ -1365,6 +1365,17 @@ mod tests {
             )
     }
 
+    /// `spec` as one plain frame's worth (3,000 bytes of payload at most),
+    /// TCP or, with `udp`, UDP.
+    fn plain_sized(mut spec: Spec, udp: bool) -> Spec {
+        spec.udp = udp;
+        spec.payload.truncate(3000);
+        if udp {
+            spec.tcp_options.clear();
+        }
+        spec
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1421,12 +1432,7 @@ mod tests {
 
         #[test]
         fn complete_checksum_fills_partial(spec in tcp_spec(), udp in any::<bool>()) {
-            let mut spec = spec;
-            spec.udp = udp;
-            spec.payload.truncate(3000);
-            if udp {
-                spec.tcp_options.clear();
-            }
+            let spec = plain_sized(spec, udp);
             let (mut hdr, mut frame) = spec.super_frame();
             hdr.gso_type = gso::NONE;
             complete_checksum(&hdr, &mut frame).unwrap();
@@ -1439,12 +1445,7 @@ mod tests {
         /// header found completes it into the frame with the right sum.
         #[test]
         fn partial_checksum_found_and_completed(spec in tcp_spec(), udp in any::<bool>()) {
-            let mut spec = spec;
-            spec.udp = udp;
-            spec.payload.truncate(3000);
-            if udp {
-                spec.tcp_options.clear();
-            }
+            let spec = plain_sized(spec, udp);
             let (want, mut frame) = spec.super_frame();
             let hdr = partial_checksum(&frame).expect("a partial checksum is found");
             prop_assert_eq!(hdr.csum_start, want.csum_start);

@@ -524,14 +524,7 @@ impl Underlay {
 
     /// Cuts (or restores) a host's link into the underlay bridge.
     pub fn set_link(&self, host_ns: &str, up: bool) {
-        let links = stdout(&cmd(&[
-            "ip", "-n", host_ns, "-o", "link", "show", "type", "veth",
-        ]));
-        let dev = links
-            .split(':')
-            .nth(1)
-            .map(|s| s.trim().split('@').next().unwrap().to_string())
-            .expect("host has a veth");
+        let dev = underlay_veth(host_ns);
         ok(&[
             "ip",
             "-n",
@@ -542,6 +535,36 @@ impl Underlay {
             if up { "up" } else { "down" },
         ]);
     }
+}
+
+/// The name of the veth that plugs namespace `ns` into the underlay.
+pub fn underlay_veth(ns: &str) -> String {
+    let links = stdout(&cmd(&[
+        "ip", "-n", ns, "-o", "link", "show", "type", "veth",
+    ]));
+    links
+        .split(':')
+        .nth(1)
+        .map(|s| s.trim().split('@').next().unwrap().to_string())
+        .expect("the namespace has a veth")
+}
+
+/// A foreign VTEP in `ns` (plugged into the underlay at `local`): a kernel
+/// vxlan device `vx0` with VNI `vni`, MTU 1450, no learning, every unknown
+/// destination sent to `remote`, and `addr` (CIDR) on it.
+pub fn kernel_vtep(ns: &str, vni: u32, local: &str, remote: &str, addr: &str) {
+    let vni = vni.to_string();
+    #[rustfmt::skip]
+    ok(&[
+        "ip", "-n", ns, "link", "add", "vx0", "mtu", "1450", "type", "vxlan", "id", &vni,
+        "local", local, "dstport", "4789", "nolearning",
+    ]);
+    #[rustfmt::skip]
+    ok(&[
+        "bridge", "-n", ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", remote,
+    ]);
+    ok(&["ip", "-n", ns, "addr", "add", addr, "dev", "vx0"]);
+    ok(&["ip", "-n", ns, "link", "set", "vx0", "up"]);
 }
 
 pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {

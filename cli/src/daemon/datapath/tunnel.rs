@@ -233,9 +233,10 @@ impl Datapath {
         // with checksum offload (a veth): it goes on marked so, and the
         // container's kernel, the NAT or the segmenter completes or trusts
         // it as it does a TAP's. Members (vswitchd) send complete sums.
-        let hdr = match coalesce {
-            false => offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE),
-            true => VnetHdr::NONE,
+        let hdr = if coalesce {
+            VnetHdr::NONE
+        } else {
+            offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE)
         };
         // The inner frame is the datagram's tail.
         let (at, n) = (start + len - frame.len(), frame.len());
