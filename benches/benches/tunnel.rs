@@ -40,6 +40,7 @@ fn rules() -> TunnelRules<u32, u32> {
                 remote: host(n, i),
                 kind: VtepKind::Member,
                 transport: Transport::Udp,
+                partial_csum: true,
             };
             r.add_vtep(n * VTEPS + i, vtep).expect("distinct");
         }

@@ -174,6 +174,14 @@ fn encrypted_overlay_tcp_is_intact_with_offloads_on_and_off() {
     overlay_is_intact(true);
 }
 
+/// The tunnel's count `name` (UDP and QUIC) from `vswitch stats`.
+fn tunnel_count(h: &Host, name: &str) -> u64 {
+    let stats = h.vs_json(&["stats", "--json"]);
+    stats["Tunnel"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no Tunnel.{name}: {stats}"))
+}
+
 /// QUIC datagrams the host's daemon sent.
 fn quic_tx(h: &Host) -> u64 {
     h.vs_json(&["stats", "--json"])["Tunnel"]["QuicDatagramsOut"]
@@ -214,8 +222,24 @@ fn overlay_is_intact(encrypted: bool) {
         set_offloads(&a, a_on);
         set_offloads(&b, b_on);
         let (sends0, datagrams0, quic0) = (udp_sends(&h1), tunnel_tx(&h1), quic_tx(&h1));
+        let partial0 = (
+            tunnel_count(&h1, "TxPartialCsum"),
+            tunnel_count(&h2, "RxPartialCsum"),
+        );
         let got = transfer(&a, &b, &b_ip, 5500 + i as u16, &file);
         assert_eq!(got, want, "a offloads {a_on}, b offloads {b_on}");
+        // With the sender's offloads on, h1 left the segments' checksums
+        // partial for h2 (a member that takes them), which h2 told and
+        // handed on marked so: the bytes above arrived intact all the same.
+        let partial = (
+            tunnel_count(&h1, "TxPartialCsum") - partial0.0,
+            tunnel_count(&h2, "RxPartialCsum") - partial0.1,
+        );
+        eprintln!("{tag}, a offloads {a_on}: partial checksums sent, received {partial:?}");
+        if a_on {
+            let segments = (TRANSFER / 1500 / 2) as u64;
+            assert!(partial.0 > segments && partial.1 > segments, "{partial:?}");
+        }
         if encrypted {
             // Inside QUIC only: no clear VXLAN datagram left h1.
             assert_eq!(

@@ -108,6 +108,12 @@ pub struct Vtep<N> {
     /// [`Transport::Quic`] for an encrypted network, else
     /// [`Transport::Udp`].
     pub transport: Transport,
+    /// The far end takes inner frames whose TCP or UDP checksum holds only
+    /// the pseudo-header sum (a member that says so in its gossip tags):
+    /// super-frames bound there are segmented without summing their
+    /// payload a second time, as Linux's vxlan leaves inner checksums to a
+    /// device that offloads them. Never for a static VTEP.
+    pub partial_csum: bool,
 }
 
 impl<N> Vtep<N> {
@@ -248,6 +254,8 @@ pub enum Encap {
         remote: SocketAddr,
         /// The VXLAN header for the network's VNI.
         header: [u8; HEADER_LEN],
+        /// Segments may leave their checksum partial ([`Vtep::partial_csum`]).
+        partial_csum: bool,
     },
     /// Do not send it.
     Drop(TunnelDrop),
@@ -600,6 +608,7 @@ where
             transport: entry.vtep.transport,
             remote: entry.vtep.remote,
             header: vxlan::header(vni),
+            partial_csum: entry.vtep.partial_csum && entry.vtep.kind == VtepKind::Member,
         }
     }
 
@@ -618,6 +627,7 @@ where
                 transport,
                 remote,
                 header,
+                ..
             } => (transport, remote, header),
             Encap::Drop(reason) => return Err(EncapError::Drop(reason)),
         };
@@ -701,6 +711,7 @@ mod tests {
             remote: addr(remote),
             kind,
             transport,
+            partial_csum: kind == VtepKind::Member,
         }
     }
 
@@ -1045,12 +1056,34 @@ mod tests {
                 transport,
                 remote: addr(remote),
                 header: vxlan::header(vni(v)),
+                partial_csum: r.vtep(port).unwrap().kind == VtepKind::Member,
             },
             Err(reason) => Encap::Drop(reason),
         };
         assert_eq!(r.encap(origin, port), want);
         // Egress is not counted.
         assert_eq!(r.stats(), TunnelStats::default());
+    }
+
+    /// Partial inner checksums go only to a member that takes them: a
+    /// static VTEP (a kernel vxlan behind a physical NIC would forward
+    /// them as they are) never gets them, whatever its entry says.
+    #[test]
+    fn partial_checksums_only_to_members_that_take_them() {
+        let partial = |kind, said| {
+            let mut r = TunnelRules::new();
+            r.set_vni(CLEAR, Some(vni(7)));
+            let mut v = vtep(CLEAR, "192.0.2.9:4789", kind, Transport::Udp);
+            v.partial_csum = said;
+            r.add_vtep(Port(70), v).unwrap();
+            match r.encap(Origin::Local, Port(70)) {
+                Encap::Send { partial_csum, .. } => partial_csum,
+                Encap::Drop(d) => panic!("{d:?}"),
+            }
+        };
+        assert!(partial(VtepKind::Member, true));
+        assert!(!partial(VtepKind::Member, false));
+        assert!(!partial(VtepKind::Static, true));
     }
 
     #[test]

@@ -552,13 +552,43 @@ pub fn segment(
     headroom: usize,
     out: &mut [u8],
 ) -> Result<Segments, OffloadError> {
+    segment_with(hdr, frame, headroom, out, Checksums::Complete)
+}
+
+/// What [`segment_with`] writes in each segment's TCP or UDP checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksums {
+    /// The full checksum: every segment is a plain frame any receiver
+    /// takes.
+    Complete,
+    /// Only the pseudo-header sum, as a `NEEDS_CSUM` frame holds it (and as
+    /// Linux's vxlan leaves inner checksums for a device that offloads
+    /// them), so the payload is not read a second time: for a receiver
+    /// that coalesces the segments (and rewrites the field) or marks them
+    /// `NEEDS_CSUM` ([`partial_checksum`] recognises every one) for the
+    /// kernel that takes them, as another vswitchd does. A frame that is
+    /// not GSO is copied as it is (complete, or partial if it came so).
+    /// The IPv4 header checksum is computed either way.
+    Partial,
+}
+
+/// [`segment`], with the transport checksums `csum` says.
+pub fn segment_with(
+    hdr: &VnetHdr,
+    frame: &[u8],
+    headroom: usize,
+    out: &mut [u8],
+    csum: Checksums,
+) -> Result<Segments, OffloadError> {
     if !hdr.is_gso() {
         let needed = headroom.saturating_add(frame.len());
         let dst = out
             .get_mut(headroom..needed)
             .ok_or(OffloadError::OutTooSmall { needed })?;
         dst.copy_from_slice(frame);
-        complete_checksum(hdr, dst)?;
+        if csum == Checksums::Complete {
+            complete_checksum(hdr, dst)?;
+        }
         return Ok(Segments {
             count: 1,
             stride: needed,
@@ -656,14 +686,17 @@ pub fn segment(
         } else {
             put16(dst, t + 4, l4_len as u16);
         }
-        put16(dst, t + csum_field, 0);
         // The length is added separately: the sum is the same, and `pseudo`
         // stays one value for every segment.
-        let c = checksum(&dst[t..], pseudo + l4_len as u32);
-        let c = if c == 0 && want_proto == UDP {
-            0xffff
-        } else {
-            c
+        let c = match csum {
+            Checksums::Partial => fold64(u64::from(pseudo + l4_len as u32)),
+            Checksums::Complete => {
+                put16(dst, t + csum_field, 0);
+                match checksum(&dst[t..], pseudo + l4_len as u32) {
+                    0 if want_proto == UDP => 0xffff,
+                    c => c,
+                }
+            }
         };
         put16(dst, t + csum_field, c);
     }
@@ -800,8 +833,9 @@ impl Gro {
     }
 
     /// The pending run as `[VnetHdr | frame]` for a TAP write (empty when
-    /// nothing is pending). One segment: [`VnetHdr::NONE`] and the frame as
-    /// received (less any Ethernet padding). Several: `gso_type` TCPV4 or
+    /// nothing is pending). One segment: [`VnetHdr::NONE`] (or, if its
+    /// checksum was partial, the header [`partial_checksum`] finds) and the
+    /// frame as received (less any Ethernet padding). Several: `gso_type` TCPV4 or
     /// TCPV6 (with [`gso::ECN`] if the first segment had CWR), `gso_size`
     /// the first segment's payload, `hdr_len` the headers, `NEEDS_CSUM` with
     /// `csum_start` at the TCP header and `csum_offset` 16, the TCP checksum
@@ -857,10 +891,15 @@ impl Gro {
         })
     }
 
-    /// Starts a run with `seg`: the frame unchanged behind `VnetHdr::NONE`.
+    /// Starts a run with `seg`: the frame unchanged behind `VnetHdr::NONE`,
+    /// or behind the `NEEDS_CSUM` header of a partial checksum
+    /// ([`partial_checksum`]: a member may send one), so that a run left at
+    /// one segment is still taken.
     fn start(&mut self, frame: &[u8], seg: &TcpSegment) {
         let l = seg.layers;
-        VnetHdr::NONE.write(&mut self.buf);
+        partial_checksum(&frame[..l.end])
+            .unwrap_or(VnetHdr::NONE)
+            .write(&mut self.buf);
         self.buf[VnetHdr::LEN..VnetHdr::LEN + l.end].copy_from_slice(&frame[..l.end]);
         self.len = VnetHdr::LEN + l.end;
         let payload = l.end - seg.headers;
@@ -1404,7 +1443,9 @@ mod tests {
             let pending = gro.pending();
             let vnet = VnetHdr::parse(pending).unwrap();
             if frames.len() == 1 {
-                prop_assert_eq!(vnet, VnetHdr::NONE);
+                // Plain, save the complete sum in 65,536 that equals the
+                // pseudo-header sum (marked partial, completed to itself).
+                prop_assert!(vnet == VnetHdr::NONE || partial_checksum(&frames[0]) == Some(vnet));
                 prop_assert_eq!(&pending[VnetHdr::LEN..], &frames[0][..]);
             } else {
                 // The run is the super-frame it was cut from, byte for byte.
@@ -1428,6 +1469,55 @@ mod tests {
             spec.vlan = vlan;
             spec.df = df;
             segment_and_check(&spec, 8);
+        }
+
+        /// Segments left partial (for another vswitchd) differ from the
+        /// complete ones in the checksum field only; the receiver tells
+        /// each by its headers, and completing it gives the complete
+        /// segment byte for byte.
+        #[test]
+        fn partial_segments_are_found_and_completed(spec in tcp_spec(), udp in any::<bool>(),
+                                                     headroom in 0usize..20) {
+            let mut spec = spec;
+            if udp {
+                spec.udp = true;
+                spec.tcp_options.clear();
+            }
+            let (hdr, frame) = spec.super_frame();
+            let (mut full, mut part) = (vec![0u8; 200_000], vec![0u8; 200_000]);
+            let a = segment(&hdr, &frame, headroom, &mut full).unwrap();
+            let b = segment_with(&hdr, &frame, headroom, &mut part, Checksums::Partial).unwrap();
+            prop_assert_eq!(a, b);
+            for i in 0..a.count {
+                let want = a.frame(&full, headroom, i).unwrap();
+                let mut got = b.frame(&part, headroom, i).unwrap().to_vec();
+                let found = partial_checksum(&got);
+                prop_assert!(found.is_some(), "segment {} of {} not found partial", i, a.count);
+                complete_checksum(&found.unwrap(), &mut got).unwrap();
+                prop_assert_eq!(&got[..], want);
+            }
+            // Coalesced again by a receiver that trusts its tunnel, they
+            // give the super-frame back, or, one segment alone, a frame
+            // marked partial whose completion is the complete segment.
+            if spec.udp || spec.payload.is_empty() {
+                return Ok(());
+            }
+            let mut gro = Gro::new(false);
+            for i in 0..b.count {
+                let f = b.frame(&part, headroom, i).unwrap();
+                prop_assert_eq!(gro.offer(f), Offer::Absorbed, "segment {} of {}", i, b.count);
+            }
+            let pending = gro.pending();
+            let vnet = VnetHdr::parse(pending).unwrap();
+            prop_assert!(vnet.needs_csum());
+            if b.count == 1 {
+                let mut f = pending[VnetHdr::LEN..].to_vec();
+                complete_checksum(&vnet, &mut f).unwrap();
+                prop_assert_eq!(&f[..], a.frame(&full, headroom, 0).unwrap());
+            } else {
+                prop_assert_eq!(vnet, hdr);
+                prop_assert_eq!(&pending[VnetHdr::LEN..], &frame[..]);
+            }
         }
 
         #[test]

@@ -112,7 +112,7 @@ pub(super) struct Network {
     remotes: BTreeMap<(String, String), overlay::PublishedEndpoint>,
     /// Overlays: the tunnel port to each host with endpoints here, and
     /// where it points.
-    vteps: BTreeMap<String, (PortId, SocketAddr)>,
+    vteps: BTreeMap<String, (PortId, overlay_nets::MemberTunnel)>,
     /// Overlays: tunnel ports of admitted foreign VTEPs.
     static_vteps: BTreeMap<SocketAddr, PortId>,
     /// Overlays: the cluster-wide allocator (this host's owned ranges).

@@ -45,6 +45,7 @@ pub(super) fn start_cluster(
         tags: [
             (CERT_TAG.to_string(), fingerprint.to_string()),
             (quic::PORT_TAG.to_string(), cs.quic_port.to_string()),
+            (PARTIAL_CSUM_TAG.to_string(), PARTIAL_CSUM_YES.to_string()),
         ]
         .into(),
     };
@@ -222,9 +223,9 @@ impl Controller {
         let mut peers: Vec<api::Peer> = n
             .vteps
             .iter()
-            .map(|(host, (_, addr))| api::Peer {
+            .map(|(host, (_, t))| api::Peer {
                 name: host.clone(),
-                ip: addr.ip().to_string(),
+                ip: t.addr.ip().to_string(),
             })
             .collect();
         if let Some(c) = &self.config.cluster {
@@ -581,11 +582,11 @@ impl Controller {
                     .map(|e| ((e.host.to_string(), e.key.to_string()), e.record.clone()))
                     .collect()
             };
-            let tunnels: BTreeMap<String, SocketAddr> = g
+            let tunnels: BTreeMap<String, MemberTunnel> = g
                 .members()
                 .into_iter()
                 .filter(|m| !m.local && m.state != overlay::MemberState::Down)
-                .map(|m| (m.meta.name, m.meta.tunnel_addr))
+                .map(|m| (m.meta.name.clone(), MemberTunnel::of(&m.meta)))
                 .collect();
             (want, tunnels)
         });
@@ -599,7 +600,7 @@ impl Controller {
             .into_iter()
             .filter(|((host, _), _)| tunnels.contains_key(host))
             .collect();
-        let want_hosts: BTreeMap<String, SocketAddr> =
+        let want_hosts: BTreeMap<String, MemberTunnel> =
             want.keys().map(|(h, _)| (h.clone(), tunnels[h])).collect();
 
         let net = self.networks.get_mut(name).expect("checked");
@@ -619,7 +620,7 @@ impl Controller {
         let stale: Vec<String> = net
             .vteps
             .iter()
-            .filter(|(h, (_, addr))| want_hosts.get(*h) != Some(addr))
+            .filter(|(h, (_, t))| want_hosts.get(*h) != Some(t))
             .map(|(h, _)| h.clone())
             .collect();
         for h in stale {
@@ -627,16 +628,13 @@ impl Controller {
             let _ = self.datapath.remove_port(port);
         }
         // New tunnel ports.
-        for (h, addr) in &want_hosts {
+        for (h, t) in &want_hosts {
             if !net.vteps.contains_key(h) {
                 let port = switch::PortId(self.next_port);
                 self.next_port += 1;
-                match self
-                    .datapath
-                    .add_vtep(port, member_vtep(dp, *addr, encrypted))
-                {
+                match self.datapath.add_vtep(port, member_vtep(dp, *t, encrypted)) {
                     Ok(()) => {
-                        net.vteps.insert(h.clone(), (port, *addr));
+                        net.vteps.insert(h.clone(), (port, *t));
                     }
                     Err(e) => tracing::warn!(host = %h, error = %e, "adding tunnel port"),
                 }
@@ -725,13 +723,40 @@ fn ips_of(r: &overlay::PublishedEndpoint) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The gossip tag by which a member says it takes inner frames whose
+/// checksum is partial ([`Vtep::partial_csum`]); one without it (an older
+/// vswitchd) gets complete checksums.
+pub(super) const PARTIAL_CSUM_TAG: &str = "inner-csum";
+/// [`PARTIAL_CSUM_TAG`]'s value.
+const PARTIAL_CSUM_YES: &str = "partial";
+
+/// Where another host's tunnel ends, and what it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MemberTunnel {
+    /// Its tunnel address.
+    pub(super) addr: SocketAddr,
+    /// It completes partial inner checksums ([`PARTIAL_CSUM_TAG`]).
+    pub(super) partial_csum: bool,
+}
+
+impl MemberTunnel {
+    fn of(meta: &overlay::MemberMeta) -> MemberTunnel {
+        MemberTunnel {
+            addr: meta.tunnel_addr,
+            partial_csum: meta.tags.get(PARTIAL_CSUM_TAG).map(String::as_str)
+                == Some(PARTIAL_CSUM_YES),
+        }
+    }
+}
+
 /// The tunnel port toward another host of the cluster, over QUIC for an
 /// encrypted network.
-fn member_vtep(network: NetworkId, remote: SocketAddr, encrypted: bool) -> Vtep<NetworkId> {
+fn member_vtep(network: NetworkId, t: MemberTunnel, encrypted: bool) -> Vtep<NetworkId> {
     Vtep {
         network,
-        remote,
+        remote: t.addr,
         kind: VtepKind::Member,
+        partial_csum: t.partial_csum,
         transport: if encrypted {
             Transport::Quic
         } else {
@@ -747,5 +772,53 @@ pub(super) fn static_vtep(network: NetworkId, remote: SocketAddr) -> Vtep<Networ
         remote,
         kind: VtepKind::Static,
         transport: Transport::Udp,
+        partial_csum: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(tags: &[(&str, &str)]) -> overlay::MemberMeta {
+        overlay::MemberMeta {
+            name: "h2".into(),
+            gossip_addr: "192.0.2.2:7946".parse().unwrap(),
+            tunnel_addr: "192.0.2.2:4789".parse().unwrap(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Only a member that says it takes partial inner checksums gets them;
+    /// one without the tag (an older vswitchd) or with another value gets
+    /// complete ones, and its tunnel port is a member's either way.
+    #[test]
+    fn partial_checksums_follow_the_members_tag() {
+        let yes = MemberTunnel::of(&meta(&[(PARTIAL_CSUM_TAG, PARTIAL_CSUM_YES)]));
+        let absent = MemberTunnel::of(&meta(&[]));
+        let other = MemberTunnel::of(&meta(&[(PARTIAL_CSUM_TAG, "complete")]));
+        assert!(yes.partial_csum);
+        assert!(!absent.partial_csum && !other.partial_csum);
+        assert_eq!(yes.addr, absent.addr);
+        let v = member_vtep(NetworkId(1), yes, true);
+        assert!(v.partial_csum && v.kind == VtepKind::Member);
+        assert_eq!(v.transport, Transport::Quic);
+        assert!(!member_vtep(NetworkId(1), absent, false).partial_csum);
+    }
+
+    /// The tags this host publishes say it takes them, and fit in a
+    /// member's meta with the rest.
+    #[test]
+    fn this_host_publishes_the_tag() {
+        let m = meta(&[
+            (CERT_TAG, &"ab".repeat(32)),
+            (quic::PORT_TAG, "4790"),
+            (PARTIAL_CSUM_TAG, PARTIAL_CSUM_YES),
+        ]);
+        assert!(MemberTunnel::of(&m).partial_csum);
+        assert!(postcard::to_allocvec(&m).unwrap().len() <= overlay::gossip::MAX_META_LEN);
     }
 }

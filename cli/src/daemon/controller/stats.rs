@@ -35,6 +35,8 @@ impl Controller {
             ("RxPackets", rx.received(overlay::tunnel::Transport::Udp)),
             ("TxPackets", t.tx_packets),
             ("SendErrors", t.send_errors),
+            ("TxPartialCsum", t.tx_partial_csum),
+            ("RxPartialCsum", t.rx_partial_csum),
         ]
         .into_iter()
         .chain(

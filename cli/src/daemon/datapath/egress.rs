@@ -60,7 +60,9 @@ impl Egress<'_> {
     /// Delivers `frame` (with its offload header `hdr`) to port `to`.
     pub(super) fn deliver(&mut self, to: PortId, hdr: &VnetHdr, frame: &[u8]) {
         let offloaded = hdr.is_gso() || hdr.needs_csum();
-        if self.coalesce && !offloaded && matches!(self.ports.get(&to), Some(Slot::Tap(_))) {
+        // A member's segment may come with its checksum partial: the run
+        // rewrites it either way.
+        if self.coalesce && !hdr.is_gso() && matches!(self.ports.get(&to), Some(Slot::Tap(_))) {
             if self.coalesce_into(to, frame) {
                 return;
             }
@@ -136,18 +138,37 @@ impl Egress<'_> {
                 // The tunnel rules decide: split horizon (what came from a
                 // tunnel never goes back into one, each host's gateway stays
                 // local), the VNI's header, the transport.
-                let (transport, remote, header) = match self.rules.encap(self.from, to) {
+                let (transport, remote, header, csum) = match self.rules.encap(self.from, to) {
                     Encap::Send {
                         transport,
                         remote,
                         header,
-                    } => (transport, remote, header),
+                        partial_csum,
+                    } => {
+                        // A plain frame goes partial only as the far end
+                        // recognises it (not behind Ethernet padding, say).
+                        let recognised = hdr.is_gso()
+                            || !hdr.needs_csum()
+                            || offload::partial_checksum(frame).is_some();
+                        let csum = if partial_csum && recognised {
+                            Checksums::Partial
+                        } else {
+                            Checksums::Complete
+                        };
+                        (transport, remote, header, csum)
+                    }
                     Encap::Drop(_) => return,
                 };
+                // What has to be segmented (or summed) before it leaves,
+                // and whether it leaves with its checksum partial.
+                let cut = hdr.is_gso() || (hdr.needs_csum() && csum == Checksums::Complete);
+                let partial = csum == Checksums::Partial && (hdr.is_gso() || hdr.needs_csum());
                 if transport == Transport::Quic {
                     // Encrypted: through QUIC or not at all.
                     let sent = match self.quic {
-                        Some(q) => send_quic(q, self.arena, remote, &header, hdr, frame, self.seg),
+                        Some(q) => send_quic(
+                            q, self.arena, remote, &header, hdr, frame, cut, csum, self.seg,
+                        ),
                         None => Err(0),
                     };
                     let (ok, dropped) = match sent {
@@ -155,6 +176,9 @@ impl Egress<'_> {
                         Err(sent) => (sent, 1),
                     };
                     v.counters.tx_packets += ok;
+                    if partial {
+                        self.tunnel_counters.tx_partial_csum += ok;
+                    }
                     if ok > 0 {
                         v.counters.tx_bytes += frame.len() as u64;
                     }
@@ -164,8 +188,8 @@ impl Egress<'_> {
                 let Some(tunnel) = self.tunnel else {
                     return;
                 };
-                let sent = if offloaded {
-                    send_segmented(tunnel, remote, &header, hdr, frame, self.seg)
+                let sent = if cut {
+                    send_segmented(tunnel, remote, &header, hdr, frame, csum, self.seg)
                 } else {
                     // Header and frame go out as one datagram from two
                     // buffers: the frame is not copied.
@@ -185,6 +209,9 @@ impl Egress<'_> {
                         v.counters.tx_packets += datagrams;
                         v.counters.tx_bytes += frame.len() as u64;
                         self.tunnel_counters.tx_packets += datagrams;
+                        if partial {
+                            self.tunnel_counters.tx_partial_csum += datagrams;
+                        }
                     }
                     Err(_) => {
                         v.counters.tx_drops += 1;
@@ -220,19 +247,22 @@ pub(super) fn segment_behind(
     header: &[u8],
     hdr: &VnetHdr,
     frame: &[u8],
+    csum: Checksums,
     seg: &mut [u8],
 ) -> Result<offload::Segments, offload::OffloadError> {
-    let segs = offload::segment(hdr, frame, header.len(), seg)?;
+    let segs = offload::segment_with(hdr, frame, header.len(), seg, csum)?;
     for i in 0..segs.count {
         seg[i * segs.stride..][..header.len()].copy_from_slice(header);
     }
     Ok(segs)
 }
 
-/// Sends a frame of an encrypted network as QUIC datagrams (a super-frame
-/// segmented first, the segments sent as slices of one shared buffer).
+/// Sends a frame of an encrypted network as QUIC datagrams (with `cut`, a
+/// super-frame segmented first, or a partial checksum completed, the
+/// segments sent as slices of one shared buffer; else the frame as it is).
 /// Ok: datagrams sent; Err: how many went before one was dropped (no
 /// connection yet, too large; the QUIC side counts why).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn send_quic(
     quic: &QuicHandle,
     arena: &mut DatagramArena,
@@ -240,16 +270,18 @@ pub(super) fn send_quic(
     header: &[u8],
     hdr: &VnetHdr,
     frame: &[u8],
+    cut: bool,
+    csum: Checksums,
     seg: &mut [u8],
 ) -> Result<u64, u64> {
-    if !(hdr.is_gso() || hdr.needs_csum()) {
+    if !cut {
         return if quic.send_bytes(remote, arena.take(&[header, frame])) {
             Ok(1)
         } else {
             Err(0)
         };
     }
-    let segs = segment_behind(header, hdr, frame, seg).map_err(|_| 0u64)?;
+    let segs = segment_behind(header, hdr, frame, csum, seg).map_err(|_| 0u64)?;
     // Copied once into the arena; every datagram is a slice of it.
     let all = arena.take(&[&seg[..segs.total_len(header.len())]]);
     let mut sent = 0;
@@ -273,9 +305,10 @@ pub(super) fn send_segmented(
     header: &[u8],
     hdr: &VnetHdr,
     frame: &[u8],
+    csum: Checksums,
     seg: &mut [u8],
 ) -> io::Result<u64> {
-    let segs = segment_behind(header, hdr, frame, seg)
+    let segs = segment_behind(header, hdr, frame, csum, seg)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let total = segs.total_len(header.len());
     // One UDP GSO send is one UDP datagram before segmentation: at most

@@ -46,7 +46,7 @@ use switch::fdb::FastMap;
 use switch::gateway::{Gateway, GatewayConfig};
 use switch::nat::{Nat, NatConfig, NatStats, Shard};
 use switch::neighbor::Neighbors;
-use switch::offload::{self, gso, Gro, Offer, VnetHdr};
+use switch::offload::{self, gso, Checksums, Gro, Offer, VnetHdr};
 use switch::tap::Tap;
 use switch::{MacAddr, NetworkId, PortId};
 

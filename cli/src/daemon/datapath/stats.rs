@@ -34,6 +34,12 @@ pub struct TunnelCounters {
     pub tx_packets: u64,
     /// Sends that failed.
     pub send_errors: u64,
+    /// Datagrams (UDP or QUIC) sent to a member with their inner TCP or
+    /// UDP checksum left partial ([`Checksums::Partial`]).
+    pub tx_partial_csum: u64,
+    /// Frames received from a tunnel (UDP or QUIC, member or static VTEP)
+    /// whose inner checksum was partial, handed on marked `NEEDS_CSUM`.
+    pub rx_partial_csum: u64,
 }
 
 impl TunnelCounters {
@@ -41,6 +47,8 @@ impl TunnelCounters {
     pub(super) fn add(&mut self, o: &TunnelCounters) {
         self.tx_packets += o.tx_packets;
         self.send_errors += o.send_errors;
+        self.tx_partial_csum += o.tx_partial_csum;
+        self.rx_partial_csum += o.rx_partial_csum;
     }
 }
 

@@ -178,6 +178,7 @@ fn run_in_private_netns() {
             remote: addr2,
             kind: VtepKind::Member,
             transport: Transport::Udp,
+            partial_csum: true,
         },
         reply,
     });
@@ -203,6 +204,7 @@ fn run_in_private_netns() {
             remote: addr1,
             kind: VtepKind::Member,
             transport: Transport::Udp,
+            partial_csum: true,
         },
         reply,
     });

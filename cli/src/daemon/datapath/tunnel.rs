@@ -228,16 +228,15 @@ impl Datapath {
         else {
             return;
         };
-        // A static VTEP (a kernel VXLAN device) may leave the inner
-        // checksum partial, as Linux does for a packet bound for a device
-        // with checksum offload (a veth): it goes on marked so, and the
-        // container's kernel, the NAT or the segmenter completes or trusts
-        // it as it does a TAP's. Members (vswitchd) send complete sums.
-        let hdr = if coalesce {
-            VnetHdr::NONE
-        } else {
-            offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE)
-        };
+        // The inner checksum may be partial: a static VTEP (a kernel VXLAN
+        // device) leaves it so, as Linux does for a packet bound for a
+        // device with checksum offload (a veth), and so does a member that
+        // was told this host takes it (`Vtep::partial_csum`). It goes on
+        // marked so, and the container's kernel, the NAT or the segmenter
+        // completes or trusts it as it does a TAP's; a run of coalesced
+        // segments rewrites it.
+        let hdr = offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE);
+        self.tunnel_counters.rx_partial_csum += u64::from(hdr.needs_csum());
         // The inner frame is the datagram's tail.
         let (at, n) = (start + len - frame.len(), frame.len());
         self.count_vtep_rx(port, n);
@@ -272,8 +271,12 @@ impl Datapath {
         };
         let (at, n) = (datagram.len() - frame.len(), frame.len());
         self.count_vtep_rx(port, n);
+        // A member leaves inner checksums partial (QUIC authenticates
+        // every byte already), as on the UDP tunnel.
+        let hdr = offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE);
+        self.tunnel_counters.rx_partial_csum += u64::from(hdr.needs_csum());
         let src = Src::Quic { datagram, coalesce };
-        self.switch_frame(port, src, at, n, &VnetHdr::NONE, now);
+        self.switch_frame(port, src, at, n, &hdr, now);
     }
 
     fn count_vtep_rx(&mut self, port: PortId, bytes: usize) {
