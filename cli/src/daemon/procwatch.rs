@@ -14,21 +14,26 @@ use super::state::ProcRef;
 /// The start time of `pid` (field 22 of `/proc/PID/stat`), or `None` when
 /// there is no such process or it is a zombie waiting for its parent.
 pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).and_then(|(zombie, start)| (!zombie).then_some(start))
+}
+
+/// Whether `pid` is a zombie, and its start time.
+fn stat(pid: u32) -> Option<(bool, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may
     // hold anything: field 3 (the state) first.
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state == "Z" || state == "X", start))
 }
 
-/// A reference to the process `pid` as it is now.
+/// A reference to the process `pid` as it is now, also when it has just
+/// exited and its parent has not yet reaped it (a command that ends at
+/// once is still registered by the process that waits for it).
 pub fn current(pid: u32) -> Option<ProcRef> {
-    start_time(pid).map(|start| ProcRef { pid, start })
+    stat(pid).map(|(_, start)| ProcRef { pid, start })
 }
 
 /// Whether `p` still runs (with start time 0, any process with its pid).
@@ -143,8 +148,9 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        // A zombie (not reaped yet) counts as ended.
+        // A zombie (not reaped yet) counts as ended, and is still known.
         assert!(!alive(p));
+        assert_eq!(current(child.id()), Some(p));
         child.wait().unwrap();
     }
 }
