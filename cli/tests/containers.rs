@@ -27,12 +27,15 @@ fn ps_entry(h: &Host, all: bool, name: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Waits until `name` is listed as exited; returns its entry.
+/// Waits until `name` is listed as exited and its endpoints are released
+/// (right after); returns its entry.
 fn wait_exited(h: &Host, name: &str, within: Duration) -> Value {
     let mut last = None;
     wait_for(&format!("{name} to exit"), within, || {
         last = ps_entry(h, true, name);
-        last.as_ref().is_some_and(|e| e["State"] == "exited")
+        last.as_ref()
+            .is_some_and(|e| e["State"] == "exited" && e["Addresses"] == serde_json::json!([]))
+            && !netns_exists(name)
     });
     last.expect("listed")
 }
@@ -235,7 +238,7 @@ fn foreground_run_stays_exited_until_rm_and_prune_removes_the_right_things() {
     };
     let out = run_fg("5");
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    let e = ps_entry(&h, true, &fg).expect("the foreground container stays");
+    let e = wait_exited(&h, &fg, Duration::from_secs(5));
     assert_eq!((&e["State"], &e["ExitCode"]), (&"exited".into(), &5.into()));
     assert!(!netns_exists(&fg));
     // Its name is taken until `vswitch rm`, as with Docker.
