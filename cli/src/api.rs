@@ -414,14 +414,59 @@ pub struct ContainerCreate {
     pub owns_netns: bool,
     #[serde(rename = "Pid", default)]
     pub pid: Option<u32>,
+    /// The command `vswitch run` is about to start: the container then
+    /// has a process whose state (created, running, exited with its code)
+    /// the daemon keeps.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// `run -d`: the daemon makes a log directory for the command's output
+    /// (`LogPath` in the answer).
+    #[serde(rename = "Detached", default)]
+    pub detached: bool,
 }
 
-/// Sets the process of a container after `run -d` started it.
+/// Sets the process of a container once `vswitch run` started it: `Pid`
+/// is the command's, `SupervisorPid` the process that waits for it and
+/// reports its exit (`vswitch run` itself in the foreground, its
+/// supervisor with `-d`). `Pid` null says the process is gone without a
+/// known exit code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerUpdate {
     #[serde(rename = "Pid", default)]
     pub pid: Option<u32>,
+    #[serde(rename = "SupervisorPid", default)]
+    pub supervisor_pid: Option<u32>,
+}
+
+/// `POST /v1/containers/NAME/exited`: the command of a `vswitch run` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerExited {
+    /// The container's id, so that a late report never marks a newer
+    /// container of the same name.
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// The exit status, or 128 + the signal that ended it, as a shell
+    /// (and Docker) reports it: 0 to 255.
+    #[serde(rename = "ExitCode")]
+    pub exit_code: i32,
+}
+
+/// `vswitch container prune`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ContainersPruned {
+    /// Names of the removed containers.
+    #[serde(rename = "ContainersDeleted")]
+    pub deleted: Vec<String>,
+}
+
+/// `vswitch network prune`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetworksPruned {
+    /// Names of the removed networks.
+    #[serde(rename = "NetworksDeleted")]
+    pub deleted: Vec<String>,
 }
 
 /// `vswitch join-cluster`.
@@ -609,6 +654,64 @@ pub struct ContainerInspect {
     /// Published ports, keyed `PORT/PROTO` as Docker's.
     #[serde(rename = "Ports", default)]
     pub ports: BTreeMap<String, Vec<PortBinding>>,
+    /// When the daemon first knew the container (RFC 3339); absent for
+    /// containers stored by releases that did not record it.
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(rename = "State", default)]
+    pub state: ContainerState,
+    /// The command of a `vswitch run` container.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// The networks it is on, or, once exited, was on (its endpoints are
+    /// released when it exits).
+    #[serde(rename = "NetworkNames", default)]
+    pub network_names: Vec<String>,
+    /// `run -d`: where the command's output is kept.
+    #[serde(rename = "LogPath", default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+}
+
+/// What state a container is in, in Docker's `State` field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ContainerState {
+    #[serde(rename = "Status")]
+    pub status: ContainerStatus,
+    #[serde(rename = "Running")]
+    pub running: bool,
+    /// The command's exit code once it exited; absent when the daemon
+    /// could not learn it (its supervisor was killed too).
+    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(rename = "StartedAt", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(
+        rename = "FinishedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finished_at: Option<String>,
+}
+
+/// `created` (registered, nothing started yet, or a runtime's container
+/// without endpoints), `running`, `exited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    #[default]
+    Created,
+    Running,
+    Exited,
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Created => "created",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Exited => "exited",
+        }
+    }
 }
 
 /// One port's counters in `vswitch stats`.
@@ -716,6 +819,15 @@ pub enum Request {
     ContainerUpdate(String, ContainerUpdate),
     ContainerInspect(String),
     ContainerRemove(String),
+    ContainerExited(String, ContainerExited),
+    /// `GET /v1/containers/NAME/logs[?follow=1]`: answered by the server
+    /// as a stream of the log's bytes.
+    ContainerLogs {
+        name: String,
+        follow: bool,
+    },
+    ContainerPrune,
+    NetworkPrune,
     Stats,
     ClusterJoin(Join),
     ClusterLeave,
@@ -745,6 +857,9 @@ pub enum DecodeError {
     /// A name in the path is not a valid name.
     #[error("{0}")]
     BadName(String),
+    /// A query parameter this endpoint does not take.
+    #[error("unknown query parameter `{0}`; this endpoint takes follow=1")]
+    BadQuery(String),
 }
 
 impl DecodeError {
@@ -752,7 +867,7 @@ impl DecodeError {
     pub fn status(&self) -> u16 {
         match self {
             DecodeError::NotFound { .. } => 404,
-            DecodeError::BadBody { .. } | DecodeError::BadName(_) => 400,
+            DecodeError::BadBody { .. } | DecodeError::BadName(_) | DecodeError::BadQuery(_) => 400,
         }
     }
 }
@@ -812,19 +927,22 @@ fn name_segment(kind: &str, seg: &str) -> Result<String, DecodeError> {
 }
 
 impl Request {
-    /// Decodes a request from its method, path (query string ignored) and
-    /// body. Never panics, whatever the bytes.
+    /// Decodes a request from its method, path (the query string is read
+    /// only by the logs endpoint, ignored elsewhere) and body. Never
+    /// panics, whatever the bytes.
     pub fn decode(method: &str, path: &str, body_bytes: &[u8]) -> Result<Request, DecodeError> {
         let not_found = || DecodeError::NotFound {
             method: method.chars().take(16).collect(),
             path: path.chars().take(128).collect(),
         };
-        let path = path.split('?').next().unwrap_or("");
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let rest = path.strip_prefix(PREFIX).ok_or_else(not_found)?;
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let req = match (method, segs.as_slice()) {
             ("GET", ["_ping"]) => Request::Ping,
             ("GET", ["networks"]) => Request::NetworkList,
+            ("POST", ["networks", "_prune"]) => Request::NetworkPrune,
+            ("POST", ["containers", "_prune"]) => Request::ContainerPrune,
             ("POST", ["networks"]) => {
                 let create: NetworkCreate = body("POST /v1/networks", body_bytes)?;
                 validate_name("network", &create.name).map_err(DecodeError::BadName)?;
@@ -864,6 +982,39 @@ impl Request {
             }
             ("DELETE", ["containers", name]) => {
                 Request::ContainerRemove(name_segment("container", name)?)
+            }
+            ("POST", ["containers", name, "exited"]) => {
+                let name = name_segment("container", name)?;
+                let e: ContainerExited = body("POST /v1/containers/NAME/exited", body_bytes)?;
+                let bad = |reason: String| DecodeError::BadBody {
+                    endpoint: "POST /v1/containers/NAME/exited",
+                    reason,
+                };
+                if !(0..=255).contains(&e.exit_code) {
+                    return Err(bad(format!(
+                        "ExitCode {} is not an exit status (0 to 255)",
+                        e.exit_code
+                    )));
+                }
+                if e.id.is_empty()
+                    || e.id.len() > 64
+                    || !e.id.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(bad("Id must be the container's id (hex digits)".into()));
+                }
+                Request::ContainerExited(name, e)
+            }
+            ("GET", ["containers", name, "logs"]) => {
+                let name = name_segment("container", name)?;
+                let mut follow = false;
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    match pair.split_once('=').unwrap_or((pair, "")) {
+                        ("follow", "" | "1" | "true") => follow = true,
+                        ("follow", "0" | "false") => follow = false,
+                        _ => return Err(DecodeError::BadQuery(pair.chars().take(64).collect())),
+                    }
+                }
+                Request::ContainerLogs { name, follow }
             }
             ("GET", ["stats"]) => Request::Stats,
             ("POST", ["cluster", "join"]) => {
@@ -963,6 +1114,73 @@ mod tests {
     ) {
         let err = Request::decode(method, path, body).unwrap_err();
         assert_eq!(err.status(), status, "{err}");
+    }
+
+    #[rstest]
+    #[case("POST", "/v1/containers/c/exited", br#"{"Id":"ab","ExitCode":256}"#)]
+    #[case("POST", "/v1/containers/c/exited", br#"{"Id":"ab","ExitCode":-1}"#)]
+    #[case("POST", "/v1/containers/c/exited", br#"{"Id":"not hex","ExitCode":0}"#)]
+    #[case("POST", "/v1/containers/c/exited", br#"{"Id":"","ExitCode":0}"#)]
+    #[case("POST", "/v1/containers/c/exited", br#"{"ExitCode":0}"#)]
+    #[case("POST", "/v1/containers/-c/exited", br#"{"Id":"ab","ExitCode":0}"#)]
+    #[case("GET", "/v1/containers/c/logs?tail=5", b"")]
+    #[case("GET", "/v1/containers/c/logs?follow=maybe", b"")]
+    #[case("POST", "/v1/containers", br#"{"Name":"c","Cmd":"not a list"}"#)]
+    fn refuses_bad_container_requests(
+        #[case] method: &str,
+        #[case] path: &str,
+        #[case] body: &[u8],
+    ) {
+        let err = Request::decode(method, path, body).unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+    }
+
+    #[test]
+    fn decodes_container_requests() {
+        assert_eq!(
+            Request::decode(
+                "POST",
+                "/v1/containers/job/exited",
+                br#"{"Id":"0aF9","ExitCode":3}"#
+            )
+            .unwrap(),
+            Request::ContainerExited(
+                "job".into(),
+                ContainerExited {
+                    id: "0aF9".into(),
+                    exit_code: 3
+                }
+            )
+        );
+        for (path, follow) in [
+            ("/v1/containers/job/logs", false),
+            ("/v1/containers/job/logs?follow=1", true),
+            ("/v1/containers/job/logs?follow", true),
+            ("/v1/containers/job/logs?follow=false", false),
+        ] {
+            assert_eq!(
+                Request::decode("GET", path, b"").unwrap(),
+                Request::ContainerLogs {
+                    name: "job".into(),
+                    follow
+                },
+                "{path}"
+            );
+        }
+        // `_prune` is no container name, so never taken for one.
+        assert_eq!(
+            Request::decode("POST", "/v1/containers/_prune", b"").unwrap(),
+            Request::ContainerPrune
+        );
+        assert_eq!(
+            Request::decode("POST", "/v1/networks/_prune", b"").unwrap(),
+            Request::NetworkPrune
+        );
+        // A container may be called `prune`.
+        assert!(matches!(
+            Request::decode("POST", "/v1/containers/prune", br#"{"Pid":1}"#).unwrap(),
+            Request::ContainerUpdate(n, _) if n == "prune"
+        ));
     }
 
     #[rstest]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod client;
 pub mod cni;
+pub mod container_log;
 pub mod daemon;
 pub mod netns;
 pub mod rootless;

@@ -169,12 +169,27 @@ fn containers_talk_by_name_and_alias_and_removal_leaves_nothing() {
         "vswitch's DNS does not know Docker's names: {text}"
     );
 
+    // `vswitch ps` lists Docker's container: running, by its Docker name,
+    // with its address and this host, no command of vswitch's.
+    let ps = d.host.vs_json(&["ps", "--format", "json"]);
+    let row = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Name"] == web.as_str())
+        .unwrap_or_else(|| panic!("ps lacks {web}: {ps}"));
+    assert_eq!(row["State"], "running", "{row}");
+    assert_eq!(row["Addresses"], serde_json::json!([ip]), "{row}");
+    assert_eq!(row["Networks"], serde_json::json!([net]), "{row}");
+    assert_eq!(row["Command"], serde_json::json!([]), "{row}");
+
     // Gone: no endpoint, no TAP, no network, no address.
     d.docker.docker_ok(&["rm", "-f", &web]);
     d.docker.docker_ok(&["network", "rm", &net]);
     let list = d.host.vs_ok(&["network", "ls"]);
     assert!(!list.contains(&net), "{list}");
     assert!(!d.host.vs(&["inspect", &web]).status.success());
+    assert!(!d.host.vs_ok(&["ps", "-a"]).contains(&web));
     let links = stdout(&d.host.ns.exec(&["ip", "-o", "link"]));
     assert!(!links.contains("vsd"), "a TAP is left: {links}");
     // The subnet is free again for a new network.

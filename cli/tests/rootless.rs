@@ -542,6 +542,38 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
     h.vs_ok(&["rm", &b]);
     assert!(!h.runtime_dir().join("netns").join(&b).exists());
     h.containers.retain(|c| *c != b);
+
+    // `run -d` as the user: `ps -a` shows its exit code, `logs` its
+    // output, kept in the user's own state directory and owned by the user.
+    let job = h.run_cmd(
+        "j",
+        &net,
+        &[],
+        &["sh", "-c", "echo rootless-marker; exit 3"],
+    );
+    let mut entry = serde_json::Value::Null;
+    wait_for("the rootless job to exit", PATIENCE, || {
+        let all = h.vs_json(&["ps", "-a", "--format", "json"]);
+        entry = all
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["Name"] == job.as_str()).cloned())
+            .unwrap_or_default();
+        entry["State"] == "exited"
+    });
+    assert_eq!(entry["ExitCode"], 3, "{entry}");
+    assert_eq!(h.vs_ok(&["logs", &job]), "rootless-marker\n");
+    let log = h
+        .dir
+        .join(".local/share/vswitch/containers")
+        .join(entry["Id"].as_str().unwrap())
+        .join("output.log");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&log).unwrap().uid(), user.uid);
+    // Its namespace goes right after it exited.
+    let ns = h.runtime_dir().join("netns").join(&job);
+    wait_for("the exited job's namespace to go", PATIENCE, || {
+        !ns.exists()
+    });
 }
 
 #[test]

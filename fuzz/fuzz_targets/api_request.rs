@@ -27,6 +27,13 @@ fuzz_target!(|data: &[u8]| {
             Request::NetworkInspect(n) | Request::NetworkRemove(n) => {
                 assert!(vswitch_cli::api::validate_name("network", n).is_ok())
             }
+            Request::ContainerExited(n, e) => {
+                assert!(vswitch_cli::api::validate_name("container", n).is_ok());
+                assert!((0..=255).contains(&e.exit_code));
+            }
+            Request::ContainerLogs { name, .. } => {
+                assert!(vswitch_cli::api::validate_name("container", name).is_ok())
+            }
             _ => {}
         }
     }

@@ -92,6 +92,58 @@ impl Client {
         Ok((status, bytes.to_vec()))
     }
 
+    /// `GET path`, its body handed to `sink` piece by piece as it
+    /// arrives (`vswitch logs -f`); an error status is the daemon's
+    /// message.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            anyhow!(
+                "cannot reach vswitchd at {}: {e}; is it running? (start it with `vswitchd`, or point --host/VSWITCH_HOST at its socket)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("control API handshake")?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("GET")
+            .uri(format!("http://vswitchd{path}"))
+            .header("host", "vswitchd")
+            .body(Full::new(Bytes::new()))
+            .context("building request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("control API request")?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if !(200..300).contains(&status) {
+            let bytes = body
+                .collect()
+                .await
+                .context("reading control API response")?
+                .to_bytes();
+            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{msg}");
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading control API response")?;
+            if let Some(data) = frame.data_ref() {
+                sink(data)?;
+            }
+        }
+        drop(sender);
+        let _ = conn.await;
+        Ok(())
+    }
+
     /// How the daemon runs (`GET /v1/info`); a daemon that predates the
     /// route runs as root.
     pub async fn info(&self) -> Result<crate::api::Info> {

@@ -5,13 +5,13 @@ pub mod controller;
 pub mod datapath;
 pub mod docker;
 pub mod gossip;
+pub mod procwatch;
 pub mod quic;
 pub mod server;
 pub mod state;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -377,7 +377,15 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         let ctrl = tokio::task::spawn_blocking(move || controller::Controller::start(config))
             .await
             .context("controller start")??;
-        let ctrl = Arc::new(controller::ControlPlane::new(ctrl));
+        let ctrl = controller::ControlPlane::new(ctrl);
+        // `vswitch run` containers: marked exited if their processes ended
+        // while no daemon watched, watched otherwise.
+        {
+            let ctrl = ctrl.clone();
+            tokio::task::spawn_blocking(move || ctrl.watch_containers())
+                .await
+                .context("looking at the containers' processes")?;
+        }
         // Gossip events are applied by a thread of their own, each under the
         // controller's lock for as long as it takes to apply (never while a
         // request waits on netlink: see `controller::plane`).

@@ -2,13 +2,16 @@
 //! connection, requests decoded by [`Request::decode`] and executed by the
 //! [`ControlPlane`] on a blocking thread (it does netlink and namespace
 //! work, with the controller's lock taken only for the steps that do not
-//! wait).
+//! wait). `vswitch logs` is answered with a body streamed from the
+//! container's log as it is read ([`LogCursor`]), `-f` until the command
+//! has exited.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
@@ -19,19 +22,31 @@ use tokio::sync::watch;
 use super::controller::ControlPlane;
 use super::ApiError;
 use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
+use crate::container_log::LogCursor;
 
 /// How long a request waiting for another host is retried.
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often `vswitch logs -f` looks for more output.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The most of a log sent in one piece.
+const LOG_CHUNK: usize = 64 * 1024;
 
-fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+/// A response body: a whole JSON answer, or a log as it is read.
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn json_response(status: u16, body: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("static response parts are valid")
 }
 
-fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+fn error_response(e: &ApiError) -> Response<Body> {
     let body = serde_json::to_vec(&ErrorBody {
         message: e.message.clone(),
     })
@@ -43,11 +58,15 @@ async fn handle(
     ctrl: Arc<ControlPlane>,
     info: Arc<Info>,
     req: hyper::Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
+    // With the query: `logs?follow=1` reads it.
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     // How this process runs: the server's to answer, not the controller's.
-    if method == "GET" && path == INFO_PATH {
+    if method == "GET" && req.uri().path() == INFO_PATH {
         return Ok(json_response(
             200,
             serde_json::to_vec(&*info).unwrap_or_default(),
@@ -71,11 +90,22 @@ async fn handle(
             return Ok(error_response(&ApiError::new(e.status(), e.to_string())));
         }
     };
+    let logs = match &request {
+        Request::ContainerLogs { name, follow } => Some((name.clone(), *follow)),
+        _ => None,
+    };
     let result = {
         let ctrl = ctrl.clone();
         run_retrying(move || ctrl.handle(request.clone())).await
     };
     Ok(match result {
+        Ok(_) if logs.is_some() => {
+            let (name, follow) = logs.expect("checked");
+            match log_response(ctrl, name, follow).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            }
+        }
         Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
         Err(e) => {
             if e.status >= 500 {
@@ -84,6 +114,93 @@ async fn handle(
             error_response(&e)
         }
     })
+}
+
+/// `vswitch logs [-f]`: the container's log from its oldest byte kept,
+/// as it is read; with `follow`, more as it is written, until the
+/// container's command has exited and everything it wrote was sent.
+async fn log_response(
+    ctrl: Arc<ControlPlane>,
+    name: String,
+    follow: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (id, dir) = {
+        let ctrl = ctrl.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || ctrl.lock()?.log_of(&name))
+            .await
+            .map_err(|e| ApiError::internal(format!("request handler failed: {e}")))??
+    };
+    let cursor = LogCursor::open(&dir)
+        .map_err(|e| ApiError::internal(format!("reading the log in {}: {e}", dir.display())))?;
+    let tail = Tail {
+        ctrl,
+        name,
+        id,
+        cursor: Some(cursor),
+        follow,
+        finished: !follow,
+    };
+    let stream = futures::stream::unfold(tail, Tail::next);
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/octet-stream")
+        .body(StreamBody::new(stream).boxed_unsync())
+        .expect("static response parts are valid"))
+}
+
+/// The state of one `vswitch logs` answer.
+struct Tail {
+    ctrl: Arc<ControlPlane>,
+    name: String,
+    id: String,
+    /// Taken while a blocking thread reads with it.
+    cursor: Option<LogCursor>,
+    follow: bool,
+    /// Nothing more will be written: the rest is read and the answer ends.
+    finished: bool,
+}
+
+impl Tail {
+    /// The next piece of the log, or the end.
+    async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, Tail)> {
+        loop {
+            let mut cursor = self.cursor.take()?;
+            let (ctrl, name, id) = (self.ctrl.clone(), self.name.clone(), self.id.clone());
+            let check = !self.finished;
+            let (cursor, read, goes_on) = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; LOG_CHUNK];
+                let read = cursor.read(&mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                // Asked only at the end of what is written: once the
+                // command has exited, one more read finds the rest.
+                let goes_on = match &read {
+                    Ok(b) if b.is_empty() && check => {
+                        ctrl.with(|c| c.log_continues(&name, &id)).unwrap_or(false)
+                    }
+                    _ => true,
+                };
+                (cursor, read, goes_on)
+            })
+            .await
+            .ok()?;
+            self.cursor = Some(cursor);
+            match read {
+                Err(e) => {
+                    tracing::warn!(container = %self.name, error = %e, "reading a container's log");
+                    self.cursor = None;
+                    return Some((Err(e), self));
+                }
+                Ok(b) if !b.is_empty() => return Some((Ok(Frame::data(Bytes::from(b))), self)),
+                Ok(_) if self.finished => return None,
+                Ok(_) if !goes_on => self.finished = true,
+                Ok(_) => tokio::time::sleep(FOLLOW_EVERY).await,
+            }
+            debug_assert!(self.follow);
+        }
+    }
 }
 
 fn count_bad(ctrl: &Arc<ControlPlane>) {
@@ -129,14 +246,17 @@ where
 
 /// Accepts HTTP/1.1 connections on `listener` (the `what` socket), one task
 /// each, answered by `handler`, until `shutdown` turns true.
-pub(super) async fn serve_unix<H, Fut>(
+pub(super) async fn serve_unix<H, Fut, B>(
     listener: UnixListener,
     what: &'static str,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
     H: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         tokio::select! {

@@ -5,7 +5,10 @@
 //!
 //! Records are `postcard` (a stable, specified wire format) behind a
 //! one-byte format version, so a later release can read what this one wrote.
-//! Every change is one redb transaction.
+//! Every change is one redb transaction. Container records are format 2
+//! since they keep the state of `vswitch run`'s process
+//! ([`ProcessState`]); format 1 records are read and rewritten as 2 at
+//! their next change.
 //!
 //! Releases up to 89781ca kept published ports in JSON files of their own
 //! (`published/CONTAINER@NETWORK.json`) and the cluster peers in
@@ -239,14 +242,120 @@ impl NetworkRecord {
     }
 }
 
-/// A sandbox: a network namespace and, for `vswitch run -d`, its process.
+/// A sandbox: a network namespace and, for `vswitch run`, its process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub name: String,
     pub id: String,
     pub netns: Option<PathBuf>,
     pub owns_netns: bool,
-    pub pid: Option<u32>,
+    /// When the daemon first knew it, in milliseconds since the Unix
+    /// epoch; unknown for records of format 1.
+    pub created_ms: Option<u64>,
+    /// `vswitch run`'s command and what became of it; none for the
+    /// containers of `network connect`, Docker and CNI.
+    pub process: Option<Process>,
+}
+
+/// The command of a `vswitch run` container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub cmd: Vec<String>,
+    /// `run -d`: its output goes to the container's log.
+    pub detached: bool,
+    pub state: ProcessState,
+}
+
+/// Where a `vswitch run` command is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessState {
+    /// Registered, not started yet (`vswitch run` is setting it up).
+    Created,
+    Running {
+        /// The command.
+        pid: ProcRef,
+        /// What waits for it and reports its exit (the foreground `vswitch
+        /// run`, or `run -d`'s supervisor); unknown for records of
+        /// format 1.
+        supervisor: Option<ProcRef>,
+        started_ms: u64,
+    },
+    Exited {
+        /// Unknown when neither a report nor the exit file said it.
+        code: Option<i32>,
+        started_ms: Option<u64>,
+        finished_ms: u64,
+        /// The networks it was on when it exited (its endpoints are
+        /// released then).
+        networks: Vec<String>,
+    },
+}
+
+/// A process, told apart from a later one with the same pid by its start
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRef {
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat` (clock ticks after boot); 0 when
+    /// unknown.
+    pub start: u64,
+}
+
+/// A container as format 1 stored it (releases before `vswitch ps`): a
+/// `pid` only while `run -d`'s process was thought to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ContainerRecordV1 {
+    name: String,
+    id: String,
+    netns: Option<PathBuf>,
+    owns_netns: bool,
+    pid: Option<u32>,
+}
+
+impl From<ContainerRecordV1> for ContainerRecord {
+    fn from(v: ContainerRecordV1) -> ContainerRecord {
+        ContainerRecord {
+            name: v.name,
+            id: v.id,
+            netns: v.netns,
+            owns_netns: v.owns_netns,
+            created_ms: None,
+            // A pid is a `run -d` process of that release: running for
+            // as long as that pid lives.
+            process: v.pid.map(|pid| Process {
+                cmd: Vec::new(),
+                detached: true,
+                state: ProcessState::Running {
+                    pid: ProcRef { pid, start: 0 },
+                    supervisor: None,
+                    started_ms: 0,
+                },
+            }),
+        }
+    }
+}
+
+/// The format of container records: 2 since they keep their process; 1
+/// ([`ContainerRecordV1`]) is still read.
+const CONTAINER_FORMAT: u8 = 2;
+
+fn encode_container(c: &ContainerRecord) -> Vec<u8> {
+    let mut out = encode(c);
+    out[0] = CONTAINER_FORMAT;
+    out
+}
+
+fn decode_container(key: &str, bytes: &[u8]) -> Result<ContainerRecord, StateError> {
+    match bytes.split_first() {
+        Some((&CONTAINER_FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StateError::Corrupt {
+                table: "containers",
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        _ => decode::<ContainerRecordV1>("containers", key, bytes).map(ContainerRecord::from),
+    }
 }
 
 /// One container's attachment to one network.
@@ -489,7 +598,7 @@ impl Store {
     }
 
     pub fn put_container(&self, c: &ContainerRecord) -> Result<(), StateError> {
-        self.put(CONTAINERS, &c.name, &encode(c))
+        self.put(CONTAINERS, &c.name, &encode_container(c))
     }
 
     pub fn delete_container(&self, name: &str) -> Result<(), StateError> {
@@ -648,7 +757,15 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         Ok(Snapshot {
             networks: self.load_table(&txn, NETWORKS, "networks")?,
-            containers: self.load_table(&txn, CONTAINERS, "containers")?,
+            containers: {
+                let t = txn.open_table(CONTAINERS).map_err(|e| self.db_err(e))?;
+                let mut out = Vec::new();
+                for item in t.iter().map_err(|e| self.db_err(e))? {
+                    let (k, v) = item.map_err(|e| self.db_err(e))?;
+                    out.push(decode_container(k.value(), v.value())?);
+                }
+                out
+            },
             endpoints: self.load_table(&txn, ENDPOINTS, "endpoints")?,
         })
     }
@@ -1139,6 +1256,81 @@ mod tests {
             vec!["192.0.2.2:7946".parse::<SocketAddr>().unwrap()]
         );
         assert!(!dir.join("cluster-peers.json").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn containers_keep_their_process_and_format_1_is_still_read() {
+        let dir = tmpdir("containers");
+        let exited = ContainerRecord {
+            name: "job".into(),
+            id: "ab".repeat(32),
+            netns: None,
+            owns_netns: false,
+            created_ms: Some(1_700_000_000_000),
+            process: Some(Process {
+                cmd: vec!["sh".into(), "-c".into(), "exit 3".into()],
+                detached: true,
+                state: ProcessState::Exited {
+                    code: Some(3),
+                    started_ms: Some(1_700_000_000_100),
+                    finished_ms: 1_700_000_001_000,
+                    networks: vec!["web".into()],
+                },
+            }),
+        };
+        let running = ContainerRecord {
+            name: "web1".into(),
+            process: Some(Process {
+                cmd: vec!["sleep".into(), "600".into()],
+                detached: false,
+                state: ProcessState::Running {
+                    pid: ProcRef { pid: 42, start: 7 },
+                    supervisor: Some(ProcRef { pid: 41, start: 6 }),
+                    started_ms: 5,
+                },
+            }),
+            ..exited.clone()
+        };
+        {
+            let s = Store::open(&dir).unwrap();
+            s.put_container(&exited).unwrap();
+            s.put_container(&running).unwrap();
+            // What the release before `vswitch ps` wrote: format 1.
+            let v1 = encode(&ContainerRecordV1 {
+                name: "old".into(),
+                id: "cd".repeat(32),
+                netns: Some("/run/netns/old".into()),
+                owns_netns: true,
+                pid: Some(99),
+            });
+            assert_eq!(v1[0], 1);
+            s.put(CONTAINERS, "old", &v1).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let mut got = s.load().unwrap().containers;
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(got[0], exited);
+        assert_eq!(
+            got[1],
+            ContainerRecord {
+                name: "old".into(),
+                id: "cd".repeat(32),
+                netns: Some("/run/netns/old".into()),
+                owns_netns: true,
+                created_ms: None,
+                process: Some(Process {
+                    cmd: Vec::new(),
+                    detached: true,
+                    state: ProcessState::Running {
+                        pid: ProcRef { pid: 99, start: 0 },
+                        supervisor: None,
+                        started_ms: 0,
+                    },
+                }),
+            }
+        );
+        assert_eq!(got[2], running);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -5,13 +5,16 @@
 mod cluster;
 mod inspect;
 mod ipam;
+mod logs;
 mod network;
 mod output;
 mod port;
+mod ps;
 mod publish;
 mod rm;
 mod run;
 mod stats;
+mod supervise;
 
 use std::path::PathBuf;
 
@@ -23,13 +26,16 @@ use super::Client;
 pub use cluster::{JoinArgs, MembersArgs};
 pub use inspect::InspectArgs;
 pub use ipam::IpamCmd;
+pub use logs::LogsArgs;
 pub use network::{ConnectArgs, CreateArgs, NetworkCmd, VtepCmd};
 pub use output::Format;
 pub use port::PortArgs;
+pub use ps::{human_duration, status_line, PsArgs, PsEntry};
 pub use publish::Publish;
 pub use rm::RmArgs;
 pub use run::RunArgs;
 pub use stats::StatsArgs;
+pub use supervise::SuperviseArgs;
 
 /// The `vswitch` command line.
 #[derive(Debug, Parser)]
@@ -54,8 +60,16 @@ pub enum Command {
     Network(NetworkCmd),
     /// Run a command in a new sandbox (a network namespace) on a network.
     Run(RunArgs),
-    /// Stop what `run` started, disconnect it and free its addresses.
+    /// Remove containers: stop what `run` started, release its endpoints
+    /// and addresses, delete its namespace and log; exited ones too.
     Rm(RmArgs),
+    /// List containers: running ones, with -a exited ones too.
+    Ps(PsArgs),
+    /// Print what a `run -d` command wrote; -f follows until it exits.
+    Logs(LogsArgs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(ContainerCmd),
     /// List a container's published ports, as `docker container port`.
     Port(PortArgs),
     /// Show a container's endpoints, addresses and MACs.
@@ -71,12 +85,25 @@ pub enum Command {
     Ipam(IpamCmd),
     /// Cluster members: name, address, state, networks.
     Members(MembersArgs),
+    /// `run -d`'s supervisor (started by `vswitch run -d` only).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
     /// A self-contained tour on real namespaces; cleans up after itself.
     Demo {
         /// The vswitchd binary to start (default: next to this one).
         #[arg(long, value_name = "PATH")]
         vswitchd: Option<PathBuf>,
     },
+}
+
+/// `vswitch container ...`.
+#[derive(Debug, Subcommand)]
+pub enum ContainerCmd {
+    /// List containers (as `vswitch ps`).
+    #[command(alias = "ps")]
+    Ls(PsArgs),
+    /// Remove every exited container; prints their names.
+    Prune,
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -89,6 +116,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Network(cmd) => network::run(&client, cmd).await.map(|()| 0),
         Command::Run(args) => run::run(&client, args).await,
         Command::Rm(args) => rm::run(&client, args).await,
+        Command::Ps(args) => ps::run(&client, args).await.map(|()| 0),
+        Command::Logs(args) => logs::run(&client, args).await.map(|()| 0),
+        Command::Container(ContainerCmd::Ls(args)) => ps::run(&client, args).await.map(|()| 0),
+        Command::Container(ContainerCmd::Prune) => ps::prune(&client).await.map(|()| 0),
+        Command::Supervise(args) => supervise::run(&client, args).await,
         Command::Port(args) => port::run(&client, args).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&client, args).await.map(|()| 0),
         Command::Stats(args) => stats::run(&client, args).await.map(|()| 0),

@@ -38,6 +38,9 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Remove every network no container uses (no endpoint on any host,
+    /// not named by an exited container); prints their names.
+    Prune,
     /// Connect a container (a network namespace) to a network.
     Connect(ConnectArgs),
     /// Disconnect a container from a network.
@@ -222,6 +225,17 @@ pub(super) async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
             }
             if !errors.is_empty() {
                 bail!("{}", errors.join("\n"));
+            }
+        }
+        NetworkCmd::Prune => {
+            let pruned: api::NetworksPruned = client
+                .call("POST", "/v1/networks/_prune", None::<&()>)
+                .await?;
+            if !pruned.deleted.is_empty() {
+                println!("Deleted Networks:");
+                for n in &pruned.deleted {
+                    println!("{n}");
+                }
             }
         }
         NetworkCmd::Connect(a) => {

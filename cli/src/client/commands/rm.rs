@@ -1,4 +1,5 @@
-//! `vswitch rm`: stop what `run` started, disconnect it, free its addresses.
+//! `vswitch rm`: stop what `run` started, disconnect it, free its
+//! addresses; an exited container's record and log go too.
 
 use anyhow::Result;
 use clap::Args;
@@ -7,6 +8,10 @@ use crate::client::Client;
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
+    /// Accepted for Docker users: a running container is stopped (SIGTERM,
+    /// SIGKILL after 5 s) with or without it.
+    #[arg(short = 'f', long)]
+    pub force: bool,
     #[arg(required = true)]
     pub names: Vec<String>,
 }

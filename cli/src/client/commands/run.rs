@@ -1,23 +1,26 @@
 //! `vswitch run`: a command in a new sandbox (a network namespace) on a network.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::network;
 use super::publish::Publish;
+use super::supervise;
 use crate::api::{self, Driver};
 use crate::client::Client;
 use crate::sandbox;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Run in the background and print the container's id.
+    /// Run in the background and print the container's id; the output is
+    /// kept for `vswitch logs` (at most 2 MiB, the newest).
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Remove the container when the command exits (foreground only).
+    /// Remove the container when the command exits (foreground only);
+    /// without it, the container stays as exited until `vswitch rm`.
     #[arg(long)]
     pub rm: bool,
     #[arg(long)]
@@ -39,21 +42,23 @@ pub struct RunArgs {
 
 /// With a rootless daemon, make this process part of its user and mount
 /// namespaces, where its sandboxes live (and where this user may make,
-/// configure and enter them). The client is still single-threaded here: its
-/// runtime runs on this thread, and nothing so far started another.
-async fn join_if_rootless(client: &Client) -> Result<()> {
+/// configure and enter them); returns the daemon's runtime directory then.
+/// The client is still single-threaded here: its runtime runs on this
+/// thread, and nothing so far started another.
+async fn join_if_rootless(client: &Client) -> Result<Option<PathBuf>> {
     let info = client.info().await?;
     if !info.rootless {
-        return Ok(());
+        return Ok(None);
     }
     let (Some(pid), Some(dir)) = (info.pause_pid, info.runtime_dir) else {
         bail!("the rootless vswitchd did not say where its namespaces are; upgrade vswitch to the daemon's version");
     };
-    let layout = crate::rootless::Layout::new(dir);
+    let layout = crate::rootless::Layout::new(dir.clone());
     sandbox::use_dirs(layout.sandbox_dirs()).map_err(anyhow::Error::msg)?;
     crate::rootless::join(pid)
         .map_err(anyhow::Error::msg)
-        .context("joining the rootless vswitchd's namespaces")
+        .context("joining the rootless vswitchd's namespaces")?;
+    Ok(Some(dir))
 }
 
 /// `vswitch run`: make the sandbox, connect it, run the command in it.
@@ -79,20 +84,25 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
         );
     }
     // Refuse early, before making a namespace, if the name is taken.
-    let (status, _) = client
+    let (status, body) = client
         .raw("GET", &format!("/v1/containers/{}", a.name), Vec::new())
         .await?;
     if status == 200 {
+        let exited = serde_json::from_slice::<api::ContainerInspect>(&body)
+            .is_ok_and(|c| c.state.status == api::ContainerStatus::Exited);
         bail!(
-            "container `{}` already exists; remove it with `vswitch rm {}` or pick another --name",
+            "container `{}` already exists{}; remove it with `vswitch rm {}` or pick another --name",
             a.name,
+            if exited { " (exited)" } else { "" },
             a.name
         );
     }
 
-    if !host_mode {
-        join_if_rootless(client).await?;
-    }
+    let runtime_dir = if host_mode {
+        None
+    } else {
+        join_if_rootless(client).await?
+    };
     let netns = if host_mode {
         None
     } else {
@@ -108,14 +118,19 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
         netns: netns.clone(),
         owns_netns: netns.is_some(),
         pid: None,
+        cmd: a.cmd.clone(),
+        detached: a.detach,
     };
-    if let Err(e) = client
+    let created = match client
         .call::<api::ContainerInspect>("POST", "/v1/containers", Some(&reg))
         .await
     {
-        cleanup_ns(&a.name);
-        return Err(e);
-    }
+        Ok(c) => c,
+        Err(e) => {
+            cleanup_ns(&a.name);
+            return Err(e);
+        }
+    };
     // From here on, `vswitch rm` undoes everything.
     let setup = async {
         match net.driver {
@@ -139,6 +154,24 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
                 sandbox::write_resolv_conf(&a.name, &servers).map_err(anyhow::Error::msg)?;
             }
         }
+        if a.detach {
+            let log_dir = created
+                .log_path
+                .as_deref()
+                .and_then(Path::parent)
+                .context("vswitchd gave no log directory for the detached container; upgrade vswitchd to this client's version")?;
+            supervise::start(
+                client,
+                &a.name,
+                &created.id,
+                log_dir,
+                runtime_dir.as_deref(),
+                host_mode,
+                &a.cmd,
+            )
+            .await?;
+            return anyhow::Ok(None);
+        }
         let mut cmd = if host_mode {
             let mut c = std::process::Command::new(&a.cmd[0]);
             c.args(&a.cmd[1..]);
@@ -146,28 +179,27 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
         } else {
             sandbox::command_in_netns(&a.name, &a.cmd).map_err(anyhow::Error::msg)?
         };
-        if a.detach {
-            use std::os::unix::process::CommandExt;
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            cmd.process_group(0);
-        }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting `{}`", a.cmd[0]))?;
-        let _: api::ContainerInspect = client
-            .call(
+        let registered = client
+            .call::<api::ContainerInspect>(
                 "POST",
                 &format!("/v1/containers/{}", a.name),
                 Some(&api::ContainerUpdate {
                     pid: Some(child.id()),
+                    supervisor_pid: Some(std::process::id()),
                 }),
             )
-            .await?;
-        anyhow::Ok(child)
+            .await;
+        if let Err(e) = registered {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        anyhow::Ok(Some(child))
     };
-    let mut child = match setup.await {
+    let child = match setup.await {
         Ok(c) => c,
         Err(e) => {
             let _ = client
@@ -177,29 +209,65 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    if a.detach {
-        let c: api::ContainerInspect = client.get(&format!("/v1/containers/{}", a.name)).await?;
-        println!("{}", c.id);
+    let Some(child) = child else {
+        println!("{}", created.id);
         return Ok(0);
-    }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await?
-        .context("waiting for the command")?;
-    // The process is gone: forget its pid so `rm` does not signal a reused one.
-    let _ = client
+    };
+    let code = wait_foreground(child).await?;
+    // The container stays, exited with its code (its endpoints and
+    // namespace released), until `vswitch rm`; with --rm it goes now.
+    let reported = client
         .raw(
             "POST",
-            &format!("/v1/containers/{}", a.name),
-            serde_json::to_vec(&api::ContainerUpdate { pid: None })?,
+            &format!("/v1/containers/{}/exited", a.name),
+            serde_json::to_vec(&api::ContainerExited {
+                id: created.id.clone(),
+                exit_code: code,
+            })?,
         )
         .await;
     if a.rm {
         let _ = client
             .raw("DELETE", &format!("/v1/containers/{}", a.name), Vec::new())
             .await;
+    } else if !matches!(reported, Ok((200, _))) {
+        eprintln!(
+            "vswitch: could not tell vswitchd that `{}` exited; it finds out by itself",
+            a.name
+        );
     }
+    Ok(code)
+}
+
+/// Waits for a foreground command. Ctrl-C and Ctrl-\ reach the command
+/// from the terminal (it is in the terminal's process group) and do not
+/// end this process, which must still report the exit; SIGTERM and
+/// SIGHUP sent to `vswitch run` are passed on to the command.
+async fn wait_foreground(mut child: std::process::Child) -> Result<i32> {
+    use nix::sys::signal::{kill, Signal};
+    use tokio::signal::unix::{signal, SignalKind};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut wait = tokio::task::spawn_blocking(move || child.wait());
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break status?.context("waiting for the command")?,
+            _ = int.recv() => {}
+            _ = quit.recv() => {}
+            _ = term.recv() => { let _ = kill(pid, Signal::SIGTERM); }
+            _ = hup.recv() => { let _ = kill(pid, Signal::SIGHUP); }
+        }
+    };
+    Ok(exit_code(status))
+}
+
+/// The exit status as a shell reports it: the code, or 128 + the signal.
+pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    Ok(status
+    status
         .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }

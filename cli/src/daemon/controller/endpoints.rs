@@ -205,6 +205,12 @@ impl Controller {
                 req.container
             )));
         }
+        if self.has_exited(&req.container) || self.removing.contains(&req.container) {
+            return Err(ApiError::conflict(format!(
+                "container `{}` has exited or is being removed; `vswitch rm {}` and run it again",
+                req.container, req.container
+            )));
+        }
         // The container: known, or introduced by this connect with --netns.
         match (self.containers.get(&req.container), &req.netns) {
             (Some(c), Some(p)) if c.netns.as_deref() != Some(p.as_path()) => {
@@ -233,7 +239,7 @@ impl Controller {
                     name: req.container.clone(),
                     netns: Some(p.clone()),
                     owns_netns: false,
-                    pid: None,
+                    ..Default::default()
                 };
                 match placement {
                     Placement::Configure { .. } => self.create_container(c)?,
@@ -492,7 +498,7 @@ impl Controller {
         let Some(c) = self.containers.get(name) else {
             return;
         };
-        if !used && !c.owns_netns && c.pid.is_none() {
+        if !used && !c.owns_netns && c.process.is_none() {
             let _ = self.store.delete_container(name);
             self.containers.remove(name);
         }

@@ -213,6 +213,9 @@ pub struct Controller {
     /// phases: the container cannot be removed or connected again, nor the
     /// network removed, meanwhile.
     connecting: BTreeMap<String, String>,
+    /// Containers `vswitch rm` is removing (their process stopping, their
+    /// endpoints going), between its locked phases.
+    removing: std::collections::BTreeSet<String>,
     /// Docker's networks, endpoints and IPAM pools (the Docker plugin).
     docker: docker::DockerState,
     /// CNI attachments (vswitch-cni).
@@ -287,6 +290,7 @@ impl Controller {
             networks: BTreeMap::new(),
             containers: BTreeMap::new(),
             connecting: BTreeMap::new(),
+            removing: Default::default(),
             docker: docker::DockerState::default(),
             cni: cni::CniTable::new(),
             next_port: 1,

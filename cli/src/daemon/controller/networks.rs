@@ -318,6 +318,46 @@ impl Controller {
         drivers::of(n.record.driver).remove(self, name)
     }
 
+    /// `vswitch network prune`, as `docker network prune`: removes every
+    /// network no container uses: no endpoint here, on an overlay none on
+    /// another host either, no connect in flight, not named by an exited
+    /// container (which was on it), not predefined and not a Docker
+    /// network's (`docker network rm` removes those). Returns the names
+    /// removed; a network that cannot be removed is logged and left.
+    pub(super) fn prune_networks(&mut self) -> api::NetworksPruned {
+        let named: std::collections::BTreeSet<&str> = self
+            .containers
+            .values()
+            .filter_map(|c| match &c.process.as_ref()?.state {
+                super::super::state::ProcessState::Exited { networks, .. } => Some(networks),
+                _ => None,
+            })
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let unused: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|(name, n)| {
+                !matches!(name.as_str(), "host" | "none")
+                    && n.endpoints.is_empty()
+                    && n.remotes.is_empty()
+                    && !self.connecting.values().any(|c| c == *name)
+                    && !named.contains(name.as_str())
+                    && self.docker.network_on(name).is_none()
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut deleted = Vec::new();
+        for name in unused {
+            match self.remove_network(&name) {
+                Ok(()) => deleted.push(name),
+                Err(e) => tracing::warn!(network = %name, error = %e, "prune: not removed"),
+            }
+        }
+        api::NetworksPruned { deleted }
+    }
+
     /// Removes a network of a local driver.
     pub(super) fn remove_local(&mut self, name: &str) -> Result<(), ApiError> {
         self.store.delete_network(name).map_err(internal)?;

@@ -16,7 +16,7 @@
 //! store instead of going on with the tables as the panic left them.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde_json::Value;
 
@@ -30,15 +30,19 @@ pub struct ControlPlane {
     /// Why the daemon must stop, once a request has panicked.
     failure: Mutex<Option<String>>,
     stop: tokio::sync::Notify,
+    /// Itself, for the tasks that watch containers' processes and call
+    /// back when one ends.
+    pub(super) me: Weak<ControlPlane>,
 }
 
 impl ControlPlane {
-    pub fn new(controller: Controller) -> ControlPlane {
-        ControlPlane {
+    pub fn new(controller: Controller) -> Arc<ControlPlane> {
+        Arc::new_cyclic(|me| ControlPlane {
             inner: Mutex::new(controller),
             failure: Mutex::new(None),
             stop: tokio::sync::Notify::new(),
-        }
+            me: me.clone(),
+        })
     }
 
     /// The controller, for a step that does not wait. Refused once a
@@ -104,6 +108,19 @@ impl ControlPlane {
                 self.remove_container(&name)?;
                 to_value(name)
             }
+            Request::ContainerExited(name, e) => {
+                self.container_exited(&name, Some(&e.id), Some(e.exit_code))?;
+                to_value(self.lock()?.container_inspect(&name)?)
+            }
+            Request::ContainerUpdate(name, u) => to_value(self.update_container(&name, u)?),
+            Request::ContainerPrune => to_value(self.prune_containers()?),
+            // Answered by the server as a stream; here, only whether there
+            // is a log to stream.
+            Request::ContainerLogs { name, .. } => {
+                let ctrl = self.lock()?;
+                ctrl.log_of(&name)?;
+                to_value(ctrl.container_inspect(&name)?)
+            }
             Request::CniAdd(a) => to_value(self.cni_add(a)?),
             Request::CniDel(k) => {
                 self.cni_del(&k)?;
@@ -132,6 +149,7 @@ impl ControlPlane {
                 ctrl.remove_network(&name)?;
                 to_value(name)
             }
+            Request::NetworkPrune => to_value(self.lock()?.prune_networks()),
             Request::ContainerList => {
                 let ctrl = self.lock()?;
                 let list: Result<Vec<_>, _> = ctrl
@@ -145,11 +163,6 @@ impl ControlPlane {
                 let mut ctrl = self.lock()?;
                 let name = c.name.clone();
                 ctrl.create_container(c)?;
-                to_value(ctrl.container_inspect(&name)?)
-            }
-            Request::ContainerUpdate(name, u) => {
-                let mut ctrl = self.lock()?;
-                ctrl.set_container_pid(&name, u.pid)?;
                 to_value(ctrl.container_inspect(&name)?)
             }
             Request::ContainerInspect(name) => to_value(self.lock()?.container_inspect(&name)?),
