@@ -439,6 +439,35 @@ pub struct ContainerUpdate {
     pub supervisor_pid: Option<u32>,
 }
 
+/// `POST /v1/captures`: capture the frames crossing a container's ports
+/// (or every port of a network), answered as a pcapng stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// A container's name, or a network's.
+    #[serde(rename = "Target")]
+    pub target: String,
+    /// Only this interface of the container (`eth0`, ...).
+    #[serde(rename = "Interface", default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Stop after this many frames.
+    #[serde(rename = "Count", default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// A tcpdump-style filter (see `switch::capture`); empty takes all.
+    #[serde(rename = "Filter", default)]
+    pub filter: String,
+    /// Bytes kept of each frame (tcpdump's `-s`), 1 to 262144.
+    #[serde(rename = "Snaplen", default = "default_snaplen")]
+    pub snaplen: u32,
+}
+
+/// tcpdump's default snap length.
+pub const DEFAULT_SNAPLEN: u32 = 262_144;
+
+fn default_snaplen() -> u32 {
+    DEFAULT_SNAPLEN
+}
+
 /// `POST /v1/containers/NAME/exited`: the command of a `vswitch run` ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -771,6 +800,9 @@ pub struct Stats {
     /// Published ports and egress, by network.
     #[serde(rename = "Nat", skip_serializing_if = "BTreeMap::is_empty", default)]
     pub nat: BTreeMap<String, BTreeMap<String, u64>>,
+    /// `vswitch capture`s running.
+    #[serde(rename = "Captures", default)]
+    pub captures: usize,
 }
 
 /// The body of every error response.
@@ -828,6 +860,8 @@ pub enum Request {
     },
     ContainerPrune,
     NetworkPrune,
+    /// `POST /v1/captures`: answered by the server as a pcapng stream.
+    Capture(CaptureRequest),
     Stats,
     ClusterJoin(Join),
     ClusterLeave,
@@ -1015,6 +1049,29 @@ impl Request {
                     }
                 }
                 Request::ContainerLogs { name, follow }
+            }
+            ("POST", ["captures"]) => {
+                let c: CaptureRequest = body("POST /v1/captures", body_bytes)?;
+                let bad = |reason: String| DecodeError::BadBody {
+                    endpoint: "POST /v1/captures",
+                    reason,
+                };
+                validate_name("container or network", &c.target).map_err(DecodeError::BadName)?;
+                if let Some(i) = &c.interface {
+                    validate_name("interface", i).map_err(DecodeError::BadName)?;
+                }
+                if !(1..=DEFAULT_SNAPLEN).contains(&c.snaplen) {
+                    return Err(bad(format!(
+                        "Snaplen {} is not 1 to {DEFAULT_SNAPLEN}",
+                        c.snaplen
+                    )));
+                }
+                if c.count == Some(0) {
+                    return Err(bad("Count must be at least 1".into()));
+                }
+                switch::capture::Filter::parse(&c.filter)
+                    .map_err(|e| bad(format!("Filter: {e}")))?;
+                Request::Capture(c)
             }
             ("GET", ["stats"]) => Request::Stats,
             ("POST", ["cluster", "join"]) => {

@@ -27,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
             Request::NetworkInspect(n) | Request::NetworkRemove(n) => {
                 assert!(vswitch_cli::api::validate_name("network", n).is_ok())
             }
+            Request::Capture(c) => {
+                assert!(vswitch_cli::api::validate_name("container or network", &c.target).is_ok());
+                assert!((1..=vswitch_cli::api::DEFAULT_SNAPLEN).contains(&c.snaplen));
+                assert!(switch::capture::Filter::parse(&c.filter).is_ok());
+                assert_ne!(c.count, Some(0));
+            }
             Request::ContainerExited(n, e) => {
                 assert!(vswitch_cli::api::validate_name("container", n).is_ok());
                 assert!((0..=255).contains(&e.exit_code));

@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod bridge;
+pub mod capture;
 pub mod dns;
 pub mod fdb;
 pub mod gateway;

@@ -95,9 +95,17 @@ impl Client {
     /// `GET path`, its body handed to `sink` piece by piece as it
     /// arrives (`vswitch logs -f`); an error status is the daemon's
     /// message.
-    pub async fn stream(
+    pub async fn stream(&self, path: &str, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.stream_request("GET", path, Vec::new(), sink).await
+    }
+
+    /// [`Client::stream`] for any method, with a JSON `body`
+    /// (`vswitch capture`).
+    pub async fn stream_request(
         &self,
+        method: &str,
         path: &str,
+        body: Vec<u8>,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
@@ -111,10 +119,11 @@ impl Client {
             .context("control API handshake")?;
         let conn = tokio::spawn(conn);
         let req = hyper::Request::builder()
-            .method("GET")
+            .method(method)
             .uri(format!("http://vswitchd{path}"))
             .header("host", "vswitchd")
-            .body(Full::new(Bytes::new()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
             .context("building request")?;
         let resp = sender
             .send_request(req)

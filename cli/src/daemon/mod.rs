@@ -5,6 +5,7 @@ pub mod controller;
 pub mod datapath;
 pub mod docker;
 pub mod gossip;
+pub mod pcapng;
 pub mod procwatch;
 pub mod quic;
 pub mod server;

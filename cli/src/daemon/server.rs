@@ -20,6 +20,8 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use super::controller::ControlPlane;
+use super::datapath::{CaptureTap, Captured};
+use super::pcapng::PcapNgEncoder;
 use super::ApiError;
 use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
 use crate::container_log::LogCursor;
@@ -28,6 +30,8 @@ use crate::container_log::LogCursor;
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often `vswitch logs -f` looks for more output.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a capture goes without writing.
+const CAPTURE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The most of a log sent in one piece.
 const LOG_CHUNK: usize = 64 * 1024;
 
@@ -94,6 +98,11 @@ async fn handle(
         Request::ContainerLogs { name, follow } => Some((name.clone(), *follow)),
         _ => None,
     };
+    if let Request::Capture(c) = request {
+        return Ok(capture_response(ctrl, c)
+            .await
+            .unwrap_or_else(|e| error_response(&e)));
+    }
     let result = {
         let ctrl = ctrl.clone();
         run_retrying(move || ctrl.handle(request.clone())).await
@@ -147,6 +156,130 @@ async fn log_response(
         .header("content-type", "application/octet-stream")
         .body(StreamBody::new(stream).boxed_unsync())
         .expect("static response parts are valid"))
+}
+
+/// `vswitch capture`: a pcapng stream of the frames the capture sees,
+/// until `Count` frames have gone or the client goes away (which ends the
+/// capture on the datapath).
+async fn capture_response(
+    ctrl: Arc<ControlPlane>,
+    req: crate::api::CaptureRequest,
+) -> Result<Response<Body>, ApiError> {
+    let session = {
+        let ctrl = ctrl.clone();
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || ctrl.lock()?.start_capture(&req))
+            .await
+            .map_err(|e| ApiError::internal(format!("request handler failed: {e}")))??
+    };
+    let mut encoder = PcapNgEncoder::new(&session.interfaces, req.snaplen)
+        .map_err(|e| ApiError::internal(format!("encoding the capture: {e}")))?;
+    let head = encoder.take();
+    let stream = CaptureStream {
+        guard: CaptureGuard {
+            ctrl,
+            id: session.id,
+        },
+        tap: session.tap,
+        rx: session.rx,
+        encoder,
+        head: Some(head),
+        left: req.count,
+        done: false,
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-pcapng")
+        .body(StreamBody::new(futures::stream::unfold(stream, CaptureStream::next)).boxed_unsync())
+        .expect("static response parts are valid"))
+}
+
+/// Ends its capture on the datapath when the answer is dropped (sent
+/// whole, or the client gone).
+struct CaptureGuard {
+    ctrl: Arc<ControlPlane>,
+    id: u64,
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let (ctrl, id) = (self.ctrl.clone(), self.id);
+        // The controller's lock may be held by a request doing netlink
+        // work: not waited for on the server's thread.
+        std::thread::spawn(move || {
+            if let Ok(mut c) = ctrl.lock() {
+                c.stop_capture(id);
+            }
+        });
+    }
+}
+
+/// The state of one `vswitch capture` answer.
+struct CaptureStream {
+    guard: CaptureGuard,
+    tap: Arc<CaptureTap>,
+    rx: tokio::sync::mpsc::Receiver<Captured>,
+    encoder: PcapNgEncoder,
+    /// The section and interface blocks, sent first.
+    head: Option<Vec<u8>>,
+    /// Frames still to send (`Count`).
+    left: Option<u64>,
+    done: bool,
+}
+
+impl CaptureStream {
+    /// Frames sent in one piece at most.
+    const BATCH: usize = 256;
+
+    async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, CaptureStream)> {
+        if let Some(head) = self.head.take() {
+            return Some((Ok(Frame::data(Bytes::from(head))), self));
+        }
+        if self.done {
+            return None;
+        }
+        let mut sent = 0;
+        if self.left != Some(0) {
+            // A quiet capture still writes, now and then (statistics so
+            // far): a client that has gone is found, and the capture ended.
+            let first = match tokio::time::timeout(CAPTURE_IDLE, self.rx.recv()).await {
+                Ok(first) => first?,
+                Err(_) => {
+                    let (matched, dropped) = self.tap.counts();
+                    if let Err(e) = self.encoder.statistics(matched, dropped) {
+                        return Some((Err(e), self));
+                    }
+                    return Some((Ok(Frame::data(Bytes::from(self.encoder.take()))), self));
+                }
+            };
+            let mut c = Some(first);
+            while let Some(frame) = c.take() {
+                self.tap.taken(&frame);
+                if let Err(e) = self.encoder.packet(&frame) {
+                    return Some((Err(e), self));
+                }
+                sent += 1;
+                if let Some(left) = self.left.as_mut() {
+                    *left -= 1;
+                    if *left == 0 {
+                        break;
+                    }
+                }
+                if sent < Self::BATCH {
+                    c = self.rx.try_recv().ok();
+                }
+            }
+        }
+        if self.left == Some(0) {
+            let (matched, dropped) = self.tap.counts();
+            if let Err(e) = self.encoder.statistics(matched, dropped) {
+                return Some((Err(e), self));
+            }
+            self.done = true;
+            tracing::debug!(id = self.guard.id, matched, dropped, "capture complete");
+        }
+        Some((Ok(Frame::data(Bytes::from(self.encoder.take()))), self))
+    }
 }
 
 /// The state of one `vswitch logs` answer.

@@ -2,6 +2,7 @@
 //! one module per subcommand, as netavark's `src/commands/` has them, and
 //! here the command line itself and its dispatch.
 
+mod capture;
 mod cluster;
 mod inspect;
 mod ipam;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 
 use super::Client;
 
+pub use capture::CaptureArgs;
 pub use cluster::{JoinArgs, MembersArgs};
 pub use inspect::InspectArgs;
 pub use ipam::IpamCmd;
@@ -76,6 +78,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Per-port packets, bytes and drops.
     Stats(StatsArgs),
+    /// Capture the frames a container's ports (or a network's) switch: a
+    /// line per frame, or pcapng for tcpdump -r and Wireshark with -w.
+    Capture(CaptureArgs),
     /// Join the cluster through one or more members (IP or IP:PORT).
     JoinCluster(JoinArgs),
     /// Leave the cluster.
@@ -118,6 +123,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Rm(args) => rm::run(&client, args).await,
         Command::Ps(args) => ps::run(&client, args).await.map(|()| 0),
         Command::Logs(args) => logs::run(&client, args).await.map(|()| 0),
+        Command::Capture(args) => capture::run(&client, args).await.map(|()| 0),
         Command::Container(ContainerCmd::Ls(args)) => ps::run(&client, args).await.map(|()| 0),
         Command::Container(ContainerCmd::Prune) => ps::prune(&client).await.map(|()| 0),
         Command::Supervise(args) => supervise::run(&client, args).await,

@@ -30,6 +30,7 @@ use crate::api::{self, Driver, SubnetSpec};
 use crate::netns::{self, IfaceConfig};
 use crate::sandbox;
 
+mod capture;
 mod cni;
 mod containers;
 mod docker;
@@ -220,6 +221,9 @@ pub struct Controller {
     docker: docker::DockerState,
     /// CNI attachments (vswitch-cni).
     cni: cni::CniTable,
+    /// Running captures (`vswitch capture`): the TAP ports each watches.
+    captures: BTreeMap<u64, Vec<PortId>>,
+    next_capture: u64,
     next_port: u32,
     next_network: u32,
     bad_requests: u64,
@@ -293,6 +297,8 @@ impl Controller {
             removing: Default::default(),
             docker: docker::DockerState::default(),
             cni: cni::CniTable::new(),
+            captures: BTreeMap::new(),
+            next_capture: 1,
             next_port: 1,
             next_network: 1,
             bad_requests: 0,

@@ -114,6 +114,12 @@ impl ControlPlane {
             }
             Request::ContainerUpdate(name, u) => to_value(self.update_container(&name, u)?),
             Request::ContainerPrune => to_value(self.prune_containers()?),
+            // Answered by the server as a stream; here, the interfaces the
+            // capture would watch (an error if none).
+            Request::Capture(c) => {
+                let ports = self.lock()?.capture_ports(&c)?;
+                to_value(ports.into_iter().map(|(_, name)| name).collect::<Vec<_>>())
+            }
             // Answered by the server as a stream; here, only whether there
             // is a log to stream.
             Request::ContainerLogs { name, .. } => {

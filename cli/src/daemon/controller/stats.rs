@@ -76,6 +76,7 @@ impl Controller {
                 .iter()
                 .map(|(reason, n)| (reason.as_str().to_string(), n))
                 .collect(),
+            captures: self.captures_running(),
             bad_requests: self.bad_requests,
             suppressed: dp.suppressed,
             worker_rx_packets: dp.worker_rx_packets.clone(),

@@ -60,6 +60,11 @@ pub enum Command {
         port: PortId,
         reply: mpsc::Sender<Option<Tap>>,
     },
+    /// Starts (`Some`) or ends (`None`) a capture of TAP ports.
+    SetCapture {
+        ports: Vec<PortId>,
+        capture: Option<Arc<CaptureTap>>,
+    },
     /// Sets (or clears) the VNI of an overlay network.
     SetVni {
         network: NetworkId,
@@ -104,6 +109,7 @@ impl std::fmt::Debug for Command {
             Command::Unpublish { .. } => "Unpublish",
             Command::AddPort { .. } => "AddPort",
             Command::RemovePort { .. } => "RemovePort",
+            Command::SetCapture { .. } => "SetCapture",
             Command::SetVni { .. } => "SetVni",
             Command::AddVtep { .. } => "AddVtep",
             Command::AddHandoff { .. } => "AddHandoff",

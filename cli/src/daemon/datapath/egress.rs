@@ -23,6 +23,9 @@ pub(super) fn flush_gro(ports: &mut FastMap<PortId, Slot>, run: &mut GroRun) {
             let frame = run.gro.pending();
             match t.tap.write(frame) {
                 Ok(_) => {
+                    if let Some(c) = &t.capture {
+                        c.offer(port, Direction::Out, &frame[VnetHdr::LEN..]);
+                    }
                     t.counters.tx_packets += 1;
                     t.counters.tx_bytes += (frame.len() - VnetHdr::LEN) as u64;
                 }
@@ -73,6 +76,9 @@ impl Egress<'_> {
         match self.ports.get_mut(&to) {
             Some(Slot::Tap(t)) => match write_tap(&t.tap, hdr, frame) {
                 Ok(_) => {
+                    if let Some(c) = &t.capture {
+                        c.offer(to, Direction::Out, frame);
+                    }
                     t.counters.tx_packets += 1;
                     t.counters.tx_bytes += frame.len() as u64;
                 }

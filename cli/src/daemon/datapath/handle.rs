@@ -282,6 +282,19 @@ impl DatapathHandle {
         Ok(taps.swap_remove(0))
     }
 
+    /// Points TAP ports `ports` at `capture` on every worker (`None`: the
+    /// capture ends); every worker has switched when this returns.
+    pub fn set_capture(
+        &self,
+        ports: &[PortId],
+        capture: Option<Arc<CaptureTap>>,
+    ) -> Result<(), DatapathError> {
+        self.send_all(|| Command::SetCapture {
+            ports: ports.to_vec(),
+            capture: capture.clone(),
+        })
+    }
+
     pub fn set_vni(&self, network: NetworkId, vni: Option<Vni>) -> Result<(), DatapathError> {
         self.send_all(|| Command::SetVni { network, vni })
     }

@@ -21,7 +21,14 @@ impl Datapath {
             while frames < BATCH as u64 {
                 let n = match self.ports.get(&port) {
                     Some(Slot::Tap(t)) => match t.tap.read(&mut self.buf) {
-                        Ok(n) => n,
+                        Ok(n) => {
+                            if let Some(c) = &t.capture {
+                                if n > VnetHdr::LEN {
+                                    c.offer(port, Direction::In, &self.buf[VnetHdr::LEN..n]);
+                                }
+                            }
+                            n
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
@@ -117,6 +124,9 @@ impl Datapath {
                 if let Some(n) = neighbors.answer(network, frame, reply) {
                     if let Some(Slot::Tap(t)) = ports.get_mut(&ingress) {
                         if write_tap(&t.tap, &VnetHdr::NONE, &reply[..n]).is_ok() {
+                            if let Some(c) = &t.capture {
+                                c.offer(ingress, Direction::Out, &reply[..n]);
+                            }
                             t.counters.tx_packets += 1;
                             t.counters.tx_bytes += n as u64;
                             *suppressed += 1;

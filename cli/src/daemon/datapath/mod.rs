@@ -52,6 +52,7 @@ use switch::{MacAddr, NetworkId, PortId};
 
 use super::quic::{DatagramArena, QuicHandle, QuicRx};
 
+mod capture;
 mod command;
 mod egress;
 mod error;
@@ -68,6 +69,7 @@ mod tokens;
 mod tunnel;
 mod worker;
 
+pub use capture::{CaptureTap, Captured, Direction};
 pub use command::Command;
 pub use error::DatapathError;
 pub use handle::DatapathHandle;
@@ -115,6 +117,8 @@ struct TapPort {
     counters: PortCounters,
     /// In `ready` already.
     queued: bool,
+    /// The capture watching this port, if one is ([`capture`]).
+    capture: Option<Arc<CaptureTap>>,
 }
 
 /// A network's gateway port. The first worker holds the gateway itself

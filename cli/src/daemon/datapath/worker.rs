@@ -283,6 +283,13 @@ impl Datapath {
                 };
                 let _ = reply.send(tap);
             }
+            Command::SetCapture { ports, capture } => {
+                for port in ports {
+                    if let Some(Slot::Tap(t)) = self.ports.get_mut(&port) {
+                        t.capture.clone_from(&capture);
+                    }
+                }
+            }
             Command::SetVni { network, vni } => {
                 self.rules.set_vni(network, vni);
             }
@@ -467,6 +474,7 @@ impl Datapath {
                 read,
                 counters: PortCounters::default(),
                 queued: false,
+                capture: None,
             }),
         );
         // Frames may have queued before registration.

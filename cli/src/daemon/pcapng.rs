@@ -1,0 +1,177 @@
+//! The pcapng stream `vswitch capture` answers with: a section header, one
+//! interface description per port watched (named `CONTAINER/IFACE`,
+//! nanosecond timestamps), an enhanced packet block per frame with its
+//! direction, and at the end interface statistics with the frames the
+//! capture dropped, as tcpdump and Wireshark read them.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
+use pcap_file::pcapng::blocks::interface_statistics::{
+    InterfaceStatisticsBlock, InterfaceStatisticsOption,
+};
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::DataLink;
+use switch::PortId;
+
+use super::datapath::{Captured, Direction};
+
+/// `epb_flags` direction bits (pcapng section 4.3.1).
+const INBOUND: u32 = 0b01;
+const OUTBOUND: u32 = 0b10;
+
+/// Encodes a capture as pcapng, block by block, into bytes to send.
+#[allow(missing_debug_implementations)] // pcap-file's writer is not Debug
+pub struct PcapNgEncoder {
+    writer: PcapNgWriter<Vec<u8>>,
+    ports: Vec<PortId>,
+}
+
+impl PcapNgEncoder {
+    /// The encoder, with the section header and one interface per port
+    /// already written (see [`PcapNgEncoder::take`]).
+    pub fn new(interfaces: &[(PortId, String)], snaplen: u32) -> std::io::Result<PcapNgEncoder> {
+        let mut writer = PcapNgWriter::new(Vec::new()).map_err(io_err)?;
+        for (_, name) in interfaces {
+            let idb = InterfaceDescriptionBlock {
+                linktype: DataLink::ETHERNET,
+                snaplen,
+                options: vec![
+                    InterfaceDescriptionOption::IfName(Cow::Owned(name.clone())),
+                    // pcap-file writes timestamps in nanoseconds.
+                    InterfaceDescriptionOption::IfTsResol(9),
+                ],
+            };
+            writer.write_pcapng_block(idb).map_err(io_err)?;
+        }
+        Ok(PcapNgEncoder {
+            writer,
+            ports: interfaces.iter().map(|(p, _)| *p).collect(),
+        })
+    }
+
+    /// Appends one frame; a frame of a port not described is skipped.
+    pub fn packet(&mut self, c: &Captured) -> std::io::Result<()> {
+        let Some(at) = self.ports.iter().position(|p| *p == c.port) else {
+            return Ok(());
+        };
+        let flags = match c.dir {
+            Direction::In => INBOUND,
+            Direction::Out => OUTBOUND,
+        };
+        let epb = EnhancedPacketBlock {
+            interface_id: at as u32,
+            timestamp: c.time,
+            original_len: c.len,
+            data: Cow::Borrowed(&c.data),
+            options: vec![EnhancedPacketOption::Flags(flags)],
+        };
+        self.writer.write_pcapng_block(epb).map_err(io_err)?;
+        Ok(())
+    }
+
+    /// Appends interface statistics (at the end, or while the capture is
+    /// quiet): `dropped` frames the capture lost so far (counted once, on
+    /// the first interface), `matched` taken by the filter.
+    pub fn statistics(&mut self, matched: u64, dropped: u64) -> std::io::Result<()> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        for i in 0..self.ports.len() {
+            let mut options = vec![InterfaceStatisticsOption::IsbEndTime(now)];
+            if i == 0 {
+                options.push(InterfaceStatisticsOption::IsbFilterAccept(matched));
+                options.push(InterfaceStatisticsOption::IsbOsDrop(dropped));
+            }
+            let isb = InterfaceStatisticsBlock {
+                interface_id: i as u32,
+                timestamp: now,
+                options,
+            };
+            self.writer.write_pcapng_block(isb).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// The bytes written since the last call.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(self.writer.get_mut())
+    }
+}
+
+fn io_err(e: pcap_file::PcapError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcap_file::pcapng::{Block, PcapNgParser};
+    use std::time::Duration;
+
+    /// What is written reads back: interfaces by name, each frame on its
+    /// interface with its time, length and direction, the drops at the end.
+    #[test]
+    fn a_capture_reads_back() {
+        let ifaces = [
+            (PortId(4), "a/eth0".to_string()),
+            (PortId(9), "b/eth0".to_string()),
+        ];
+        let mut e = PcapNgEncoder::new(&ifaces, 128).unwrap();
+        let c = Captured {
+            time: Duration::new(1_700_000_000, 123_456_789),
+            port: PortId(9),
+            dir: Direction::Out,
+            len: 1500,
+            data: vec![7u8; 128],
+        };
+        e.packet(&c).unwrap();
+        e.statistics(3, 2).unwrap();
+        let bytes = e.take();
+        assert!(e.take().is_empty());
+        let (mut rest, mut p) = PcapNgParser::new(&bytes).unwrap();
+        let mut names = Vec::new();
+        let mut packets = Vec::new();
+        let mut drops = None;
+        while !rest.is_empty() {
+            let (r, block) = p.next_block(rest).unwrap();
+            rest = r;
+            match block {
+                Block::InterfaceDescription(i) => {
+                    names.push(i.options.iter().find_map(|o| match o {
+                        InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
+                        _ => None,
+                    }))
+                }
+                Block::EnhancedPacket(b) => packets.push((
+                    b.interface_id,
+                    b.timestamp,
+                    b.original_len,
+                    b.data.len(),
+                    b.options
+                        .iter()
+                        .any(|o| matches!(o, EnhancedPacketOption::Flags(f) if *f == OUTBOUND)),
+                )),
+                Block::InterfaceStatistics(s) if s.interface_id == 0 => {
+                    drops = s.options.iter().find_map(|o| match o {
+                        InterfaceStatisticsOption::IsbOsDrop(d) => Some(*d),
+                        _ => None,
+                    })
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            names,
+            [Some("a/eth0".to_string()), Some("b/eth0".to_string())]
+        );
+        assert_eq!(packets.len(), 1);
+        assert_eq!(packets[0], (1, c.time, 1500, 128, true));
+        assert_eq!(drops, Some(2));
+    }
+}
