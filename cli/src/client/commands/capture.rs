@@ -148,12 +148,13 @@ impl Reader {
                             .interfaces
                             .get(p.interface_id as usize)
                             .map_or("?", String::as_str);
-                        println!(
+                        writeln!(
+                            io::stdout().lock(),
                             "{} {iface} {} {}",
                             humantime::format_rfc3339_micros(UNIX_EPOCH + p.timestamp),
                             if inbound { "In " } else { "Out" },
                             summary(&p.data, p.original_len)
-                        );
+                        )?;
                     }
                 }
                 Block::InterfaceStatistics(s) => {
