@@ -223,6 +223,27 @@ fn a_bad_metrics_address_is_refused_with_a_sentence() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("`localhost` is not ADDR:PORT"), "{err}");
+    // An address this machine does not have (TEST-NET-1): refused at
+    // start, before anything listens.
+    let dir = std::env::temp_dir().join(unique("vsmetrics"));
+    let (state, socket) = (dir.join("state"), dir.join("vswitchd.sock"));
+    let out = cmd(&[
+        bin("vswitchd").to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "--metrics-addr",
+        "192.0.2.250:9469",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("binding --metrics-addr 192.0.2.250:9469") && err.contains("pick a free port"),
+        "{err}"
+    );
+    assert!(!socket.exists());
 }
 
 #[test]

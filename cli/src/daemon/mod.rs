@@ -374,8 +374,9 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         ),
     };
     rt.block_on(async move {
-        let listener = bind_socket(&socket)?;
+        // Before the control socket, so a refused address leaves nothing.
         let metrics_listener = args.metrics_addr.map(metrics::bind).transpose()?;
+        let listener = bind_socket(&socket)?;
         let plugin_listener = match &plugin_socket {
             Some(p) => Some(docker::bind(p)?),
             None => None,
