@@ -961,6 +961,42 @@ fn name_segment(kind: &str, seg: &str) -> Result<String, DecodeError> {
 }
 
 impl Request {
+    /// The endpoint's name, for the API request counters of `/metrics`: one
+    /// of a fixed set, whatever the request carries.
+    pub fn endpoint(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::NetworkList => "network_list",
+            Request::NetworkCreate(_) => "network_create",
+            Request::NetworkInspect(_) => "network_inspect",
+            Request::NetworkRemove(_) => "network_remove",
+            Request::NetworkConnect(..) => "network_connect",
+            Request::NetworkDisconnect(..) => "network_disconnect",
+            Request::ContainerList => "container_list",
+            Request::ContainerCreate(_) => "container_create",
+            Request::ContainerUpdate(..) => "container_update",
+            Request::ContainerInspect(_) => "container_inspect",
+            Request::ContainerRemove(_) => "container_remove",
+            Request::ContainerExited(..) => "container_exited",
+            Request::ContainerLogs { .. } => "container_logs",
+            Request::ContainerPrune => "container_prune",
+            Request::NetworkPrune => "network_prune",
+            Request::Capture(_) => "capture",
+            Request::Stats => "stats",
+            Request::ClusterJoin(_) => "cluster_join",
+            Request::ClusterLeave => "cluster_leave",
+            Request::ClusterMembers => "cluster_members",
+            Request::VtepList(_) => "vtep_list",
+            Request::VtepAdd(..) => "vtep_add",
+            Request::VtepRemove(..) => "vtep_remove",
+            Request::IpamReclaim(_) => "ipam_reclaim",
+            Request::CniAdd(_) => "cni_add",
+            Request::CniDel(_) => "cni_del",
+            Request::CniCheck(_) => "cni_check",
+            Request::CniGc(_) => "cni_gc",
+        }
+    }
+
     /// Decodes a request from its method, path (the query string is read
     /// only by the logs endpoint, ignored elsewhere) and body. Never
     /// panics, whatever the bytes.

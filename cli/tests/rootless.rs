@@ -426,7 +426,8 @@ fn stage(user: &TestUser) -> Stage<'_> {
         "-qw",
         &format!("net.ipv4.ping_group_range={0} {0}", user.gid),
     ]);
-    let host = RootlessHost::start(user, ns, &[]);
+    // Metrics on the host namespace's loopback, a port above 1023.
+    let host = RootlessHost::start(user, ns, &["--metrics-addr", "127.0.0.1:9469"]);
     Stage {
         host,
         client,
@@ -477,6 +478,19 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
     // Switching between containers.
     let o = h.exec_in(&a, &["ping", "-c", "2", "-W", "2", &b_ip]);
     assert!(o.status.success(), "a -> b: {}{}", stdout(&o), stderr(&o));
+    // The user's daemon serves /metrics, with the ping counted at a's port.
+    let m = stdout(&ns_exec(
+        &h.ns.name,
+        &["curl", "-sS", "-m", "10", "http://127.0.0.1:9469/metrics"],
+    ));
+    let rx = m
+        .lines()
+        .find(|l| {
+            l.starts_with("vswitch_port_rx_packets_total{")
+                && l.contains(&format!("container=\"{a}\""))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok());
+    assert!(rx.is_some_and(|n| n >= 2), "{m}");
     // Names, through the embedded DNS of the container's resolv.conf.
     let (ok_dns, out) = h.until_ok_in(&a, &["getent", "hosts", &b]);
     assert!(ok_dns, "a resolves b: {out}");

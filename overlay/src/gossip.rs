@@ -339,6 +339,12 @@ pub struct GossipStats {
     pub sync_records_in: u64,
     /// Members seen with this host's name at another address.
     pub name_conflicts: u64,
+    /// Times a member became suspect (failed a probe), each announced by a
+    /// [`GossipEvent::MemberSuspect`].
+    pub suspicions: u64,
+    /// Times a member was declared down or left, each announced by a
+    /// [`GossipEvent::MemberDown`].
+    pub members_down: u64,
     /// Directory counters.
     pub directory: DirectoryStats,
 }
@@ -805,6 +811,7 @@ impl Gossip {
                     entry.told = Some((id, MemberState::Down));
                 }
             }
+            self.stats.members_down += 1;
             self.events.push_back(GossipEvent::MemberDown(name.clone()));
             lock(&self.shared).dir.member_down(&name);
             self.drain_directory_events();
@@ -1418,6 +1425,7 @@ impl Gossip {
                         .as_ref()
                         .is_none_or(|(_, s)| *s != MemberState::Suspect)
                 {
+                    self.stats.suspicions += 1;
                     self.events
                         .push_back(GossipEvent::MemberSuspect(name.to_owned()));
                 }
@@ -1430,6 +1438,7 @@ impl Gossip {
                 }
             }
             (Some((_, before)), _) if before.is_up() => {
+                self.stats.members_down += 1;
                 self.events
                     .push_back(GossipEvent::MemberDown(name.to_owned()));
                 lock(&self.shared).dir.member_down(name);
@@ -1725,6 +1734,10 @@ mod tests {
                 .position(|e| matches!(e, GossipEvent::Directory(DirectoryEvent::EndpointRemoved { host, .. }) if host == "host2"))
                 .expect("EndpointRemoved");
             assert!(down < removed);
+            // Counted: it was suspected before it was declared down.
+            let stats = sim.member(i).stats();
+            assert!(stats.suspicions >= 1, "host{i}: {stats:?}");
+            assert!(stats.members_down >= 1, "host{i}: {stats:?}");
         }
     }
 

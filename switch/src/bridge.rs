@@ -150,7 +150,7 @@ impl std::fmt::Display for DropReason {
 }
 
 /// Dropped frames, by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounters {
     counts: [u64; DropReason::ALL.len()],
 }
@@ -218,7 +218,7 @@ pub enum BridgeError {
 struct Port {
     network: NetworkId,
     security: Option<PortSecurity>,
-    drops: u64,
+    drops: DropCounters,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -301,7 +301,7 @@ impl Bridge {
             Port {
                 network,
                 security,
-                drops: 0,
+                drops: DropCounters::default(),
             },
         );
         Ok(())
@@ -379,7 +379,7 @@ impl Bridge {
             Err(reason) => {
                 self.drops.bump(reason);
                 if let Some(p) = self.ports.get_mut(&ingress) {
-                    p.drops += 1;
+                    p.drops.bump(reason);
                 }
                 Action::Drop(reason)
             }
@@ -391,7 +391,7 @@ impl Bridge {
     pub fn count_drop(&mut self, port: PortId, reason: DropReason) {
         self.drops.bump(reason);
         if let Some(p) = self.ports.get_mut(&port) {
-            p.drops += 1;
+            p.drops.bump(reason);
         }
     }
 
@@ -430,7 +430,23 @@ impl Bridge {
 
     /// Frames dropped on ingress at `port` (0 if it is not attached).
     pub fn port_drops(&self, port: PortId) -> u64 {
-        self.ports.get(&port).map_or(0, |p| p.drops)
+        self.ports.get(&port).map_or(0, |p| p.drops.total())
+    }
+
+    /// Frames dropped on ingress at `port`, by reason (all zero if it is
+    /// not attached).
+    pub fn port_drop_reasons(&self, port: PortId) -> DropCounters {
+        self.ports.get(&port).map(|p| p.drops).unwrap_or_default()
+    }
+
+    /// Learned MAC entries in `network` (the entries its bound limits).
+    pub fn fdb_learned_in_network(&self, network: NetworkId) -> usize {
+        self.fdb.learned_in_network(network)
+    }
+
+    /// The bridge domains.
+    pub fn networks(&self) -> impl Iterator<Item = NetworkId> + '_ {
+        self.networks.keys().copied()
     }
 
     /// Counters of the forwarding database (misses when full, moves, aging).
@@ -757,6 +773,8 @@ mod tests {
         );
         assert_eq!(b.drops().get(DropReason::SameSegment), 1);
         assert_eq!(b.port_drops(P4), 1);
+        assert_eq!(b.port_drop_reasons(P4).get(DropReason::SameSegment), 1);
+        assert_eq!(b.fdb_learned_in_network(NET_B), 2, "M4 and M3");
     }
 
     #[rstest]
@@ -791,6 +809,10 @@ mod tests {
         assert_eq!(b.drops().get(DropReason::Malformed), 2);
         assert_eq!(b.drops().get(DropReason::UnknownPort), 1);
         assert_eq!(b.port_drops(P4), 2);
+        // By reason at the port too; an unknown port has none.
+        assert_eq!(b.port_drop_reasons(P4).get(DropReason::Malformed), 2);
+        assert_eq!(b.port_drop_reasons(P4).total(), 2);
+        assert_eq!(b.port_drop_reasons(PortId(99)).total(), 0);
         assert_eq!(b.port_drops(PortId(99)), 0);
         assert_eq!(b.drops().total(), 3);
     }

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod datapath;
 pub mod docker;
 pub mod gossip;
+pub mod metrics;
 pub mod pcapng;
 pub mod procwatch;
 pub mod quic;
@@ -148,6 +149,10 @@ pub struct DaemonArgs {
     /// nameservers of /etc/resolv.conf). Repeatable; IP or IP:PORT.
     #[arg(long = "dns", value_name = "IP[:PORT]")]
     pub dns: Vec<String>,
+    /// Serve Prometheus / OpenMetrics text on http://ADDR:PORT/metrics
+    /// (off by default), e.g. 127.0.0.1:9469.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_addr)]
+    pub metrics_addr: Option<SocketAddr>,
     /// trace, debug, info, warn or error (or a tracing filter).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -370,6 +375,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         ),
     };
     rt.block_on(async move {
+        // Before the control socket, so a refused address leaves nothing.
+        let metrics_listener = args.metrics_addr.map(metrics::bind).transpose()?;
         let listener = bind_socket(&socket)?;
         let plugin_listener = match &plugin_socket {
             Some(p) => Some(docker::bind(p)?),
@@ -413,7 +420,16 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             tracing::info!(socket = %plugin_socket.as_deref().unwrap_or(Path::new("")).display(), "Docker plugin ready");
             tokio::spawn(docker::serve(l, ctrl.clone(), Some(docker_api), stop_rx.clone()))
         });
-        let server = tokio::spawn(server::serve(listener, ctrl.clone(), info, stop_rx));
+        let api_metrics = metrics::ApiMetrics::default();
+        let metrics_server = metrics_listener.map(|l| {
+            tracing::info!(addr = %args.metrics_addr.expect("bound"), "metrics on /metrics");
+            tokio::spawn(metrics::serve(
+                l,
+                metrics::registry(ctrl.clone(), &api_metrics),
+                stop_rx.clone(),
+            ))
+        });
+        let server = tokio::spawn(server::serve(listener, ctrl.clone(), info, api_metrics, stop_rx));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let failure = tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
@@ -422,6 +438,9 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         };
         let _ = stop_tx.send(true);
         let _ = server.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         if let Some(p) = plugin {
             let _ = p.await;
         }

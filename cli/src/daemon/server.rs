@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::controller::ControlPlane;
 use super::datapath::{CaptureTap, Captured};
+use super::metrics::ApiMetrics;
 use super::pcapng::PcapNgEncoder;
 use super::ApiError;
 use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
@@ -34,6 +35,8 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const CAPTURE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The most of a log sent in one piece.
 const LOG_CHUNK: usize = 64 * 1024;
+/// The endpoint label of a request refused before it was decoded.
+const INVALID: &str = "invalid";
 
 /// A response body: a whole JSON answer, or a log as it is read.
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -58,11 +61,26 @@ fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.status, body)
 }
 
+/// Answers one request and counts it (endpoint, method, status class).
 async fn handle(
     ctrl: Arc<ControlPlane>,
     info: Arc<Info>,
+    metrics: ApiMetrics,
     req: hyper::Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let (endpoint, response) = answer(ctrl, info, req).await;
+    metrics.count(endpoint, &method, response.status().as_u16());
+    Ok(response)
+}
+
+/// The answer, and the endpoint it was for (`invalid` when the request was
+/// refused before it was decoded).
+async fn answer(
+    ctrl: Arc<ControlPlane>,
+    info: Arc<Info>,
+    req: hyper::Request<Incoming>,
+) -> (&'static str, Response<Body>) {
     let method = req.method().as_str().to_owned();
     // With the query: `logs?follow=1` reads it.
     let path = req
@@ -71,19 +89,22 @@ async fn handle(
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     // How this process runs: the server's to answer, not the controller's.
     if method == "GET" && req.uri().path() == INFO_PATH {
-        return Ok(json_response(
-            200,
-            serde_json::to_vec(&*info).unwrap_or_default(),
-        ));
+        return (
+            "info",
+            json_response(200, serde_json::to_vec(&*info).unwrap_or_default()),
+        );
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             count_bad(&ctrl);
-            return Ok(error_response(&ApiError::new(
-                413,
-                format!("request body too large or cut short (at most {MAX_BODY} bytes)"),
-            )));
+            return (
+                INVALID,
+                error_response(&ApiError::new(
+                    413,
+                    format!("request body too large or cut short (at most {MAX_BODY} bytes)"),
+                )),
+            );
         }
     };
     let request = match Request::decode(&method, &path, &body) {
@@ -91,23 +112,28 @@ async fn handle(
         Err(e) => {
             count_bad(&ctrl);
             tracing::debug!(%method, %path, error = %e, "refused API request");
-            return Ok(error_response(&ApiError::new(e.status(), e.to_string())));
+            return (
+                INVALID,
+                error_response(&ApiError::new(e.status(), e.to_string())),
+            );
         }
     };
+    let endpoint = request.endpoint();
     let logs = match &request {
         Request::ContainerLogs { name, follow } => Some((name.clone(), *follow)),
         _ => None,
     };
     if let Request::Capture(c) = request {
-        return Ok(capture_response(ctrl, c)
+        let response = capture_response(ctrl, c)
             .await
-            .unwrap_or_else(|e| error_response(&e)));
+            .unwrap_or_else(|e| error_response(&e));
+        return (endpoint, response);
     }
     let result = {
         let ctrl = ctrl.clone();
         run_retrying(move || ctrl.handle(request.clone())).await
     };
-    Ok(match result {
+    let response = match result {
         Ok(_) if logs.is_some() => {
             let (name, follow) = logs.expect("checked");
             match log_response(ctrl, name, follow).await {
@@ -122,7 +148,8 @@ async fn handle(
             }
             error_response(&e)
         }
-    })
+    };
+    (endpoint, response)
 }
 
 /// `vswitch logs [-f]`: the container's log from its oldest byte kept,
@@ -340,16 +367,18 @@ fn count_bad(ctrl: &Arc<ControlPlane>) {
     ctrl.count_bad_request();
 }
 
-/// Serves until `shutdown` turns true; `GET /v1/info` answers `info`.
+/// Serves until `shutdown` turns true; `GET /v1/info` answers `info`;
+/// every answer is counted in `metrics`.
 pub async fn serve(
     listener: UnixListener,
     ctrl: Arc<ControlPlane>,
     info: Info,
+    metrics: ApiMetrics,
     shutdown: watch::Receiver<bool>,
 ) {
     let info = Arc::new(info);
     serve_unix(listener, "control", shutdown, move |req| {
-        handle(ctrl.clone(), info.clone(), req)
+        handle(ctrl.clone(), info.clone(), metrics.clone(), req)
     })
     .await
 }

@@ -111,3 +111,78 @@ impl Controller {
         })
     }
 }
+
+impl Controller {
+    /// What `/metrics` shows: the same counters as [`Self::stats`], read
+    /// once per scrape, plus the tables' sizes and the members' states.
+    pub fn metrics_snapshot(&self) -> Result<crate::daemon::metrics::Snapshot, ApiError> {
+        use crate::daemon::metrics::{
+            GossipSample, MemberSample, NetworkSample, PortSample, Snapshot,
+        };
+        let dp = self.datapath.stats().map_err(ApiError::from)?;
+        let mut ports = Vec::new();
+        let mut networks = Vec::new();
+        for n in self.networks.values() {
+            for e in n.endpoints.values() {
+                ports.push(PortSample {
+                    network: n.record.name.clone(),
+                    container: e.record.container.clone(),
+                    interface: e.record.ifname.clone(),
+                    counters: dp.ports.get(&e.port).copied().unwrap_or_default(),
+                    drops: dp.port_drops.get(&e.port).copied().unwrap_or_default(),
+                });
+            }
+            networks.push(NetworkSample {
+                name: n.record.name.clone(),
+                driver: n.record.driver.as_str(),
+                endpoints: n.endpoints.len() as u64,
+                remote_endpoints: n.remotes.len() as u64,
+                mac_entries: match n.id {
+                    Some(id) => dp
+                        .mac_entries
+                        .iter()
+                        .map(|w| w.get(&id).copied().unwrap_or(0) as u64)
+                        .collect(),
+                    None => Vec::new(),
+                },
+                nat: n.id.and_then(|id| dp.nat.get(&id).copied()),
+            });
+        }
+        let gossip = self.gossip.as_ref().map(|c| {
+            c.with(|g, _| GossipSample {
+                stats: g.stats(),
+                members: g
+                    .members()
+                    .into_iter()
+                    .map(|m| MemberSample {
+                        host: m.meta.name,
+                        state: m.state,
+                    })
+                    .collect(),
+            })
+        });
+        let mut containers: BTreeMap<&'static str, u64> = ["created", "running", "exited"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+        for name in self.containers.keys() {
+            if let Ok(c) = self.container_inspect(name) {
+                *containers.entry(c.state.status.as_str()).or_default() += 1;
+            }
+        }
+        Ok(Snapshot {
+            ports,
+            networks,
+            drops: dp.drops,
+            suppressed: dp.suppressed,
+            fdb: dp.fdb,
+            worker_rx_packets: dp.worker_rx_packets,
+            worker_nat_connections: dp.worker_nat_connections,
+            tunnel: dp.tunnel,
+            tunnel_rx: dp.tunnel_rx,
+            quic: self.quic.as_ref().map(|q| q.handle().stats()),
+            gossip,
+            containers: containers.into_iter().collect(),
+        })
+    }
+}

@@ -347,9 +347,14 @@ impl DatapathHandle {
             total
                 .worker_nat_connections
                 .extend(s.worker_nat_connections);
+            total.mac_entries.extend(s.mac_entries);
             for (port, c) in s.ports {
                 total.ports.entry(port).or_default().add(&c);
             }
+            for (port, d) in s.port_drops {
+                total.port_drops.entry(port).or_default().add(&d);
+            }
+            super::stats::add_fdb(&mut total.fdb, &s.fdb);
             total.drops.add(&s.drops);
             total.tunnel.add(&s.tunnel);
             total.tunnel_rx.add(&s.tunnel_rx);

@@ -52,12 +52,27 @@ impl TunnelCounters {
     }
 }
 
+/// Adds another worker's forwarding-database counters to `a`.
+pub(super) fn add_fdb(a: &mut switch::fdb::FdbStats, b: &switch::fdb::FdbStats) {
+    a.not_learned += b.not_learned;
+    a.moves += b.moves;
+    a.static_conflicts += b.static_conflicts;
+    a.aged_out += b.aged_out;
+}
+
 /// Everything [`Command::Stats`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct DatapathStats {
     pub ports: HashMap<PortId, PortCounters>,
     /// Frames the switching core dropped, by its reasons.
     pub drops: DropCounters,
+    /// The same, for each port.
+    pub port_drops: HashMap<PortId, DropCounters>,
+    /// The forwarding databases' counters (every worker's added up).
+    pub fdb: switch::fdb::FdbStats,
+    /// Learned MAC entries of each network, one map per worker (each
+    /// worker learns into its own copy of the table).
+    pub mac_entries: Vec<HashMap<NetworkId, usize>>,
     pub tunnel: TunnelCounters,
     /// The tunnel rules' counts of received datagrams, by drop reason.
     pub tunnel_rx: overlay::tunnel::TunnelStats,

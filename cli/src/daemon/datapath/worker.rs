@@ -507,7 +507,9 @@ impl Datapath {
 
     pub(super) fn stats(&self) -> DatapathStats {
         let mut ports = HashMap::new();
+        let mut port_drops = HashMap::new();
         for (id, slot) in &self.ports {
+            port_drops.insert(*id, self.bridge.port_drop_reasons(*id));
             let mut c = match slot {
                 Slot::Tap(t) => t.counters,
                 Slot::Gateway(g) => g.counters,
@@ -518,7 +520,14 @@ impl Datapath {
         }
         DatapathStats {
             ports,
-            drops: self.bridge.drops().clone(),
+            drops: *self.bridge.drops(),
+            port_drops,
+            fdb: *self.bridge.fdb_stats(),
+            mac_entries: vec![self
+                .bridge
+                .networks()
+                .map(|n| (n, self.bridge.fdb_learned_in_network(n)))
+                .collect()],
             tunnel: self.tunnel_counters,
             tunnel_rx: self.rules.stats(),
             suppressed: self.suppressed,
