@@ -298,7 +298,10 @@ fn bad_captures_are_refused() {
     wait_captures(&h, 1);
     let o = h.vs(&["capture", &a]);
     assert!(stderr(&o).contains("already running"), "{}", stderr(&o));
-    let _ = first.kill();
-    let _ = first.wait();
+    // SIGTERM (or Ctrl-C) ends it as tcpdump's: counted, exit 0.
+    ok(&["kill", "-TERM", &first.id().to_string()]);
+    let out = wait_exit(&mut first, Duration::from_secs(5));
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+    assert!(stderr(&out).contains("frames captured"), "{}", stderr(&out));
     wait_captures(&h, 0);
 }

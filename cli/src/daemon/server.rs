@@ -31,6 +31,8 @@ use crate::container_log::LogCursor;
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often `vswitch logs -f` looks for more output.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a capture lets frames queue between pieces it sends.
+const CAPTURE_COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a capture goes without writing.
 const CAPTURE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The most of a log sent in one piece.
@@ -213,6 +215,8 @@ async fn capture_response(
         head: Some(head),
         left: req.count,
         done: false,
+        coalesce: false,
+        stats_at: std::time::Instant::now(),
     };
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -252,11 +256,15 @@ struct CaptureStream {
     /// Frames still to send (`Count`).
     left: Option<u64>,
     done: bool,
+    /// Wait [`CAPTURE_COALESCE`] before reading the queue again.
+    coalesce: bool,
+    /// When statistics were last written.
+    stats_at: std::time::Instant,
 }
 
 impl CaptureStream {
     /// Frames sent in one piece at most.
-    const BATCH: usize = 256;
+    const BATCH: usize = 1024;
 
     async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, CaptureStream)> {
         if let Some(head) = self.head.take() {
@@ -266,6 +274,13 @@ impl CaptureStream {
             return None;
         }
         let mut sent = 0;
+        if self.coalesce {
+            // The last piece was not a full batch: a moment for more to
+            // queue, so a busy port wakes this task some hundreds of times
+            // a second, not once a frame (each wake-up is a syscall on the
+            // worker that queued the frame).
+            tokio::time::sleep(CAPTURE_COALESCE).await;
+        }
         if self.left != Some(0) {
             // A quiet capture still writes, now and then (statistics so
             // far): a client that has gone is found, and the capture ended.
@@ -295,6 +310,16 @@ impl CaptureStream {
                 if sent < Self::BATCH {
                     c = self.rx.try_recv().ok();
                 }
+            }
+        }
+        self.coalesce = sent < Self::BATCH;
+        // Statistics once a second on a busy capture too, so a client
+        // stopped at any moment knows what was dropped.
+        if self.left != Some(0) && self.stats_at.elapsed() >= CAPTURE_IDLE {
+            self.stats_at = std::time::Instant::now();
+            let (matched, dropped) = self.tap.counts();
+            if let Err(e) = self.encoder.statistics(matched, dropped) {
+                return Some((Err(e), self));
             }
         }
         if self.left == Some(0) {

@@ -68,15 +68,23 @@ pub(super) async fn run(client: &Client, a: CaptureArgs) -> Result<()> {
     if !lines {
         eprintln!("capturing on {} (pcapng)", a.target);
     }
-    let streamed = client
-        .stream_request("POST", "/v1/captures", body, |bytes| {
+    let streamed = {
+        let stream = client.stream_request("POST", "/v1/captures", body, |bytes| {
             if let Some(w) = out.as_mut() {
                 w.write_all(bytes)?;
                 w.flush()?;
             }
             reader.feed(bytes, lines)
-        })
-        .await;
+        });
+        // Ctrl-C or SIGTERM ends the capture as tcpdump's does: what was
+        // captured is kept and counted.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = stream => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        }
+    };
     match streamed {
         // A reader that went away (`-w - | head`) is not an error.
         Err(e)
