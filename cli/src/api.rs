@@ -805,6 +805,182 @@ pub struct Stats {
     pub captures: usize,
 }
 
+/// The transport of a `vswitch trace` probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceProto {
+    /// An echo request, as `ping` sends.
+    #[default]
+    Icmp,
+    /// A SYN, as a TCP connect sends.
+    Tcp,
+    /// A datagram.
+    Udp,
+}
+
+impl TraceProto {
+    /// The name users type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceProto::Icmp => "icmp",
+            TraceProto::Tcp => "tcp",
+            TraceProto::Udp => "udp",
+        }
+    }
+}
+
+/// `POST /v1/trace`: which frame `vswitch trace` follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    /// The container it leaves from.
+    #[serde(rename = "From")]
+    pub from: String,
+    /// An IP address, or a name the container resolves through the
+    /// embedded DNS.
+    #[serde(rename = "To")]
+    pub to: String,
+    #[serde(rename = "Proto", default)]
+    pub proto: TraceProto,
+    /// The destination port (TCP and UDP only).
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl TraceRequest {
+    /// Checks what the daemon cannot check later: a container name, a
+    /// target that is an IP address or a DNS name, a port only with TCP or
+    /// UDP (and then required), never 0.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name("container", &self.from)?;
+        if self.to.parse::<IpAddr>().is_err() {
+            validate_dns_name(&self.to)?;
+        }
+        match (self.proto, self.port) {
+            (TraceProto::Icmp, Some(_)) => {
+                Err("--port needs --proto tcp or udp (ICMP has no ports)".into())
+            }
+            (TraceProto::Tcp | TraceProto::Udp, None) => Err(format!(
+                "--proto {} needs --port N (1 to 65535)",
+                self.proto.as_str()
+            )),
+            (_, Some(0)) => Err("--port must be 1 to 65535".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A DNS name as the embedded resolver takes one: 1 to 253 bytes of
+/// dot-separated labels of letters, digits, `-` and `_`, each 1 to 63
+/// bytes; one trailing dot allowed.
+pub fn validate_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(format!(
+            "`{}` is neither an IP address nor a DNS name",
+            name.chars().take(64).collect::<String>().escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// One step of a trace: what was looked at, and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStep {
+    /// What decided: `dns`, `route`, `neighbor`, `port-security`, `fdb`,
+    /// `isolation`, `gateway`, `nat`, `host-route`, `tunnel`.
+    #[serde(rename = "Step")]
+    pub step: String,
+    /// False when this step is where the frame is dropped.
+    #[serde(rename = "Ok")]
+    pub ok: bool,
+    /// What was looked at and the result, in a sentence.
+    #[serde(rename = "Detail")]
+    pub detail: String,
+}
+
+/// Where a traced frame ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceAction {
+    /// Written to a container's TAP on this host (or to the gateway, for
+    /// its own address).
+    Delivered,
+    /// Sent into the tunnel to another host.
+    Forwarded,
+    /// Routed by the gateway's NAT to the outside.
+    Routed,
+    /// Dropped.
+    Dropped,
+}
+
+/// The end of a trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceVerdict {
+    #[serde(rename = "Action")]
+    pub action: TraceAction,
+    /// Dropped: the reason, under the name `vswitch stats` counts it.
+    #[serde(rename = "Reason", default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Delivered: the containers (more than one when flooded).
+    #[serde(rename = "Containers", default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// Delivered: their interfaces, in the same order.
+    #[serde(rename = "Interfaces", default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// The network the frame was switched in.
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Forwarded: the host (member name, or a foreign VTEP's address).
+    #[serde(rename = "Host", default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Forwarded: its tunnel address.
+    #[serde(rename = "Remote", default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Forwarded: the VNI.
+    #[serde(rename = "VNI", default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// Forwarded: `UDP` or `QUIC`.
+    #[serde(rename = "Transport", default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// Routed: the host address the NAT sends from.
+    #[serde(rename = "NatSource", default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<IpAddr>,
+    /// The verdict in a sentence, as `vswitch trace` prints it.
+    #[serde(rename = "Summary")]
+    pub summary: String,
+}
+
+/// `POST /v1/trace`: each step and the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    #[serde(rename = "From")]
+    pub from: String,
+    #[serde(rename = "To")]
+    pub to: String,
+    /// The destination address (`To`, or what it resolved to).
+    #[serde(
+        rename = "Destination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub destination: Option<IpAddr>,
+    #[serde(rename = "Proto")]
+    pub proto: TraceProto,
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(rename = "Steps")]
+    pub steps: Vec<TraceStep>,
+    #[serde(rename = "Verdict")]
+    pub verdict: TraceVerdict,
+}
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -874,6 +1050,7 @@ pub enum Request {
     CniDel(CniKey),
     CniCheck(CniKey),
     CniGc(CniGc),
+    Trace(TraceRequest),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -982,6 +1159,7 @@ impl Request {
             Request::ContainerPrune => "container_prune",
             Request::NetworkPrune => "network_prune",
             Request::Capture(_) => "capture",
+            Request::Trace(_) => "trace",
             Request::Stats => "stats",
             Request::ClusterJoin(_) => "cluster_join",
             Request::ClusterLeave => "cluster_leave",
@@ -1129,6 +1307,14 @@ impl Request {
                 let name = name_segment("network", name)?;
                 Request::VtepRemove(name, body("DELETE /v1/networks/NAME/vteps", body_bytes)?)
             }
+            ("POST", ["trace"]) => {
+                let t: TraceRequest = body("POST /v1/trace", body_bytes)?;
+                t.validate().map_err(|reason| DecodeError::BadBody {
+                    endpoint: "POST /v1/trace",
+                    reason,
+                })?;
+                Request::Trace(t)
+            }
             ("POST", ["cni", verb]) => {
                 let check = |k: &CniKey| -> Result<(), DecodeError> {
                     validate_name("network", &k.network).map_err(DecodeError::BadName)?;
@@ -1173,6 +1359,47 @@ impl Request {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[test]
+    fn decodes_trace() {
+        let r = Request::decode(
+            "POST",
+            "/v1/trace",
+            br#"{"From":"a","To":"web.","Proto":"tcp","Port":80}"#,
+        )
+        .unwrap();
+        let Request::Trace(t) = r else {
+            panic!("wrong request {r:?}")
+        };
+        assert_eq!((t.from.as_str(), t.to.as_str()), ("a", "web."));
+        assert_eq!((t.proto, t.port), (TraceProto::Tcp, Some(80)));
+        let r = Request::decode("POST", "/v1/trace", br#"{"From":"a","To":"fd00::2"}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::Trace(TraceRequest {
+                proto: TraceProto::Icmp,
+                port: None,
+                ..
+            })
+        ));
+    }
+
+    #[rstest]
+    #[case::port_without_proto(r#"{"From":"a","To":"b","Port":80}"#)]
+    #[case::tcp_without_port(r#"{"From":"a","To":"b","Proto":"tcp"}"#)]
+    #[case::port_zero(r#"{"From":"a","To":"b","Proto":"udp","Port":0}"#)]
+    #[case::port_too_big(r#"{"From":"a","To":"b","Proto":"udp","Port":70000}"#)]
+    #[case::bad_proto(r#"{"From":"a","To":"b","Proto":"sctp","Port":1}"#)]
+    #[case::bad_container(r#"{"From":"-a","To":"b"}"#)]
+    #[case::bad_target(r#"{"From":"a","To":"b c"}"#)]
+    #[case::empty_label(r#"{"From":"a","To":"b..c"}"#)]
+    #[case::empty_target(r#"{"From":"a","To":""}"#)]
+    #[case::unknown_field(r#"{"From":"a","To":"b","Via":"x"}"#)]
+    #[case::not_json("{")]
+    fn refuses_bad_traces(#[case] body: &str) {
+        let e = Request::decode("POST", "/v1/trace", body.as_bytes()).unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+    }
 
     #[test]
     fn decodes_create() {

@@ -40,6 +40,19 @@ fuzz_target!(|data: &[u8]| {
             Request::ContainerLogs { name, .. } => {
                 assert!(vswitch_cli::api::validate_name("container", name).is_ok())
             }
+            Request::Trace(t) => {
+                // A trace that decodes is one the daemon can run: a
+                // container name, an IP or DNS name, a port exactly when
+                // TCP or UDP asks for one.
+                assert!(t.validate().is_ok());
+                assert!(vswitch_cli::api::validate_name("container", &t.from).is_ok());
+                assert!(
+                    t.to.parse::<std::net::IpAddr>().is_ok()
+                        || vswitch_cli::api::validate_dns_name(&t.to).is_ok()
+                );
+                let wants_port = t.proto != vswitch_cli::api::TraceProto::Icmp;
+                assert_eq!(t.port.is_some_and(|p| p != 0), wants_port);
+            }
             _ => {}
         }
     }

@@ -83,6 +83,40 @@ pub enum Action {
     Drop(DropReason),
 }
 
+/// What the forwarding-database lookup of a frame found ([`Decision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The frame was dropped before the lookup.
+    NotReached,
+    /// A group address (broadcast, multicast): flooded, no lookup.
+    Group,
+    /// The destination MAC is behind `port`; `pinned` when it is a static
+    /// entry (an endpoint's, the gateway's, a remote endpoint's).
+    Hit {
+        /// Where the MAC is.
+        port: PortId,
+        /// A static entry, not a learned one.
+        pinned: bool,
+    },
+    /// Unknown unicast: flooded.
+    Miss,
+}
+
+/// [`Bridge::decide`]: what the bridge would do with a frame, and what it
+/// looked at on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The ingress port's network (none: the port is not attached).
+    pub network: Option<NetworkId>,
+    /// The ingress port is secured: its frames were checked against its
+    /// addresses (and passed, unless `action` drops them for it).
+    pub secured: bool,
+    /// The lookup of the destination MAC.
+    pub lookup: Lookup,
+    /// What [`Bridge::process`] returns for the frame.
+    pub action: Action,
+}
+
 /// Why a frame was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -374,7 +408,12 @@ impl Bridge {
             self.drops.bump(DropReason::UnknownPort);
             return Action::Drop(DropReason::UnknownPort);
         };
-        match decide(&mut self.fdb, ingress, port, frame, now) {
+        let network = port.network;
+        let admitted = admit(port, frame).and_then(|(src, dst)| {
+            self.fdb.learn(network, src, ingress, now);
+            forward(&self.fdb, network, ingress, dst, now).1
+        });
+        match admitted {
             Ok(action) => action,
             Err(reason) => {
                 self.drops.bump(reason);
@@ -383,6 +422,39 @@ impl Bridge {
                 }
                 Action::Drop(reason)
             }
+        }
+    }
+
+    /// What [`Bridge::process`] would decide for `frame` on `ingress` at
+    /// `now`, with what it looked at, changing nothing: no MAC is learned,
+    /// no counter moves. The same checks and the same lookup as `process`
+    /// (one code path, so `vswitch trace` cannot drift from the datapath);
+    /// the one difference is that `process` learns the source before it
+    /// looks the destination up, which matters only for a frame addressed
+    /// to its own source MAC.
+    pub fn decide(&self, ingress: PortId, frame: &[u8], now: Instant) -> Decision {
+        let Some(port) = self.ports.get(&ingress) else {
+            return Decision {
+                network: None,
+                secured: false,
+                lookup: Lookup::NotReached,
+                action: Action::Drop(DropReason::UnknownPort),
+            };
+        };
+        let network = port.network;
+        let secured = port.security.is_some();
+        let (lookup, action) = match admit(port, frame) {
+            Ok((_, dst)) => match forward(&self.fdb, network, ingress, dst, now) {
+                (lookup, Ok(action)) => (lookup, action),
+                (lookup, Err(reason)) => (lookup, Action::Drop(reason)),
+            },
+            Err(reason) => (Lookup::NotReached, Action::Drop(reason)),
+        };
+        Decision {
+            network: Some(network),
+            secured,
+            lookup,
+            action,
         }
     }
 
@@ -480,14 +552,12 @@ fn is_reserved_group(mac: MacAddr) -> bool {
     m[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && m[5] & 0xf0 == 0
 }
 
+/// The checks a frame passes before it is learned and looked up: it
+/// parses, its source is a station address, a secured port sends only
+/// with its own addresses, its destination is not a reserved group.
+/// Returns the source and destination MACs.
 #[inline]
-fn decide(
-    fdb: &mut Fdb,
-    ingress: PortId,
-    port: &Port,
-    frame: &[u8],
-    now: Instant,
-) -> Result<Action, DropReason> {
+fn admit(port: &Port, frame: &[u8]) -> Result<(MacAddr, MacAddr), DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
     let src = eth.src();
     if src.is_multicast() || src.is_zero() {
@@ -500,19 +570,37 @@ fn decide(
     if dst.is_multicast() && is_reserved_group(dst) {
         return Err(DropReason::ReservedGroup);
     }
-    let network = port.network;
-    fdb.learn(network, src, ingress, now);
+    Ok((src, dst))
+}
+
+/// Where a frame to `dst` from `ingress` goes in `network`: group
+/// addresses and unknown unicast flood, a known MAC goes to its port (or
+/// is dropped when that is the ingress).
+#[inline]
+fn forward(
+    fdb: &Fdb,
+    network: NetworkId,
+    ingress: PortId,
+    dst: MacAddr,
+    now: Instant,
+) -> (Lookup, Result<Action, DropReason>) {
     let flood = Action::Flood {
         network,
         except: ingress,
     };
     if dst.is_multicast() {
-        return Ok(flood);
+        return (Lookup::Group, Ok(flood));
     }
-    match fdb.lookup(network, dst, now) {
-        Some(out) if out == ingress => Err(DropReason::SameSegment),
-        Some(out) => Ok(Action::Forward(out)),
-        None => Ok(flood),
+    match fdb.lookup_entry(network, dst, now) {
+        Some((out, pinned)) => {
+            let lookup = Lookup::Hit { port: out, pinned };
+            if out == ingress {
+                (lookup, Err(DropReason::SameSegment))
+            } else {
+                (lookup, Ok(Action::Forward(out)))
+            }
+        }
+        None => (Lookup::Miss, Ok(flood)),
     }
 }
 
@@ -1272,6 +1360,67 @@ mod tests {
         assert_eq!(c.iter().map(|(_, n)| n).sum::<u64>(), 3);
     }
 
+    #[test]
+    fn decide_explains_without_learning_or_counting() {
+        let now = Instant::now();
+        let mut b = bridge();
+        b.set_static_mac(NET_A, M3, P3).unwrap();
+        // A pinned MAC: found, forwarded, nothing learned about M1.
+        let d = b.decide(P1, &udp4(M1, M3, V4_1, V4_2), now);
+        assert_eq!(
+            d,
+            Decision {
+                network: Some(NET_A),
+                secured: true,
+                lookup: Lookup::Hit {
+                    port: P3,
+                    pinned: true
+                },
+                action: Action::Forward(P3),
+            }
+        );
+        assert_eq!(b.lookup(NET_A, M1, now), None);
+        // Unknown unicast floods; a group address is not looked up.
+        let d = b.decide(P1, &udp4(M1, M9, V4_1, V4_2), now);
+        assert_eq!(d.lookup, Lookup::Miss);
+        assert_eq!(
+            d.action,
+            Action::Flood {
+                network: NET_A,
+                except: P1
+            }
+        );
+        let d = b.decide(P1, &build_arp_request(M1, V4_1, V4_2), now);
+        assert_eq!(d.lookup, Lookup::Group);
+        // A learned MAC is a hit, not pinned.
+        b.process(P2, &udp4(M2, M3, V4_2, V4_1), now);
+        let d = b.decide(P1, &udp4(M1, M2, V4_1, V4_2), now);
+        assert_eq!(
+            d.lookup,
+            Lookup::Hit {
+                port: P2,
+                pinned: false
+            }
+        );
+        // Spoofing: dropped before the lookup, for the reason `process`
+        // counts, but not counted.
+        let d = b.decide(P1, &udp4(M9, M3, V4_1, V4_2), now);
+        assert_eq!(d.lookup, Lookup::NotReached);
+        assert_eq!(d.action, Action::Drop(DropReason::SpoofedMac));
+        let d = b.decide(P1, &udp4(M1, M3, V4_OTHER, V4_2), now);
+        assert_eq!(d.action, Action::Drop(DropReason::SpoofedIp));
+        let d = b.decide(PortId(99), &udp4(M1, M3, V4_1, V4_2), now);
+        assert_eq!(d.network, None);
+        assert_eq!(d.action, Action::Drop(DropReason::UnknownPort));
+        assert_eq!(b.drops().total(), 0);
+        assert_eq!(b.port_drops(P1), 0);
+        // And `process` agrees.
+        assert_eq!(
+            b.process(P1, &udp4(M1, M3, V4_OTHER, V4_2), now),
+            Action::Drop(DropReason::SpoofedIp)
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Frame {
@@ -1365,7 +1514,24 @@ mod tests {
                 };
                 let drops_before = b.drops().total();
                 let network = b.network_of(port);
+                // The query first: it must change nothing and agree with
+                // what `process` then does.
+                let table = |b: &Bridge| {
+                    let mut t: Vec<_> = b.fdb_entries(NET_A).chain(b.fdb_entries(NET_B))
+                        .map(|e| (e.network, e.mac, e.port, e.last_seen)).collect();
+                    t.sort();
+                    (t, *b.drops(), b.port_drops(port))
+                };
+                let before = table(&b);
+                let decided = b.decide(port, &frame, now);
+                prop_assert_eq!(table(&b), before);
+                let to_itself = EthernetFrame::new_checked(&frame[..])
+                    .is_ok_and(|e| e.src() == e.dst());
                 let action = b.process(port, &frame, now);
+                if !to_itself {
+                    prop_assert_eq!(decided.action, action);
+                }
+                prop_assert_eq!(decided.network, network);
                 match action {
                     Action::Forward(out) => {
                         prop_assert_ne!(out, port);

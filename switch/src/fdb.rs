@@ -278,11 +278,23 @@ impl Fdb {
     /// The port `mac` is behind in `network`, if known and not expired.
     #[inline]
     pub fn lookup(&self, network: NetworkId, mac: MacAddr, now: Instant) -> Option<PortId> {
+        self.lookup_entry(network, mac, now).map(|(port, _)| port)
+    }
+
+    /// [`Fdb::lookup`], with whether the entry is static (pinned by the
+    /// control plane) rather than learned.
+    #[inline]
+    pub fn lookup_entry(
+        &self,
+        network: NetworkId,
+        mac: MacAddr,
+        now: Instant,
+    ) -> Option<(PortId, bool)> {
         let entry = self.table.get(&Key::new(network, mac))?;
         if entry.expired(self.config.aging, now) {
             None
         } else {
-            Some(entry.port)
+            Some((entry.port, entry.is_static()))
         }
     }
 

@@ -171,7 +171,7 @@ impl Nat {
                     self.stats.udp_dropped += 1;
                     return;
                 }
-                if !self.egress {
+                if !self.egress_open() {
                     self.stats.egress_denied += 1;
                     return;
                 }

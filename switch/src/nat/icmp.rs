@@ -30,7 +30,7 @@ impl Nat {
         let id = match self.echo_tuples.get(&tuple) {
             Some(&id) => id,
             None => {
-                if !self.egress {
+                if !self.egress_open() {
                     self.stats.egress_denied += 1;
                     return;
                 }

@@ -645,6 +645,92 @@ struct Ingress<'a> {
     csum_trusted: bool,
 }
 
+/// The NAT takes TCP super-frames whole; other GSO super-frames must be
+/// segmented first.
+fn offloads_ok(hdr: &VnetHdr) -> Result<(), NatRefusal> {
+    let tcp_gso = matches!(hdr.gso_type & !gso::ECN, gso::TCPV4 | gso::TCPV6);
+    if hdr.is_gso() && !tcp_gso {
+        Err(NatRefusal::Unsupported)
+    } else {
+        Ok(())
+    }
+}
+
+/// What a frame admitted by the NAT carries ([`Nat::classify`]).
+#[derive(Debug, Clone, Copy)]
+enum FlowKindOf {
+    /// TCP, source and destination ports.
+    Tcp(u16, u16),
+    /// UDP, source and destination ports.
+    Udp(u16, u16),
+    /// An ICMP or ICMPv6 echo request with this identifier.
+    Echo(u16),
+}
+
+/// The kind of flow an egress frame opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatProto {
+    /// A TCP connection through a host socket.
+    Tcp,
+    /// A UDP flow through a host socket.
+    Udp,
+    /// ICMP echo through a host ping socket.
+    IcmpEcho,
+}
+
+/// Why the NAT refuses a frame, by the counter [`Nat::handle_frame`]
+/// bumps for it ([`NatStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatRefusal {
+    /// `frames_malformed`.
+    Malformed,
+    /// `frames_bad_checksum`.
+    BadChecksum,
+    /// `frames_unsupported`.
+    Unsupported,
+    /// `frames_bad_address`: from outside the network, or to an address
+    /// the NAT does not forward to (the network itself, loopback...).
+    BadAddress,
+    /// `egress_denied`: nothing leaves an internal network.
+    EgressDenied,
+}
+
+impl NatRefusal {
+    /// The name `vswitch stats` shows the counter under.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NatRefusal::Malformed => "FramesMalformed",
+            NatRefusal::BadChecksum => "FramesBadChecksum",
+            NatRefusal::Unsupported => "FramesUnsupported",
+            NatRefusal::BadAddress => "FramesBadAddress",
+            NatRefusal::EgressDenied => "EgressDenied",
+        }
+    }
+}
+
+/// [`Nat::classify`]: what the NAT would do with a frame from a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatDecision {
+    /// [`is_for_nat`] does not claim it: it is the gateway's (ARP, NDP,
+    /// ICMP to the gateway address, DNS).
+    NotForNat,
+    /// To a port the NAT lent on the gateway address: a reply to a
+    /// published port's client.
+    Reply,
+    /// It leaves through a host socket: a new flow from `src` to `dst`
+    /// (for ICMP echo, `src`'s port is the echo identifier and `dst`'s 0).
+    Egress {
+        /// TCP, UDP or ICMP echo.
+        proto: NatProto,
+        /// The container's address and port.
+        src: SocketAddr,
+        /// Where it goes.
+        dst: SocketAddr,
+    },
+    /// Dropped, and counted under this reason.
+    Refused(NatRefusal),
+}
+
 impl Nat {
     /// The tuple of a TCP segment or UDP datagram from the container with
     /// these ports, or `None` (counted malformed) if either port is zero.
@@ -864,41 +950,115 @@ impl Nat {
     /// must be segmented first (counted unsupported).
     pub fn handle_frame(&mut self, hdr: &VnetHdr, frame: &[u8], now: Instant) {
         self.stats.frames_in += 1;
-        let tcp_gso = matches!(hdr.gso_type & !gso::ECN, gso::TCPV4 | gso::TCPV6);
-        if hdr.is_gso() && !tcp_gso {
-            self.stats.frames_unsupported += 1;
+        if let Err(refusal) = offloads_ok(hdr) {
+            self.count_refusal(refusal);
             return;
         }
-        let csum_trusted = hdr.flags & (flags::NEEDS_CSUM | flags::DATA_VALID) != 0;
         let Ok(pkt) = IpFrame::parse(frame) else {
             self.stats.frames_malformed += 1;
             return;
         };
+        let checked = self.admit(hdr, frame, &pkt).and_then(|ingress| {
+            let transport = pkt.transport();
+            let kind = self.transport_kind(hdr, &ingress, transport.as_ref())?;
+            Ok((ingress, transport, kind))
+        });
+        let (ingress, transport, kind) = match checked {
+            Ok(c) => c,
+            Err(refusal) => {
+                self.count_refusal(refusal);
+                return;
+            }
+        };
+        match (transport, kind) {
+            (Some(TransportHeader::Tcp(tcp)), _) => self.tcp_segment(&ingress, &tcp, now),
+            (Some(TransportHeader::Udp(udp)), _) => self.udp_datagram(&ingress, &udp, now),
+            (Some(TransportHeader::Icmpv4(icmp)), FlowKindOf::Echo(ident)) => {
+                self.echo_request(&ingress, ident, icmp.message(), now)
+            }
+            (Some(TransportHeader::Icmpv6(icmp)), FlowKindOf::Echo(ident)) => {
+                self.echo_request(&ingress, ident, icmp.message(), now)
+            }
+            _ => self.stats.frames_unsupported += 1,
+        }
+    }
+
+    /// What [`Nat::handle_frame`] would do with `frame` from a container,
+    /// changing nothing (no flow, no connection, no counter): the same
+    /// checks in the same order, then whether it would leave. For `vswitch
+    /// trace`. `frame` is taken as a TAP without offloads hands it over, so
+    /// its checksums are checked.
+    pub fn classify(&self, frame: &[u8]) -> NatDecision {
+        if !self.is_for_nat(frame) {
+            return NatDecision::NotForNat;
+        }
+        let hdr = VnetHdr::NONE;
+        let Ok(pkt) = IpFrame::parse(frame) else {
+            return NatDecision::Refused(NatRefusal::Malformed);
+        };
+        let checked = self.admit(&hdr, frame, &pkt).and_then(|ingress| {
+            let transport = pkt.transport();
+            let kind = self.transport_kind(&hdr, &ingress, transport.as_ref())?;
+            Ok((ingress.src, ingress.dst, kind))
+        });
+        let (src, dst, kind) = match checked {
+            Ok(c) => c,
+            Err(refusal) => return NatDecision::Refused(refusal),
+        };
+        if self.is_gateway(dst) {
+            // A reply to a connection the NAT made from a lent port.
+            return NatDecision::Reply;
+        }
+        if !self.egress_open() {
+            return NatDecision::Refused(NatRefusal::EgressDenied);
+        }
+        let (proto, sport, dport) = match kind {
+            FlowKindOf::Tcp(s, d) => (NatProto::Tcp, s, d),
+            FlowKindOf::Udp(s, d) => (NatProto::Udp, s, d),
+            FlowKindOf::Echo(ident) => (NatProto::IcmpEcho, ident, 0),
+        };
+        NatDecision::Egress {
+            proto,
+            src: SocketAddr::new(src, sport),
+            dst: SocketAddr::new(dst, dport),
+        }
+    }
+
+    /// Whether new flows may leave the network (false on `--internal`
+    /// networks).
+    pub(super) fn egress_open(&self) -> bool {
+        self.egress
+    }
+
+    /// The checks of a frame from a container up to its transport header:
+    /// offloads, addresses, the IPv4 checksum.
+    fn admit<'f>(
+        &self,
+        hdr: &VnetHdr,
+        frame: &'f [u8],
+        pkt: &IpFrame<'_>,
+    ) -> Result<Ingress<'f>, NatRefusal> {
+        let csum_trusted = hdr.flags & (flags::NEEDS_CSUM | flags::DATA_VALID) != 0;
         if pkt.dst_mac() != self.mac || pkt.has_link_extensions() {
-            self.stats.frames_unsupported += 1;
-            return;
+            return Err(NatRefusal::Unsupported);
         }
         let src_mac = pkt.src_mac();
         if src_mac.is_multicast() || src_mac.is_zero() {
-            self.stats.frames_malformed += 1;
-            return;
+            return Err(NatRefusal::Malformed);
         }
         let (src, dst, packet_len, direct) = match pkt.ip() {
             Some(IpHeader::V4(ip)) => {
                 if ip.is_fragment() {
-                    self.stats.frames_unsupported += 1;
-                    return;
+                    return Err(NatRefusal::Unsupported);
                 }
                 if !ip.checksum_ok() {
-                    self.stats.frames_bad_checksum += 1;
-                    return;
+                    return Err(NatRefusal::BadChecksum);
                 }
-                let direct = ip.transport_follows();
                 (
                     IpAddr::V4(ip.src()),
                     IpAddr::V4(ip.dst()),
                     ip.total_len(),
-                    direct,
+                    ip.transport_follows(),
                 )
             }
             Some(IpHeader::V6(ip)) => (
@@ -907,73 +1067,81 @@ impl Nat {
                 ip.total_len(),
                 ip.transport_follows(),
             ),
-            None => {
-                self.stats.frames_unsupported += 1;
-                return;
-            }
+            None => return Err(NatRefusal::Unsupported),
         };
         let Some(packet) = frame.get(ETH_LEN..ETH_LEN + packet_len) else {
-            self.stats.frames_malformed += 1;
-            return;
+            return Err(NatRefusal::Malformed);
         };
         if !self.has_family(src) {
-            self.stats.frames_unsupported += 1;
-            return;
+            return Err(NatRefusal::Unsupported);
         }
         if !self.is_container_addr(src) || !self.is_forwardable(dst) {
-            self.stats.frames_bad_address += 1;
-            return;
+            return Err(NatRefusal::BadAddress);
         }
-        let ingress = Ingress {
+        if !direct {
+            // IPv6 extension headers: smoltcp reads only hop-by-hop; none
+            // of our peers send them on TCP/UDP.
+            return Err(NatRefusal::Unsupported);
+        }
+        Ok(Ingress {
             src_mac,
             src,
             dst,
             packet,
             csum_trusted,
-        };
-        let transport = pkt.transport();
+        })
+    }
+
+    /// The checks of the transport header of an admitted frame: what the
+    /// NAT handles (TCP, UDP, echo requests), checksums, GSO only for TCP.
+    fn transport_kind(
+        &self,
+        hdr: &VnetHdr,
+        ingress: &Ingress<'_>,
+        transport: Option<&TransportHeader<'_, '_>>,
+    ) -> Result<FlowKindOf, NatRefusal> {
+        let (src, dst) = (ingress.src, ingress.dst);
         if hdr.is_gso() && !matches!(transport, Some(TransportHeader::Tcp(_))) {
-            self.stats.frames_unsupported += 1;
-            return;
+            return Err(NatRefusal::Unsupported);
         }
         match transport {
-            // IPv6 extension headers: smoltcp reads only hop-by-hop; none of
-            // our peers send them on TCP/UDP.
-            Some(TransportHeader::Tcp(tcp)) if direct => {
-                if !csum_trusted && !tcp.checksum_ok(src, dst) {
-                    self.stats.frames_bad_checksum += 1;
-                    return;
+            Some(TransportHeader::Tcp(tcp)) => {
+                if !ingress.csum_trusted && !tcp.checksum_ok(src, dst) {
+                    return Err(NatRefusal::BadChecksum);
                 }
-                self.tcp_segment(&ingress, &tcp, now)
+                Ok(FlowKindOf::Tcp(tcp.src_port(), tcp.dst_port()))
             }
-            Some(TransportHeader::Udp(udp)) if direct => self.udp_datagram(&ingress, &udp, now),
-            Some(TransportHeader::Icmpv4(icmp)) if direct => {
-                let Some(echo) = icmp.echo_request() else {
-                    self.stats.frames_unsupported += 1;
-                    return;
-                };
-                if !csum_trusted && !icmp.checksum_ok() {
-                    self.stats.frames_bad_checksum += 1;
-                    return;
+            Some(TransportHeader::Udp(udp)) => Ok(FlowKindOf::Udp(udp.src_port(), udp.dst_port())),
+            Some(TransportHeader::Icmpv4(icmp)) => {
+                let echo = icmp.echo_request().ok_or(NatRefusal::Unsupported)?;
+                if !ingress.csum_trusted && !icmp.checksum_ok() {
+                    return Err(NatRefusal::BadChecksum);
                 }
-                self.echo_request(&ingress, echo.ident, icmp.message(), now);
+                Ok(FlowKindOf::Echo(echo.ident))
             }
-            Some(TransportHeader::Icmpv6(icmp)) if direct => {
-                let Some(echo) = icmp.echo_request() else {
-                    self.stats.frames_unsupported += 1;
-                    return;
-                };
+            Some(TransportHeader::Icmpv6(icmp)) => {
+                let echo = icmp.echo_request().ok_or(NatRefusal::Unsupported)?;
                 let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
-                    return;
+                    return Err(NatRefusal::Unsupported);
                 };
-                if !csum_trusted && !icmp.checksum_ok(s, d) {
-                    self.stats.frames_bad_checksum += 1;
-                    return;
+                if !ingress.csum_trusted && !icmp.checksum_ok(s, d) {
+                    return Err(NatRefusal::BadChecksum);
                 }
-                self.echo_request(&ingress, echo.ident, icmp.message(), now);
+                Ok(FlowKindOf::Echo(echo.ident))
             }
-            _ => self.stats.frames_unsupported += 1,
+            None => Err(NatRefusal::Unsupported),
         }
+    }
+
+    fn count_refusal(&mut self, refusal: NatRefusal) {
+        let counter = match refusal {
+            NatRefusal::Malformed => &mut self.stats.frames_malformed,
+            NatRefusal::BadChecksum => &mut self.stats.frames_bad_checksum,
+            NatRefusal::Unsupported => &mut self.stats.frames_unsupported,
+            NatRefusal::BadAddress => &mut self.stats.frames_bad_address,
+            NatRefusal::EgressDenied => &mut self.stats.egress_denied,
+        };
+        *counter += 1;
     }
 
     /// Copies the next frame to inject into the bridge into `out`; returns
@@ -1193,6 +1361,68 @@ mod tests {
             Nat::new(cfg, Instant::now()),
             Err(NatError::Limit("shard"))
         ));
+    }
+
+    #[rstest]
+    #[case::open(true)]
+    #[case::internal(false)]
+    fn classify_says_what_handle_frame_does_and_changes_nothing(#[case] egress: bool) {
+        let mut net = Net::new(egress, limits());
+        let out = SocketAddr::new(OUTSIDE4.into(), 80);
+        let frames = [
+            (syn_frame(40020, out), NatProto::Tcp),
+            (udp_frame(5356, sa("198.51.100.9:53"), b"q"), NatProto::Udp),
+            (
+                echo_request_frame(OUTSIDE4.into(), 7, 1, b"ping"),
+                NatProto::IcmpEcho,
+            ),
+        ];
+        for (frame, proto) in frames {
+            let before = net.nat.stats();
+            let decision = net.nat.classify(&frame);
+            assert_eq!(net.nat.stats(), before, "classify counts nothing");
+            assert!(net.nat.poll_event().is_none(), "classify opens nothing");
+            if egress {
+                let NatDecision::Egress { proto: p, dst, .. } = decision else {
+                    panic!("{decision:?}")
+                };
+                assert_eq!(p, proto);
+                assert_eq!(dst.ip(), IpAddr::V4(OUTSIDE4));
+            } else {
+                assert_eq!(decision, NatDecision::Refused(NatRefusal::EgressDenied));
+            }
+            // handle_frame does what classify said.
+            net.nat.handle_frame(&VnetHdr::NONE, &frame, net.now);
+            let after = net.nat.stats();
+            if egress {
+                assert!(net.nat.poll_event().is_some(), "{proto:?} opened a flow");
+                assert_eq!(after.egress_denied, before.egress_denied);
+            } else {
+                assert_eq!(after.egress_denied, before.egress_denied + 1);
+            }
+        }
+        // The gateway's own traffic is not the NAT's; a destination inside
+        // the network is refused as a bad address; so is a bad checksum.
+        let dns = udp_frame(5357, SocketAddr::new(GW4.into(), 53), b"q");
+        assert_eq!(net.nat.classify(&dns), NatDecision::NotForNat);
+        let inside = syn_frame(40021, sa("10.0.0.3:80"));
+        assert_eq!(
+            net.nat.classify(&inside),
+            NatDecision::Refused(NatRefusal::BadAddress)
+        );
+        let mut bad = syn_frame(40022, out);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert_eq!(
+            net.nat.classify(&bad),
+            NatDecision::Refused(NatRefusal::BadChecksum)
+        );
+        let before = net.nat.stats();
+        net.nat.handle_frame(&VnetHdr::NONE, &bad, net.now);
+        assert_eq!(
+            net.nat.stats().frames_bad_checksum,
+            before.frames_bad_checksum + 1
+        );
     }
 
     #[test]

@@ -513,7 +513,7 @@ impl Nat {
                 }
             }
         }
-        if !self.egress {
+        if !self.egress_open() {
             self.stats.egress_denied += 1;
             return;
         }

@@ -230,6 +230,87 @@ fn build(len: usize, emit: impl FnOnce(&mut [u8]) -> Result<usize, WireError>) -
     frame
 }
 
+/// What a synthetic frame from a container carries ([`build_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// An ICMP or ICMPv6 echo request.
+    Echo {
+        /// Identifier.
+        ident: u16,
+        /// Sequence number.
+        seq: u16,
+    },
+    /// A UDP datagram (empty).
+    Udp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+    },
+    /// A TCP SYN.
+    TcpSyn {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+    },
+}
+
+/// The frame a container sends first to reach `dst` with `probe` (an echo
+/// request, a datagram, a SYN), from `src_mac`/`src` to `dst_mac`, with
+/// every checksum filled in: the synthetic frame of `vswitch trace`.
+/// [`WireError::Malformed`] when `src` and `dst` are of different families.
+pub fn build_probe(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: IpAddr,
+    dst: IpAddr,
+    probe: Probe,
+) -> Result<Vec<u8>, WireError> {
+    use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder};
+    let eth = PacketBuilder::ethernet2(src_mac.0, dst_mac.0);
+    let mut out = Vec::with_capacity(128);
+    let payload: &[u8] = match probe {
+        Probe::Echo { .. } => b"vswitch trace",
+        _ => &[],
+    };
+    let written = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = eth.ipv4(s.octets(), d.octets(), 64);
+            match probe {
+                Probe::Echo { ident, seq } => ip
+                    .icmpv4(Icmpv4Type::EchoRequest(IcmpEchoHeader { id: ident, seq }))
+                    .write(&mut out, payload),
+                Probe::Udp { src_port, dst_port } => {
+                    ip.udp(src_port, dst_port).write(&mut out, payload)
+                }
+                Probe::TcpSyn { src_port, dst_port } => ip
+                    .tcp(src_port, dst_port, 1, 64240)
+                    .syn()
+                    .write(&mut out, payload),
+            }
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = eth.ipv6(s.octets(), d.octets(), 64);
+            match probe {
+                Probe::Echo { ident, seq } => ip
+                    .icmpv6(Icmpv6Type::EchoRequest(IcmpEchoHeader { id: ident, seq }))
+                    .write(&mut out, payload),
+                Probe::Udp { src_port, dst_port } => {
+                    ip.udp(src_port, dst_port).write(&mut out, payload)
+                }
+                Probe::TcpSyn { src_port, dst_port } => ip
+                    .tcp(src_port, dst_port, 1, 64240)
+                    .syn()
+                    .write(&mut out, payload),
+            }
+        }
+        _ => return Err(WireError::Malformed),
+    };
+    written.map_err(|_| WireError::Malformed)?;
+    Ok(out)
+}
+
 /// [`emit_arp`] into a fresh `Vec`.
 pub fn build_arp(eth_dst: MacAddr, repr: &ArpRepr) -> Vec<u8> {
     build(ARP_FRAME_LEN, |out| emit_arp(eth_dst, repr, out))

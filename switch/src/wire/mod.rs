@@ -42,9 +42,10 @@ mod ip;
 
 pub use build::{
     build_arp, build_arp_reply, build_arp_request, build_icmpv6, build_ipv4_udp, build_ipv6_udp,
-    build_neighbor_advert, build_neighbor_solicit, build_router_advert, emit_arp, emit_arp_reply,
-    emit_arp_request, emit_icmpv6, emit_ipv4_udp, emit_ipv6_udp, emit_neighbor_advert,
-    emit_neighbor_solicit, emit_router_advert, Ipv6Endpoints, ARP_FRAME_LEN,
+    build_neighbor_advert, build_neighbor_solicit, build_probe, build_router_advert, emit_arp,
+    emit_arp_reply, emit_arp_request, emit_icmpv6, emit_ipv4_udp, emit_ipv6_udp,
+    emit_neighbor_advert, emit_neighbor_solicit, emit_router_advert, Ipv6Endpoints, Probe,
+    ARP_FRAME_LEN,
 };
 pub use ip::{
     echo_frame_len, emit_echo_reply, emit_udp, emit_udp_headers, ip_destination, udp_frame_len,

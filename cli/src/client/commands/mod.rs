@@ -16,6 +16,7 @@ mod rm;
 mod run;
 mod stats;
 mod supervise;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,7 @@ pub use rm::RmArgs;
 pub use run::RunArgs;
 pub use stats::StatsArgs;
 pub use supervise::SuperviseArgs;
+pub use trace::TraceArgs;
 
 /// The `vswitch` command line.
 #[derive(Debug, Parser)]
@@ -81,6 +83,10 @@ pub enum Command {
     /// Capture the frames a container's ports (or a network's) switch: a
     /// line per frame, or pcapng for tcpdump -r and Wireshark with -w.
     Capture(CaptureArgs),
+    /// Follow a synthetic frame from a container through the switch's own
+    /// decisions, step by step, sending nothing; exits 1 when it would be
+    /// dropped.
+    Trace(TraceArgs),
     /// Join the cluster through one or more members (IP or IP:PORT).
     JoinCluster(JoinArgs),
     /// Leave the cluster.
@@ -130,6 +136,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Port(args) => port::run(&client, args).await.map(|()| 0),
         Command::Inspect(args) => inspect::run(&client, args).await.map(|()| 0),
         Command::Stats(args) => stats::run(&client, args).await.map(|()| 0),
+        Command::Trace(args) => trace::run(&client, args).await,
         Command::JoinCluster(args) => cluster::join(&client, args).await.map(|()| 0),
         Command::Ipam(cmd) => ipam::run(&client, cmd).await.map(|()| 0),
         Command::LeaveCluster => cluster::leave(&client).await.map(|()| 0),

@@ -45,6 +45,7 @@ mod ports;
 mod restore;
 mod rollback;
 mod stats;
+mod trace;
 
 use ids::{now_rfc3339, random_id, random_u64};
 pub use plane::ControlPlane;

@@ -217,7 +217,7 @@ impl Controller {
                 .restore_network(record.name.clone(), &record.subnet_configs())
                 .map_err(ipam_err)?;
         }
-        let gateway_mac = MacAddr::local_from_seed(format!("gateway/{}", record.id).as_bytes());
+        let gateway_mac = super::trace::gateway_mac(&record);
         let zone = Arc::new(ArcSwap::from_pointee(Zone::default()));
         let mut net = Network {
             record,

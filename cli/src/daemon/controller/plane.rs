@@ -134,6 +134,8 @@ impl ControlPlane {
             }
             Request::CniCheck(k) => to_value(self.cni_check(&k)?),
             Request::CniGc(g) => to_value(self.cni_gc(&g)?),
+            // Reads the container's interfaces without the lock.
+            Request::Trace(t) => to_value(self.trace(t)?),
             // The others do not wait: one step under the lock.
             Request::Ping => to_value("OK"),
             Request::NetworkList => to_value(self.lock()?.network_list()),

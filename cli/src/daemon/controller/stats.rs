@@ -100,6 +100,9 @@ impl Controller {
                         ("IcmpFlows", st.icmp_flows),
                         ("EgressDenied", st.egress_denied),
                         ("FramesMalformed", st.frames_malformed),
+                        ("FramesBadChecksum", st.frames_bad_checksum),
+                        ("FramesUnsupported", st.frames_unsupported),
+                        ("FramesBadAddress", st.frames_bad_address),
                         ("FramesDropped", st.frames_dropped),
                     ]
                     .into_iter()

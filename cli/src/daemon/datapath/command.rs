@@ -95,6 +95,12 @@ pub enum Command {
     },
     /// Reads the counters.
     Stats { reply: mpsc::Sender<DatapathStats> },
+    /// Runs a synthetic frame through the decisions (`vswitch trace`),
+    /// changing nothing and sending nothing.
+    Trace {
+        probe: TraceProbe,
+        reply: mpsc::Sender<Result<TraceResult, DatapathError>>,
+    },
     /// Ends the thread; TAPs are closed (persistent ones stay in their
     /// namespaces).
     Shutdown,
@@ -116,6 +122,7 @@ impl std::fmt::Debug for Command {
             Command::AddRemote { .. } => "AddRemote",
             Command::RemoveRemote { .. } => "RemoveRemote",
             Command::Stats { .. } => "Stats",
+            Command::Trace { .. } => "Trace",
             Command::Shutdown => "Shutdown",
         };
         f.write_str(name)

@@ -52,6 +52,9 @@ pub enum DatapathError {
     /// Published ports on a network without a NAT.
     #[error("the network has no NAT to publish ports through")]
     NoNat,
+    /// A trace whose probe cannot be made (a bug of the caller).
+    #[error("cannot trace: {0}")]
+    Trace(&'static str),
     /// Published ports' host sockets could not be registered.
     #[error("registering published ports: {0}")]
     Publish(#[source] io::Error),

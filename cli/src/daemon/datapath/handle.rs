@@ -337,6 +337,12 @@ impl DatapathHandle {
         })
     }
 
+    /// Traces a synthetic frame through the first worker's tables (see
+    /// `datapath/trace.rs`): nothing is learned, counted or sent.
+    pub fn trace(&self, probe: TraceProbe) -> Result<TraceResult, DatapathError> {
+        self.first().ask(|reply| Command::Trace { probe, reply })?
+    }
+
     /// Every worker's counters, added up.
     pub fn stats(&self) -> Result<DatapathStats, DatapathError> {
         let all = self.ask_all(|_, reply| Command::Stats { reply })?;

@@ -24,6 +24,8 @@
 //!   TCP connection.
 //! - `nat_io`: the NAT's host sockets (published ports, egress flows).
 //! - `tokens`: what each poll token stands for.
+//! - `trace`: `vswitch trace`, a synthetic frame through the cores' query
+//!   forms, changing nothing.
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -66,6 +68,7 @@ mod stats;
 #[allow(unsafe_code)]
 mod tests;
 mod tokens;
+mod trace;
 mod tunnel;
 mod worker;
 
@@ -76,6 +79,7 @@ pub use handle::DatapathHandle;
 use handoff::{Handoff, HandoffRx};
 pub use stats::{DatapathStats, PortCounters, TunnelCounters};
 use tokens::*;
+pub use trace::{Hop, Neighbor, TraceProbe, TraceResult};
 pub use tunnel::bind_tunnel;
 use tunnel::Tunnel;
 

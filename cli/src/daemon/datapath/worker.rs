@@ -320,6 +320,9 @@ impl Datapath {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Command::Trace { probe, reply } => {
+                let _ = reply.send(self.trace(&probe, Instant::now()));
+            }
             Command::Shutdown => self.running = false,
         }
     }
