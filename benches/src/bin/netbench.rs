@@ -24,6 +24,8 @@
 //! ```
 
 // This file is the crate root, so its modules sit in `netbench/` by path.
+#[path = "netbench/capture.rs"]
+mod capture;
 #[path = "netbench/cpu.rs"]
 mod cpu;
 #[path = "netbench/docker.rs"]
@@ -581,6 +583,7 @@ mod tests {
 
     #[rstest]
     #[case(&[], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge",
+                  "vswitch-nocapture", "vswitch-capture-headers", "vswitch-capture-whole",
                   "kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay", "vswitch-overlay-encrypted",
                   "socat-relay", "pasta-publish", "vswitch-publish",
                   "pasta-egress", "slirp4netns-egress", "vswitch-egress",
@@ -596,6 +599,7 @@ mod tests {
     #[case(&["overlay"], &["kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay",
                            "vswitch-overlay-encrypted"])]
     #[case(&["vswitch-bridge"], &["vswitch-bridge"])]
+    #[case(&["capture"], &["vswitch-nocapture", "vswitch-capture-headers", "vswitch-capture-whole"])]
     #[case(&["vswitch-overlay", "local"], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev",
                                             "vswitch-bridge", "vswitch-overlay"])]
     fn only_selects_groups_and_scenarios(#[case] only: &[&str], #[case] want: &[&str]) {

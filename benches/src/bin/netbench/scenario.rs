@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::capture;
 use crate::cpu::Watched;
 use crate::docker;
 use crate::exec::{in_ns, interrupted, Background, Shell};
@@ -27,7 +28,7 @@ use crate::workload::Workload;
 use crate::Error;
 
 /// The subnet both local scenarios use; only inside their own namespaces.
-const SUBNET: &str = "10.247.0.0/24";
+pub const SUBNET: &str = "10.247.0.0/24";
 pub const PREFIX_LEN: u8 = 24;
 pub const A_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 2);
 pub const B_IP: Ipv4Addr = Ipv4Addr::new(10, 247, 0, 3);
@@ -128,6 +129,15 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(ovs::OvsBridge { tso: true }),
         Box::new(ovs::OvsBridge { tso: false }),
         Box::new(VswitchBridge),
+        Box::new(capture::VswitchCapture {
+            mode: capture::Mode::Off,
+        }),
+        Box::new(capture::VswitchCapture {
+            mode: capture::Mode::Headers,
+        }),
+        Box::new(capture::VswitchCapture {
+            mode: capture::Mode::Whole,
+        }),
         Box::new(overlay::KernelVxlan),
         Box::new(ovs::OvsVxlan),
         Box::new(overlay::VswitchOverlay { encrypted: false }),
@@ -565,6 +575,12 @@ impl VswitchHost {
             label: self.label.clone(),
             pid,
         })
+    }
+
+    /// `vswitch ARGS...` against this daemon, in the background (stopped
+    /// with SIGTERM, its output in the log named `name`).
+    pub fn spawn_vs(&self, args: &[&str], name: &str) -> Result<Background, Error> {
+        self.sh.spawn(&self.vs_argv(args), name)
     }
 
     fn vs_argv(&self, args: &[&str]) -> Vec<String> {
