@@ -3,7 +3,8 @@
 //! It starts a private vswitchd inside a network namespace of its own (so
 //! nothing it does can reach beyond this machine), makes a network, runs
 //! two containers, pings one from the other by name, resolves names through
-//! the embedded DNS, shows `inspect` and `stats`, then removes everything,
+//! the embedded DNS, shows `inspect`, `ps`, a `trace`, a `capture` of a
+//! ping and `stats`, then removes everything,
 //! also when a step fails.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,49 @@ impl Demo {
         args.extend_from_slice(&["--", "sleep", "600"]);
         self.vswitch(&args)?;
         self.containers.push(name.to_string());
+        Ok(())
+    }
+
+    /// `vswitch capture FROM -c 2 --filter icmp` while FROM pings TO once.
+    fn capture_ping(&self, from: &str, to: &str) -> Result<()> {
+        println!("$ vswitch capture {from} -c 2 --filter icmp &");
+        let mut capture = Command::new(&self.exe)
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["capture", from, "-c", "2", "--filter", "icmp"])
+            .spawn()
+            .context("running vswitch capture")?;
+        // Until the capture runs on the datapath.
+        let started = std::time::Instant::now();
+        loop {
+            let out = Command::new(&self.exe)
+                .arg("--host")
+                .arg(format!("unix://{}", self.socket.display()))
+                .args(["stats", "--json"])
+                .output()
+                .context("running vswitch stats")?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if v["Captures"].as_u64() == Some(1) {
+                break;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = capture.kill();
+                bail!("the capture did not start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pinged = self.in_container(from, &["ping", "-4", "-c", "1", "-q", to])?;
+        let started = std::time::Instant::now();
+        while capture.try_wait()?.is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = capture.kill();
+                bail!("the capture did not see the ping");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !pinged || !capture.wait()?.success() {
+            bail!("ping from {from} to {to} under capture failed");
+        }
         Ok(())
     }
 
@@ -182,6 +226,12 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
         demo.in_container(&a, &["dig", "+short", &b])?;
         demo.in_container(&a, &["dig", "+short", "AAAA", "database"])?;
     }
+    println!("\n# the containers, as `docker ps` lists them");
+    demo.vswitch(&["ps"])?;
+    println!("\n# where a frame from {a} to {b} goes, asked of the switch's own decisions (nothing is sent)");
+    demo.vswitch(&["trace", "--from", &a, "--to", &b])?;
+    println!("\n# the frames of one ping, as the switch sees them at {a}'s port");
+    demo.capture_ping(&a, &b)?;
     println!("\n# per-port counters");
     demo.vswitch(&["stats"])?;
     println!("\nthe tour worked.");
