@@ -425,3 +425,49 @@ fn kill9(pid: i32) {
     )
     .unwrap();
 }
+
+/// `vswitch rm` signals the pids registered for a container, so the API
+/// takes only the container's own command (in its network namespace) and
+/// that command's parent: a process of the host, or a supervisor that is
+/// not the parent, is refused and the container is left as it was.
+#[test]
+fn only_the_containers_own_processes_are_registered() {
+    require_root!();
+    let mut h = Host::start(&[]);
+    let net = h.network("own", &["--subnet", "10.238.0.0/24"]);
+    let c = h.run("own", &net, &[]);
+    let pid = h.vs_json(&["inspect", &c])[0]["Pid"].as_u64().unwrap();
+    let mut outsider = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let post = |body: String| {
+        ok(&[
+            "curl",
+            "-s",
+            "--unix-socket",
+            h.socket.to_str().unwrap(),
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            &format!("http://vswitchd/v1/containers/{c}"),
+        ])
+    };
+    let foreign = post(format!("{{\"Pid\": {}}}", outsider.id()));
+    assert!(
+        foreign.contains("is not in the network namespace"),
+        "{foreign}"
+    );
+    let stranger = post(format!(
+        "{{\"Pid\": {pid}, \"SupervisorPid\": {}}}",
+        outsider.id()
+    ));
+    assert!(stranger.contains("is not the parent"), "{stranger}");
+    let _ = outsider.kill();
+    let _ = outsider.wait();
+    // Still running, with its own pid.
+    let v = h.vs_json(&["inspect", &c]);
+    assert_eq!(v[0]["Pid"].as_u64(), Some(pid), "{v}");
+    assert!(ps_entry(&h, false, &c).is_some());
+}

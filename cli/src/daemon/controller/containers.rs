@@ -415,6 +415,24 @@ impl Controller {
                 "{what} {p} of container `{name}` is not a running process (in vswitchd's view)"
             ))
         };
+        // The daemon signals these pids at `vswitch rm`: only the
+        // container's own command (in its network namespace) and that
+        // command's parent are taken.
+        if let Some(netns) = &rec.netns {
+            if !in_netns(pid, netns) {
+                return Err(ApiError::bad(format!(
+                    "process {pid} is not in the network namespace of container `{name}` ({})",
+                    netns.display()
+                )));
+            }
+        }
+        if let Some(s) = supervisor {
+            if parent_of(pid) != Some(s) {
+                return Err(ApiError::bad(format!(
+                    "supervisor {s} of container `{name}` is not the parent of its process {pid}"
+                )));
+            }
+        }
         let pid = procwatch::current(pid).ok_or_else(|| gone("process", pid))?;
         let supervisor = match supervisor {
             Some(s) => Some(procwatch::current(s).ok_or_else(|| gone("supervisor", s))?),
@@ -607,6 +625,38 @@ impl Controller {
             log_path,
         })
     }
+}
+
+/// Whether process `pid` is in the network namespace mounted at `netns`
+/// (the same nsfs inode as its `/proc/PID/ns/net`), or is ending: an
+/// exiting process or a zombie has no namespaces left to read, and a quick
+/// command of a foreground `run` is one by the time it is registered.
+fn in_netns(pid: u32, netns: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/ns/net")),
+        std::fs::metadata(netns),
+    ) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        // A process that is ending has given up its namespaces before it
+        // is a zombie: it cannot be told apart, nor harmed.
+        (Err(_), Ok(_)) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    }
+}
+
+/// A field of `/proc/PID/status`, trimmed.
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_string())
+}
+
+/// The parent of process `pid` (`PPid` in `/proc/PID/status`).
+fn parent_of(pid: u32) -> Option<u32> {
+    status_field(pid, "PPid:")?.parse().ok()
 }
 
 /// SIGTERM, then SIGKILL after a grace period, as `docker stop` does; to
