@@ -957,6 +957,25 @@ pub struct TraceVerdict {
     pub summary: String,
 }
 
+impl TraceVerdict {
+    /// A verdict of `action` with nothing else said yet.
+    pub fn new(action: TraceAction) -> TraceVerdict {
+        TraceVerdict {
+            action,
+            reason: None,
+            containers: Vec::new(),
+            interfaces: Vec::new(),
+            network: None,
+            host: None,
+            remote: None,
+            vni: None,
+            transport: None,
+            nat_source: None,
+            summary: String::new(),
+        }
+    }
+}
+
 /// `POST /v1/trace`: each step and the verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceReport {

@@ -104,6 +104,16 @@ pub struct FdbStats {
     pub aged_out: u64,
 }
 
+impl FdbStats {
+    /// Adds another table's counters (one table per datapath worker).
+    pub fn add(&mut self, o: &FdbStats) {
+        self.not_learned += o.not_learned;
+        self.moves += o.moves;
+        self.static_conflicts += o.static_conflicts;
+        self.aged_out += o.aged_out;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     mac: u64,

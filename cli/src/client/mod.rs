@@ -59,27 +59,7 @@ impl Client {
 
     /// Sends one request; returns the status and body.
     pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>)> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            anyhow!(
-                "cannot reach vswitchd at {}: {e}; is it running? (start it with `vswitchd`, or point --host/VSWITCH_HOST at its socket)",
-                self.socket.display()
-            )
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("control API handshake")?;
-        let conn = tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://vswitchd{path}"))
-            .header("host", "vswitchd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .context("building request")?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("control API request")?;
+        let (resp, done) = self.send(method, path, body).await?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
@@ -87,8 +67,7 @@ impl Client {
             .await
             .context("reading control API response")?
             .to_bytes();
-        drop(sender);
-        let _ = conn.await;
+        done.finish().await;
         Ok((status, bytes.to_vec()))
     }
 
@@ -108,6 +87,36 @@ impl Client {
         body: Vec<u8>,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
+        let (resp, done) = self.send(method, path, body).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if !(200..300).contains(&status) {
+            let bytes = body
+                .collect()
+                .await
+                .context("reading control API response")?
+                .to_bytes();
+            bail!("{}", error_message(&bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading control API response")?;
+            if let Some(data) = frame.data_ref() {
+                sink(data)?;
+            }
+        }
+        done.finish().await;
+        Ok(())
+    }
+
+    /// Connects, sends one request and returns the response (its body
+    /// still to read) with the connection, to be [`Connection::finish`]ed
+    /// once the body is read.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Connection)> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             anyhow!(
                 "cannot reach vswitchd at {}: {e}; is it running? (start it with `vswitchd`, or point --host/VSWITCH_HOST at its socket)",
@@ -129,28 +138,7 @@ impl Client {
             .send_request(req)
             .await
             .context("control API request")?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        if !(200..300).contains(&status) {
-            let bytes = body
-                .collect()
-                .await
-                .context("reading control API response")?
-                .to_bytes();
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("{msg}");
-        }
-        while let Some(frame) = body.frame().await {
-            let frame = frame.context("reading control API response")?;
-            if let Some(data) = frame.data_ref() {
-                sink(data)?;
-            }
-        }
-        drop(sender);
-        let _ = conn.await;
-        Ok(())
+        Ok((resp, Connection { sender, conn }))
     }
 
     /// How the daemon runs (`GET /v1/info`); a daemon that predates the
@@ -193,15 +181,34 @@ impl Client {
         };
         let (status, bytes) = self.raw(method, path, body).await?;
         if !(200..300).contains(&status) {
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("{msg}");
+            bail!("{}", error_message(&bytes));
         }
         serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "vswitchd answered {method} {path} with something this client does not understand"
             )
         })
+    }
+}
+
+/// The daemon's error message in an error answer's body (its JSON
+/// `message`, or the body as text).
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// An HTTP/1.1 connection to the daemon with one request sent.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Connection {
+    /// Closes the connection once the answer is read.
+    async fn finish(self) {
+        drop(self.sender);
+        let _ = self.conn.await;
     }
 }

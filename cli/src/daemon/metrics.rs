@@ -255,6 +255,51 @@ fn one(v: u64) -> Vec<(Labels, u64)> {
     vec![(Vec::new(), v)]
 }
 
+/// One sample per value, labelled `key` with its name.
+fn by<'a>(
+    key: &'static str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Vec<(Labels, u64)> {
+    values
+        .into_iter()
+        .map(|(name, v)| (vec![(key, name.to_string())], v))
+        .collect()
+}
+
+/// `PREFIX_{rx,tx}_datagrams_total` and `PREFIX_{rx,tx}_bytes_total`
+/// for `what` (QUIC, gossip).
+fn traffic(
+    enc: &mut DescriptorEncoder,
+    prefix: &str,
+    what: &str,
+    (datagrams_in, datagrams_out, bytes_in, bytes_out): (u64, u64, u64, u64),
+) -> fmt::Result {
+    counter(
+        enc,
+        &format!("{prefix}_rx_datagrams"),
+        &format!("{what} datagrams received."),
+        one(datagrams_in),
+    )?;
+    counter(
+        enc,
+        &format!("{prefix}_tx_datagrams"),
+        &format!("{what} datagrams sent."),
+        one(datagrams_out),
+    )?;
+    bytes_counter(
+        enc,
+        &format!("{prefix}_rx"),
+        &format!("Bytes of {what} datagrams received."),
+        one(bytes_in),
+    )?;
+    bytes_counter(
+        enc,
+        &format!("{prefix}_tx"),
+        &format!("Bytes of {what} datagrams sent."),
+        one(bytes_out),
+    )
+}
+
 fn port_labels(p: &PortSample) -> Labels {
     vec![
         ("network", p.network.clone()),
@@ -615,56 +660,38 @@ fn encode_tunnel(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
 }
 
 fn encode_quic(q: &QuicStats, enc: &mut DescriptorEncoder) -> fmt::Result {
-    counter(
+    traffic(
         enc,
-        "vswitch_quic_rx_datagrams",
-        "QUIC datagrams received.",
-        one(q.datagrams_in),
-    )?;
-    counter(
-        enc,
-        "vswitch_quic_tx_datagrams",
-        "QUIC datagrams sent.",
-        one(q.datagrams_out),
-    )?;
-    bytes_counter(
-        enc,
-        "vswitch_quic_rx",
-        "Bytes of QUIC datagrams received.",
-        one(q.bytes_in),
-    )?;
-    bytes_counter(
-        enc,
-        "vswitch_quic_tx",
-        "Bytes of QUIC datagrams sent.",
-        one(q.bytes_out),
+        "vswitch_quic",
+        "QUIC",
+        (q.datagrams_in, q.datagrams_out, q.bytes_in, q.bytes_out),
     )?;
     counter(
         enc,
         "vswitch_quic_drops",
         "QUIC datagrams dropped, by reason.",
-        [
-            ("no_connection", q.drops_no_connection),
-            ("too_large", q.drops_too_large),
-            ("send_error", q.drops_send_error),
-            ("rx_queue_full", q.drops_rx_queue),
-        ]
-        .into_iter()
-        .map(|(r, v)| (vec![("reason", r.to_string())], v))
-        .collect(),
+        by(
+            "reason",
+            [
+                ("no_connection", q.drops_no_connection),
+                ("too_large", q.drops_too_large),
+                ("send_error", q.drops_send_error),
+                ("rx_queue_full", q.drops_rx_queue),
+            ],
+        ),
     )?;
     counter(
         enc,
         "vswitch_quic_handshakes",
         "QUIC handshakes, by result (refused: the peer is not a live member).",
-        [
-            ("ok", q.handshakes),
-            ("refused", q.handshakes_refused),
-            ("failed", q.handshakes_failed),
-        ]
-        .into_iter()
-        .map(|(r, v)| (vec![("result", r.to_string())], v))
-        .collect(),
+        by(
+            "result",
+            [
+                ("ok", q.handshakes),
+                ("refused", q.handshakes_refused),
+                ("failed", q.handshakes_failed),
+            ],
+        ),
     )?;
     gauge(
         enc,
@@ -688,42 +715,24 @@ fn encode_quic(q: &QuicStats, enc: &mut DescriptorEncoder) -> fmt::Result {
 
 fn encode_gossip(g: &GossipSample, enc: &mut DescriptorEncoder) -> fmt::Result {
     let st = &g.stats;
-    counter(
+    traffic(
         enc,
-        "vswitch_gossip_rx_datagrams",
-        "Gossip datagrams received.",
-        one(st.datagrams_in),
-    )?;
-    counter(
-        enc,
-        "vswitch_gossip_tx_datagrams",
-        "Gossip datagrams sent.",
-        one(st.datagrams_out),
-    )?;
-    bytes_counter(
-        enc,
-        "vswitch_gossip_rx",
-        "Bytes of gossip datagrams received.",
-        one(st.bytes_in),
-    )?;
-    bytes_counter(
-        enc,
-        "vswitch_gossip_tx",
-        "Bytes of gossip datagrams sent.",
-        one(st.bytes_out),
+        "vswitch_gossip",
+        "Gossip",
+        (st.datagrams_in, st.datagrams_out, st.bytes_in, st.bytes_out),
     )?;
     counter(
         enc,
         "vswitch_gossip_rx_errors",
         "Gossip datagrams refused, by reason (auth: wrong key or tampered).",
-        [
-            ("auth", st.auth_failures),
-            ("decode", st.decode_failures),
-            ("protocol", st.protocol_errors),
-        ]
-        .into_iter()
-        .map(|(r, v)| (vec![("reason", r.to_string())], v))
-        .collect(),
+        by(
+            "reason",
+            [
+                ("auth", st.auth_failures),
+                ("decode", st.decode_failures),
+                ("protocol", st.protocol_errors),
+            ],
+        ),
     )?;
     counter(
         enc,

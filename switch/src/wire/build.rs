@@ -274,38 +274,27 @@ pub fn build_probe(
         Probe::Echo { .. } => b"vswitch trace",
         _ => &[],
     };
-    let written = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = eth.ipv4(s.octets(), d.octets(), 64);
-            match probe {
-                Probe::Echo { ident, seq } => ip
-                    .icmpv4(Icmpv4Type::EchoRequest(IcmpEchoHeader { id: ident, seq }))
-                    .write(&mut out, payload),
-                Probe::Udp { src_port, dst_port } => {
-                    ip.udp(src_port, dst_port).write(&mut out, payload)
-                }
-                Probe::TcpSyn { src_port, dst_port } => ip
-                    .tcp(src_port, dst_port, 1, 64240)
-                    .syn()
-                    .write(&mut out, payload),
-            }
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = eth.ipv6(s.octets(), d.octets(), 64);
-            match probe {
-                Probe::Echo { ident, seq } => ip
-                    .icmpv6(Icmpv6Type::EchoRequest(IcmpEchoHeader { id: ident, seq }))
-                    .write(&mut out, payload),
-                Probe::Udp { src_port, dst_port } => {
-                    ip.udp(src_port, dst_port).write(&mut out, payload)
-                }
-                Probe::TcpSyn { src_port, dst_port } => ip
-                    .tcp(src_port, dst_port, 1, 64240)
-                    .syn()
-                    .write(&mut out, payload),
-            }
-        }
+    let (ip, v6) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (eth.ipv4(s.octets(), d.octets(), 64), false),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (eth.ipv6(s.octets(), d.octets(), 64), true),
         _ => return Err(WireError::Malformed),
+    };
+    let written = match probe {
+        Probe::Echo { ident, seq } => {
+            let echo = IcmpEchoHeader { id: ident, seq };
+            if v6 {
+                ip.icmpv6(Icmpv6Type::EchoRequest(echo))
+                    .write(&mut out, payload)
+            } else {
+                ip.icmpv4(Icmpv4Type::EchoRequest(echo))
+                    .write(&mut out, payload)
+            }
+        }
+        Probe::Udp { src_port, dst_port } => ip.udp(src_port, dst_port).write(&mut out, payload),
+        Probe::TcpSyn { src_port, dst_port } => ip
+            .tcp(src_port, dst_port, 1, 64240)
+            .syn()
+            .write(&mut out, payload),
     };
     written.map_err(|_| WireError::Malformed)?;
     Ok(out)

@@ -172,31 +172,8 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
             .await?;
             return anyhow::Ok(None);
         }
-        let mut cmd = if host_mode {
-            let mut c = std::process::Command::new(&a.cmd[0]);
-            c.args(&a.cmd[1..]);
-            c
-        } else {
-            sandbox::command_in_netns(&a.name, &a.cmd).map_err(anyhow::Error::msg)?
-        };
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting `{}`", a.cmd[0]))?;
-        let registered = client
-            .call::<api::ContainerInspect>(
-                "POST",
-                &format!("/v1/containers/{}", a.name),
-                Some(&api::ContainerUpdate {
-                    pid: Some(child.id()),
-                    supervisor_pid: Some(std::process::id()),
-                }),
-            )
-            .await;
-        if let Err(e) = registered {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
+        let cmd = supervise::container_command(&a.name, &a.cmd, host_mode)?;
+        let child = supervise::spawn_registered(client, &a.name, cmd).await?;
         anyhow::Ok(Some(child))
     };
     let child = match setup.await {

@@ -169,26 +169,46 @@ async fn start_command(
     let log = RotatingLog::open(&a.log_dir, container_log::MAX_FILE_BYTES)
         .with_context(|| format!("opening the log in {}", a.log_dir.display()))?;
     let (reader, writer) = std::io::pipe().context("making the output pipe")?;
-    let mut cmd = if a.host_network {
-        let mut c = Command::new(&a.cmd[0]);
-        c.args(&a.cmd[1..]);
-        c
-    } else {
-        sandbox::command_in_netns(&a.name, &a.cmd).map_err(anyhow::Error::msg)?
-    };
+    let mut cmd = container_command(&a.name, &a.cmd, a.host_network)?;
     cmd.stdin(Stdio::null())
         .stdout(writer.try_clone().context("the output pipe")?)
         .stderr(writer)
         .process_group(0);
+    // The command holds the only write ends once it runs: the pipe ends
+    // with it.
+    let child = spawn_registered(client, &a.name, cmd).await?;
+    Ok((child, reader, log))
+}
+
+/// The command of container `name`: in its network namespace, or in the
+/// caller's with `host_network`.
+pub(super) fn container_command(name: &str, cmd: &[String], host_network: bool) -> Result<Command> {
+    if host_network {
+        let mut c = Command::new(&cmd[0]);
+        c.args(&cmd[1..]);
+        Ok(c)
+    } else {
+        sandbox::command_in_netns(name, cmd).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Starts `cmd` (consumed, so the parent keeps none of its pipe ends) and
+/// registers it with the daemon as container `name`'s command, this
+/// process as its supervisor (its parent); killed if the daemon refuses.
+pub(super) async fn spawn_registered(
+    client: &Client,
+    name: &str,
+    mut cmd: Command,
+) -> Result<Child> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("starting `{}`", a.cmd[0]))?;
-    // The command holds the only write ends now: the pipe ends with it.
+        .with_context(|| format!("starting `{program}`"))?;
     drop(cmd);
     let registered = client
         .call::<api::ContainerInspect>(
             "POST",
-            &format!("/v1/containers/{}", a.name),
+            &format!("/v1/containers/{name}"),
             Some(&api::ContainerUpdate {
                 pid: Some(child.id()),
                 supervisor_pid: Some(std::process::id()),
@@ -200,7 +220,7 @@ async fn start_command(
         let _ = child.wait();
         return Err(e);
     }
-    Ok((child, reader, log))
+    Ok(child)
 }
 
 /// Copies the output into the log until the command exits; returns its

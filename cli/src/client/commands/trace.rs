@@ -122,17 +122,9 @@ mod tests {
                 },
             ],
             verdict: TraceVerdict {
-                action: TraceAction::Dropped,
                 reason: Some("spoofed_mac".into()),
-                containers: vec![],
-                interfaces: vec![],
-                network: None,
-                host: None,
-                remote: None,
-                vni: None,
-                transport: None,
-                nat_source: None,
                 summary: "dropped: spoofed_mac".into(),
+                ..TraceVerdict::new(TraceAction::Dropped)
             },
         };
         let text = render(&r);

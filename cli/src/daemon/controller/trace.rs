@@ -506,7 +506,7 @@ impl Controller {
                     containers: vec![container],
                     interfaces: vec![ifname],
                     network,
-                    ..verdict(TraceAction::Delivered)
+                    ..TraceVerdict::new(TraceAction::Delivered)
                 }
             }
             Hop::Gateway(None) | Hop::Gateway(Some(NatDecision::NotForNat)) => {
@@ -520,7 +520,7 @@ impl Controller {
                 TraceVerdict {
                     summary: format!("delivered to the gateway of network {}", net.record.name),
                     network,
-                    ..verdict(TraceAction::Delivered)
+                    ..TraceVerdict::new(TraceAction::Delivered)
                 }
             }
             Hop::Gateway(Some(NatDecision::Reply)) => {
@@ -531,7 +531,7 @@ impl Controller {
                 TraceVerdict {
                     summary: format!("delivered to the NAT of network {}", net.record.name),
                     network,
-                    ..verdict(TraceAction::Delivered)
+                    ..TraceVerdict::new(TraceAction::Delivered)
                 }
             }
             Hop::Gateway(Some(NatDecision::Refused(r))) => {
@@ -578,7 +578,7 @@ impl Controller {
                             ),
                             nat_source: Some(ip),
                             network,
-                            ..verdict(TraceAction::Routed)
+                            ..TraceVerdict::new(TraceAction::Routed)
                         }
                     }
                     Err(e) => {
@@ -619,7 +619,7 @@ impl Controller {
                     vni,
                     transport: Some(transport),
                     network,
-                    ..verdict(TraceAction::Forwarded)
+                    ..TraceVerdict::new(TraceAction::Forwarded)
                 }
             }
             Hop::Tunnel(Encap::Drop(reason), _) => {
@@ -804,28 +804,12 @@ impl PortNames {
     }
 }
 
-fn verdict(action: TraceAction) -> TraceVerdict {
-    TraceVerdict {
-        action,
-        reason: None,
-        containers: Vec::new(),
-        interfaces: Vec::new(),
-        network: None,
-        host: None,
-        remote: None,
-        vni: None,
-        transport: None,
-        nat_source: None,
-        summary: String::new(),
-    }
-}
-
 /// Dropped for `reason`; why is said in the steps.
 fn dropped(reason: &str) -> TraceVerdict {
     TraceVerdict {
         reason: Some(reason.to_string()),
         summary: format!("dropped: {reason}"),
-        ..verdict(TraceAction::Dropped)
+        ..TraceVerdict::new(TraceAction::Dropped)
     }
 }
 

@@ -360,7 +360,7 @@ impl DatapathHandle {
             for (port, d) in s.port_drops {
                 total.port_drops.entry(port).or_default().add(&d);
             }
-            super::stats::add_fdb(&mut total.fdb, &s.fdb);
+            total.fdb.add(&s.fdb);
             total.drops.add(&s.drops);
             total.tunnel.add(&s.tunnel);
             total.tunnel_rx.add(&s.tunnel_rx);

@@ -52,14 +52,6 @@ impl TunnelCounters {
     }
 }
 
-/// Adds another worker's forwarding-database counters to `a`.
-pub(super) fn add_fdb(a: &mut switch::fdb::FdbStats, b: &switch::fdb::FdbStats) {
-    a.not_learned += b.not_learned;
-    a.moves += b.moves;
-    a.static_conflicts += b.static_conflicts;
-    a.aged_out += b.aged_out;
-}
-
 /// Everything [`Command::Stats`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct DatapathStats {
