@@ -608,6 +608,61 @@ pub fn truncate_reply(reply: &[u8], limit: usize, out: &mut [u8]) -> Option<usiz
     Some(buf.len())
 }
 
+/// A query for `name`'s A (or, with `v6`, AAAA) records with transaction
+/// id `id`, recursion desired, as a stub resolver sends it (`vswitch
+/// doctor` asks a network's resolver from inside a container). `None` when
+/// `name` is not a valid domain name.
+pub fn build_query(id: u16, name: &str, v6: bool) -> Option<Vec<u8>> {
+    let name = Name::from_ascii(name).ok()?;
+    let qtype = if v6 { RecordType::AAAA } else { RecordType::A };
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(name, qtype));
+    msg.to_vec().ok()
+}
+
+/// What a resolver answered a [`build_query`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The addresses it answered with (none: the name has no records of
+    /// that type).
+    Addrs(Vec<IpAddr>),
+    /// It answered with an error: the response code's name
+    /// (`NXDomain`, `ServFail`, `Refused`...).
+    Error(String),
+}
+
+/// Reads `reply` as the answer to the query [`build_query`] made with
+/// `id` for `name`: `None` when it is not one (not a response, another id
+/// or question, or not DNS at all), so a stray or forged datagram is
+/// ignored rather than taken for the answer.
+pub fn read_answer(reply: &[u8], id: u16, name: &str) -> Option<Answer> {
+    let msg = Message::from_vec(reply).ok()?;
+    if msg.metadata.message_type != MessageType::Response || msg.metadata.id != id {
+        return None;
+    }
+    let asked = Name::from_ascii(name).ok()?;
+    let [q] = msg.queries.as_slice() else {
+        return None;
+    };
+    if !q.name().eq_ignore_root(&asked) {
+        return None;
+    }
+    if msg.metadata.response_code != ResponseCode::NoError {
+        return Some(Answer::Error(format!("{:?}", msg.metadata.response_code)));
+    }
+    Some(Answer::Addrs(
+        msg.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +702,38 @@ mod tests {
             Outcome::Answered(n) => Message::from_vec(&out[..n]).unwrap(),
             other => panic!("expected an answer, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_built_query_is_answered_and_its_answer_read() {
+        let mut r = Responder::new();
+        let z = zone();
+        let q = build_query(0x77, "web", false).unwrap();
+        let mut out = [0u8; 1500];
+        let Outcome::Answered(n) = r.handle_query(&z, &q, UDP, &mut out) else {
+            panic!("not answered");
+        };
+        let reply = &out[..n];
+        assert_eq!(
+            read_answer(reply, 0x77, "web"),
+            Some(Answer::Addrs(vec!["10.0.0.2".parse().unwrap()]))
+        );
+        // Another id or another name: not the answer to this query.
+        assert_eq!(read_answer(reply, 0x78, "web"), None);
+        assert_eq!(read_answer(reply, 0x77, "db"), None);
+        // A query is not an answer; garbage is nothing.
+        assert_eq!(read_answer(&q, 0x77, "web"), None);
+        assert_eq!(read_answer(&[0x00, 0x77, 0x81], 0x77, "web"), None);
+
+        let q6 = build_query(9, "web", true).unwrap();
+        let Outcome::Answered(n) = r.handle_query(&z, &q6, UDP, &mut out) else {
+            panic!("not answered");
+        };
+        assert_eq!(
+            read_answer(&out[..n], 9, "web"),
+            Some(Answer::Addrs(vec!["fd00::2".parse().unwrap()]))
+        );
+        assert!(build_query(1, "not a name..", false).is_none());
     }
 
     fn addrs(msg: &Message) -> Vec<IpAddr> {

@@ -38,6 +38,7 @@ use etherparse::{
 use crate::MacAddr;
 
 mod build;
+mod echo;
 mod ip;
 
 pub use build::{
@@ -47,6 +48,7 @@ pub use build::{
     emit_neighbor_advert, emit_neighbor_solicit, emit_router_advert, Ipv6Endpoints, Probe,
     ARP_FRAME_LEN,
 };
+pub use echo::{echo_request_v4, echo_request_v6, read_icmpv4, read_icmpv6, ProbeReply};
 pub use ip::{
     echo_frame_len, emit_echo_reply, emit_udp, emit_udp_headers, ip_destination, udp_frame_len,
     Echo, Icmpv4View, Icmpv6View, IpFrame, IpHeader, IpProtocol, IpRepr, Ipv4View, Ipv6View,
