@@ -870,6 +870,159 @@ impl TraceRequest {
     }
 }
 
+/// `POST /v1/doctor`: what `vswitch doctor` checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorRequest {
+    /// The container whose connectivity is checked (none: the daemon and
+    /// the cluster only).
+    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// What it should reach: a container's name, an alias or any DNS name
+    /// the container resolves, an IP address, or `host` (the container's
+    /// published port, reached from the host).
+    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp` (the default with a port) or `udp`.
+    #[serde(rename = "Proto", default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<PortProto>,
+}
+
+/// The target `vswitch doctor` takes to mean the host itself.
+pub const DOCTOR_HOST: &str = "host";
+
+impl DoctorRequest {
+    /// Parses the command line's `[CONTAINER [TARGET[:PORT[/PROTO]]]]`
+    /// (an IPv6 target with a port in brackets: `[fd00::3]:80`).
+    pub fn parse(container: Option<&str>, target: Option<&str>) -> Result<DoctorRequest, String> {
+        let mut req = DoctorRequest {
+            container: container.map(str::to_owned),
+            ..DoctorRequest::default()
+        };
+        if let Some(t) = target {
+            let (rest, proto) = match t.rsplit_once('/') {
+                Some((rest, p)) => (
+                    rest,
+                    Some(match p {
+                        "tcp" => PortProto::Tcp,
+                        "udp" => PortProto::Udp,
+                        _ => {
+                            return Err(format!(
+                                "`{t}`: the protocol after / must be tcp or udp, not `{p}`"
+                            ))
+                        }
+                    }),
+                ),
+                None => (t, None),
+            };
+            let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+                let (addr, after) = inner
+                    .split_once(']')
+                    .ok_or_else(|| format!("`{t}`: an IPv6 address in brackets needs its `]`"))?;
+                match after.strip_prefix(':') {
+                    Some(p) => (addr, Some(p)),
+                    None if after.is_empty() => (addr, None),
+                    None => return Err(format!("`{t}`: after `[{addr}]` comes `:PORT`")),
+                }
+            } else if rest.parse::<Ipv6Addr>().is_ok() {
+                (rest, None)
+            } else {
+                match rest.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (rest, None),
+                }
+            };
+            req.target = Some(host.to_string());
+            req.port = match port {
+                Some(p) => match p.parse::<u16>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => return Err(format!("`{t}`: `{p}` is not a port (1-65535)")),
+                },
+                None => None,
+            };
+            req.proto = proto;
+        }
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// Checks what the daemon cannot check later: names, a target only
+    /// with a container, a protocol only with a port, `host` only with one.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(c) = &self.container {
+            validate_name("container", c)?;
+        }
+        match &self.target {
+            Some(_) if self.container.is_none() => {
+                return Err("a target needs the container it is reached from".into())
+            }
+            Some(t) if t == DOCTOR_HOST && self.port.is_none() => {
+                return Err("`host` needs the published port: host:PORT[/tcp|/udp]".into())
+            }
+            Some(t) if t.parse::<IpAddr>().is_err() => validate_dns_name(t)?,
+            Some(_) => {}
+            None if self.port.is_some() || self.proto.is_some() => {
+                return Err("a port needs a target: TARGET:PORT[/tcp|/udp]".into())
+            }
+            None => {}
+        }
+        match (self.port, self.proto) {
+            (Some(0), _) => Err("the port must be 1 to 65535".into()),
+            (None, Some(_)) => Err("a protocol needs a port: TARGET:PORT/PROTO".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What became of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Ok,
+    Fail,
+    /// Not run, and why is in the evidence (the container's namespace is
+    /// not vswitch's to enter, a step before failed...).
+    Skip,
+}
+
+/// One step of `vswitch doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorCheck {
+    /// What was checked: `daemon`, `datapath`, `cluster`, `container`,
+    /// `interface`, `gateway`, `dns`, `network`, `host`, `reach`, `mtu`,
+    /// `published`, `port`, `drops`.
+    #[serde(rename = "Check")]
+    pub check: String,
+    #[serde(rename = "Status")]
+    pub status: CheckStatus,
+    /// What was seen, in a sentence.
+    #[serde(rename = "Evidence")]
+    pub evidence: String,
+    /// What would fix it, in a sentence (failures only).
+    #[serde(rename = "Fix", default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// `POST /v1/doctor`: every check, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(rename = "Proto", default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<PortProto>,
+    #[serde(rename = "Checks")]
+    pub checks: Vec<DoctorCheck>,
+    /// True when no check failed.
+    #[serde(rename = "Ok")]
+    pub ok: bool,
+}
+
 /// A DNS name as the embedded resolver takes one: 1 to 253 bytes of
 /// dot-separated labels of letters, digits, `-` and `_`, each 1 to 63
 /// bytes; one trailing dot allowed.
@@ -1070,6 +1223,7 @@ pub enum Request {
     CniCheck(CniKey),
     CniGc(CniGc),
     Trace(TraceRequest),
+    Doctor(DoctorRequest),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -1179,6 +1333,7 @@ impl Request {
             Request::NetworkPrune => "network_prune",
             Request::Capture(_) => "capture",
             Request::Trace(_) => "trace",
+            Request::Doctor(_) => "doctor",
             Request::Stats => "stats",
             Request::ClusterJoin(_) => "cluster_join",
             Request::ClusterLeave => "cluster_leave",
@@ -1334,6 +1489,14 @@ impl Request {
                 })?;
                 Request::Trace(t)
             }
+            ("POST", ["doctor"]) => {
+                let d: DoctorRequest = body("POST /v1/doctor", body_bytes)?;
+                d.validate().map_err(|reason| DecodeError::BadBody {
+                    endpoint: "POST /v1/doctor",
+                    reason,
+                })?;
+                Request::Doctor(d)
+            }
             ("POST", ["cni", verb]) => {
                 let check = |k: &CniKey| -> Result<(), DecodeError> {
                     validate_name("network", &k.network).map_err(DecodeError::BadName)?;
@@ -1401,6 +1564,66 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[rstest]
+    #[case::nothing(None, None, None, None, None)]
+    #[case::container(Some("a"), None, None, None, None)]
+    #[case::name(Some("a"), Some("b"), Some("b"), None, None)]
+    #[case::name_port(Some("a"), Some("b:80"), Some("b"), Some(80), None)]
+    #[case::name_port_udp(Some("a"), Some("b:53/udp"), Some("b"), Some(53), Some(PortProto::Udp))]
+    #[case::ipv4_port(
+        Some("a"),
+        Some("10.0.0.3:80/tcp"),
+        Some("10.0.0.3"),
+        Some(80),
+        Some(PortProto::Tcp)
+    )]
+    #[case::ipv6(Some("a"), Some("fd00::3"), Some("fd00::3"), None, None)]
+    #[case::ipv6_port(Some("a"), Some("[fd00::3]:443"), Some("fd00::3"), Some(443), None)]
+    #[case::host(Some("a"), Some("host:8080"), Some("host"), Some(8080), None)]
+    fn parses_doctor_targets(
+        #[case] container: Option<&str>,
+        #[case] target: Option<&str>,
+        #[case] host: Option<&str>,
+        #[case] port: Option<u16>,
+        #[case] proto: Option<PortProto>,
+    ) {
+        let r = DoctorRequest::parse(container, target).unwrap();
+        assert_eq!(r.container.as_deref(), container);
+        assert_eq!(r.target.as_deref(), host);
+        assert_eq!((r.port, r.proto), (port, proto));
+        // What the client sends, the daemon decodes the same.
+        let body = serde_json::to_vec(&r).unwrap();
+        assert_eq!(
+            Request::decode("POST", "/v1/doctor", &body).unwrap(),
+            Request::Doctor(r)
+        );
+    }
+
+    #[rstest]
+    #[case::port_zero("b:0", "not a port")]
+    #[case::port_too_big("b:65536", "not a port")]
+    #[case::bad_proto("b:80/sctp", "tcp or udp")]
+    #[case::host_without_port("host", "host:PORT")]
+    #[case::unclosed("[fd00::3:80", "`]`")]
+    #[case::after_bracket("[fd00::3]80", ":PORT")]
+    #[case::not_a_name("b c", "neither an IP")]
+    #[case::empty("", "neither an IP")]
+    fn refuses_bad_doctor_targets(#[case] target: &str, #[case] says: &str) {
+        let e = DoctorRequest::parse(Some("a"), Some(target)).unwrap_err();
+        assert!(e.contains(says), "{target}: {e}");
+    }
+
+    #[rstest]
+    #[case::target_without_container(r#"{"Target":"b"}"#)]
+    #[case::port_without_target(r#"{"Container":"a","Port":80}"#)]
+    #[case::proto_without_port(r#"{"Container":"a","Target":"b","Proto":"udp"}"#)]
+    #[case::bad_container(r#"{"Container":"-a"}"#)]
+    #[case::unknown_field(r#"{"Container":"a","Via":"x"}"#)]
+    fn refuses_bad_doctor_requests(#[case] body: &str) {
+        let e = Request::decode("POST", "/v1/doctor", body.as_bytes()).unwrap_err();
+        assert_eq!(e.status(), 400, "{body}: {e}");
     }
 
     #[rstest]

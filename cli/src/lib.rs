@@ -11,5 +11,6 @@ pub mod cni;
 pub mod container_log;
 pub mod daemon;
 pub mod netns;
+pub mod probe;
 pub mod rootless;
 pub mod sandbox;

@@ -112,6 +112,14 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
+    /// A probe's socket failed (`vswitch doctor`).
+    #[error("{what}: {source}")]
+    Probe {
+        /// What the probe did, in words.
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     /// An interface name the kernel would refuse.
     #[error(
         "`{name}` is not a valid interface name: use 1 to 15 characters without `/`, `:` or spaces"

@@ -4,6 +4,7 @@
 
 mod capture;
 mod cluster;
+mod doctor;
 mod inspect;
 mod ipam;
 mod logs;
@@ -27,6 +28,7 @@ use super::Client;
 
 pub use capture::CaptureArgs;
 pub use cluster::{JoinArgs, MembersArgs};
+pub use doctor::DoctorArgs;
 pub use inspect::InspectArgs;
 pub use ipam::IpamCmd;
 pub use logs::LogsArgs;
@@ -87,6 +89,10 @@ pub enum Command {
     /// decisions, step by step, sending nothing; exits 1 when it would be
     /// dropped.
     Trace(TraceArgs),
+    /// Run the troubleshooting checklist for real: the daemon, a
+    /// container's interface, gateway and DNS, and what it should reach;
+    /// each check ok or FAIL, with the evidence and the fix.
+    Doctor(DoctorArgs),
     /// Join the cluster through one or more members (IP or IP:PORT).
     JoinCluster(JoinArgs),
     /// Leave the cluster.
@@ -137,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(args) => inspect::run(&client, args).await.map(|()| 0),
         Command::Stats(args) => stats::run(&client, args).await.map(|()| 0),
         Command::Trace(args) => trace::run(&client, args).await,
+        Command::Doctor(args) => doctor::run(&client, args).await,
         Command::JoinCluster(args) => cluster::join(&client, args).await.map(|()| 0),
         Command::Ipam(cmd) => ipam::run(&client, cmd).await.map(|()| 0),
         Command::LeaveCluster => cluster::leave(&client).await.map(|()| 0),

@@ -34,6 +34,7 @@ mod capture;
 mod cni;
 mod containers;
 mod docker;
+mod doctor;
 mod drivers;
 mod endpoints;
 mod ids;

@@ -136,6 +136,8 @@ impl ControlPlane {
             Request::CniGc(g) => to_value(self.cni_gc(&g)?),
             // Reads the container's interfaces without the lock.
             Request::Trace(t) => to_value(self.trace(t)?),
+            // Probes from the container's namespace without the lock.
+            Request::Doctor(d) => to_value(self.doctor(d)?),
             // The others do not wait: one step under the lock.
             Request::Ping => to_value("OK"),
             Request::NetworkList => to_value(self.lock()?.network_list()),
