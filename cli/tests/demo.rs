@@ -1,5 +1,5 @@
 //! The README's main command, `vswitch demo`, on real namespaces: the tour
-//! (network, containers, pings by name and alias, DNS, inspect, ps, trace,
+//! (network, containers, pings by name and alias, DNS, inspect, ps, trace, doctor,
 //! a capture of a ping, stats) works and leaves nothing behind.
 
 mod common;
@@ -21,6 +21,7 @@ fn the_demo_tours_and_cleans_up() {
     for want in [
         "the tour worked.",
         "Verdict: delivered to db-",
+        "Every check passed.",
         "2 frames captured, 0 dropped",
         "done: no namespace, device or file of the demo is left",
     ] {

@@ -517,6 +517,23 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
     assert!(out.contains("peer=192.0.2.2"), "{out}");
     let ports = h.vs_ok(&["port", &srv]);
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
+    // `vswitch doctor` as the user: raw-socket probes from inside its
+    // containers (namespaces its user namespace owns), and the published
+    // port reached from the host.
+    for args in [[a.as_str(), b.as_str()], [srv.as_str(), "host:8080"]] {
+        let d = h.vs(&["doctor", args[0], args[1]]);
+        assert!(
+            d.status.success(),
+            "doctor {args:?}: {}{}",
+            stdout(&d),
+            stderr(&d)
+        );
+        assert!(
+            stdout(&d).ends_with("Every check passed.\n"),
+            "{}",
+            stdout(&d)
+        );
+    }
 
     // A privileged port is refused with the reason, and nothing is left.
     let bad = unique("bad");

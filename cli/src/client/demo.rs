@@ -3,7 +3,7 @@
 //! It starts a private vswitchd inside a network namespace of its own (so
 //! nothing it does can reach beyond this machine), makes a network, runs
 //! two containers, pings one from the other by name, resolves names through
-//! the embedded DNS, shows `inspect`, `ps`, a `trace`, a `capture` of a
+//! the embedded DNS, shows `inspect`, `ps`, a `trace`, a `doctor`, a `capture` of a
 //! ping and `stats`, then removes everything,
 //! also when a step fails.
 
@@ -230,6 +230,8 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
     demo.vswitch(&["ps"])?;
     println!("\n# where a frame from {a} to {b} goes, asked of the switch's own decisions (nothing is sent)");
     demo.vswitch(&["trace", "--from", &a, "--to", &b])?;
+    println!("\n# the troubleshooting checklist, run for real with probes from inside {a}");
+    demo.vswitch(&["doctor", &a, &b])?;
     println!("\n# the frames of one ping, as the switch sees them at {a}'s port");
     demo.capture_ping(&a, &b)?;
     println!("\n# per-port counters");
