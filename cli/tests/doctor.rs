@@ -220,6 +220,30 @@ fn doctor_passes_a_healthy_host_and_names_each_fault() {
     );
     assert_eq!(checks(&r, "reach")[0]["Status"], "fail", "{r:#}");
 
+    // An --internal network: nothing leaves it. A container that routes
+    // out through the gateway anyway has its packets refused by the NAT,
+    // and doctor counts them.
+    let internal = h.network("n", &["--internal", "--subnet", "10.235.3.0/24"]);
+    let i = h.run("i", &internal, &[]);
+    let o = ns_exec(&i, &["ip", "route", "add", "default", "via", "10.235.3.1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (code, r) = doctor(&h, &[&i, "198.51.100.7"]);
+    assert_eq!(code, 1, "{r:#}");
+    let net = checks(&r, "network");
+    assert_eq!(net[0]["Status"], "fail", "{r:#}");
+    assert!(
+        net[0]["Evidence"].as_str().unwrap().contains("--internal"),
+        "{r:#}"
+    );
+    let drops = checks(&r, "drops");
+    assert!(
+        drops[0]["Evidence"]
+            .as_str()
+            .unwrap()
+            .contains("EgressDenied"),
+        "{r:#}"
+    );
+
     // No such container; a daemon that does not answer.
     let (code, r) = doctor(&h, &["nosuch"]);
     assert_eq!(code, 1);

@@ -48,6 +48,7 @@ const HOLD: Duration = Duration::from_millis(300);
 #[derive(Debug, Clone)]
 struct Ep {
     network: String,
+    id: NetworkId,
     overlay: bool,
     internal: bool,
     mtu: u32,
@@ -115,6 +116,8 @@ struct Plan {
     members: BTreeMap<String, String>,
     /// Every port watched for drops, with what to call it.
     watched: Vec<(PortId, String)>,
+    /// The container's networks, whose NAT is watched.
+    nets: Vec<(NetworkId, String)>,
     before: Counters,
 }
 
@@ -123,6 +126,26 @@ struct Plan {
 struct Counters {
     ports: HashMap<PortId, (DropCounters, u64)>,
     tunnel: TunnelStats,
+    /// The NAT's refusals on each network watched, as [`NAT_DROPS`].
+    nat: HashMap<NetworkId, [u64; NAT_DROPS.len()]>,
+}
+
+/// The NAT counters of frames it refused or lost, under the names
+/// `vswitch stats` gives them.
+const NAT_DROPS: [&str; 4] = [
+    "EgressDenied",
+    "FramesBadAddress",
+    "FramesDropped",
+    "TcpConnectFailed",
+];
+
+fn nat_drops(st: &switch::nat::NatStats) -> [u64; NAT_DROPS.len()] {
+    [
+        st.egress_denied,
+        st.frames_bad_address,
+        st.frames_dropped,
+        st.tcp_connect_failed,
+    ]
 }
 
 /// The report being written.
@@ -165,7 +188,7 @@ impl ControlPlane {
         };
         if let Some(plan) = plan {
             doctor_probe(&plan, &req, &mut checks);
-            let after = self.lock()?.doctor_counters(&plan.watched);
+            let after = self.lock()?.doctor_counters(&plan.watched, &plan.nets);
             drops(&plan, after, &mut checks);
         }
         let ok = !checks.0.iter().any(|c| c.status == CheckStatus::Fail);
@@ -330,7 +353,11 @@ impl Controller {
         }
         watched.sort();
         watched.dedup_by_key(|w| w.0);
-        let before = self.doctor_counters(&watched);
+        let nets: Vec<(NetworkId, String)> = endpoints
+            .iter()
+            .map(|e| (e.id, e.network.clone()))
+            .collect();
+        let before = self.doctor_counters(&watched, &nets);
         Some(Plan {
             container: name.to_string(),
             netns: c.netns.clone(),
@@ -338,6 +365,7 @@ impl Controller {
             peer,
             members,
             watched,
+            nets,
             before,
         })
     }
@@ -365,6 +393,7 @@ impl Controller {
                 };
                 Some(Ep {
                     network: n.record.name.clone(),
+                    id: n.id?,
                     overlay,
                     internal: n.record.internal,
                     mtu: n.record.mtu,
@@ -460,7 +489,11 @@ impl Controller {
     }
 
     /// The drop counters of `watched` and of the tunnel now.
-    fn doctor_counters(&self, watched: &[(PortId, String)]) -> Counters {
+    fn doctor_counters(
+        &self,
+        watched: &[(PortId, String)],
+        nets: &[(NetworkId, String)],
+    ) -> Counters {
         let Ok(dp) = self.datapath.stats() else {
             return Counters::default();
         };
@@ -474,6 +507,10 @@ impl Controller {
                 })
                 .collect(),
             tunnel: dp.tunnel_rx,
+            nat: nets
+                .iter()
+                .filter_map(|(id, _)| Some((*id, nat_drops(dp.nat.get(id)?))))
+                .collect(),
         }
     }
 }
@@ -871,7 +908,7 @@ fn target(
             ),
             format!("connect {name} to a network that is not internal"),
         );
-        return;
+        // The probes still run: what they meet is evidence too.
     }
     // The interface the route takes is checked already; probe.
     let mut reached = false;
@@ -1237,11 +1274,21 @@ fn drops(plan: &Plan, after: Counters, checks: &mut Checks) {
             seen.push((format!("tunnel: {d} {}", reason.as_str()), None));
         }
     }
+    for (id, net) in &plan.nets {
+        let b = plan.before.nat.get(id).copied().unwrap_or_default();
+        let a = after.nat.get(id).copied().unwrap_or_default();
+        for (i, name) in NAT_DROPS.iter().enumerate() {
+            let d = a[i].saturating_sub(b[i]);
+            if d > 0 {
+                seen.push((format!("{net}'s NAT: {d} {name}"), None));
+            }
+        }
+    }
     if seen.is_empty() {
         checks.ok(
             "drops",
             format!(
-                "none on {} or in the tunnel while the checks ran",
+                "none on {}, in the tunnel or at the networks' NAT while the checks ran",
                 plan.watched
                     .iter()
                     .map(|(_, w)| w.as_str())
@@ -1259,6 +1306,9 @@ fn drops(plan: &Plan, after: Counters, checks: &mut Checks) {
         Some(R::SpoofedIp) => "port security drops packets from addresses that are not the endpoint's: remove the extra address (see the interface check)",
         Some(R::RogueRouter) => "port security drops router advertisements from containers: stop the router daemon in the container",
         Some(R::EtherType) => "containers may send only ARP, IPv4 and IPv6",
+        _ if seen.iter().any(|(s, _)| s.ends_with(" EgressDenied")) => {
+            "the network is --internal, so nothing leaves it: connect the container to one that is not"
+        }
         _ => "`vswitch stats --json` counts every reason; `vswitch capture` shows the frames",
     };
     checks.fail(
