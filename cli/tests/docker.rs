@@ -183,6 +183,15 @@ fn containers_talk_by_name_and_alias_and_removal_leaves_nothing() {
     assert_eq!(row["Networks"], serde_json::json!([net]), "{row}");
     assert_eq!(row["Command"], serde_json::json!([]), "{row}");
 
+    // `vswitch doctor` probes from inside Docker's sandbox: the interface
+    // Docker moved in, the gateway's echo, the container's own name.
+    let out = d.host.vs(&["doctor", &web]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    for check in ["ok   interface", "ok   gateway", "ok   dns"] {
+        assert!(text.contains(check), "{text}");
+    }
+
     // Gone: no endpoint, no TAP, no network, no address.
     d.docker.docker_ok(&["rm", "-f", &web]);
     d.docker.docker_ok(&["network", "rm", &net]);

@@ -521,7 +521,7 @@ fn doctor_probe(plan: &Plan, req: &DoctorRequest, checks: &mut Checks) {
     let Some(ns) = plan.netns.as_deref() else {
         checks.skip(
             "interface",
-            format!("{name}'s namespace belongs to its runtime (Docker moved the interface in), so doctor cannot probe from inside it; the checks below use vswitch's records"),
+            format!("vswitch was never told {name}'s namespace, so doctor cannot probe from inside it; the checks below use vswitch's records"),
         );
         no_namespace(plan, req, checks);
         return;
