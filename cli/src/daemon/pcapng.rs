@@ -98,9 +98,16 @@ impl PcapNgEncoder {
         Ok(())
     }
 
-    /// The bytes written since the last call.
-    pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(self.writer.get_mut())
+    /// The bytes written since the last call; the next ones go into a
+    /// buffer of `capacity` bytes, allocated once (a piece that grew by
+    /// doubling would copy itself and fault in fresh pages as it goes).
+    pub fn take(&mut self, capacity: usize) -> Vec<u8> {
+        std::mem::replace(self.writer.get_mut(), Vec::with_capacity(capacity))
+    }
+
+    /// Bytes written and not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.writer.get_ref().len()
     }
 }
 
@@ -132,8 +139,8 @@ mod tests {
         };
         e.packet(&c).unwrap();
         e.statistics(3, 2).unwrap();
-        let bytes = e.take();
-        assert!(e.take().is_empty());
+        let bytes = e.take(0);
+        assert!(e.take(0).is_empty());
         let (mut rest, mut p) = PcapNgParser::new(&bytes).unwrap();
         let mut names = Vec::new();
         let mut packets = Vec::new();

@@ -203,7 +203,7 @@ async fn capture_response(
     };
     let mut encoder = PcapNgEncoder::new(&session.interfaces, req.snaplen)
         .map_err(|e| ApiError::internal(format!("encoding the capture: {e}")))?;
-    let head = encoder.take();
+    let head = encoder.take(CaptureStream::PIECE_CAPACITY);
     let stream = CaptureStream {
         guard: CaptureGuard {
             ctrl,
@@ -265,6 +265,13 @@ struct CaptureStream {
 impl CaptureStream {
     /// Frames sent in one piece at most.
     const BATCH: usize = 1024;
+    /// Bytes a piece is closed at (with the frame that crossed it): a
+    /// buffer that size is reused by the allocator from piece to piece,
+    /// where one of up to the queue's 16 MiB would be fresh pages each time.
+    const PIECE: usize = 256 << 10;
+    /// What a piece's buffer is made with: the bytes it is closed at and
+    /// the largest frame that may cross them.
+    const PIECE_CAPACITY: usize = Self::PIECE + (64 << 10) + 256;
 
     async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, CaptureStream)> {
         if let Some(head) = self.head.take() {
@@ -291,7 +298,12 @@ impl CaptureStream {
                     if let Err(e) = self.encoder.statistics(matched, dropped) {
                         return Some((Err(e), self));
                     }
-                    return Some((Ok(Frame::data(Bytes::from(self.encoder.take()))), self));
+                    return Some((
+                        Ok(Frame::data(Bytes::from(
+                            self.encoder.take(Self::PIECE_CAPACITY),
+                        ))),
+                        self,
+                    ));
                 }
             };
             let mut c = Some(first);
@@ -307,12 +319,12 @@ impl CaptureStream {
                         break;
                     }
                 }
-                if sent < Self::BATCH {
+                if sent < Self::BATCH && self.encoder.buffered() < Self::PIECE {
                     c = self.rx.try_recv().ok();
                 }
             }
         }
-        self.coalesce = sent < Self::BATCH;
+        self.coalesce = sent < Self::BATCH && self.encoder.buffered() < Self::PIECE;
         // Statistics once a second on a busy capture too, so a client
         // stopped at any moment knows what was dropped.
         if self.left != Some(0) && self.stats_at.elapsed() >= CAPTURE_IDLE {
@@ -330,7 +342,12 @@ impl CaptureStream {
             self.done = true;
             tracing::debug!(id = self.guard.id, matched, dropped, "capture complete");
         }
-        Some((Ok(Frame::data(Bytes::from(self.encoder.take()))), self))
+        Some((
+            Ok(Frame::data(Bytes::from(
+                self.encoder.take(Self::PIECE_CAPACITY),
+            ))),
+            self,
+        ))
     }
 }
 

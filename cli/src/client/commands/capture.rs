@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn the_stream_is_read_in_any_pieces() {
         let mut e = PcapNgEncoder::new(&[(PortId(1), "a/eth0".into())], 65535).unwrap();
-        let mut bytes = e.take();
+        let mut bytes = e.take(0);
         for i in 0..5u8 {
             e.packet(&Captured {
                 time: Duration::from_secs(1),
@@ -268,7 +268,7 @@ mod tests {
             .unwrap();
         }
         e.statistics(7, 2).unwrap();
-        bytes.extend(e.take());
+        bytes.extend(e.take(0));
         for piece in [1, 3, 7, 64, bytes.len()] {
             let mut r = Reader::default();
             for chunk in bytes.chunks(piece) {
