@@ -4,7 +4,8 @@
 //! work, with the controller's lock taken only for the steps that do not
 //! wait). `vswitch logs` is answered with a body streamed from the
 //! container's log as it is read ([`LogCursor`]), `-f` until the command
-//! has exited.
+//! has exited; `vswitch events` with the event log's lines
+//! ([`EventStream`]), `-f` until the client goes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,10 +22,13 @@ use tokio::sync::watch;
 
 use super::controller::ControlPlane;
 use super::datapath::{CaptureTap, Captured};
+use super::events::EventLog;
 use super::metrics::ApiMetrics;
 use super::pcapng::PcapNgEncoder;
 use super::ApiError;
-use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
+use crate::api::{
+    ErrorBody, EventLine, EventsMissed, EventsQuery, Info, Request, INFO_PATH, MAX_BODY,
+};
 use crate::container_log::LogCursor;
 
 /// How long a request waiting for another host is retried.
@@ -35,6 +39,9 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const CAPTURE_COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a capture goes without writing.
 const CAPTURE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a quiet `vswitch events -f` goes without writing (an empty
+/// line), so a client that went is noticed.
+const EVENTS_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most of a log sent in one piece.
 const LOG_CHUNK: usize = 64 * 1024;
 /// The endpoint label of a request refused before it was decoded.
@@ -125,6 +132,9 @@ async fn answer(
         Request::ContainerLogs { name, follow } => Some((name.clone(), *follow)),
         _ => None,
     };
+    if let Request::Events(q) = request {
+        return (endpoint, events_response(&ctrl, q));
+    }
     if let Request::Capture(c) = request {
         let response = capture_response(ctrl, c)
             .await
@@ -185,6 +195,115 @@ async fn log_response(
         .header("content-type", "application/octet-stream")
         .body(StreamBody::new(stream).boxed_unsync())
         .expect("static response parts are valid"))
+}
+
+/// `vswitch events`: the events kept (at or after `since`), one JSON
+/// object a line; with `follow`, every new one as it is recorded, until
+/// `until` or until the client goes. The log is read without the
+/// controller's lock, and never holds up whoever records an event: a
+/// reader too slow for the ring gets an `{"Missed": N}` line instead.
+fn events_response(ctrl: &ControlPlane, query: EventsQuery) -> Response<Body> {
+    let log = ctrl.events().clone();
+    // Subscribed first: an event recorded from here on wakes the stream.
+    let rx = log.subscribe();
+    let cursor = if query.since.is_some() || !query.follow {
+        log.oldest_cursor()
+    } else {
+        // `-f` alone, as `docker events`: only what happens from now.
+        log.newest_cursor()
+    };
+    let stream = EventStream {
+        log,
+        rx,
+        cursor,
+        query,
+        done: false,
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(StreamBody::new(futures::stream::unfold(stream, EventStream::next)).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+/// The state of one `vswitch events` answer.
+struct EventStream {
+    log: EventLog,
+    rx: watch::Receiver<u64>,
+    /// The sequence number of the last event taken.
+    cursor: u64,
+    query: EventsQuery,
+    done: bool,
+}
+
+impl EventStream {
+    /// Events read from the log at a time.
+    const PIECE: usize = 256;
+
+    async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, EventStream)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let batch = self.log.read(self.cursor, Self::PIECE);
+            let mut out = Vec::new();
+            if batch.missed > 0 {
+                let line = EventLine::Missed(EventsMissed {
+                    missed: batch.missed,
+                });
+                line_into(&mut out, &line);
+            }
+            for e in &batch.events {
+                self.cursor = e.seq;
+                if self.query.since.is_some_and(|s| e.time_nano < s) {
+                    continue;
+                }
+                if self.query.until.is_some_and(|u| e.time_nano > u) {
+                    self.done = true;
+                    break;
+                }
+                line_into(&mut out, &**e);
+            }
+            if !out.is_empty() {
+                return Some((Ok(Frame::data(Bytes::from(out))), self));
+            }
+            if self.done || (!self.query.follow && batch.events.len() < Self::PIECE) {
+                return None;
+            }
+            if batch.events.len() == Self::PIECE {
+                continue;
+            }
+            let mut wait = EVENTS_IDLE;
+            if let Some(until) = self.query.until {
+                let now = unix_nanos();
+                if now > until {
+                    return None;
+                }
+                wait = wait.min(std::time::Duration::from_nanos(until - now));
+            }
+            match tokio::time::timeout(wait, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The log went: the daemon stops.
+                Ok(Err(_)) => return None,
+                Err(_) if self.query.until.is_some_and(|u| unix_nanos() > u) => return None,
+                // Quiet: an empty line, to find out whether the client is there.
+                Err(_) => return Some((Ok(Frame::data(Bytes::from_static(b"\n"))), self)),
+            }
+        }
+    }
+}
+
+/// `value` as a JSON line at the end of `out`.
+fn line_into(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// `vswitch capture`: a pcapng stream of the frames the capture sees,

@@ -4,6 +4,7 @@
 
 mod capture;
 mod cluster;
+mod events;
 mod inspect;
 mod ipam;
 mod logs;
@@ -27,6 +28,7 @@ use super::Client;
 
 pub use capture::CaptureArgs;
 pub use cluster::{JoinArgs, MembersArgs};
+pub use events::EventsArgs;
 pub use inspect::InspectArgs;
 pub use ipam::IpamCmd;
 pub use logs::LogsArgs;
@@ -87,6 +89,9 @@ pub enum Command {
     /// decisions, step by step, sending nothing; exits 1 when it would be
     /// dropped.
     Trace(TraceArgs),
+    /// What vswitchd recorded (networks, endpoints, containers, ports,
+    /// members) and the anomalies it detected; -f follows.
+    Events(EventsArgs),
     /// Join the cluster through one or more members (IP or IP:PORT).
     JoinCluster(JoinArgs),
     /// Leave the cluster.
@@ -137,6 +142,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(args) => inspect::run(&client, args).await.map(|()| 0),
         Command::Stats(args) => stats::run(&client, args).await.map(|()| 0),
         Command::Trace(args) => trace::run(&client, args).await,
+        Command::Events(args) => events::run(&client, args).await.map(|()| 0),
         Command::JoinCluster(args) => cluster::join(&client, args).await.map(|()| 0),
         Command::Ipam(cmd) => ipam::run(&client, cmd).await.map(|()| 0),
         Command::LeaveCluster => cluster::leave(&client).await.map(|()| 0),
