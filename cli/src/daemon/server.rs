@@ -203,22 +203,7 @@ async fn log_response(
 /// controller's lock, and never holds up whoever records an event: a
 /// reader too slow for the ring gets an `{"Missed": N}` line instead.
 fn events_response(ctrl: &ControlPlane, query: EventsQuery) -> Response<Body> {
-    let log = ctrl.events().clone();
-    // Subscribed first: an event recorded from here on wakes the stream.
-    let rx = log.subscribe();
-    let cursor = if query.since.is_some() || !query.follow {
-        log.oldest_cursor()
-    } else {
-        // `-f` alone, as `docker events`: only what happens from now.
-        log.newest_cursor()
-    };
-    let stream = EventStream {
-        log,
-        rx,
-        cursor,
-        query,
-        done: false,
-    };
+    let stream = EventStream::new(ctrl.events().clone(), query);
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
@@ -239,6 +224,24 @@ struct EventStream {
 impl EventStream {
     /// Events read from the log at a time.
     const PIECE: usize = 256;
+
+    fn new(log: EventLog, query: EventsQuery) -> EventStream {
+        // Subscribed first: an event recorded from here on wakes the stream.
+        let rx = log.subscribe();
+        let cursor = if query.since.is_some() || !query.follow {
+            log.oldest_cursor()
+        } else {
+            // `-f` alone, as `docker events`: only what happens from now.
+            log.newest_cursor()
+        };
+        EventStream {
+            log,
+            rx,
+            cursor,
+            query,
+            done: false,
+        }
+    }
 
     async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, EventStream)> {
         loop {
@@ -588,5 +591,104 @@ pub(super) async fn serve_unix<H, Fut, B>(
             }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EventType;
+    use crate::daemon::events::NewEvent;
+
+    fn net(name: &str) -> NewEvent {
+        NewEvent::new(EventType::Network, "create", name)
+    }
+
+    /// The lines of the stream's next piece.
+    async fn piece(s: EventStream) -> (Vec<EventLine>, Option<EventStream>) {
+        match EventStream::next(s).await {
+            None => (Vec::new(), None),
+            Some((frame, s)) => {
+                let data = frame.unwrap().into_data().unwrap();
+                let lines = std::str::from_utf8(&data)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (lines, Some(s))
+            }
+        }
+    }
+
+    fn actors(lines: &[EventLine]) -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| match l {
+                EventLine::Event(e) => Some(e.actor.clone()),
+                EventLine::Missed(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_follower_that_falls_behind_is_told_what_it_missed() {
+        let log = EventLog::new(4);
+        log.emit(net("old"));
+        let s = EventStream::new(
+            log.clone(),
+            EventsQuery {
+                follow: true,
+                ..Default::default()
+            },
+        );
+        // Only what comes after it started; ten while it does not read.
+        for i in 0..10 {
+            log.emit(net(&format!("n{i}")));
+        }
+        let (lines, s) = piece(s).await;
+        assert_eq!(lines[0], EventLine::Missed(EventsMissed { missed: 6 }));
+        assert_eq!(actors(&lines), ["n6", "n7", "n8", "n9"]);
+        // Caught up: it waits for the next one, then sends it alone.
+        let writer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                log.emit(net("later"));
+            })
+        };
+        let (lines, _) = piece(s.unwrap()).await;
+        writer.await.unwrap();
+        assert_eq!(actors(&lines), ["later"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_follow_it_sends_what_is_kept_in_time_and_ends() {
+        let log = EventLog::new(16);
+        for i in 0..5 {
+            log.emit(net(&format!("n{i}")));
+        }
+        let kept = log.read(0, 16).events;
+        let (t1, t3) = (kept[1].time_nano, kept[3].time_nano);
+        let s = EventStream::new(
+            log.clone(),
+            EventsQuery {
+                since: Some(t1),
+                until: Some(t3),
+                follow: false,
+            },
+        );
+        let (lines, s) = piece(s).await;
+        // Times may repeat at a coarse clock; the window holds n1..n3.
+        let got = actors(&lines);
+        assert!(
+            got.contains(&"n1".to_string()) && got.contains(&"n3".to_string()),
+            "{got:?}"
+        );
+        assert!(!got.contains(&"n4".to_string()), "{got:?}");
+        assert!(piece(s.unwrap()).await.1.is_none());
+        let all = EventStream::new(log, EventsQuery::default());
+        let (lines, _) = piece(all).await;
+        assert_eq!(actors(&lines).len(), 5);
     }
 }
