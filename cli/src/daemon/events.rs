@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::anomaly::AnomalyKind;
 use crate::api::{Event, EventType};
 
 /// Events kept (Docker keeps 256; ours are small, so a few more).
@@ -110,6 +111,8 @@ struct Shared {
     latest: tokio::sync::watch::Sender<u64>,
     /// Events recorded since start, by type (`/metrics`).
     by_type: [AtomicU64; EventType::ALL.len()],
+    /// Anomalies that started since start, by kind (`/metrics`).
+    anomalies: [AtomicU64; AnomalyKind::ALL.len()],
 }
 
 /// The daemon's event log; clones share it.
@@ -137,6 +140,7 @@ impl EventLog {
                 }),
                 latest: tokio::sync::watch::Sender::new(0),
                 by_type: Default::default(),
+                anomalies: Default::default(),
             }),
         }
     }
@@ -215,6 +219,16 @@ impl EventLog {
     /// Events recorded since start, for each of [`EventType::ALL`].
     pub fn counts(&self) -> [u64; EventType::ALL.len()] {
         std::array::from_fn(|i| self.shared.by_type[i].load(Ordering::Relaxed))
+    }
+
+    /// Counts an anomaly of `kind` that started.
+    pub fn count_anomaly(&self, kind: AnomalyKind) {
+        self.shared.anomalies[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Anomalies that started since start, for each of [`AnomalyKind::ALL`].
+    pub fn anomaly_counts(&self) -> [u64; AnomalyKind::ALL.len()] {
+        std::array::from_fn(|i| self.shared.anomalies[i].load(Ordering::Relaxed))
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {

@@ -218,6 +218,9 @@ impl ControlPlane {
                 );
             }
             for a in detector.observe(std::time::Instant::now(), &sample) {
+                if a.start {
+                    log.count_anomaly(a.kind);
+                }
                 log.emit(anomaly_event(&a));
             }
         }
