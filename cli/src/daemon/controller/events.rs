@@ -227,38 +227,44 @@ impl ControlPlane {
     }
 }
 
-/// An anomaly as an event (and a warning in the daemon's log).
+/// An anomaly as an event, and a line in the daemon's log: at warn when
+/// it starts, at info when it ends.
 fn anomaly_event(a: &Anomaly) -> NewEvent {
     let action = if a.start {
         a.kind.as_str().to_string()
     } else {
         format!("{}-end", a.kind.as_str())
     };
-    let detail = a
-        .detail
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut e = match &a.subject {
-        Subject::Port(k) | Subject::PortDrops(k, _) => {
-            tracing::warn!(anomaly = %action, network = %k.network, container = %k.container, interface = %k.interface, %detail, "anomaly");
-            NewEvent::new(EventType::Anomaly, action, &k.container)
+    let (mut e, subject) = match &a.subject {
+        Subject::Port(k) | Subject::PortDrops(k, _) => (
+            NewEvent::new(EventType::Anomaly, &action, &k.container)
                 .network(&k.network)
                 .container(&k.container)
-                .port(&k.interface)
-        }
-        Subject::Network(n) => {
-            tracing::warn!(anomaly = %action, network = %n, %detail, "anomaly");
-            NewEvent::new(EventType::Anomaly, action, n).network(n)
-        }
-        Subject::Member(h) => {
-            tracing::warn!(anomaly = %action, member = %h, %detail, "anomaly");
-            NewEvent::new(EventType::Anomaly, action, h).host(h)
-        }
+                .port(&k.interface),
+            format!(
+                "network={} container={} interface={}",
+                k.network, k.container, k.interface
+            ),
+        ),
+        Subject::Network(n) => (
+            NewEvent::new(EventType::Anomaly, &action, n).network(n),
+            format!("network={n}"),
+        ),
+        Subject::Member(h) => (
+            NewEvent::new(EventType::Anomaly, &action, h).host(h),
+            format!("member={h}"),
+        ),
     };
+    let mut detail = Vec::new();
     for (k, v) in &a.detail {
         e = e.attr(k, v);
+        detail.push(format!("{k}={v}"));
+    }
+    let detail = detail.join(" ");
+    if a.start {
+        tracing::warn!(anomaly = %action, %subject, %detail, "anomaly");
+    } else {
+        tracing::info!(anomaly = %action, %subject, %detail, "anomaly over");
     }
     e
 }
