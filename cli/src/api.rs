@@ -1153,6 +1153,220 @@ pub struct TraceReport {
     pub verdict: TraceVerdict,
 }
 
+/// What an event is about, as Docker's event `Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    /// A network: create, remove.
+    Network,
+    /// A container's endpoint on a network: connect, disconnect.
+    Endpoint,
+    /// A container: create, start, exit, remove.
+    Container,
+    /// A published port: publish, unpublish.
+    Port,
+    /// A cluster member, as gossip sees it: alive, suspect, dead.
+    Member,
+    /// This vswitchd: start.
+    Daemon,
+    /// Something the daemon noticed in its own counters: rate-spike,
+    /// drop-burst, mac-table-full, member-flapping, each with an `-end`.
+    Anomaly,
+}
+
+impl EventType {
+    /// Every type, in the order `/metrics` lists them.
+    pub const ALL: [EventType; 7] = [
+        EventType::Network,
+        EventType::Endpoint,
+        EventType::Container,
+        EventType::Port,
+        EventType::Member,
+        EventType::Daemon,
+        EventType::Anomaly,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Network => "network",
+            EventType::Endpoint => "endpoint",
+            EventType::Container => "container",
+            EventType::Port => "port",
+            EventType::Member => "member",
+            EventType::Daemon => "daemon",
+            EventType::Anomaly => "anomaly",
+        }
+    }
+
+    /// Its index in [`EventType::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One event of `vswitch events` (`GET /v1/events`, a JSON object a line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Rises by one with every event the daemon records (from 1 at start).
+    #[serde(rename = "Seq")]
+    pub seq: u64,
+    /// RFC 3339 in UTC, to the microsecond.
+    #[serde(rename = "Time")]
+    pub time: String,
+    /// The same time in nanoseconds since the Unix epoch (Docker's `timeNano`).
+    #[serde(rename = "TimeNano")]
+    pub time_nano: u64,
+    #[serde(rename = "Type")]
+    pub kind: EventType,
+    /// `create`, `connect`, `publish`, `dead`, `rate-spike`...
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// The name of what the event is about: the network of a network
+    /// event, the container of an endpoint, container or port event, the
+    /// host of a member or daemon event, the container (or network, or
+    /// host) of an anomaly.
+    #[serde(rename = "Actor")]
+    pub actor: String,
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(rename = "Host", default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A published port (`80/tcp`) or a switch port (`eth0`).
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(
+        rename = "Attributes",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A line of the events stream saying that `Missed` events went by
+/// before this reader took them (it fell behind the daemon's ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsMissed {
+    #[serde(rename = "Missed")]
+    pub missed: u64,
+}
+
+/// One line of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EventLine {
+    Event(Box<Event>),
+    Missed(EventsMissed),
+}
+
+/// `GET /v1/events[?since=T][&until=T][&follow=1]`: times in Unix
+/// seconds (`1700000000` or `1700000000.25`), held here in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventsQuery {
+    /// Only events at or after this time (without it: every event kept,
+    /// or with `follow` only new ones).
+    pub since: Option<u64>,
+    /// Only events at or before this time; a follow ends there.
+    pub until: Option<u64>,
+    /// Go on with new events as they happen.
+    pub follow: bool,
+}
+
+/// The path of `GET /v1/events`.
+pub const EVENTS_PATH: &str = "/v1/events";
+
+/// The latest time a query may name: the year 2554, where nanoseconds
+/// since 1970 outgrow 64 bits.
+const MAX_UNIX_SECS: u64 = u64::MAX / 1_000_000_000 - 1;
+
+impl EventsQuery {
+    /// The path and query string that ask for it.
+    pub fn path(&self) -> String {
+        let mut q = Vec::new();
+        if let Some(t) = self.since {
+            q.push(format!("since={}", unix_seconds(t)));
+        }
+        if let Some(t) = self.until {
+            q.push(format!("until={}", unix_seconds(t)));
+        }
+        if self.follow {
+            q.push("follow=1".to_string());
+        }
+        if q.is_empty() {
+            EVENTS_PATH.to_string()
+        } else {
+            format!("{EVENTS_PATH}?{}", q.join("&"))
+        }
+    }
+
+    fn decode(query: &str) -> Result<EventsQuery, DecodeError> {
+        let mut out = EventsQuery::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let time = |v: &str| parse_unix_seconds(v).map_err(|reason| bad_query(pair, &reason));
+            match (k, v) {
+                ("since", v) => out.since = Some(time(v)?),
+                ("until", v) => out.until = Some(time(v)?),
+                ("follow", "" | "1" | "true") => out.follow = true,
+                ("follow", "0" | "false") => out.follow = false,
+                _ => {
+                    return Err(bad_query(
+                        pair,
+                        "this endpoint takes since=SECONDS, until=SECONDS and follow=1",
+                    ))
+                }
+            }
+        }
+        if let (Some(s), Some(u)) = (out.since, out.until) {
+            if u < s {
+                return Err(bad_query(query, "until is before since"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Nanoseconds since the Unix epoch as `SECONDS.NANOSECONDS`, the form
+/// [`parse_unix_seconds`] reads.
+pub fn unix_seconds(nanos: u64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+}
+
+/// Reads Unix seconds, `1700000000` or with up to 9 decimals
+/// `1700000000.123456789`, as nanoseconds since the epoch.
+pub fn parse_unix_seconds(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "`{}` is not Unix seconds (e.g. 1700000000 or 1700000000.25)",
+            s.chars().take(32).collect::<String>().escape_debug()
+        )
+    };
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || whole.len() > 20
+        || !digits(whole)
+        || frac.len() > 9
+        || !digits(frac)
+        || (s.contains('.') && frac.is_empty())
+    {
+        return Err(bad());
+    }
+    let secs: u64 = whole.parse().map_err(|_| bad())?;
+    if secs > MAX_UNIX_SECS {
+        return Err(format!("{secs} is past the year 2554; give a time before"));
+    }
+    let frac_nanos: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().map_err(|_| bad())?
+    };
+    Ok(secs * 1_000_000_000 + frac_nanos)
+}
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -1224,6 +1438,8 @@ pub enum Request {
     CniGc(CniGc),
     Trace(TraceRequest),
     Doctor(DoctorRequest),
+    /// `GET /v1/events`: answered by the server as a stream of events.
+    Events(EventsQuery),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -1241,9 +1457,10 @@ pub enum DecodeError {
     /// A name in the path is not a valid name.
     #[error("{0}")]
     BadName(String),
-    /// A query parameter this endpoint does not take.
-    #[error("unknown query parameter `{0}`; this endpoint takes follow=1")]
-    BadQuery(String),
+    /// A query parameter this endpoint does not take, or a value it
+    /// cannot read.
+    #[error("bad query parameter `{param}`: {reason}")]
+    BadQuery { param: String, reason: String },
 }
 
 impl DecodeError {
@@ -1251,7 +1468,9 @@ impl DecodeError {
     pub fn status(&self) -> u16 {
         match self {
             DecodeError::NotFound { .. } => 404,
-            DecodeError::BadBody { .. } | DecodeError::BadName(_) | DecodeError::BadQuery(_) => 400,
+            DecodeError::BadBody { .. }
+            | DecodeError::BadName(_)
+            | DecodeError::BadQuery { .. } => 400,
         }
     }
 }
@@ -1305,6 +1524,13 @@ fn body<T: for<'de> Deserialize<'de>>(
     })
 }
 
+fn bad_query(param: &str, reason: &str) -> DecodeError {
+    DecodeError::BadQuery {
+        param: param.chars().take(64).collect(),
+        reason: reason.to_string(),
+    }
+}
+
 fn name_segment(kind: &str, seg: &str) -> Result<String, DecodeError> {
     validate_name(kind, seg).map_err(DecodeError::BadName)?;
     Ok(seg.to_owned())
@@ -1334,6 +1560,7 @@ impl Request {
             Request::Capture(_) => "capture",
             Request::Trace(_) => "trace",
             Request::Doctor(_) => "doctor",
+            Request::Events(_) => "events",
             Request::Stats => "stats",
             Request::ClusterJoin(_) => "cluster_join",
             Request::ClusterLeave => "cluster_leave",
@@ -1350,7 +1577,7 @@ impl Request {
     }
 
     /// Decodes a request from its method, path (the query string is read
-    /// only by the logs endpoint, ignored elsewhere) and body. Never
+    /// only by the logs and events endpoints, ignored elsewhere) and body. Never
     /// panics, whatever the bytes.
     pub fn decode(method: &str, path: &str, body_bytes: &[u8]) -> Result<Request, DecodeError> {
         let not_found = || DecodeError::NotFound {
@@ -1433,7 +1660,7 @@ impl Request {
                     match pair.split_once('=').unwrap_or((pair, "")) {
                         ("follow", "" | "1" | "true") => follow = true,
                         ("follow", "0" | "false") => follow = false,
-                        _ => return Err(DecodeError::BadQuery(pair.chars().take(64).collect())),
+                        _ => return Err(bad_query(pair, "this endpoint takes follow=1")),
                     }
                 }
                 Request::ContainerLogs { name, follow }
@@ -1462,6 +1689,7 @@ impl Request {
                 Request::Capture(c)
             }
             ("GET", ["stats"]) => Request::Stats,
+            ("GET", ["events"]) => Request::Events(EventsQuery::decode(query)?),
             ("POST", ["cluster", "join"]) => {
                 Request::ClusterJoin(body("POST /v1/cluster/join", body_bytes)?)
             }
@@ -1641,6 +1869,97 @@ mod tests {
     fn refuses_bad_traces(#[case] body: &str) {
         let e = Request::decode("POST", "/v1/trace", body.as_bytes()).unwrap_err();
         assert_eq!(e.status(), 400, "{e}");
+    }
+
+    #[rstest]
+    #[case("/v1/events", None, None, false)]
+    #[case("/v1/events?follow=1", None, None, true)]
+    #[case(
+        "/v1/events?since=1700000000",
+        Some(1_700_000_000_000_000_000),
+        None,
+        false
+    )]
+    #[case(
+        "/v1/events?since=1700000000.25&until=1700000001.000000001&follow",
+        Some(1_700_000_000_250_000_000),
+        Some(1_700_000_001_000_000_001),
+        true
+    )]
+    #[case("/v1/events?since=0&follow=false", Some(0), None, false)]
+    fn decodes_events(
+        #[case] path: &str,
+        #[case] since: Option<u64>,
+        #[case] until: Option<u64>,
+        #[case] follow: bool,
+    ) {
+        let want = EventsQuery {
+            since,
+            until,
+            follow,
+        };
+        assert_eq!(
+            Request::decode("GET", path, b"").unwrap(),
+            Request::Events(want)
+        );
+        // What the client sends, the daemon reads back.
+        assert_eq!(
+            Request::decode("GET", &want.path(), b"").unwrap(),
+            Request::Events(want)
+        );
+    }
+
+    #[rstest]
+    #[case::unknown("/v1/events?tail=5", "tail=5")]
+    #[case::not_a_number("/v1/events?since=yesterday", "since=yesterday")]
+    #[case::relative("/v1/events?since=10m", "since=10m")]
+    #[case::negative("/v1/events?since=-5", "since=-5")]
+    #[case::empty("/v1/events?since=", "since=")]
+    #[case::dot("/v1/events?since=5.", "since=5.")]
+    #[case::too_precise("/v1/events?since=1.0000000001", "since=1.0000000001")]
+    #[case::too_late("/v1/events?until=99999999999999", "until=99999999999999")]
+    #[case::overflow("/v1/events?since=99999999999999999999999", "since=")]
+    #[case::follow("/v1/events?follow=maybe", "follow=maybe")]
+    #[case::backwards("/v1/events?since=20&until=10", "until is before since")]
+    fn refuses_bad_event_queries(#[case] path: &str, #[case] named: &str) {
+        let e = Request::decode("GET", path, b"").unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+        assert!(e.to_string().contains(named), "{e}");
+    }
+
+    #[test]
+    fn event_lines_read_back() {
+        let e = Event {
+            seq: 7,
+            time: "2026-12-07T21:30:00.123456Z".into(),
+            time_nano: 1,
+            kind: EventType::Port,
+            action: "publish".into(),
+            actor: "c1".into(),
+            network: Some("web".into()),
+            container: Some("c1".into()),
+            host: None,
+            port: Some("80/tcp".into()),
+            attributes: [("host".to_string(), "0.0.0.0:8080".to_string())].into(),
+        };
+        for line in [
+            EventLine::Event(Box::new(e)),
+            EventLine::Missed(EventsMissed { missed: 3 }),
+        ] {
+            let text = serde_json::to_string(&line).unwrap();
+            assert_eq!(
+                serde_json::from_str::<EventLine>(&text).unwrap(),
+                line,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&EventType::ALL.map(EventType::as_str)).unwrap(),
+            serde_json::to_string(&EventType::ALL).unwrap()
+        );
+        for (i, t) in EventType::ALL.iter().enumerate() {
+            assert_eq!(t.index(), i);
+        }
     }
 
     #[test]

@@ -53,6 +53,17 @@ fuzz_target!(|data: &[u8]| {
                 let wants_port = t.proto != vswitch_cli::api::TraceProto::Icmp;
                 assert_eq!(t.port.is_some_and(|p| p != 0), wants_port);
             }
+            Request::Events(q) => {
+                // A query that decodes is ordered, and reads back from
+                // the path the client would send for it.
+                if let (Some(s), Some(u)) = (q.since, q.until) {
+                    assert!(s <= u);
+                }
+                assert_eq!(
+                    Request::decode("GET", &q.path(), b"").ok(),
+                    Some(Request::Events(*q))
+                );
+            }
             _ => {}
         }
     }

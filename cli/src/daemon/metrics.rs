@@ -188,6 +188,10 @@ pub struct Snapshot {
     pub gossip: Option<GossipSample>,
     /// Containers by state (`created`, `running`, `exited`).
     pub containers: Vec<(&'static str, u64)>,
+    /// Events recorded (`vswitch events`), by type.
+    pub events: Vec<(&'static str, u64)>,
+    /// Anomalies detected (their starts), by kind.
+    pub anomalies: Vec<(&'static str, u64)>,
 }
 
 // ---- encoding ------------------------------------------------------------
@@ -341,6 +345,24 @@ pub fn encode_snapshot(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result
         s.containers
             .iter()
             .map(|(state, n)| (vec![("state", state.to_string())], *n))
+            .collect(),
+    )?;
+    counter(
+        enc,
+        "vswitch_events",
+        "Events recorded for vswitch events, by type.",
+        s.events
+            .iter()
+            .map(|(t, n)| (vec![("type", t.to_string())], *n))
+            .collect(),
+    )?;
+    counter(
+        enc,
+        "vswitch_anomalies",
+        "Anomalies the daemon detected (each counted when it starts), by kind.",
+        s.anomalies
+            .iter()
+            .map(|(k, n)| (vec![("kind", k.to_string())], *n))
             .collect(),
     )
 }
@@ -1044,6 +1066,8 @@ mod tests {
                 ],
             }),
             containers: vec![("running", 1)],
+            events: vec![("network", 2), ("anomaly", 1)],
+            anomalies: vec![("rate-spike", 1)],
             ..Default::default()
         }
     }
@@ -1064,6 +1088,8 @@ mod tests {
             "vswitch_mac_table_entries{network=\"web\",worker=\"1\"} 1",
             "vswitch_nat_tcp_connections_total{network=\"web\",direction=\"inbound\"} 3",
             "vswitch_worker_rx_packets_total{worker=\"1\"} 6",
+            "vswitch_events_total{type=\"network\"} 2",
+            "vswitch_anomalies_total{kind=\"rate-spike\"} 1",
             "vswitch_tunnel_rx_drops_total{reason=\"non_member\"} 0",
             "vswitch_gossip_suspicions_total 4",
             "vswitch_gossip_members{state=\"suspect\"} 1",

@@ -1,9 +1,11 @@
 //! `vswitchd`: wiring of the control API, the durable state, the controller
 //! and the datapath thread.
 
+pub mod anomaly;
 pub mod controller;
 pub mod datapath;
 pub mod docker;
+pub mod events;
 pub mod gossip;
 pub mod metrics;
 pub mod pcapng;
@@ -414,6 +416,15 @@ pub fn run(args: DaemonArgs) -> Result<()> {
                     }
                 })?;
         }
+        // The anomaly detector samples the counters once a second on a
+        // thread of its own (see `controller::events`).
+        let detecting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (ctrl, stop) = (ctrl.clone(), detecting.clone());
+            std::thread::Builder::new()
+                .name("vswitch-anomaly".into())
+                .spawn(move || ctrl.watch_anomalies(ctrl.events().clone(), &stop))?;
+        }
         tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "vswitchd ready");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let plugin = plugin_listener.map(|l| {
@@ -437,6 +448,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             why = ctrl.failed() => Some(why),
         };
         let _ = stop_tx.send(true);
+        detecting.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = server.await;
         if let Some(m) = metrics_server {
             let _ = m.await;

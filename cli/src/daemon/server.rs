@@ -4,7 +4,8 @@
 //! work, with the controller's lock taken only for the steps that do not
 //! wait). `vswitch logs` is answered with a body streamed from the
 //! container's log as it is read ([`LogCursor`]), `-f` until the command
-//! has exited.
+//! has exited; `vswitch events` with the event log's lines
+//! ([`EventStream`]), `-f` until the client goes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,10 +22,13 @@ use tokio::sync::watch;
 
 use super::controller::ControlPlane;
 use super::datapath::{CaptureTap, Captured};
+use super::events::EventLog;
 use super::metrics::ApiMetrics;
 use super::pcapng::PcapNgEncoder;
 use super::ApiError;
-use crate::api::{ErrorBody, Info, Request, INFO_PATH, MAX_BODY};
+use crate::api::{
+    ErrorBody, EventLine, EventsMissed, EventsQuery, Info, Request, INFO_PATH, MAX_BODY,
+};
 use crate::container_log::LogCursor;
 
 /// How long a request waiting for another host is retried.
@@ -35,6 +39,9 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const CAPTURE_COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a capture goes without writing.
 const CAPTURE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a quiet `vswitch events -f` goes without writing (an empty
+/// line), so a client that went is noticed.
+const EVENTS_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most of a log sent in one piece.
 const LOG_CHUNK: usize = 64 * 1024;
 /// The endpoint label of a request refused before it was decoded.
@@ -125,6 +132,9 @@ async fn answer(
         Request::ContainerLogs { name, follow } => Some((name.clone(), *follow)),
         _ => None,
     };
+    if let Request::Events(q) = request {
+        return (endpoint, events_response(&ctrl, q));
+    }
     if let Request::Capture(c) = request {
         let response = capture_response(ctrl, c)
             .await
@@ -185,6 +195,118 @@ async fn log_response(
         .header("content-type", "application/octet-stream")
         .body(StreamBody::new(stream).boxed_unsync())
         .expect("static response parts are valid"))
+}
+
+/// `vswitch events`: the events kept (at or after `since`), one JSON
+/// object a line; with `follow`, every new one as it is recorded, until
+/// `until` or until the client goes. The log is read without the
+/// controller's lock, and never holds up whoever records an event: a
+/// reader too slow for the ring gets an `{"Missed": N}` line instead.
+fn events_response(ctrl: &ControlPlane, query: EventsQuery) -> Response<Body> {
+    let stream = EventStream::new(ctrl.events().clone(), query);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(StreamBody::new(futures::stream::unfold(stream, EventStream::next)).boxed_unsync())
+        .expect("static response parts are valid")
+}
+
+/// The state of one `vswitch events` answer.
+struct EventStream {
+    log: EventLog,
+    rx: watch::Receiver<u64>,
+    /// The sequence number of the last event taken.
+    cursor: u64,
+    query: EventsQuery,
+    done: bool,
+}
+
+impl EventStream {
+    /// Events read from the log at a time.
+    const PIECE: usize = 256;
+
+    fn new(log: EventLog, query: EventsQuery) -> EventStream {
+        // Subscribed first: an event recorded from here on wakes the stream.
+        let rx = log.subscribe();
+        let cursor = if query.since.is_some() || !query.follow {
+            log.oldest_cursor()
+        } else {
+            // `-f` alone, as `docker events`: only what happens from now.
+            log.newest_cursor()
+        };
+        EventStream {
+            log,
+            rx,
+            cursor,
+            query,
+            done: false,
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Frame<Bytes>, std::io::Error>, EventStream)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let batch = self.log.read(self.cursor, Self::PIECE);
+            let mut out = Vec::new();
+            if batch.missed > 0 {
+                let line = EventLine::Missed(EventsMissed {
+                    missed: batch.missed,
+                });
+                line_into(&mut out, &line);
+            }
+            for e in &batch.events {
+                self.cursor = e.seq;
+                if self.query.since.is_some_and(|s| e.time_nano < s) {
+                    continue;
+                }
+                if self.query.until.is_some_and(|u| e.time_nano > u) {
+                    self.done = true;
+                    break;
+                }
+                line_into(&mut out, &**e);
+            }
+            if !out.is_empty() {
+                return Some((Ok(Frame::data(Bytes::from(out))), self));
+            }
+            if self.done || (!self.query.follow && batch.events.len() < Self::PIECE) {
+                return None;
+            }
+            if batch.events.len() == Self::PIECE {
+                continue;
+            }
+            let mut wait = EVENTS_IDLE;
+            if let Some(until) = self.query.until {
+                let now = unix_nanos();
+                if now > until {
+                    return None;
+                }
+                wait = wait.min(std::time::Duration::from_nanos(until - now));
+            }
+            match tokio::time::timeout(wait, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The log went: the daemon stops.
+                Ok(Err(_)) => return None,
+                Err(_) if self.query.until.is_some_and(|u| unix_nanos() > u) => return None,
+                // Quiet: an empty line, to find out whether the client is there.
+                Err(_) => return Some((Ok(Frame::data(Bytes::from_static(b"\n"))), self)),
+            }
+        }
+    }
+}
+
+/// `value` as a JSON line at the end of `out`.
+fn line_into(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// `vswitch capture`: a pcapng stream of the frames the capture sees,
@@ -486,5 +608,104 @@ pub(super) async fn serve_unix<H, Fut, B>(
             }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EventType;
+    use crate::daemon::events::NewEvent;
+
+    fn net(name: &str) -> NewEvent {
+        NewEvent::new(EventType::Network, "create", name)
+    }
+
+    /// The lines of the stream's next piece.
+    async fn piece(s: EventStream) -> (Vec<EventLine>, Option<EventStream>) {
+        match EventStream::next(s).await {
+            None => (Vec::new(), None),
+            Some((frame, s)) => {
+                let data = frame.unwrap().into_data().unwrap();
+                let lines = std::str::from_utf8(&data)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (lines, Some(s))
+            }
+        }
+    }
+
+    fn actors(lines: &[EventLine]) -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| match l {
+                EventLine::Event(e) => Some(e.actor.clone()),
+                EventLine::Missed(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_follower_that_falls_behind_is_told_what_it_missed() {
+        let log = EventLog::new(4);
+        log.emit(net("old"));
+        let s = EventStream::new(
+            log.clone(),
+            EventsQuery {
+                follow: true,
+                ..Default::default()
+            },
+        );
+        // Only what comes after it started; ten while it does not read.
+        for i in 0..10 {
+            log.emit(net(&format!("n{i}")));
+        }
+        let (lines, s) = piece(s).await;
+        assert_eq!(lines[0], EventLine::Missed(EventsMissed { missed: 6 }));
+        assert_eq!(actors(&lines), ["n6", "n7", "n8", "n9"]);
+        // Caught up: it waits for the next one, then sends it alone.
+        let writer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                log.emit(net("later"));
+            })
+        };
+        let (lines, _) = piece(s.unwrap()).await;
+        writer.await.unwrap();
+        assert_eq!(actors(&lines), ["later"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_follow_it_sends_what_is_kept_in_time_and_ends() {
+        let log = EventLog::new(16);
+        for i in 0..5 {
+            log.emit(net(&format!("n{i}")));
+        }
+        let kept = log.read(0, 16).events;
+        let (t1, t3) = (kept[1].time_nano, kept[3].time_nano);
+        let s = EventStream::new(
+            log.clone(),
+            EventsQuery {
+                since: Some(t1),
+                until: Some(t3),
+                follow: false,
+            },
+        );
+        let (lines, s) = piece(s).await;
+        // Times may repeat at a coarse clock; the window holds n1..n3.
+        let got = actors(&lines);
+        assert!(
+            got.contains(&"n1".to_string()) && got.contains(&"n3".to_string()),
+            "{got:?}"
+        );
+        assert!(!got.contains(&"n4".to_string()), "{got:?}");
+        assert!(piece(s.unwrap()).await.1.is_none());
+        let all = EventStream::new(log, EventsQuery::default());
+        let (lines, _) = piece(all).await;
+        assert_eq!(actors(&lines).len(), 5);
     }
 }

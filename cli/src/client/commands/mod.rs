@@ -5,6 +5,7 @@
 mod capture;
 mod cluster;
 mod doctor;
+mod events;
 mod inspect;
 mod ipam;
 mod logs;
@@ -29,6 +30,7 @@ use super::Client;
 pub use capture::CaptureArgs;
 pub use cluster::{JoinArgs, MembersArgs};
 pub use doctor::DoctorArgs;
+pub use events::EventsArgs;
 pub use inspect::InspectArgs;
 pub use ipam::IpamCmd;
 pub use logs::LogsArgs;
@@ -93,6 +95,9 @@ pub enum Command {
     /// container's interface, gateway and DNS, and what it should reach;
     /// each check ok or FAIL, with the evidence and the fix.
     Doctor(DoctorArgs),
+    /// What vswitchd recorded (networks, endpoints, containers, ports,
+    /// members) and the anomalies it detected; -f follows.
+    Events(EventsArgs),
     /// Join the cluster through one or more members (IP or IP:PORT).
     JoinCluster(JoinArgs),
     /// Leave the cluster.
@@ -144,6 +149,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Stats(args) => stats::run(&client, args).await.map(|()| 0),
         Command::Trace(args) => trace::run(&client, args).await,
         Command::Doctor(args) => doctor::run(&client, args).await,
+        Command::Events(args) => events::run(&client, args).await.map(|()| 0),
         Command::JoinCluster(args) => cluster::join(&client, args).await.map(|()| 0),
         Command::Ipam(cmd) => ipam::run(&client, cmd).await.map(|()| 0),
         Command::LeaveCluster => cluster::leave(&client).await.map(|()| 0),

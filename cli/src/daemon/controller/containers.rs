@@ -93,7 +93,11 @@ impl ControlPlane {
             if let Err(e) = c.store.delete_container(name) {
                 errors.push(e.to_string());
             }
-            c.containers.remove(name)
+            let record = c.containers.remove(name);
+            if record.is_some() {
+                c.emit_container("remove", name, &[]);
+            }
+            record
         };
         if let Some(p) = record.filter(|r| r.owns_netns).and_then(|r| r.netns) {
             let ns_name = p.file_name().and_then(|s| s.to_str()).unwrap_or(name);
@@ -182,6 +186,14 @@ impl ControlPlane {
             c.store.put_container(&rec).map_err(internal)?;
             c.containers.insert(name.to_string(), rec);
             tracing::info!(container = name, exit_code = ?code, "container exited");
+            c.emit_container(
+                "exit",
+                name,
+                &[(
+                    "exitCode",
+                    code.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                )],
+            );
             (networks, netns)
         };
         for n in nets {
@@ -391,6 +403,7 @@ impl Controller {
             return Err(internal(e));
         }
         self.containers.insert(rec.name.clone(), rec);
+        self.emit_container("create", &c.name, &[]);
         if let Some(pid) = c.pid {
             // A client of an earlier release tells the pid at once.
             self.set_running(&c.name, pid, None)?;
@@ -465,6 +478,7 @@ impl Controller {
         rec.process = Some(process);
         self.store.put_container(&rec).map_err(internal)?;
         self.containers.insert(name.to_string(), rec);
+        self.emit_container("start", name, &[("pid", pid.pid.to_string())]);
         Ok(supervisor.into_iter().chain([pid]).collect())
     }
 
@@ -756,6 +770,7 @@ impl Controller {
         self.containers.remove(old);
         self.docker_container_renamed(old, new);
         tracing::info!(old, new, "container renamed");
+        self.emit_container("rename", new, &[("oldName", old.to_string())]);
         Ok(())
     }
 

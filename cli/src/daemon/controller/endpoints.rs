@@ -432,6 +432,11 @@ impl Controller {
         self.start_forwarding(&network, &container, bound)?;
         step!("connect::published");
         self.connecting.remove(&container);
+        self.emit_endpoint(
+            "connect",
+            &self.networks[&network].endpoints[&container].record,
+        );
+        self.emit_ports("publish", &network, &container, &mappings);
         Ok(())
     }
 
@@ -478,6 +483,8 @@ impl Controller {
             }
         }
         tracing::info!(container, network, "endpoint disconnected");
+        self.emit_ports("unpublish", network, container, &ep.ports);
+        self.emit_endpoint("disconnect", &ep.record);
         let netns = self.containers.get(container).and_then(|c| c.netns.clone());
         self.forget_container_if_unused(container);
         Ok(Detached {
@@ -501,6 +508,7 @@ impl Controller {
         if !used && !c.owns_netns && c.process.is_none() {
             let _ = self.store.delete_container(name);
             self.containers.remove(name);
+            self.emit_container("remove", name, &[]);
         }
     }
 }

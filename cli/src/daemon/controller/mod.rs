@@ -37,6 +37,7 @@ mod docker;
 mod doctor;
 mod drivers;
 mod endpoints;
+mod events;
 mod ids;
 mod networks;
 mod overlay_ipam;
@@ -226,6 +227,11 @@ pub struct Controller {
     /// Running captures (`vswitch capture`): the TAP ports each watches.
     captures: BTreeMap<u64, Vec<PortId>>,
     next_capture: u64,
+    /// `vswitch events`: the event log and what it last said of members.
+    recorder: events::Recorder,
+    /// The most MACs one network's table learns (the anomaly detector
+    /// reports a table near it).
+    mac_bound: usize,
     next_port: u32,
     next_network: u32,
     bad_requests: u64,
@@ -269,8 +275,9 @@ impl Controller {
             }
             None => (None, None),
         };
+        let bridge = BridgeConfig::default();
         let datapath = DatapathHandle::start(
-            BridgeConfig::default(),
+            bridge,
             tunnel,
             quic.as_ref().map(QuicTransport::handle),
             config.workers,
@@ -301,10 +308,13 @@ impl Controller {
             cni: cni::CniTable::new(),
             captures: BTreeMap::new(),
             next_capture: 1,
+            recorder: events::Recorder::default(),
+            mac_bound: bridge.fdb_max_per_network,
             next_port: 1,
             next_network: 1,
             bad_requests: 0,
         };
+        c.emit_daemon_start();
         c.restore()?;
         c.rejoin_cluster();
         for (name, driver) in [("host", Driver::Host), ("none", Driver::None)] {

@@ -139,6 +139,7 @@ impl Controller {
             return Err(internal(e));
         }
         tracing::info!(network = %record.name, driver = record.driver.as_str(), "network created");
+        self.emit_network(self.network_event("create", &record.name, None));
         Ok(())
     }
 
@@ -361,8 +362,10 @@ impl Controller {
     /// Removes a network of a local driver.
     pub(super) fn remove_local(&mut self, name: &str) -> Result<(), ApiError> {
         self.store.delete_network(name).map_err(internal)?;
+        let event = self.network_event("remove", name, None);
         self.uninstall_network(name);
         tracing::info!(network = %name, "network removed");
+        self.emit_network(event);
         Ok(())
     }
 }

@@ -404,6 +404,8 @@ impl Controller {
         }
         self.flush_allocator(&spec.name);
         self.resync_overlay(&spec.name);
+        let origin = (creator != self.config.node_name).then_some(creator.as_str());
+        self.emit_network(self.network_event("create", &spec.name, origin));
         Ok(())
     }
 
@@ -421,8 +423,10 @@ impl Controller {
         }
         self.store.delete_network(name).map_err(internal)?;
         let _ = self.store.delete_ipam(name);
+        let event = self.network_event("remove", name, None);
         self.uninstall_network(name);
         tracing::info!(network = %name, "overlay network removed");
+        self.emit_network(event);
         Ok(())
     }
 
@@ -461,14 +465,19 @@ impl Controller {
         match ev {
             GossipEvent::MemberUp(meta) => {
                 tracing::info!(member = %meta.name, addr = %meta.gossip_addr, "member up");
+                self.emit_member(&meta.name, "alive", Some(meta.gossip_addr.to_string()));
                 self.dead_since.remove(&meta.name);
                 self.sync_quic_peers();
                 self.resync_all_overlays();
                 self.advertise_ipam();
             }
-            GossipEvent::MemberSuspect(name) => tracing::info!(member = %name, "member suspect"),
+            GossipEvent::MemberSuspect(name) => {
+                tracing::info!(member = %name, "member suspect");
+                self.emit_member(&name, "suspect", None);
+            }
             GossipEvent::MemberDown(name) => {
                 tracing::info!(member = %name, "member down");
+                self.emit_member(&name, "dead", None);
                 self.dead_since
                     .entry(name)
                     .or_insert_with(std::time::Instant::now);
@@ -496,8 +505,10 @@ impl Controller {
                     Some(_) => {
                         let _ = self.store.delete_network(&name);
                         let _ = self.store.delete_ipam(&name);
+                        let event = self.network_event("remove", &name, None);
                         self.uninstall_network(&name);
                         tracing::info!(network = %name, "overlay network removed by the cluster");
+                        self.emit_network(event);
                     }
                     None => {}
                 }

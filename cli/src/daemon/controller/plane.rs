@@ -33,16 +33,26 @@ pub struct ControlPlane {
     /// Itself, for the tasks that watch containers' processes and call
     /// back when one ends.
     pub(super) me: Weak<ControlPlane>,
+    /// `vswitch events`: read without the controller's lock.
+    events: crate::daemon::events::EventLog,
 }
 
 impl ControlPlane {
     pub fn new(controller: Controller) -> Arc<ControlPlane> {
+        let events = controller.event_log();
         Arc::new_cyclic(|me| ControlPlane {
+            events,
             inner: Mutex::new(controller),
             failure: Mutex::new(None),
             stop: tokio::sync::Notify::new(),
             me: me.clone(),
         })
+    }
+
+    /// The event log (`vswitch events`), which the controller's steps
+    /// write to.
+    pub fn events(&self) -> &crate::daemon::events::EventLog {
+        &self.events
     }
 
     /// The controller, for a step that does not wait. Refused once a
@@ -138,6 +148,9 @@ impl ControlPlane {
             Request::Trace(t) => to_value(self.trace(t)?),
             // Probes from the container's namespace without the lock.
             Request::Doctor(d) => to_value(self.doctor(d)?),
+            // Answered by the server as a stream from the log; nothing
+            // of the controller's is asked.
+            Request::Events(_) => to_value(serde_json::json!({})),
             // The others do not wait: one step under the lock.
             Request::Ping => to_value("OK"),
             Request::NetworkList => to_value(self.lock()?.network_list()),

@@ -181,27 +181,29 @@ impl Controller {
         let bound = self.bind_ports(network, ports)?;
         let mappings: Vec<PortMapping> = bound.iter().map(|b| b.mapping()).collect();
         self.save_ports(container, network, &mappings)?;
-        self.set_endpoint_ports(network, container, mappings);
+        self.set_endpoint_ports(network, container, mappings.clone());
         if let Err(e) = self.start_forwarding(network, container, bound) {
             let _ = self.unpublish_all(network, container);
             return Err(e);
         }
+        self.emit_ports("publish", network, container, &mappings);
         Ok(())
     }
 
     /// Withdraws every published port of a connected endpoint.
     pub(super) fn unpublish_all(&mut self, network: &str, container: &str) -> Result<(), ApiError> {
-        let port = self
+        let (port, had) = self
             .network(network)?
             .endpoints
             .get(container)
-            .map(|e| e.port)
+            .map(|e| (e.port, e.ports.clone()))
             .ok_or_else(|| {
                 ApiError::not_found(format!(
                     "container `{container}` is not connected to network `{network}`"
                 ))
             })?;
         self.unpublish(network, container, port);
+        self.emit_ports("unpublish", network, container, &had);
         self.set_endpoint_ports(network, container, Vec::new());
         self.save_ports(container, network, &[])
     }

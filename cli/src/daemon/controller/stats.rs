@@ -186,6 +186,20 @@ impl Controller {
             quic: self.quic.as_ref().map(|q| q.handle().stats()),
             gossip,
             containers: containers.into_iter().collect(),
+            events: {
+                let counts = self.event_log().counts();
+                api::EventType::ALL
+                    .iter()
+                    .map(|t| (t.as_str(), counts[t.index()]))
+                    .collect()
+            },
+            anomalies: {
+                let counts = self.event_log().anomaly_counts();
+                crate::daemon::anomaly::AnomalyKind::ALL
+                    .iter()
+                    .map(|k| (k.as_str(), counts[k.index()]))
+                    .collect()
+            },
         })
     }
 }
