@@ -482,3 +482,24 @@ fn a_killed_member_goes_suspect_then_dead_in_the_events() {
         .collect();
     assert_eq!(of_h2, ["alive", "suspect", "dead"], "{all:#?}");
 }
+
+#[test]
+fn rm_of_a_running_container_is_its_exit_then_its_removal() {
+    require_root!();
+    let mut h = Host::start(&[]);
+    let net = h.network("ev", &["--subnet", "10.237.9.0/24"]);
+    let c = h.run("evr", &net, &[]);
+    h.vs_ok(&["rm", &c]);
+    h.containers.retain(|x| *x != c);
+    let all = events(&h, &[]);
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["Actor"] == c.as_str() && e["Type"] == "container")
+        .collect();
+    let actions: Vec<&str> = mine.iter().map(|e| e["Action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create", "start", "exit", "remove"], "{all:#?}");
+    let exit = mine[2];
+    assert_eq!(exit["Attributes"]["by"], "rm", "{exit}");
+    // `sleep` ends on SIGTERM: the supervisor wrote 128 + 15.
+    assert_eq!(exit["Attributes"]["exitCode"], "143", "{exit}");
+}

@@ -80,6 +80,22 @@ impl ControlPlane {
             if let Some(s) = supervisor.filter(|_| detached) {
                 wait_gone(s, Duration::from_secs(3));
             }
+            // It exited because of `rm`, as Docker's `die` before its
+            // `destroy`: with the code its supervisor wrote, when it did.
+            let code = container_log::read_exit_code(&log_dir);
+            let _ = self.with(|c| {
+                c.emit_container(
+                    "exit",
+                    name,
+                    &[
+                        (
+                            "exitCode",
+                            code.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                        ),
+                        ("by", "rm".to_string()),
+                    ],
+                )
+            });
         }
         let mut errors = Vec::new();
         for n in nets {
