@@ -339,6 +339,7 @@ async fn capture_response(
         done: false,
         coalesce: false,
         stats_at: std::time::Instant::now(),
+        pending: std::collections::VecDeque::new(),
     };
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -382,6 +383,9 @@ struct CaptureStream {
     coalesce: bool,
     /// When statistics were last written.
     stats_at: std::time::Instant,
+    /// Pieces of the last batch not sent yet: buffered blocks and large
+    /// frames' own buffers, in order.
+    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl CaptureStream {
@@ -399,10 +403,16 @@ impl CaptureStream {
         if let Some(head) = self.head.take() {
             return Some((Ok(Frame::data(Bytes::from(head))), self));
         }
+        if let Some(piece) = self.pending.pop_front() {
+            return Some((Ok(Frame::data(piece)), self));
+        }
         if self.done {
             return None;
         }
         let mut sent = 0;
+        // The batch's pieces so far, and their bytes.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut in_pieces = 0;
         if self.coalesce {
             // The last piece was not a full batch: a moment for more to
             // queue, so a busy port wakes this task some hundreds of times
@@ -431,9 +441,14 @@ impl CaptureStream {
             let mut c = Some(first);
             while let Some(frame) = c.take() {
                 self.tap.taken(&frame);
-                if let Err(e) = self.encoder.packet(&frame) {
+                let before = pieces.len();
+                if let Err(e) = self
+                    .encoder
+                    .packet_pieces(frame, &mut pieces, Self::PIECE_CAPACITY)
+                {
                     return Some((Err(e), self));
                 }
+                in_pieces += pieces[before..].iter().map(Bytes::len).sum::<usize>();
                 sent += 1;
                 if let Some(left) = self.left.as_mut() {
                     *left -= 1;
@@ -441,12 +456,12 @@ impl CaptureStream {
                         break;
                     }
                 }
-                if sent < Self::BATCH && self.encoder.buffered() < Self::PIECE {
+                if sent < Self::BATCH && self.encoder.buffered() + in_pieces < Self::PIECE {
                     c = self.rx.try_recv().ok();
                 }
             }
         }
-        self.coalesce = sent < Self::BATCH && self.encoder.buffered() < Self::PIECE;
+        self.coalesce = sent < Self::BATCH && self.encoder.buffered() + in_pieces < Self::PIECE;
         // Statistics once a second on a busy capture too, so a client
         // stopped at any moment knows what was dropped.
         if self.left != Some(0) && self.stats_at.elapsed() >= CAPTURE_IDLE {
@@ -464,12 +479,11 @@ impl CaptureStream {
             self.done = true;
             tracing::debug!(id = self.guard.id, matched, dropped, "capture complete");
         }
-        Some((
-            Ok(Frame::data(Bytes::from(
-                self.encoder.take(Self::PIECE_CAPACITY),
-            ))),
-            self,
-        ))
+        self.pending.extend(pieces);
+        self.pending
+            .push_back(Bytes::from(self.encoder.take(Self::PIECE_CAPACITY)));
+        let first = self.pending.pop_front().unwrap_or_default();
+        Some((Ok(Frame::data(first)), self))
     }
 }
 
