@@ -315,18 +315,8 @@ fn doctor_finds_an_overlay_mtu_too_large_and_a_dead_host() {
     require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vskey-doctor", "doctor the overlay");
-    let mut h1 = Host::in_cluster(&ul, "vsh", "192.0.2.51", &key.0, &[]);
-    let mut h2 = Host::in_cluster(&ul, "vsh", "192.0.2.52", &key.0, &[]);
-    h2.vs_ok(&["join-cluster", "192.0.2.51"]);
-    for h in [&h1, &h2] {
-        wait_for("2 alive members", Duration::from_secs(15), || {
-            alive_members(h) == 2
-        });
-    }
-    let net = h1.network("ov", &["--driver", "overlay", "--subnet", "10.235.64.0/24"]);
-    wait_for("the overlay on h2", Duration::from_secs(10), || {
-        h2.vs(&["network", "inspect", &net]).status.success()
-    });
+    let (mut h1, mut h2) = cluster_pair(&ul, &key.0, "192.0.2.51", "192.0.2.52");
+    let net = shared_overlay(&h1, &h2, "10.235.64.0/24");
     let mtu = h1.vs_json(&["network", "inspect", &net])[0]["MTU"]
         .as_u64()
         .unwrap();

@@ -247,18 +247,8 @@ fn trace_follows_an_overlay_peer_into_the_tunnel() {
     require_root!();
     let ul = Underlay::new();
     let key = TempFile::new("vskey-trace", "trace the tunnel");
-    let mut h1 = Host::in_cluster(&ul, "vsh", "192.0.2.41", &key.0, &[]);
-    let mut h2 = Host::in_cluster(&ul, "vsh", "192.0.2.42", &key.0, &[]);
-    h2.vs_ok(&["join-cluster", "192.0.2.41"]);
-    for h in [&h1, &h2] {
-        wait_for("2 alive members", Duration::from_secs(15), || {
-            alive_members(h) == 2
-        });
-    }
-    let net = h1.network("ov", &["--driver", "overlay", "--subnet", "10.236.64.0/24"]);
-    wait_for("the overlay on h2", Duration::from_secs(10), || {
-        h2.vs(&["network", "inspect", &net]).status.success()
-    });
+    let (mut h1, mut h2) = cluster_pair(&ul, &key.0, "192.0.2.41", "192.0.2.42");
+    let net = shared_overlay(&h1, &h2, "10.236.64.0/24");
     let vni = h1.vs_json(&["network", "inspect", &net])[0]["VNI"]
         .as_u64()
         .unwrap();

@@ -736,6 +736,29 @@ impl Host {
     }
 }
 
+/// Two cluster members on `ul` at `ip1` and `ip2`, the second joined
+/// through the first, once each sees both alive.
+pub fn cluster_pair(ul: &Underlay, key: &Path, ip1: &str, ip2: &str) -> (Host, Host) {
+    let h1 = Host::in_cluster(ul, "vsh", ip1, key, &[]);
+    let h2 = Host::in_cluster(ul, "vsh", ip2, key, &[]);
+    h2.vs_ok(&["join-cluster", ip1]);
+    for h in [&h1, &h2] {
+        wait_for("2 alive members", Duration::from_secs(15), || {
+            alive_members(h) == 2
+        });
+    }
+    (h1, h2)
+}
+
+/// An overlay made on `h1` with `subnet`, once `h2` has it too.
+pub fn shared_overlay(h1: &Host, h2: &Host, subnet: &str) -> String {
+    let net = h1.network("ov", &["--driver", "overlay", "--subnet", subnet]);
+    wait_for("the overlay on h2", Duration::from_secs(10), || {
+        h2.vs(&["network", "inspect", &net]).status.success()
+    });
+    net
+}
+
 /// Whether `h`'s view of `net` lists a container named `name` (on this
 /// host or another).
 pub fn has_container(h: &impl Vswitch, net: &str, name: &str) -> bool {
