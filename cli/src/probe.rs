@@ -235,15 +235,14 @@ pub enum PortOutcome {
     Error(String),
 }
 
-/// Connects to `dst:port` over TCP from inside `netns` (or from the
-/// daemon's own namespace with `None`: a published port from the host),
-/// closing the connection at once.
+/// Connects to `dst` over TCP from inside `netns`, closing the connection
+/// at once.
 pub fn tcp_connect(
-    netns: Option<&Path>,
+    netns: &Path,
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<PortOutcome, NetnsError> {
-    let connect = move || -> io::Result<PortOutcome> {
+    in_netns(netns, move || {
         let start = Instant::now();
         Ok(match TcpStream::connect_timeout(&dst, timeout) {
             Ok(stream) => {
@@ -253,14 +252,7 @@ pub fn tcp_connect(
             }
             Err(e) => port_error(&e),
         })
-    };
-    match netns {
-        Some(ns) => in_netns(ns, connect),
-        None => connect().map_err(|e| NetnsError::Probe {
-            what: format!("connecting to {dst}"),
-            source: e,
-        }),
-    }
+    })
 }
 
 /// Connects to a published port from the daemon's namespace and holds the
@@ -326,15 +318,6 @@ fn port_error(e: &io::Error) -> PortOutcome {
         ErrorKind::TimedOut | ErrorKind::WouldBlock => PortOutcome::Timeout,
         _ => PortOutcome::Error(send_error(e)),
     }
-}
-
-/// The sockets of `netns` listening on `port` (TCP) or bound to it (UDP),
-/// from its `/proc/net` tables.
-pub fn listening(netns: &Path, udp: bool, port: u16) -> Result<Vec<SocketAddr>, NetnsError> {
-    Ok(sockets(netns, udp)?
-        .into_iter()
-        .filter(|a| a.port() == port)
-        .collect())
 }
 
 /// Every listening TCP socket (or bound UDP socket) of `netns`.

@@ -651,16 +651,19 @@ pub fn read_answer(reply: &[u8], id: u16, name: &str) -> Option<Answer> {
     if msg.metadata.response_code != ResponseCode::NoError {
         return Some(Answer::Error(format!("{:?}", msg.metadata.response_code)));
     }
-    Some(Answer::Addrs(
-        msg.answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })
-            .collect(),
-    ))
+    Some(Answer::Addrs(answer_addrs(&msg)))
+}
+
+/// The A and AAAA records of a message's answer section.
+fn answer_addrs(msg: &Message) -> Vec<IpAddr> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -736,17 +739,6 @@ mod tests {
         assert!(build_query(1, "not a name..", false).is_none());
     }
 
-    fn addrs(msg: &Message) -> Vec<IpAddr> {
-        msg.answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[rstest]
     #[case("web.", RecordType::A, &["10.0.0.2"])]
     #[case("web", RecordType::A, &["10.0.0.2"])]
@@ -768,7 +760,7 @@ mod tests {
         assert_eq!(msg.queries.len(), 1);
         assert_eq!(msg.queries[0].query_type(), qtype);
         let want: Vec<IpAddr> = want.iter().map(|a| a.parse().unwrap()).collect();
-        assert_eq!(addrs(&msg), want);
+        assert_eq!(answer_addrs(&msg), want);
         for rec in &msg.answers {
             assert_eq!(rec.ttl, TTL);
             assert!(rec.name.eq_ignore_root(&Name::from_ascii(name).unwrap()));
@@ -837,7 +829,7 @@ mod tests {
         let mut firsts = Vec::new();
         for _ in 0..6 {
             let msg = answer(&mut r, &z, &q, UDP);
-            let got = addrs(&msg);
+            let got = answer_addrs(&msg);
             assert_eq!(got.len(), 3);
             let mut sorted = got.clone();
             sorted.sort();
@@ -1044,7 +1036,10 @@ mod tests {
             Outcome::Forward { .. }
         ));
         let msg = answer(&mut r, &zone(), &q, UDP);
-        assert_eq!(addrs(&msg), vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            answer_addrs(&msg),
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
     }
 
     proptest::proptest! {

@@ -39,14 +39,9 @@ pub struct PortKey {
     pub interface: String,
 }
 
-/// A port's counters since it was attached (they only grow).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PortCounters {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-}
+/// A port's counters since it was attached (they only grow), as the
+/// datapath keeps them; the detector reads packets and bytes.
+pub use super::datapath::PortCounters;
 
 /// One port in a [`Sample`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -617,6 +612,7 @@ mod tests {
                 tx_packets: packets - packets / 2,
                 rx_bytes: packets / 2 * 100,
                 tx_bytes: (packets - packets / 2) * 100,
+                ..PortCounters::default()
             },
             drops: drops.to_vec(),
         }
@@ -907,7 +903,7 @@ mod tests {
                             *t = (t.0 + pk, t.1 + by, t.2 + dr);
                             sample.ports.push(PortSample {
                                 key: key(&format!("c{i}")),
-                                counters: PortCounters { rx_packets: t.0, tx_packets: t.0 / 3, rx_bytes: t.1, tx_bytes: 0 },
+                                counters: PortCounters { rx_packets: t.0, tx_packets: t.0 / 3, rx_bytes: t.1, ..PortCounters::default() },
                                 drops: vec![("spoofed_ip", t.2)],
                             });
                         }

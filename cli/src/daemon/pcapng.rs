@@ -56,12 +56,8 @@ impl PcapNgEncoder {
 
     /// Appends one frame; a frame of a port not described is skipped.
     pub fn packet(&mut self, c: &Captured) -> std::io::Result<()> {
-        let Some(at) = self.ports.iter().position(|p| *p == c.port) else {
+        let Some((at, flags)) = self.block_of(c) else {
             return Ok(());
-        };
-        let flags = match c.dir {
-            Direction::In => INBOUND,
-            Direction::Out => OUTBOUND,
         };
         let epb = EnhancedPacketBlock {
             interface_id: at as u32,
@@ -87,12 +83,8 @@ impl PcapNgEncoder {
         if c.data.len() < Self::ZERO_COPY_AT {
             return self.packet(&c);
         }
-        let Some(at) = self.ports.iter().position(|p| *p == c.port) else {
+        let Some((at, flags)) = self.block_of(&c) else {
             return Ok(());
-        };
-        let flags = match c.dir {
-            Direction::In => INBOUND,
-            Direction::Out => OUTBOUND,
         };
         // pcapng section 4.3, in the section's (native) byte order: the
         // header, the data padded to 32 bits, `epb_flags`, the end of the
@@ -123,6 +115,17 @@ impl PcapNgEncoder {
         buf.extend_from_slice(&[0u8; 4]);
         buf.extend_from_slice(&(total as u32).to_ne_bytes());
         Ok(())
+    }
+
+    /// The interface a frame is recorded on and its `epb_flags`; `None`
+    /// for a port not described.
+    fn block_of(&self, c: &Captured) -> Option<(usize, u32)> {
+        let at = self.ports.iter().position(|p| *p == c.port)?;
+        let flags = match c.dir {
+            Direction::In => INBOUND,
+            Direction::Out => OUTBOUND,
+        };
+        Some((at, flags))
     }
 
     /// Frames at least this long are sent from their own buffer by

@@ -83,19 +83,7 @@ impl ControlPlane {
             // It exited because of `rm`, as Docker's `die` before its
             // `destroy`: with the code its supervisor wrote, when it did.
             let code = container_log::read_exit_code(&log_dir);
-            let _ = self.with(|c| {
-                c.emit_container(
-                    "exit",
-                    name,
-                    &[
-                        (
-                            "exitCode",
-                            code.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
-                        ),
-                        ("by", "rm".to_string()),
-                    ],
-                )
-            });
+            let _ = self.with(|c| c.emit_exit(name, code, true));
         }
         let mut errors = Vec::new();
         for n in nets {
@@ -202,14 +190,7 @@ impl ControlPlane {
             c.store.put_container(&rec).map_err(internal)?;
             c.containers.insert(name.to_string(), rec);
             tracing::info!(container = name, exit_code = ?code, "container exited");
-            c.emit_container(
-                "exit",
-                name,
-                &[(
-                    "exitCode",
-                    code.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
-                )],
-            );
+            c.emit_exit(name, code, false);
             (networks, netns)
         };
         for n in nets {

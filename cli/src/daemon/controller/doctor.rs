@@ -258,11 +258,7 @@ impl Controller {
                             format!(
                                 "{} member(s) alive: {}",
                                 members.len(),
-                                members
-                                    .iter()
-                                    .map(|m| m.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                joined(members.iter().map(|m| &m.name))
                             ),
                         );
                     } else {
@@ -785,8 +781,8 @@ fn target(
             "network",
             format!(
                 "{name} is on {}; {who} is on {}: they share no network, and networks are isolated",
-                mine.iter().copied().collect::<Vec<_>>().join(", "),
-                theirs.into_iter().collect::<Vec<_>>().join(", ")
+                joined(&mine),
+                joined(theirs)
             ),
             format!("`vswitch network connect {first} {name}`"),
         );
@@ -860,13 +856,7 @@ fn target(
             format!(
                 "{name} and {} share {}; {} is {where_}",
                 peer.who.as_deref().unwrap_or(&peer.to),
-                shared
-                    .iter()
-                    .map(|p| p.network.as_str())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                joined(shared.iter().map(|p| &p.network).collect::<BTreeSet<_>>()),
                 peer.who.as_deref().unwrap_or(&peer.to),
             ),
         );
@@ -1001,23 +991,14 @@ fn port_check(
     let listening = peer.netns.as_deref().map(|tns| probe::sockets(tns, udp));
     let open_elsewhere = |l: &Option<Result<Vec<SocketAddr>, _>>| -> String {
         match l {
-            Some(Ok(all)) if all.is_empty() => {
-                format!("; nothing at all listens ({}) in {who}", proto.as_str())
-            }
-            Some(Ok(all)) => format!(
-                "; {who} listens on {}",
-                all.iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Some(Ok(all)) => format!("; {}", listens_on(who, proto, all)),
             _ => String::new(),
         }
     };
     let outcome = if udp {
         probe::udp_probe(ns, dst, UDP_WAIT)
     } else {
-        probe::tcp_connect(Some(ns), dst, CONNECT_TIMEOUT)
+        probe::tcp_connect(ns, dst, CONNECT_TIMEOUT)
     };
     let fix = format!("start the service in {who} on {p}, listening on 0.0.0.0 (or {addr}), not on 127.0.0.1 only");
     match outcome {
@@ -1126,36 +1107,14 @@ fn published(plan: &Plan, req: &DoctorRequest, checks: &mut Checks) {
                     .collect();
                 let reachable = on.iter().any(|a| !a.ip().is_loopback());
                 if reachable {
-                    checks.ok(
-                        "port",
-                        format!(
-                            "{name} listens on {}",
-                            on.iter()
-                                .map(|a| a.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
+                    checks.ok("port", format!("{name} listens on {}", joined(&on)));
                 } else {
                     let elsewhere = if on.is_empty() {
-                        if all.is_empty() {
-                            format!("nothing listens ({}) in {name} at all", proto.as_str())
-                        } else {
-                            format!(
-                                "{name} listens on {}",
-                                all.iter()
-                                    .map(|a| a.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        }
+                        listens_on(name, proto, &all)
                     } else {
                         format!(
                             "{name} listens on {} only, which the gateway cannot reach",
-                            on.iter()
-                                .map(|a| a.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            joined(&on)
                         )
                     };
                     checks.fail(
@@ -1289,13 +1248,7 @@ fn drops(plan: &Plan, after: Counters, checks: &mut Checks) {
             "drops",
             format!(
                 "none on {}, in the tunnel or at the networks' NAT while the checks ran",
-                plan.watched
-                    .iter()
-                    .map(|(_, w)| w.as_str())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                joined(plan.watched.iter().map(|(_, w)| w).collect::<BTreeSet<_>>())
             ),
         );
         return;
@@ -1322,6 +1275,24 @@ fn drops(plan: &Plan, after: Counters, checks: &mut Checks) {
         ),
         fix,
     );
+}
+
+/// `items` as a list, `a, b, c`.
+fn joined<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `who` listens on (its sockets of `proto`), in words.
+fn listens_on(who: &str, proto: PortProto, all: &[SocketAddr]) -> String {
+    if all.is_empty() {
+        format!("nothing at all listens ({}) in {who}", proto.as_str())
+    } else {
+        format!("{who} listens on {}", joined(all))
+    }
 }
 
 fn ping_words(o: &PingOutcome) -> String {

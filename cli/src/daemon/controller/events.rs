@@ -114,6 +114,17 @@ impl Controller {
         self.emit(e);
     }
 
+    /// `container exit` with its code (`unknown` when neither a report
+    /// nor the exit file said it), and `by=rm` when `vswitch rm` stopped it.
+    pub(super) fn emit_exit(&self, name: &str, code: Option<i32>, by_rm: bool) {
+        let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        let mut attrs = vec![("exitCode", code)];
+        if by_rm {
+            attrs.push(("by", "rm".to_string()));
+        }
+        self.emit_container("exit", name, &attrs);
+    }
+
     /// A member's state as gossip reports it; recorded when it changed.
     pub(super) fn emit_member(&mut self, host: &str, state: &'static str, addr: Option<String>) {
         if self.recorder.members.get(host) == Some(&state) {
@@ -145,12 +156,7 @@ impl Controller {
                         container: e.record.container.clone(),
                         interface: e.record.ifname.clone(),
                     },
-                    counters: anomaly::PortCounters {
-                        rx_packets: c.rx_packets,
-                        rx_bytes: c.rx_bytes,
-                        tx_packets: c.tx_packets,
-                        tx_bytes: c.tx_bytes,
-                    },
+                    counters: c,
                     drops: drops.iter().map(|(r, n)| (r.as_str(), n)).collect(),
                 });
             }
