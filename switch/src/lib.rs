@@ -21,6 +21,9 @@
 //! - [`dns`]: the embedded DNS responder (hickory-proto messages).
 //! - [`offload`]: super-frame offloads: `virtio_net_hdr`, software GSO
 //!   toward the tunnel, GRO toward TAPs, the Internet checksum.
+//! - [`policy`]: policies between networks and containers: the rules users
+//!   give, compiled into a table of endpoints and allowances, and the
+//!   per-worker flow table that makes a check per flow, not per packet.
 //! - [`tap`]: TAP device IO (the one module with `unsafe`, in `tap::sys`).
 //! - `stack` (private): what the gateway and the NAT share to run smoltcp:
 //!   the link checks, the in-memory device and its transmit queue, the clock.
@@ -35,6 +38,7 @@ pub mod gateway;
 pub mod nat;
 pub mod neighbor;
 pub mod offload;
+pub mod policy;
 mod stack;
 pub mod tap;
 mod types;
