@@ -115,6 +115,10 @@ pub struct Connect {
     /// Published ports (`-p`), one entry per port (ranges expanded).
     #[serde(rename = "Ports", default)]
     pub ports: Vec<PortMapping>,
+    /// The container's labels (`--label`), which policies select by; set
+    /// when the container is new here, kept otherwise.
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Most published ports one `-p` list may expand to.
@@ -423,6 +427,9 @@ pub struct ContainerCreate {
     /// (`LogPath` in the answer).
     #[serde(rename = "Detached", default)]
     pub detached: bool,
+    /// `--label K=V`: what policies select the container by.
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Sets the process of a container once `vswitch run` started it: `Pid`
@@ -624,6 +631,9 @@ pub struct NetworkInspect {
     /// Overlays: foreign VTEPs admitted with `vswitch network vtep add`.
     #[serde(rename = "VTEPs", skip_serializing_if = "Option::is_none", default)]
     pub vteps: Option<Vec<String>>,
+    /// The policies naming the network (`vswitch policy inspect NAME`).
+    #[serde(rename = "Policies", skip_serializing_if = "Vec::is_empty", default)]
+    pub policies: Vec<String>,
 }
 
 /// One host of an overlay network in `network inspect`.
@@ -692,6 +702,9 @@ pub struct ContainerInspect {
     /// The command of a `vswitch run` container.
     #[serde(rename = "Cmd", default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// Its labels (`--label`).
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The networks it is on, or, once exited, was on (its endpoints are
     /// released when it exits).
     #[serde(rename = "NetworkNames", default)]
@@ -803,6 +816,58 @@ pub struct Stats {
     /// `vswitch capture`s running.
     #[serde(rename = "Captures", default)]
     pub captures: usize,
+    /// Policies: frames (and NAT egress flows) denied, by policy name.
+    #[serde(rename = "PolicyDenied", default)]
+    pub policy_denied: BTreeMap<String, u64>,
+    /// Policies: flows held, opened, expired, revoked, refused for a
+    /// full table; frames routed between networks.
+    #[serde(rename = "Policy", default)]
+    pub policy: BTreeMap<String, u64>,
+}
+
+/// `POST /v1/policies`: policies to add, all or none. `Replace` (as
+/// `policy apply` sends) replaces same-named policies; without it a name
+/// already taken by a different policy is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCreate {
+    #[serde(rename = "Policies")]
+    pub policies: Vec<switch::policy::Policy>,
+    #[serde(rename = "Replace", default)]
+    pub replace: bool,
+}
+
+/// Most policies one request may carry.
+pub const MAX_POLICIES_PER_REQUEST: usize = 256;
+
+/// A policy as `policy ls` and `policy inspect` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInspect {
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// `allow`, `egress` or `NetworkPolicy`.
+    #[serde(rename = "Kind")]
+    pub kind: String,
+    /// The networks it names.
+    #[serde(rename = "Networks")]
+    pub networks: Vec<String>,
+    /// The rule in a line, as the CLI would say it.
+    #[serde(rename = "Summary")]
+    pub summary: String,
+    /// When it was added (RFC 3339).
+    #[serde(rename = "Created")]
+    pub created: String,
+    /// Frames and egress flows it denied on this host since the daemon
+    /// started.
+    #[serde(rename = "Denied")]
+    pub denied: u64,
+    /// Whether every network it names exists here (a policy for a network
+    /// that is not there waits for it).
+    #[serde(rename = "Active")]
+    pub active: bool,
+    /// The rule itself.
+    #[serde(rename = "Rule")]
+    pub rule: switch::policy::Rule,
 }
 
 /// The transport of a `vswitch trace` probe.
@@ -1105,6 +1170,10 @@ pub struct TraceVerdict {
     /// Routed: the host address the NAT sends from.
     #[serde(rename = "NatSource", default, skip_serializing_if = "Option::is_none")]
     pub nat_source: Option<IpAddr>,
+    /// Dropped by a policy: its name (`default-deny` between networks
+    /// without an allowance, `isolate` inside an isolated network).
+    #[serde(rename = "Policy", default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// The verdict in a sentence, as `vswitch trace` prints it.
     #[serde(rename = "Summary")]
     pub summary: String,
@@ -1116,6 +1185,7 @@ impl TraceVerdict {
         TraceVerdict {
             action,
             reason: None,
+            policy: None,
             containers: Vec::new(),
             interfaces: Vec::new(),
             network: None,
@@ -1440,6 +1510,10 @@ pub enum Request {
     Doctor(DoctorRequest),
     /// `GET /v1/events`: answered by the server as a stream of events.
     Events(EventsQuery),
+    PolicyCreate(PolicyCreate),
+    PolicyList,
+    PolicyInspect(String),
+    PolicyRemove(String),
 }
 
 /// Why a request was refused before it reached the daemon's logic.
@@ -1473,6 +1547,21 @@ impl DecodeError {
             | DecodeError::BadQuery { .. } => 400,
         }
     }
+}
+
+/// A policy name from a path segment.
+fn policy_segment(name: &str) -> Result<String, DecodeError> {
+    switch::policy::spec::check_name(name)
+        .map(|()| name.to_string())
+        .map_err(|e| DecodeError::BadName(e.to_string()))
+}
+
+/// Checks a container's labels.
+fn labels_ok(endpoint: &'static str, labels: &BTreeMap<String, String>) -> Result<(), DecodeError> {
+    switch::policy::spec::check_labels(labels).map_err(|e| DecodeError::BadBody {
+        endpoint,
+        reason: format!("Labels: {e}"),
+    })
 }
 
 /// Checks a network or container name: what Docker accepts,
@@ -1573,6 +1662,10 @@ impl Request {
             Request::CniDel(_) => "cni_del",
             Request::CniCheck(_) => "cni_check",
             Request::CniGc(_) => "cni_gc",
+            Request::PolicyCreate(_) => "policy_create",
+            Request::PolicyList => "policy_list",
+            Request::PolicyInspect(_) => "policy_inspect",
+            Request::PolicyRemove(_) => "policy_remove",
         }
     }
 
@@ -1605,6 +1698,7 @@ impl Request {
                 let name = name_segment("network", name)?;
                 let c: Connect = body("POST /v1/networks/NAME/connect", body_bytes)?;
                 validate_name("container", &c.container).map_err(DecodeError::BadName)?;
+                labels_ok("POST /v1/networks/NAME/connect", &c.labels)?;
                 for a in &c.aliases {
                     validate_name("alias", a).map_err(DecodeError::BadName)?;
                 }
@@ -1620,6 +1714,7 @@ impl Request {
             ("POST", ["containers"]) => {
                 let c: ContainerCreate = body("POST /v1/containers", body_bytes)?;
                 validate_name("container", &c.name).map_err(DecodeError::BadName)?;
+                labels_ok("POST /v1/containers", &c.labels)?;
                 Request::ContainerCreate(c)
             }
             ("POST", ["containers", name]) => {
@@ -1689,6 +1784,29 @@ impl Request {
                 Request::Capture(c)
             }
             ("GET", ["stats"]) => Request::Stats,
+            ("GET", ["policies"]) => Request::PolicyList,
+            ("POST", ["policies"]) => {
+                let c: PolicyCreate = body("POST /v1/policies", body_bytes)?;
+                let bad = |reason: String| DecodeError::BadBody {
+                    endpoint: "POST /v1/policies",
+                    reason,
+                };
+                if c.policies.is_empty() || c.policies.len() > MAX_POLICIES_PER_REQUEST {
+                    return Err(bad(format!(
+                        "Policies must hold 1 to {MAX_POLICIES_PER_REQUEST} policies"
+                    )));
+                }
+                let mut names = std::collections::BTreeSet::new();
+                for p in &c.policies {
+                    p.check().map_err(|e| bad(e.to_string()))?;
+                    if !names.insert(p.name.as_str()) {
+                        return Err(bad(format!("policy {} is named twice", p.name)));
+                    }
+                }
+                Request::PolicyCreate(c)
+            }
+            ("GET", ["policies", name]) => Request::PolicyInspect(policy_segment(name)?),
+            ("DELETE", ["policies", name]) => Request::PolicyRemove(policy_segment(name)?),
             ("GET", ["events"]) => Request::Events(EventsQuery::decode(query)?),
             ("POST", ["cluster", "join"]) => {
                 Request::ClusterJoin(body("POST /v1/cluster/join", body_bytes)?)

@@ -406,7 +406,10 @@ pub fn run(args: DaemonArgs) -> Result<()> {
                 .spawn(move || loop {
                     // Events as they come; timers at least every 250 ms.
                     let applied = match events.recv_timeout(std::time::Duration::from_millis(250)) {
-                        Ok(ev) => ctrl.with(|c| c.handle_cluster_event(ev)),
+                        Ok(ev) => ctrl.with(|c| {
+                            c.handle_cluster_event(ev);
+                            c.sync_policies();
+                        }),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => ctrl.with(|c| c.tick()),
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };

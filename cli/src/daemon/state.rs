@@ -5,10 +5,11 @@
 //!
 //! Records are `postcard` (a stable, specified wire format) behind a
 //! one-byte format version, so a later release can read what this one wrote.
-//! Every change is one redb transaction. Container records are format 2
-//! since they keep the state of `vswitch run`'s process
-//! ([`ProcessState`]); format 1 records are read and rewritten as 2 at
-//! their next change.
+//! Every change is one redb transaction. Container records are format 3
+//! since they keep their labels, format 2 since they keep the state of
+//! `vswitch run`'s process ([`ProcessState`]); format 1 and 2 records are
+//! read and rewritten as 3 at their next change. Policies are a table of
+//! their own, written whole per request.
 //!
 //! Releases up to 89781ca kept published ports in JSON files of their own
 //! (`published/CONTAINER@NETWORK.json`) and the cluster peers in
@@ -178,6 +179,8 @@ const DOCKER: TableDefinition<&str, &[u8]> = TableDefinition::new("docker");
 
 /// CNI attachments ([`CniRecord`]), keyed `CONTAINER_ID/IFNAME`.
 const CNI: TableDefinition<&str, &[u8]> = TableDefinition::new("cni");
+/// Policies (`vswitch policy`), by name.
+const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 
 /// The files of releases up to 89781ca that [`Store::open`] imports.
 const LEGACY_PORTS_DIR: &str = "published";
@@ -255,6 +258,9 @@ pub struct ContainerRecord {
     /// `vswitch run`'s command and what became of it; none for the
     /// containers of `network connect`, Docker and CNI.
     pub process: Option<Process>,
+    /// `--label` values, which policies select by; none for records of
+    /// formats 1 and 2.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The command of a `vswitch run` container.
@@ -320,6 +326,7 @@ impl From<ContainerRecordV1> for ContainerRecord {
             netns: v.netns,
             owns_netns: v.owns_netns,
             created_ms: None,
+            labels: BTreeMap::new(),
             // A pid is a `run -d` process of that release: running for
             // as long as that pid lives.
             process: v.pid.map(|pid| Process {
@@ -335,9 +342,37 @@ impl From<ContainerRecordV1> for ContainerRecord {
     }
 }
 
-/// The format of container records: 2 since they keep their process; 1
-/// ([`ContainerRecordV1`]) is still read.
-const CONTAINER_FORMAT: u8 = 2;
+/// A container as format 2 stored it (releases before policies): no
+/// labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ContainerRecordV2 {
+    name: String,
+    id: String,
+    netns: Option<PathBuf>,
+    owns_netns: bool,
+    created_ms: Option<u64>,
+    process: Option<Process>,
+}
+
+impl From<ContainerRecordV2> for ContainerRecord {
+    fn from(v: ContainerRecordV2) -> ContainerRecord {
+        ContainerRecord {
+            name: v.name,
+            id: v.id,
+            netns: v.netns,
+            owns_netns: v.owns_netns,
+            created_ms: v.created_ms,
+            process: v.process,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The format of container records: 3 since they keep their labels; 2
+/// ([`ContainerRecordV2`], with their process) and 1
+/// ([`ContainerRecordV1`]) are still read.
+const CONTAINER_FORMAT: u8 = 3;
+const CONTAINER_FORMAT_V2: u8 = 2;
 
 fn encode_container(c: &ContainerRecord) -> Vec<u8> {
     let mut out = encode(c);
@@ -354,8 +389,23 @@ fn decode_container(key: &str, bytes: &[u8]) -> Result<ContainerRecord, StateErr
                 reason: e.to_string(),
             })
         }
+        Some((&CONTAINER_FORMAT_V2, rest)) => postcard::from_bytes::<ContainerRecordV2>(rest)
+            .map(ContainerRecord::from)
+            .map_err(|e| StateError::Corrupt {
+                table: "containers",
+                key: key.to_owned(),
+                reason: e.to_string(),
+            }),
         _ => decode::<ContainerRecordV1>("containers", key, bytes).map(ContainerRecord::from),
     }
+}
+
+/// A policy, and when it was added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub policy: switch::policy::Policy,
+    /// RFC 3339.
+    pub created: String,
 }
 
 /// One container's attachment to one network.
@@ -533,6 +583,7 @@ impl Store {
             txn.open_table(PEERS)?;
             txn.open_table(DOCKER)?;
             txn.open_table(CNI)?;
+            txn.open_table(POLICIES)?;
             Ok(())
         })?;
         store.import_legacy(dir)?;
@@ -738,6 +789,27 @@ impl Store {
     /// Deletes a CNI attachment.
     pub fn delete_cni(&self, r: &CniRecord) -> Result<(), StateError> {
         self.delete(CNI, &r.table_key())
+    }
+
+    /// Every policy.
+    pub fn load_policies(&self) -> Result<Vec<PolicyRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.load_table(&txn, POLICIES, "policies")
+    }
+
+    /// Stores policies and deletes others, in one transaction: a set of
+    /// policies is kept whole or not at all.
+    pub fn put_policies(&self, put: &[PolicyRecord], delete: &[&str]) -> Result<(), StateError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(POLICIES)?;
+            for p in put {
+                t.insert(p.policy.name.as_str(), encode(p).as_slice())?;
+            }
+            for name in delete {
+                t.remove(*name)?;
+            }
+            Ok(())
+        })
     }
 
     /// Every CNI attachment.
@@ -1260,7 +1332,7 @@ mod tests {
     }
 
     #[test]
-    fn containers_keep_their_process_and_format_1_is_still_read() {
+    fn containers_keep_their_process_and_labels_and_formats_1_and_2_are_still_read() {
         let dir = tmpdir("containers");
         let exited = ContainerRecord {
             name: "job".into(),
@@ -1268,6 +1340,7 @@ mod tests {
             netns: None,
             owns_netns: false,
             created_ms: Some(1_700_000_000_000),
+            labels: [("app".to_string(), "db".to_string())].into(),
             process: Some(Process {
                 cmd: vec!["sh".into(), "-c".into(), "exit 3".into()],
                 detached: true,
@@ -1306,6 +1379,17 @@ mod tests {
             });
             assert_eq!(v1[0], 1);
             s.put(CONTAINERS, "old", &v1).unwrap();
+            // What the release before policies wrote: format 2.
+            let mut v2 = encode(&ContainerRecordV2 {
+                name: "v2".into(),
+                id: "ef".repeat(32),
+                netns: None,
+                owns_netns: false,
+                created_ms: Some(3),
+                process: None,
+            });
+            v2[0] = 2;
+            s.put(CONTAINERS, "v2", &v2).unwrap();
         }
         let s = Store::open(&dir).unwrap();
         let mut got = s.load().unwrap().containers;
@@ -1319,6 +1403,7 @@ mod tests {
                 netns: Some("/run/netns/old".into()),
                 owns_netns: true,
                 created_ms: None,
+                labels: BTreeMap::new(),
                 process: Some(Process {
                     cmd: Vec::new(),
                     detached: true,
@@ -1330,7 +1415,44 @@ mod tests {
                 }),
             }
         );
-        assert_eq!(got[2], running);
+        assert_eq!(
+            got[2],
+            ContainerRecord {
+                name: "v2".into(),
+                id: "ef".repeat(32),
+                netns: None,
+                owns_netns: false,
+                created_ms: Some(3),
+                process: None,
+                labels: BTreeMap::new(),
+            }
+        );
+        assert_eq!(got[3], running);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn policies_are_kept_and_replaced_in_one_transaction() {
+        let dir = tmpdir("policies");
+        let allow = |name: &str| PolicyRecord {
+            policy: switch::policy::Policy {
+                name: name.into(),
+                rule: switch::policy::Rule::Allow {
+                    from: switch::policy::Peer::parse("front").unwrap(),
+                    to: switch::policy::Peer::parse("back/label=app=db").unwrap(),
+                    ports: vec![switch::policy::PortRange::parse("6379").unwrap()],
+                },
+            },
+            created: "2026-12-08T00:00:00Z".into(),
+        };
+        {
+            let s = Store::open(&dir).unwrap();
+            s.put_policies(&[allow("a"), allow("b")], &[]).unwrap();
+            s.put_policies(&[allow("c")], &["a"]).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let got = s.load_policies().unwrap();
+        assert_eq!(got, vec![allow("b"), allow("c")]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -171,8 +171,7 @@ impl Nat {
                     self.stats.udp_dropped += 1;
                     return;
                 }
-                if !self.egress_open() {
-                    self.stats.egress_denied += 1;
+                if !self.egress_allows(ingress.src, ingress.dst, 17, udp.dst_port()) {
                     return;
                 }
                 if self.flows.len() >= self.limits.max_udp_flows {

@@ -30,8 +30,7 @@ impl Nat {
         let id = match self.echo_tuples.get(&tuple) {
             Some(&id) => id,
             None => {
-                if !self.egress_open() {
-                    self.stats.egress_denied += 1;
+                if !self.egress_allows(ingress.src, ingress.dst, 1, 0) {
                     return;
                 }
                 if self.flows.len() >= self.limits.max_udp_flows {

@@ -121,9 +121,11 @@ use smoltcp::wire::HardwareAddress;
 
 use crate::gateway::GatewayError;
 use crate::offload::{flags, gso, VnetHdr};
+use crate::policy::table::Denials;
+use crate::policy::{PolicyTable, Verdict};
 use crate::stack::{add_addrs, check_interface, new_interface, poll_at, Rng, TxQueue};
 use crate::wire::{IpFrame, IpHeader, IpProtocol, TransportHeader};
-use crate::MacAddr;
+use crate::{MacAddr, NetworkId};
 
 mod addresses;
 mod device;
@@ -709,7 +711,7 @@ impl NatRefusal {
 }
 
 /// [`Nat::classify`]: what the NAT would do with a frame from a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NatDecision {
     /// [`is_for_nat`] does not claim it: it is the gateway's (ARP, NDP,
     /// ICMP to the gateway address, DNS).
@@ -729,6 +731,9 @@ pub enum NatDecision {
     },
     /// Dropped, and counted under this reason.
     Refused(NatRefusal),
+    /// A new flow an egress policy keeps in (counted as `EgressDenied` and
+    /// under the policy's name).
+    Denied(String),
 }
 
 impl Nat {
@@ -792,6 +797,11 @@ pub struct Nat {
     /// answers their SYN (see [`Nat::tcp_write_with`]).
     early: Vec<ConnId>,
     stats: NatStats,
+    /// The network's policies (egress rules, NetworkPolicies' egress), as
+    /// the datapath last set them, with the network's id in them.
+    policy: Option<(NetworkId, Arc<PolicyTable>)>,
+    /// New flows the policies kept in, by policy.
+    denials: Denials,
 }
 
 impl std::fmt::Debug for Nat {
@@ -905,6 +915,8 @@ impl Nat {
             scratch: Vec::new(),
             early: Vec::new(),
             stats: NatStats::default(),
+            policy: None,
+            denials: Denials::default(),
         })
     }
 
@@ -1009,14 +1021,21 @@ impl Nat {
             // A reply to a connection the NAT made from a lent port.
             return NatDecision::Reply;
         }
-        if !self.egress_open() {
-            return NatDecision::Refused(NatRefusal::EgressDenied);
-        }
         let (proto, sport, dport) = match kind {
             FlowKindOf::Tcp(s, d) => (NatProto::Tcp, s, d),
             FlowKindOf::Udp(s, d) => (NatProto::Udp, s, d),
             FlowKindOf::Echo(ident) => (NatProto::IcmpEcho, ident, 0),
         };
+        let number = match proto {
+            NatProto::Tcp => 6,
+            NatProto::Udp => 17,
+            NatProto::IcmpEcho => 1,
+        };
+        match self.egress_verdict(src, dst, number, dport) {
+            Ok(()) => {}
+            Err(None) => return NatDecision::Refused(NatRefusal::EgressDenied),
+            Err(Some(name)) => return NatDecision::Denied(name),
+        }
         NatDecision::Egress {
             proto,
             src: SocketAddr::new(src, sport),
@@ -1024,10 +1043,63 @@ impl Nat {
         }
     }
 
-    /// Whether new flows may leave the network (false on `--internal`
-    /// networks).
-    pub(super) fn egress_open(&self) -> bool {
-        self.egress
+    /// Whether a new flow from `src` to `dst` (protocol `proto`, port
+    /// `dport`) may leave: never from an `--internal` network (`Err(None)`),
+    /// else as the network's policies say (`Err(Some(policy))`).
+    fn egress_verdict(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        dport: u16,
+    ) -> Result<(), Option<String>> {
+        if !self.egress {
+            return Err(None);
+        }
+        match &self.policy {
+            Some((network, table)) => match table.check_egress(*network, src, dst, proto, dport) {
+                Verdict::Allow => Ok(()),
+                Verdict::Deny(name) => Err(Some(table.name(name).to_string())),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// [`Nat::egress_verdict`], counting a refusal: `egress_denied`, and
+    /// by policy.
+    pub(super) fn egress_allows(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        dport: u16,
+    ) -> bool {
+        if !self.egress {
+            self.stats.egress_denied += 1;
+            return false;
+        }
+        let Some((network, table)) = &self.policy else {
+            return true;
+        };
+        match table.check_egress(*network, src, dst, proto, dport) {
+            Verdict::Allow => true,
+            Verdict::Deny(name) => {
+                self.stats.egress_denied += 1;
+                self.denials.count(table, name);
+                false
+            }
+        }
+    }
+
+    /// Sets the policies new egress flows are judged by (flows already
+    /// out stay).
+    pub fn set_policy(&mut self, network: NetworkId, table: Arc<PolicyTable>) {
+        self.policy = Some((network, table));
+    }
+
+    /// New flows the policies kept in, by policy name.
+    pub fn denials(&self) -> &Denials {
+        &self.denials
     }
 
     /// The checks of a frame from a container up to its transport header:

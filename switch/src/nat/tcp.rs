@@ -513,8 +513,7 @@ impl Nat {
                 }
             }
         }
-        if !self.egress_open() {
-            self.stats.egress_denied += 1;
+        if !self.egress_allows(ingress.src, ingress.dst, 6, tcp.dst_port()) {
             return;
         }
         if is_syn && !self.is_gateway(ingress.dst) {

@@ -29,7 +29,8 @@ pub use spec::{
     PolicyError, PortRange, Proto, Rule, Select,
 };
 pub use table::{
-    EndpointInput, EpId, NameId, NetworkInput, PolicyTable, Verdict, Who, DEFAULT_DENY, ISOLATED,
+    Denials, EndpointInput, EpId, NameId, NetworkInput, PolicyTable, Verdict, Who, DEFAULT_DENY,
+    ISOLATED,
 };
 
 #[cfg(test)]

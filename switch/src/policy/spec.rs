@@ -27,7 +27,7 @@ pub struct Policy {
 
 /// What a policy says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", rename_all_fields = "PascalCase")]
 pub enum Rule {
     /// `policy allow`: connections from `from` to `to` (on `ports`, or on
     /// every port and protocol when empty) pass, routed by the gateways
@@ -262,7 +262,7 @@ pub struct K8sRule {
 
 /// A NetworkPolicy peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", rename_all_fields = "PascalCase")]
 pub enum K8sPeer {
     /// `podSelector` and/or `namespaceSelector`: containers with these
     /// labels (all when `None`) in the networks with those labels (the
@@ -426,7 +426,15 @@ fn check_text(what: &'static str, text: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), PolicyError> {
+/// Checks a policy's name as [`Policy::check`] does.
+pub fn check_name(name: &str) -> Result<(), PolicyError> {
+    check_word("policy", name)
+}
+
+/// Checks labels as selectors and containers carry them: at most
+/// [`MAX_ITEMS`], keys not empty, no control characters, at most
+/// [`MAX_NAME`] bytes each.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), PolicyError> {
     if labels.len() > MAX_ITEMS {
         return Err(PolicyError::TooMany("labels"));
     }

@@ -29,7 +29,7 @@ pub const ISOLATED: NameId = 1;
 pub const NETWORK_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A network as the table needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkInput {
     /// Its id in the datapath.
     pub id: NetworkId,
@@ -47,7 +47,7 @@ pub struct NetworkInput {
 }
 
 /// An endpoint (this host's or another's) as the table needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointInput {
     /// Its network.
     pub network: NetworkId,
@@ -601,4 +601,59 @@ fn network_matches(sel: &LabelSelector, n: &NetworkInput) -> bool {
     let mut labels = n.labels.clone();
     labels.insert(NETWORK_NAME_LABEL.to_string(), n.name.clone());
     sel.matches(&labels)
+}
+
+/// Denials counted by policy: a counter per name of the table in force,
+/// the counts of older tables kept by name, so a recompilation loses
+/// nothing. Counting allocates only for the first denial under a new
+/// table.
+#[derive(Debug, Clone, Default)]
+pub struct Denials {
+    generation: Option<u64>,
+    names: Vec<String>,
+    counts: Vec<u64>,
+    retired: BTreeMap<String, u64>,
+}
+
+impl Denials {
+    /// Counts a denial by `name` of `table`.
+    pub fn count(&mut self, table: &PolicyTable, name: NameId) {
+        if self.generation != Some(table.generation()) {
+            self.retire();
+            self.generation = Some(table.generation());
+            self.names = table.names().to_vec();
+            self.counts = vec![0; self.names.len()];
+        }
+        if let Some(c) = self.counts.get_mut(usize::from(name)) {
+            *c += 1;
+        }
+    }
+
+    fn retire(&mut self) {
+        for (name, c) in self.names.iter().zip(&self.counts) {
+            if *c > 0 {
+                *self.retired.entry(name.clone()).or_default() += c;
+            }
+        }
+        self.counts.clear();
+        self.names.clear();
+    }
+
+    /// Every count, by name.
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        let mut out = self.retired.clone();
+        for (name, c) in self.names.iter().zip(&self.counts) {
+            if *c > 0 {
+                *out.entry(name.clone()).or_default() += c;
+            }
+        }
+        out
+    }
+
+    /// Adds these counts to `into`.
+    pub fn add_to(&self, into: &mut BTreeMap<String, u64>) {
+        for (name, c) in self.totals() {
+            *into.entry(name).or_default() += c;
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod ipam;
 mod logs;
 mod network;
 mod output;
+mod policy;
 mod port;
 mod ps;
 mod publish;
@@ -36,6 +37,7 @@ pub use ipam::IpamCmd;
 pub use logs::LogsArgs;
 pub use network::{ConnectArgs, CreateArgs, NetworkCmd, VtepCmd};
 pub use output::Format;
+pub use policy::PolicyCmd;
 pub use port::PortArgs;
 pub use ps::{human_duration, status_line, PsArgs, PsEntry};
 pub use publish::Publish;
@@ -98,6 +100,10 @@ pub enum Command {
     /// What vswitchd recorded (networks, endpoints, containers, ports,
     /// members) and the anomalies it detected; -f follows.
     Events(EventsArgs),
+    /// Policies: what may cross between networks and between containers
+    /// of a network (nothing crosses between networks unless allowed).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Join the cluster through one or more members (IP or IP:PORT).
     JoinCluster(JoinArgs),
     /// Leave the cluster.
@@ -150,6 +156,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Trace(args) => trace::run(&client, args).await,
         Command::Doctor(args) => doctor::run(&client, args).await,
         Command::Events(args) => events::run(&client, args).await.map(|()| 0),
+        Command::Policy(cmd) => policy::run(&client, cmd).await.map(|()| 0),
         Command::JoinCluster(args) => cluster::join(&client, args).await.map(|()| 0),
         Command::Ipam(cmd) => ipam::run(&client, cmd).await.map(|()| 0),
         Command::LeaveCluster => cluster::leave(&client).await.map(|()| 0),

@@ -103,13 +103,21 @@ pub struct ConnectArgs {
     /// The container's network namespace (/run/netns/NAME or /proc/PID/ns/net).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// A label of the container, which policies select by (when the
+    /// container is new); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     #[command(flatten)]
     pub publish: Publish,
     pub network: String,
     pub container: String,
 }
 
-fn key_values(what: &str, items: &[String], need_value: bool) -> Result<BTreeMap<String, String>> {
+pub(super) fn key_values(
+    what: &str,
+    items: &[String],
+    need_value: bool,
+) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
         let (k, v) = match item.split_once('=') {
@@ -253,6 +261,7 @@ pub(super) async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 mac: a.mac,
                 aliases: a.aliases,
                 ports: a.publish.mappings()?,
+                labels: key_values("--label", &a.labels, true)?,
             };
             connect(client, &a.network, &req).await?;
         }

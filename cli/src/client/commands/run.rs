@@ -33,6 +33,9 @@ pub struct RunArgs {
     pub ip6: Option<Ipv6Addr>,
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
+    /// A label of the container, which policies select by; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     #[command(flatten)]
     pub publish: Publish,
     /// The command and its arguments.
@@ -120,6 +123,7 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
         pid: None,
         cmd: a.cmd.clone(),
         detached: a.detach,
+        labels: super::network::key_values("--label", &a.labels, true)?,
     };
     let created = match client
         .call::<api::ContainerInspect>("POST", "/v1/containers", Some(&reg))
@@ -147,6 +151,7 @@ pub(super) async fn run(client: &Client, a: RunArgs) -> Result<i32> {
                     mac: None,
                     aliases: a.aliases.clone(),
                     ports: ports.clone(),
+                    labels: Default::default(),
                 };
                 network::connect(client, &a.network, &req).await?;
                 let servers: Vec<IpAddr> =

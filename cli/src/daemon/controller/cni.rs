@@ -57,6 +57,7 @@ impl ControlPlane {
             mac: a.mac.clone(),
             aliases: a.aliases.clone(),
             ports: a.ports.clone(),
+            labels: Default::default(),
         };
         self.connect_placed(
             &a.key.network,

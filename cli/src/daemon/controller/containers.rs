@@ -386,6 +386,7 @@ impl Controller {
             owns_netns: c.owns_netns,
             created_ms: Some(now_ms()),
             process,
+            labels: c.labels,
         };
         if c.detached {
             let dir = container_log::dir(&self.config.state_dir, &id);
@@ -634,6 +635,7 @@ impl Controller {
                 .unwrap_or_default(),
             network_names,
             log_path,
+            labels: c.labels.clone(),
         })
     }
 }

@@ -143,7 +143,13 @@ impl ControlPlane {
     /// for API requests: undone where it kept an undo list, answered, and
     /// the daemon stops.
     pub fn handle_docker(&self, call: Call) -> Result<Value, ApiError> {
-        match catch_unwind(AssertUnwindSafe(|| self.docker_dispatch(call))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            let result = self.docker_dispatch(call);
+            if let Ok(mut c) = self.lock() {
+                c.sync_policies();
+            }
+            result
+        })) {
             Ok(result) => result,
             Err(panic) => Err(self.panicked(&*panic)),
         }
@@ -239,6 +245,7 @@ impl ControlPlane {
                 mac: Some(MacAddr(ep.mac).to_string()),
                 aliases: Vec::new(),
                 ports: Vec::new(),
+                labels: Default::default(),
             };
             (network, req, ep.ifname.clone(), gateway4, gateway6)
         };

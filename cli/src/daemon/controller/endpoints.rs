@@ -239,6 +239,7 @@ impl Controller {
                     name: req.container.clone(),
                     netns: Some(p.clone()),
                     owns_netns: false,
+                    labels: req.labels.clone(),
                     ..Default::default()
                 };
                 match placement {

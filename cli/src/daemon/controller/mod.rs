@@ -43,6 +43,7 @@ mod networks;
 mod overlay_ipam;
 mod overlay_nets;
 mod plane;
+mod policies;
 mod ports;
 mod restore;
 mod rollback;
@@ -121,6 +122,9 @@ pub(super) struct Network {
     static_vteps: BTreeMap<SocketAddr, PortId>,
     /// Overlays: the cluster-wide allocator (this host's owned ranges).
     alloc: Option<ipam::cluster::ClusterAllocator>,
+    /// Containers of other networks a policy lets this one reach: their
+    /// names resolve here too.
+    extra_dns: Vec<DnsEntry>,
 }
 
 impl Network {
@@ -192,8 +196,10 @@ impl Network {
                 .chain(r.ipv6.map(IpAddr::V6))
                 .collect(),
         });
-        self.zone
-            .store(Arc::new(Zone::new(local.chain(remote).collect::<Vec<_>>())));
+        let extra = self.extra_dns.iter().cloned();
+        self.zone.store(Arc::new(Zone::new(
+            local.chain(remote).chain(extra).collect::<Vec<_>>(),
+        )));
     }
 }
 
@@ -229,6 +235,8 @@ pub struct Controller {
     next_capture: u64,
     /// `vswitch events`: the event log and what it last said of members.
     recorder: events::Recorder,
+    /// `vswitch policy`: the policies and the table in force.
+    policies: policies::Policies,
     /// The most MACs one network's table learns (the anomaly detector
     /// reports a table near it).
     mac_bound: usize,
@@ -249,6 +257,7 @@ impl Controller {
     /// Opens the state, restores networks and endpoints, starts the datapath.
     pub fn start(config: ControllerConfig) -> anyhow::Result<Controller> {
         let store = Store::open(&config.state_dir)?;
+        let stored_policies = store.load_policies()?;
         let (tunnel, gossip_socket) = match &config.cluster {
             Some(cs) => {
                 let tunnel_bind = SocketAddr::new(cs.bind.ip(), cs.tunnel_port);
@@ -309,6 +318,7 @@ impl Controller {
             captures: BTreeMap::new(),
             next_capture: 1,
             recorder: events::Recorder::default(),
+            policies: policies::Policies::load(stored_policies),
             mac_bound: bridge.fdb_max_per_network,
             next_port: 1,
             next_network: 1,
@@ -327,6 +337,7 @@ impl Controller {
                 .map_err(|e| anyhow::anyhow!("creating the predefined network `{name}`: {e}"))?;
             }
         }
+        c.sync_policies();
         Ok(c)
     }
 

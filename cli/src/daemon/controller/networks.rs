@@ -83,6 +83,7 @@ impl Controller {
             vni: n.record.vni,
             peers: None,
             vteps: None,
+            policies: self.policies_of_network(&n.record.name),
         };
         drivers::of(n.record.driver).inspect(self, n, &mut out);
         Ok(out)
@@ -96,14 +97,15 @@ impl Controller {
             )));
         }
         for key in req.options.keys() {
-            if !matches!(key.as_str(), "vni" | "encrypted" | "transport") {
+            if !matches!(key.as_str(), "vni" | "encrypted" | "transport" | "isolate") {
                 return Err(ApiError::bad(format!(
-                    "unknown network option `{key}`; known options: vni=N (overlays, to meet a kernel VTEP), encrypted and transport=udp|quic (overlays)"
+                    "unknown network option `{key}`; known options: isolate=true (containers reach each other only where a policy allows), vni=N (overlays, to meet a kernel VTEP), encrypted and transport=udp|quic (overlays)"
                 )));
             }
         }
         // Malformed values are refused whatever the driver.
         is_encrypted(&req.options)?;
+        super::policies::is_isolated(&req.options)?;
         let driver = drivers::of(req.driver);
         driver.validate(self, &req)?;
         driver.create(self, req)
@@ -229,6 +231,7 @@ impl Controller {
             vteps: BTreeMap::new(),
             static_vteps: BTreeMap::new(),
             alloc: None,
+            extra_dns: Vec::new(),
         };
         if net.is_switched() {
             let id = NetworkId(self.next_network);

@@ -85,7 +85,15 @@ impl ControlPlane {
 
     /// Executes one API request.
     pub fn handle(&self, req: Request) -> Result<Value, ApiError> {
-        match catch_unwind(AssertUnwindSafe(|| self.dispatch(req))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            let result = self.dispatch(req);
+            // Whatever the request changed (endpoints, networks,
+            // labels), the policies follow.
+            if let Ok(mut c) = self.lock() {
+                c.sync_policies();
+            }
+            result
+        })) {
             Ok(result) => result,
             Err(panic) => Err(self.panicked(&*panic)),
         }
@@ -197,6 +205,13 @@ impl ControlPlane {
             Request::VtepAdd(n, v) => to_value(self.lock()?.vtep_add(&n, &v.address)?),
             Request::VtepRemove(n, v) => to_value(self.lock()?.vtep_remove(&n, &v.address)?),
             Request::IpamReclaim(r) => to_value(self.lock()?.ipam_reclaim(&r.host)?),
+            Request::PolicyCreate(p) => to_value(self.lock()?.policy_create(p)?),
+            Request::PolicyList => to_value(self.lock()?.policy_list()?),
+            Request::PolicyInspect(n) => to_value(self.lock()?.policy_inspect(&n)?),
+            Request::PolicyRemove(n) => {
+                self.lock()?.policy_remove(&n)?;
+                to_value(n)
+            }
         }
     }
 

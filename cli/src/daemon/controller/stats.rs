@@ -77,6 +77,19 @@ impl Controller {
                 .map(|(reason, n)| (reason.as_str().to_string(), n))
                 .collect(),
             captures: self.captures_running(),
+            policy_denied: dp.policy.denied.clone(),
+            policy: [
+                ("Flows", dp.policy.flows),
+                ("FlowsOpened", dp.policy.flow_stats.opened),
+                ("FlowsExpired", dp.policy.flow_stats.expired),
+                ("FlowsRevoked", dp.policy.flow_stats.revoked),
+                ("FlowsRefusedFull", dp.policy.flow_stats.full),
+                ("Routed", dp.policy.routed),
+                ("RoutedTtlExpired", dp.policy.ttl_expired),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
             bad_requests: self.bad_requests,
             suppressed: dp.suppressed,
             worker_rx_packets: dp.worker_rx_packets.clone(),

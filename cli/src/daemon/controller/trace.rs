@@ -331,10 +331,58 @@ impl Controller {
         };
         t.trace_bridge(&frame, &what, a, dst_mac, self, net, &names)
             .map_err(fail)?;
+        // The policies, where they look at the frame.
+        let mut hops = &result.hops;
+        let mut hop_net = net;
+        if let Some(p) = &result.policy {
+            let routed = p
+                .routed
+                .and_then(|id| self.networks.values().find(|n| n.id == Some(id)));
+            if let Some(denied) = &p.denied {
+                let why = match (denied.as_str(), routed) {
+                    ("default-deny", Some(to)) => format!(
+                        "nothing crosses from {} to {} unless a policy allows it (`vswitch policy allow --from {} --to {}...`): default-deny",
+                        net.record.name, to.record.name, net.record.name, to.record.name
+                    ),
+                    ("default-deny", None) => format!(
+                        "{dst} is no endpoint a policy lets {} reach: default-deny",
+                        net.record.name
+                    ),
+                    ("isolate", _) => format!(
+                        "network {} is isolated (--opt isolate=true) and no policy allows this pair: isolate",
+                        net.record.name
+                    ),
+                    (name, _) => format!("policy {name} denies it"),
+                };
+                t.fail("policy", why);
+                return Ok((
+                    dst,
+                    TraceVerdict {
+                        network: Some(net.record.name.clone()),
+                        policy: Some(denied.clone()),
+                        ..dropped("policy_denied")
+                    },
+                ));
+            }
+            match routed {
+                Some(to) => {
+                    t.ok(
+                        "policy",
+                        format!(
+                            "a policy lets it cross: routed by the gateway of {} into {}",
+                            net.record.name, to.record.name
+                        ),
+                    );
+                    hops = &p.hops;
+                    hop_net = to;
+                }
+                None => t.ok("policy", "a policy allows it".into()),
+            }
+        }
         // Where it goes.
         let mut verdicts = Vec::new();
-        for (port, hop) in &result.hops {
-            verdicts.push(self.trace_hop(*port, hop, net, dst, req, &names, t));
+        for (port, hop) in hops {
+            verdicts.push(self.trace_hop(*port, hop, hop_net, dst, req, &names, t));
         }
         let verdict = match verdicts.len() {
             0 => dropped("internal"),
@@ -549,6 +597,20 @@ impl Controller {
                 TraceVerdict {
                     network,
                     ..dropped(r.as_str())
+                }
+            }
+            Hop::Gateway(Some(NatDecision::Denied(policy))) => {
+                t.fail(
+                    "policy",
+                    format!(
+                        "egress policy {policy} of network {} keeps it in; `vswitch policy ls` lists the rules",
+                        net.record.name
+                    ),
+                );
+                TraceVerdict {
+                    network,
+                    policy: Some(policy.clone()),
+                    ..dropped("policy_denied")
                 }
             }
             Hop::Gateway(Some(NatDecision::Egress { proto, src, dst })) => {

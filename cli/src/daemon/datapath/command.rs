@@ -95,6 +95,10 @@ pub enum Command {
     },
     /// Reads the counters.
     Stats { reply: mpsc::Sender<DatapathStats> },
+    /// Puts a compiled policy table in force.
+    SetPolicy {
+        table: Arc<switch::policy::PolicyTable>,
+    },
     /// Runs a synthetic frame through the decisions (`vswitch trace`),
     /// changing nothing and sending nothing.
     Trace {
@@ -122,6 +126,7 @@ impl std::fmt::Debug for Command {
             Command::AddRemote { .. } => "AddRemote",
             Command::RemoveRemote { .. } => "RemoveRemote",
             Command::Stats { .. } => "Stats",
+            Command::SetPolicy { .. } => "SetPolicy",
             Command::Trace { .. } => "Trace",
             Command::Shutdown => "Shutdown",
         };

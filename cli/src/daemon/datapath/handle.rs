@@ -337,6 +337,13 @@ impl DatapathHandle {
         })
     }
 
+    /// Puts a compiled policy table in force on every worker.
+    pub fn set_policy(&self, table: Arc<switch::policy::PolicyTable>) -> Result<(), DatapathError> {
+        self.send_all(|| Command::SetPolicy {
+            table: table.clone(),
+        })
+    }
+
     /// Traces a synthetic frame through the first worker's tables (see
     /// `datapath/trace.rs`): nothing is learned, counted or sent.
     pub fn trace(&self, probe: TraceProbe) -> Result<TraceResult, DatapathError> {
@@ -365,6 +372,7 @@ impl DatapathHandle {
             total.tunnel.add(&s.tunnel);
             total.tunnel_rx.add(&s.tunnel_rx);
             total.suppressed += s.suppressed;
+            total.policy.add(&s.policy);
             for (network, n) in s.nat {
                 total.nat.entry(network).or_default().add(&n);
             }

@@ -14,7 +14,11 @@ const HANDOFF_CONNS: usize = 1024;
 /// A frame handed from one worker to another: `[virtio_net_hdr | frame]`
 /// in a buffer of the sender's pool, bound for `port`.
 pub(super) struct Handed {
+    /// Where it goes, or with `ingress`, where it came from.
     pub(super) port: PortId,
+    /// Read from `port` by the other worker, to be switched here (its
+    /// flow is this worker's to judge), rather than delivered to it.
+    pub(super) ingress: bool,
     pub(super) buf: Box<[u8]>,
     pub(super) len: usize,
 }
@@ -68,6 +72,16 @@ impl Handoff {
     /// other worker. False when no buffer is free (it is behind): the
     /// frame is dropped.
     pub(super) fn hand(&self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> bool {
+        self.hand_as(port, false, hdr, frame)
+    }
+
+    /// Copies `[hdr | frame]`, read from `port`, for the other worker to
+    /// switch (see [`Handed::ingress`]). False when no buffer is free.
+    pub(super) fn hand_ingress(&self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> bool {
+        self.hand_as(port, true, hdr, frame)
+    }
+
+    fn hand_as(&self, port: PortId, ingress: bool, hdr: &VnetHdr, frame: &[u8]) -> bool {
         let Ok(mut buf) = self.free.try_recv() else {
             return false;
         };
@@ -78,7 +92,16 @@ impl Handoff {
         hdr.write(&mut buf[..VnetHdr::LEN]);
         buf[VnetHdr::LEN..len].copy_from_slice(frame);
         // The queue holds as many entries as there are buffers: never full.
-        if self.tx.try_send(Handed { port, buf, len }).is_err() {
+        if self
+            .tx
+            .try_send(Handed {
+                port,
+                ingress,
+                buf,
+                len,
+            })
+            .is_err()
+        {
             return false;
         }
         self.queued.set(true);

@@ -86,11 +86,14 @@ impl Datapath {
         let Datapath {
             bridge,
             ports,
+            gateways,
             dirty,
             buf,
             out,
             reply,
             seg,
+            route_buf,
+            policy,
             gro,
             tunnel,
             quic,
@@ -110,7 +113,7 @@ impl Datapath {
                 Some(t) => (&t.rx[buf][start..start + len], coalesce),
                 None => return,
             },
-            Src::Quic { datagram, coalesce } => (&datagram[start..start + len], coalesce),
+            Src::Slice { frame, coalesce } => (&frame[start..start + len], coalesce),
         };
         let from = match ports.get(&ingress) {
             Some(Slot::Tap(_)) => Origin::Local,
@@ -137,6 +140,20 @@ impl Datapath {
                 }
             }
         }
+        let action = bridge.process(ingress, frame, now);
+        let gate = match bridge.network_of(ingress) {
+            Some(network) => policy.gate(
+                ports,
+                network,
+                from,
+                &action,
+                frame,
+                *index,
+                peers.len().max(1),
+                now,
+            ),
+            None => Gate::Pass,
+        };
         let mut out_ctx = Egress {
             ports,
             dirty,
@@ -153,7 +170,41 @@ impl Datapath {
             coalesce,
             now,
         };
-        match bridge.process(ingress, frame, now) {
+        let (action, frame) = match gate {
+            Gate::Pass => (action, frame),
+            Gate::Drop => return,
+            Gate::Hand(owner) => {
+                // The flow is the owner's to judge; dropped if it is behind.
+                if let Some(h) = peers.get(owner).and_then(Option::as_ref) {
+                    let _ = h.hand_ingress(ingress, hdr, frame);
+                }
+                return;
+            }
+            Gate::Route {
+                network,
+                mac,
+                gateway_mac,
+            } => {
+                // Into the other network from its gateway, as a router
+                // would: new MACs, one hop less.
+                let Some(&gateway) = gateways.get(&network) else {
+                    return;
+                };
+                let routed = &mut route_buf[..frame.len()];
+                routed.copy_from_slice(frame);
+                if !policy::route_in_place(routed, mac, gateway_mac) {
+                    policy.ttl_expired += 1;
+                    return;
+                }
+                policy.routed += 1;
+                // Routed frames go out as the container's own would,
+                // through the tunnel too.
+                out_ctx.from = Origin::Local;
+                out_ctx.coalesce = false;
+                (bridge.process(gateway, routed, now), &*routed)
+            }
+        };
+        match action {
             Action::Forward(p) => out_ctx.deliver(p, hdr, frame),
             Action::Flood { network, except } => {
                 for &p in bridge.ports(network) {

@@ -63,6 +63,7 @@ mod handle;
 mod handoff;
 mod ingress;
 mod nat_io;
+mod policy;
 mod stats;
 #[cfg(test)]
 #[allow(unsafe_code)]
@@ -77,9 +78,11 @@ pub use command::Command;
 pub use error::DatapathError;
 pub use handle::DatapathHandle;
 use handoff::{Handoff, HandoffRx};
+pub use policy::PolicyCounters;
+use policy::{Gate, PolicyState};
 pub use stats::{DatapathStats, PortCounters, TunnelCounters};
 use tokens::*;
-pub use trace::{Hop, Neighbor, TraceProbe, TraceResult};
+pub use trace::{Hop, Neighbor, PolicyHop, TraceProbe, TraceResult};
 pub use tunnel::bind_tunnel;
 use tunnel::Tunnel;
 
@@ -170,8 +173,9 @@ enum Src<'a> {
     Out,
     /// The tunnel's receive buffer of that index.
     Tunnel { buf: usize, coalesce: bool },
-    /// A QUIC datagram (outside the datapath's buffers).
-    Quic { datagram: &'a [u8], coalesce: bool },
+    /// Outside the datapath's buffers: a QUIC datagram, a frame another
+    /// worker handed over to be switched here.
+    Slice { frame: &'a [u8], coalesce: bool },
 }
 
 struct Datapath {
@@ -193,6 +197,10 @@ struct Datapath {
     reply: Box<[u8]>,
     /// Where super-frames are segmented.
     seg: Box<[u8]>,
+    /// Where a frame routed into another network is rewritten.
+    route_buf: Box<[u8]>,
+    /// The policies, the flow table, their counters.
+    policy: PolicyState,
     gro: GroRun,
     tunnel: Option<Tunnel>,
     /// The QUIC endpoint and its receive queue (encrypted overlays).

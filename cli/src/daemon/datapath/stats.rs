@@ -77,4 +77,6 @@ pub struct DatapathStats {
     /// TCP connections each worker's NAT shards started (published ports
     /// and egress, every network), one entry per worker.
     pub worker_nat_connections: Vec<u64>,
+    /// Policies: denials by name, flows, frames routed between networks.
+    pub policy: super::PolicyCounters,
 }

@@ -60,7 +60,7 @@ pub enum Neighbor {
 }
 
 /// What happens at one port the frame is switched to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hop {
     /// Written to this TAP.
     Tap,
@@ -87,6 +87,21 @@ pub struct TraceResult {
     pub frame: Option<Decision>,
     /// Each port the frame goes to, and what happens there.
     pub hops: Vec<(PortId, Hop)>,
+    /// What the policies make of it, when they look at it (as they would
+    /// judge the first packet of a flow).
+    pub policy: Option<PolicyHop>,
+}
+
+/// The policies' verdict on a traced frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyHop {
+    /// Routed by the gateway into this network.
+    pub routed: Option<NetworkId>,
+    /// Denied, under this policy name.
+    pub denied: Option<String>,
+    /// Routed and allowed: each port of the other network the routed
+    /// frame goes to ([`TraceResult::hops`] is empty then).
+    pub hops: Vec<(PortId, Hop)>,
 }
 
 impl Datapath {
@@ -98,6 +113,7 @@ impl Datapath {
             neighbor: Neighbor::Unanswered,
             frame: None,
             hops: Vec::new(),
+            policy: None,
         };
         let Some(network) = network else {
             result.frame = Some(self.bridge.decide(t.port, &[], now));
@@ -136,6 +152,15 @@ impl Datapath {
             .map_err(|_| DatapathError::Trace("the probe frame cannot be built"))?;
         let decision = self.bridge.decide(t.port, &frame, now);
         result.frame = Some(decision);
+        if let Action::Forward(p) = decision.action {
+            if let Some(judged) = self.trace_policy(network, p, &frame, now) {
+                let routed_allowed = judged.routed.is_some() && judged.denied.is_none();
+                result.policy = Some(judged);
+                if routed_allowed || result.policy.as_ref().is_some_and(|j| j.denied.is_some()) {
+                    return Ok(result);
+                }
+            }
+        }
         match decision.action {
             Action::Forward(p) => result.hops.push((p, self.hop(p, network, &frame))),
             Action::Flood { network, except } => {
@@ -152,6 +177,59 @@ impl Datapath {
             "a frame dropped before the lookup goes nowhere"
         );
         Ok(result)
+    }
+
+    /// The policies' verdict on `frame` sent by the bridge from `network`
+    /// to port `to`, and for a frame routed into another network and
+    /// allowed, where it goes there.
+    fn trace_policy(
+        &self,
+        network: NetworkId,
+        to: PortId,
+        frame: &[u8],
+        now: Instant,
+    ) -> Option<PolicyHop> {
+        let s = self
+            .policy
+            .subject(&self.ports, network, Origin::Local, to, frame)?;
+        let table = &self.policy.table;
+        let routed = (s.dst_net != network).then_some(s.dst_net);
+        let mut out = PolicyHop {
+            routed,
+            denied: None,
+            hops: Vec::new(),
+        };
+        let target = s.dst.ep.and_then(|e| table.endpoint(e));
+        let verdict = match (routed, target) {
+            (Some(_), None) => switch::policy::Verdict::Deny(switch::policy::DEFAULT_DENY),
+            _ => table.check(s.src, s.dst, s.pkt.proto, s.pkt.dport),
+        };
+        if let switch::policy::Verdict::Deny(name) = verdict {
+            out.denied = Some(table.name(name).to_string());
+            return Some(out);
+        }
+        if let (Some(dnet), Some(ep)) = (routed, target) {
+            let gateway_mac = table.network(dnet).map(|n| n.gateway_mac)?;
+            let gateway = *self.gateways.get(&dnet)?;
+            let mut routed_frame = frame.to_vec();
+            if !super::policy::route_in_place(&mut routed_frame, ep.mac, gateway_mac) {
+                out.denied = Some("ttl".into());
+                return Some(out);
+            }
+            let decision = self.bridge.decide(gateway, &routed_frame, now);
+            match decision.action {
+                Action::Forward(p) => out.hops.push((p, self.hop(p, dnet, &routed_frame))),
+                Action::Flood { network, except } => {
+                    for &p in self.bridge.ports(network) {
+                        if p != except {
+                            out.hops.push((p, self.hop(p, network, &routed_frame)));
+                        }
+                    }
+                }
+                Action::Drop(_) => {}
+            }
+        }
+        Some(out)
     }
 
     /// Who answers a neighbour request for `t.next_hop` that reached the

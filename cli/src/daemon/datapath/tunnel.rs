@@ -275,7 +275,10 @@ impl Datapath {
         // every byte already), as on the UDP tunnel.
         let hdr = offload::partial_checksum(frame).unwrap_or(VnetHdr::NONE);
         self.tunnel_counters.rx_partial_csum += u64::from(hdr.needs_csum());
-        let src = Src::Quic { datagram, coalesce };
+        let src = Src::Slice {
+            frame: datagram,
+            coalesce,
+        };
         self.switch_frame(port, src, at, n, &hdr, now);
     }
 

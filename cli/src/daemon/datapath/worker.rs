@@ -25,6 +25,8 @@ impl Datapath {
             out: vec![0u8; FRAME_BUF].into_boxed_slice(),
             reply: vec![0u8; NEIGHBOR_REPLY_BUF].into_boxed_slice(),
             seg: vec![0u8; SEG_BUF].into_boxed_slice(),
+            route_buf: vec![0u8; FRAME_BUF].into_boxed_slice(),
+            policy: PolicyState::default(),
             gro: GroRun {
                 gro: Gro::new(false),
                 port: None,
@@ -116,6 +118,7 @@ impl Datapath {
         self.service_ready(now);
         self.service_gateways(now);
         self.bridge.handle_timeout(now);
+        self.policy.flows.handle_timeout(now);
         for h in self.peers.iter().flatten() {
             h.flush();
         }
@@ -124,6 +127,9 @@ impl Datapath {
 
     pub(super) fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
         let mut next = self.bridge.poll_timeout();
+        if let Some(t) = self.policy.flows.poll_timeout() {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         for slot in self.ports.values_mut() {
             if let Slot::Gateway(g) = slot {
                 if let Some(t) = g.gateway.as_mut().and_then(|gw| gw.poll_timeout(now)) {
@@ -148,7 +154,24 @@ impl Datapath {
                     break;
                 };
                 if let Ok(hdr) = VnetHdr::parse(&h.buf[..h.len]) {
-                    self.deliver_handed(h.port, &hdr, &h.buf[VnetHdr::LEN..h.len], now);
+                    if h.ingress {
+                        // Read by the other worker, judged by this one's
+                        // flow table: switched here as if read here.
+                        let src = Src::Slice {
+                            frame: &h.buf[..h.len],
+                            coalesce: false,
+                        };
+                        self.switch_frame(
+                            h.port,
+                            src,
+                            VnetHdr::LEN,
+                            h.len - VnetHdr::LEN,
+                            &hdr,
+                            now,
+                        );
+                    } else {
+                        self.deliver_handed(h.port, &hdr, &h.buf[VnetHdr::LEN..h.len], now);
+                    }
                 }
                 let _ = self.handed[i].free.try_send(h.buf);
             }
@@ -320,6 +343,7 @@ impl Datapath {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Command::SetPolicy { table } => self.set_policy(table),
             Command::Trace { probe, reply } => {
                 let _ = reply.send(self.trace(&probe, Instant::now()));
             }
@@ -359,7 +383,7 @@ impl Datapath {
             };
             let gateway = Gateway::new(config, Instant::now()).map_err(DatapathError::from)?;
             let nat = match nat {
-                Some(c) => Some(Nat::new(c, Instant::now()).map_err(DatapathError::from)?),
+                Some(c) => Some(self.new_nat(network, c)?),
                 None => None,
             };
             self.bridge
@@ -394,7 +418,7 @@ impl Datapath {
         nat: Option<NatConfig>,
     ) -> Result<(), DatapathError> {
         let nat = match nat {
-            Some(c) => Some(Nat::new(c, Instant::now()).map_err(DatapathError::from)?),
+            Some(c) => Some(self.new_nat(network, c)?),
             None => None,
         };
         self.bridge
@@ -508,6 +532,26 @@ impl Datapath {
         Some(slot)
     }
 
+    /// A NAT for `network`, judging egress by the policies in force.
+    fn new_nat(&self, network: NetworkId, config: NatConfig) -> Result<Nat, DatapathError> {
+        let mut nat = Nat::new(config, Instant::now()).map_err(DatapathError::from)?;
+        nat.set_policy(network, self.policy.table.clone());
+        Ok(nat)
+    }
+
+    /// Puts a new policy table in force: flows admitted under the old one
+    /// are judged again at their next packet, new egress flows by it.
+    fn set_policy(&mut self, table: Arc<switch::policy::PolicyTable>) {
+        for (network, port) in &self.gateways {
+            if let Some(Slot::Gateway(g)) = self.ports.get_mut(port) {
+                if let Some(nat) = g.nat.as_mut() {
+                    nat.set_policy(*network, table.clone());
+                }
+            }
+        }
+        self.policy.table = table;
+    }
+
     pub(super) fn stats(&self) -> DatapathStats {
         let mut ports = HashMap::new();
         let mut port_drops = HashMap::new();
@@ -542,6 +586,17 @@ impl Datapath {
                     _ => None,
                 })
                 .collect(),
+            policy: {
+                let mut p = self.policy.counters();
+                for slot in self.ports.values() {
+                    if let Slot::Gateway(g) = slot {
+                        if let Some(nat) = &g.nat {
+                            nat.denials().add_to(&mut p.denied);
+                        }
+                    }
+                }
+                p
+            },
             worker_rx_packets: vec![self.tap_rx],
             worker_nat_connections: vec![self
                 .ports
