@@ -348,3 +348,47 @@ fn overlay_metrics_show_members_tunnel_and_suspicion() {
     assert!(must(&t, "vswitch_gossip_members_down_total", &[]) >= 1);
     assert_eq!(must(&t, "vswitch_gossip_members", &[("state", "dead")]), 1);
 }
+
+#[test]
+fn policy_denials_are_counted_by_policy_and_routed_frames_counted() {
+    require_root!();
+    let h = Host::start(&["--metrics-addr", METRICS]);
+    let ns = h.ns.name.clone();
+    let front = h.network("f", &["--subnet", "10.236.1.0/24"]);
+    let back = h.network("b", &["--subnet", "10.236.2.0/24"]);
+    let mut h = h;
+    let a = h.run("a", &front, &[]);
+    let b = h.run("b", &back, &[]);
+    let ip_b = h.ip_of(&b, &back);
+    // Without a policy: denied, under default-deny.
+    let o = ns_exec(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &ip_b]);
+    assert!(!o.status.success(), "crossed without a policy");
+    let denied = scrape(&ns);
+    assert!(
+        must(
+            &denied,
+            "vswitch_policy_denied_total",
+            &[("policy", "default-deny")]
+        ) >= 2
+    );
+    h.vs_ok(&[
+        "policy", "allow", "--from", &front, "--to", &back, "--name", "f-b",
+    ]);
+    let o = ns_exec(&a, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &ip_b]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let after = scrape(&ns);
+    assert_eq!(must(&after, "vswitch_policies", &[]), 1);
+    // Each echo and each reply routed once.
+    assert!(
+        must(&after, "vswitch_routed_frames_total", &[]) >= 6,
+        "{after}"
+    );
+    assert!(
+        must(
+            &after,
+            "vswitch_policy_flow_events_total",
+            &[("event", "opened")]
+        ) >= 1
+    );
+    assert!(must(&after, "vswitch_policy_flows", &[]) >= 1);
+}

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::controller::ControlPlane;
-use super::datapath::{PortCounters, TunnelCounters};
+use super::datapath::{PolicyCounters, PortCounters, TunnelCounters};
 use super::quic::QuicStats;
 
 /// The OpenMetrics content type, for a scraper that asks for it.
@@ -192,6 +192,10 @@ pub struct Snapshot {
     pub events: Vec<(&'static str, u64)>,
     /// Anomalies detected (their starts), by kind.
     pub anomalies: Vec<(&'static str, u64)>,
+    /// Policies: denials by name, flows, frames routed between networks.
+    pub policy: PolicyCounters,
+    /// Policies held.
+    pub policies: u64,
 }
 
 // ---- encoding ------------------------------------------------------------
@@ -364,6 +368,58 @@ pub fn encode_snapshot(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result
             .iter()
             .map(|(k, n)| (vec![("kind", k.to_string())], *n))
             .collect(),
+    )?;
+    encode_policy(s, enc)
+}
+
+fn encode_policy(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let p = &s.policy;
+    gauge(
+        enc,
+        "vswitch_policies",
+        "Policies held (vswitch policy ls).",
+        one(s.policies),
+    )?;
+    counter(
+        enc,
+        "vswitch_policy_denied",
+        "Frames (and new egress flows) policies denied, by policy name (default-deny between networks without an allowance, isolate inside an isolated network).",
+        p.denied
+            .iter()
+            .map(|(name, n)| (vec![("policy", name.clone())], *n))
+            .collect(),
+    )?;
+    gauge(
+        enc,
+        "vswitch_policy_flows",
+        "Flows the policies admitted and the workers hold.",
+        one(p.flows),
+    )?;
+    counter(
+        enc,
+        "vswitch_policy_flow_events",
+        "Flows admitted (opened), aged out or closed (expired), cut by a newer policy table (revoked), refused for a full table (full).",
+        [
+            ("opened", p.flow_stats.opened),
+            ("expired", p.flow_stats.expired),
+            ("revoked", p.flow_stats.revoked),
+            ("full", p.flow_stats.full),
+        ]
+        .into_iter()
+        .map(|(e, n)| (vec![("event", e.to_string())], n))
+        .collect(),
+    )?;
+    counter(
+        enc,
+        "vswitch_routed_frames",
+        "Frames the gateways routed from one network into another.",
+        one(p.routed),
+    )?;
+    counter(
+        enc,
+        "vswitch_routed_ttl_expired",
+        "Frames not routed between networks because their TTL ran out.",
+        one(p.ttl_expired),
     )
 }
 

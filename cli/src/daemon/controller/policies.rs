@@ -174,6 +174,11 @@ impl Controller {
         names.iter().map(|n| self.policy_inspect(n)).collect()
     }
 
+    /// How many policies there are.
+    pub(super) fn policy_count(&self) -> usize {
+        self.policies.records.len()
+    }
+
     /// `GET /v1/policies`.
     pub(super) fn policy_list(&self) -> Result<Vec<api::PolicyInspect>, ApiError> {
         let denied = self.policy_denials();

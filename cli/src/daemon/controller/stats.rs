@@ -213,6 +213,8 @@ impl Controller {
                     .map(|k| (k.as_str(), counts[k.index()]))
                     .collect()
             },
+            policy: dp.policy,
+            policies: self.policy_count() as u64,
         })
     }
 }
