@@ -36,6 +36,8 @@ mod exec;
 mod overlay;
 #[path = "netbench/ovs.rs"]
 mod ovs;
+#[path = "netbench/policy.rs"]
+mod policy;
 #[path = "netbench/pps.rs"]
 mod pps;
 #[path = "netbench/publish.rs"]
@@ -584,6 +586,7 @@ mod tests {
     #[rstest]
     #[case(&[], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev", "vswitch-bridge",
                   "vswitch-nocapture", "vswitch-capture-headers", "vswitch-capture-whole",
+                  "vswitch-samenet", "vswitch-routed",
                   "kernel-vxlan", "ovs-netdev-vxlan", "vswitch-overlay", "vswitch-overlay-encrypted",
                   "socat-relay", "pasta-publish", "vswitch-publish",
                   "pasta-egress", "slirp4netns-egress", "vswitch-egress",
@@ -600,6 +603,7 @@ mod tests {
                            "vswitch-overlay-encrypted"])]
     #[case(&["vswitch-bridge"], &["vswitch-bridge"])]
     #[case(&["capture"], &["vswitch-nocapture", "vswitch-capture-headers", "vswitch-capture-whole"])]
+    #[case(&["policy"], &["vswitch-samenet", "vswitch-routed"])]
     #[case(&["vswitch-overlay", "local"], &["kernel-bridge", "ovs-netdev-tso", "ovs-netdev",
                                             "vswitch-bridge", "vswitch-overlay"])]
     fn only_selects_groups_and_scenarios(#[case] only: &[&str], #[case] want: &[&str]) {

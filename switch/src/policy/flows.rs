@@ -1,8 +1,7 @@
 //! The per-worker flow table: the policy is asked once per flow, its
 //! answer kept (bounded, aged); replies of an admitted flow pass, and ICMP
-//! errors about it. Each flow belongs to one worker, named by a hash of its
-//! tuple that is the same both ways round ([`FlowKey::owner`]), so both
-//! directions are judged against the same entry.
+//! errors about it. The key is the same both ways round ([`FlowKey::of`]),
+//! so both directions of a flow meet the same entry.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -59,30 +58,6 @@ impl FlowKey {
                 false,
             )
         }
-    }
-
-    /// Which of `workers` owns the flow: the same for both directions and
-    /// on every worker (a fixed hash, not the tables' seeded one).
-    pub fn owner(&self, workers: usize) -> usize {
-        if workers <= 1 {
-            return 0;
-        }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
-        eat(&[self.proto]);
-        for (ip, port) in [self.lo, self.hi] {
-            match ip {
-                IpAddr::V4(a) => eat(&a.octets()),
-                IpAddr::V6(a) => eat(&a.octets()),
-            }
-            eat(&port.to_be_bytes());
-        }
-        (h % workers as u64) as usize
     }
 }
 

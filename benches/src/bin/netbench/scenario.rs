@@ -22,6 +22,7 @@ use crate::docker;
 use crate::exec::{in_ns, interrupted, Background, Shell};
 use crate::overlay;
 use crate::ovs;
+use crate::policy;
 use crate::publish;
 use crate::rootless::{RunAs, User};
 use crate::workload::Workload;
@@ -137,6 +138,12 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         }),
         Box::new(capture::VswitchCapture {
             mode: capture::Mode::Whole,
+        }),
+        Box::new(policy::VswitchPolicy {
+            mode: policy::Mode::SameNetwork,
+        }),
+        Box::new(policy::VswitchPolicy {
+            mode: policy::Mode::Routed,
         }),
         Box::new(overlay::KernelVxlan),
         Box::new(ovs::OvsVxlan),

@@ -16,9 +16,10 @@ const HANDOFF_CONNS: usize = 1024;
 pub(super) struct Handed {
     /// Where it goes, or with `ingress`, where it came from.
     pub(super) port: PortId,
-    /// Read from `port` by the other worker, to be switched here (its
-    /// flow is this worker's to judge), rather than delivered to it.
-    pub(super) ingress: bool,
+    /// Read from `port` by another worker whose flow table did not admit
+    /// it, to be switched here (`Some(workers that missed it)`), rather
+    /// than delivered to `port`.
+    pub(super) ingress: Option<u8>,
     pub(super) buf: Box<[u8]>,
     pub(super) len: usize,
 }
@@ -72,16 +73,23 @@ impl Handoff {
     /// other worker. False when no buffer is free (it is behind): the
     /// frame is dropped.
     pub(super) fn hand(&self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> bool {
-        self.hand_as(port, false, hdr, frame)
+        self.hand_as(port, None, hdr, frame)
     }
 
-    /// Copies `[hdr | frame]`, read from `port`, for the other worker to
-    /// switch (see [`Handed::ingress`]). False when no buffer is free.
-    pub(super) fn hand_ingress(&self, port: PortId, hdr: &VnetHdr, frame: &[u8]) -> bool {
-        self.hand_as(port, true, hdr, frame)
+    /// Copies `[hdr | frame]`, read from `port` and missed by `tries`
+    /// workers' flow tables, for the other worker to switch (see
+    /// [`Handed::ingress`]). False when no buffer is free.
+    pub(super) fn hand_ingress(
+        &self,
+        port: PortId,
+        tries: u8,
+        hdr: &VnetHdr,
+        frame: &[u8],
+    ) -> bool {
+        self.hand_as(port, Some(tries), hdr, frame)
     }
 
-    fn hand_as(&self, port: PortId, ingress: bool, hdr: &VnetHdr, frame: &[u8]) -> bool {
+    fn hand_as(&self, port: PortId, ingress: Option<u8>, hdr: &VnetHdr, frame: &[u8]) -> bool {
         let Ok(mut buf) = self.free.try_recv() else {
             return false;
         };

@@ -106,14 +106,18 @@ impl Datapath {
             index,
             ..
         } = self;
-        let (frame, coalesce) = match src {
-            Src::Buf => (&buf[start..start + len], false),
-            Src::Out => (&out[start..start + len], false),
+        let (frame, coalesce, tries) = match src {
+            Src::Buf => (&buf[start..start + len], false, 0),
+            Src::Out => (&out[start..start + len], false, 0),
             Src::Tunnel { buf, coalesce } => match &*tunnel {
-                Some(t) => (&t.rx[buf][start..start + len], coalesce),
+                Some(t) => (&t.rx[buf][start..start + len], coalesce, 0),
                 None => return,
             },
-            Src::Slice { frame, coalesce } => (&frame[start..start + len], coalesce),
+            Src::Slice {
+                frame,
+                coalesce,
+                tries,
+            } => (&frame[start..start + len], coalesce, tries),
         };
         let from = match ports.get(&ingress) {
             Some(Slot::Tap(_)) => Origin::Local,
@@ -150,6 +154,7 @@ impl Datapath {
                 frame,
                 *index,
                 peers.len().max(1),
+                tries,
                 now,
             ),
             None => Gate::Pass,
@@ -173,10 +178,11 @@ impl Datapath {
         let (action, frame) = match gate {
             Gate::Pass => (action, frame),
             Gate::Drop => return,
-            Gate::Hand(owner) => {
-                // The flow is the owner's to judge; dropped if it is behind.
-                if let Some(h) = peers.get(owner).and_then(Option::as_ref) {
-                    let _ = h.hand_ingress(ingress, hdr, frame);
+            Gate::Hand { to, tries } => {
+                // Another worker's flow table may hold its flow; dropped
+                // if that worker is behind.
+                if let Some(h) = peers.get(to).and_then(Option::as_ref) {
+                    let _ = h.hand_ingress(ingress, tries, hdr, frame);
                 }
                 return;
             }

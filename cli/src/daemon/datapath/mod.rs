@@ -174,8 +174,13 @@ enum Src<'a> {
     /// The tunnel's receive buffer of that index.
     Tunnel { buf: usize, coalesce: bool },
     /// Outside the datapath's buffers: a QUIC datagram, a frame another
-    /// worker handed over to be switched here.
-    Slice { frame: &'a [u8], coalesce: bool },
+    /// worker handed over to be switched here (`tries`: how many workers'
+    /// flow tables it missed already, see `policy`).
+    Slice {
+        frame: &'a [u8],
+        coalesce: bool,
+        tries: u8,
+    },
 }
 
 struct Datapath {

@@ -10,16 +10,18 @@
 //!   another host routed: judged again here, as the receiving host).
 //!
 //! Frames the gateways and NATs emit, ARP, and neighbour discovery are
-//! never judged. Each flow's verdict lives on the worker its tuple hashes
-//! to (the same both ways); a frame read by another worker is handed
-//! there first, so both directions meet the same entry.
+//! never judged. Each worker keeps the flows it admitted. A flow's frames
+//! mostly stay on one worker (the kernel sends a flow's replies back on
+//! the TAP queue its frames were written to), but not always: a frame the
+//! policies would deny is first handed to the next worker, whose table
+//! may hold its flow, and dropped (and counted) only once every worker's
+//! table missed it. Frames a policy allows never leave their worker.
 
 use std::collections::BTreeMap;
 
 use switch::policy::packet::Kind;
 use switch::policy::{
-    Denials, FlowKey, FlowPacket, FlowStats, FlowVerdict, Flows, PolicyTable, Verdict, Who,
-    DEFAULT_DENY,
+    Denials, FlowPacket, FlowStats, FlowVerdict, Flows, PolicyTable, Verdict, Who, DEFAULT_DENY,
 };
 
 use super::*;
@@ -43,8 +45,9 @@ pub(super) enum Gate {
     Pass,
     /// Dropped (counted).
     Drop,
-    /// Judged by another worker: hand it there.
-    Hand(usize),
+    /// Not admitted by this worker's flow table: hand it to worker `to`,
+    /// the `tries`th whose table is asked.
+    Hand { to: usize, tries: u8 },
     /// Routed into `network`, to the endpoint whose MAC is `mac`, from
     /// that network's gateway `gateway_mac`.
     Route {
@@ -95,9 +98,9 @@ impl PolicyCounters {
 }
 
 impl PolicyState {
-    /// Judges a frame the bridge decided `action` for, read from `ingress`
-    /// (of `network`, reached from `from`), on worker `index` of
-    /// `workers`.
+    /// Judges a frame the bridge decided `action` for, read from a port
+    /// of `network` (reached from `from`), on worker `index` of `workers`,
+    /// after `tries` other workers' tables missed it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gate(
         &mut self,
@@ -108,6 +111,7 @@ impl PolicyState {
         frame: &[u8],
         index: usize,
         workers: usize,
+        tries: u8,
         now: Instant,
     ) -> Gate {
         if from == Origin::Gateway {
@@ -146,10 +150,6 @@ impl PolicyState {
         else {
             return Gate::Pass;
         };
-        let owner = FlowKey::of(&pkt).0.owner(workers);
-        if owner != index {
-            return Gate::Hand(owner);
-        }
         let table = &*self.table;
         let target = match (dst_net != network, dst.ep.and_then(|e| table.endpoint(e))) {
             (false, _) => None,
@@ -169,6 +169,10 @@ impl PolicyState {
                     gateway_mac,
                 },
                 Some((_, None)) => Gate::Drop,
+            },
+            FlowVerdict::Deny(_) if usize::from(tries) + 1 < workers => Gate::Hand {
+                to: (index + 1) % workers,
+                tries: tries + 1,
             },
             FlowVerdict::Deny(name) => {
                 self.denials.count(table, name);

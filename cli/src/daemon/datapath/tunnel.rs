@@ -278,6 +278,7 @@ impl Datapath {
         let src = Src::Slice {
             frame: datagram,
             coalesce,
+            tries: 0,
         };
         self.switch_frame(port, src, at, n, &hdr, now);
     }

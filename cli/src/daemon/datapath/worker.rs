@@ -154,12 +154,14 @@ impl Datapath {
                     break;
                 };
                 if let Ok(hdr) = VnetHdr::parse(&h.buf[..h.len]) {
-                    if h.ingress {
-                        // Read by the other worker, judged by this one's
-                        // flow table: switched here as if read here.
+                    if let Some(tries) = h.ingress {
+                        // Read by another worker, whose flow table did
+                        // not admit it: switched here, against this
+                        // worker's table, as if read here.
                         let src = Src::Slice {
                             frame: &h.buf[..h.len],
                             coalesce: false,
+                            tries,
                         };
                         self.switch_frame(
                             h.port,
