@@ -10,6 +10,7 @@ pub mod client;
 pub mod cni;
 pub mod container_log;
 pub mod daemon;
+pub mod k8s_policy;
 pub mod netns;
 pub mod probe;
 pub mod rootless;
