@@ -312,3 +312,88 @@ fn malformed_policies_are_refused_whole() {
     let ls = h.vs_json(&["policy", "ls", "--format", "json"]);
     assert_eq!(ls, serde_json::json!([]), "a half-applied request");
 }
+
+#[test]
+fn a_networkpolicy_file_is_applied_whole_with_kubernetes_semantics() {
+    require_root!();
+    let mut h = Host::start(&[]);
+    let front = h.network("front", &["--subnet", "10.240.6.0/24"]);
+    let back = h.network("back", &["--subnet", "10.240.7.0/24"]);
+    let web = h.run("web", &front, &["--label", "app=web"]);
+    let admin = h.run("admin", &front, &["--label", "app=admin"]);
+    let db = h.run("db", &back, &["--label", "app=db"]);
+    let cache = h.run("cache", &back, &["--label", "app=cache"]);
+    let db_ip = h.ip_of(&db, &back);
+    let cache_ip = h.ip_of(&cache, &back);
+    let _redis = peer_echo_tcp(&db, 6379);
+    let _ssh = peer_echo_tcp(&db, 2222);
+    let _cache = peer_echo_tcp(&cache, 80);
+    // Inside back, before any policy, cache reaches every port of db.
+    assert!(connects(&cache, &db_ip, 2222).0);
+
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db-ingress
+  namespace: {back}
+spec:
+  podSelector:
+    matchLabels:
+      app: db
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: cache
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {front}
+      podSelector:
+        matchLabels:
+          app: web
+    ports:
+    - protocol: TCP
+      port: 6379
+"
+    );
+    let file = TempFile(h.dir.join("db.yaml"));
+    std::fs::write(&file.0, &yaml).unwrap();
+    let out = h.vs_ok(&["policy", "apply", "-f", &file.0.display().to_string()]);
+    assert_eq!(out.trim(), format!("{back}.db-ingress"));
+
+    // db takes 6379 from cache and from web across networks; nothing else.
+    assert!(connects(&cache, &db_ip, 6379).0, "cache -> db:6379");
+    assert!(
+        !connect(&cache, &db_ip, 2222).0,
+        "cache -> db:2222, not in the policy"
+    );
+    assert!(
+        connects(&web, &db_ip, 6379).0,
+        "web -> db:6379 by namespace selector"
+    );
+    assert!(
+        !connect(&admin, &db_ip, 6379).0,
+        "admin is not selected by the rule"
+    );
+    // cache is not selected: db still reaches it.
+    assert!(connects(&db, &cache_ip, 80).0, "db -> cache, not isolated");
+    assert!(denied(&h, &format!("{back}.db-ingress")) > 0);
+
+    // A file with one bad document changes nothing.
+    let bad = format!("{yaml}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: x\n  namespace: {back}\nspec:\n  podSelector: {{}}\n  ingress:\n  - ports:\n    - port: http\n");
+    std::fs::write(&file.0, &bad).unwrap();
+    let o = h.vs(&["policy", "apply", "-f", &file.0.display().to_string()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("named port"), "{}", stderr(&o));
+    let ls = h.vs_json(&["policy", "ls", "--format", "json"]);
+    assert_eq!(ls.as_array().map(Vec::len), Some(1), "{ls}");
+    assert_eq!(ls[0]["Kind"], "NetworkPolicy");
+
+    // Applied again unchanged: the same, no error. Removed: open again.
+    std::fs::write(&file.0, &yaml).unwrap();
+    h.vs_ok(&["policy", "apply", "-f", &file.0.display().to_string()]);
+    h.vs_ok(&["policy", "rm", &format!("{back}.db-ingress")]);
+    assert!(connects(&cache, &db_ip, 2222).0, "after policy rm");
+}

@@ -1,5 +1,8 @@
 //! `vswitch policy`: what may cross between networks and containers.
 
+use std::io::Read;
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -19,6 +22,13 @@ pub enum PolicyCmd {
     /// Allow or deny what leaves a network through its NAT, by destination
     /// (the longest prefix wins; default allow).
     Egress(EgressArgs),
+    /// Apply Kubernetes NetworkPolicies (networking.k8s.io/v1, YAML or
+    /// JSON; the namespace is the vswitch network), all or none.
+    Apply {
+        /// The file, or - for standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
     /// List the policies.
     #[command(alias = "list")]
     Ls {
@@ -140,10 +150,51 @@ async fn create(client: &Client, policies: Vec<Policy>, replace: bool) -> Result
     Ok(())
 }
 
+fn read_file(path: &PathBuf) -> Result<String> {
+    // Refused past what the reader takes.
+    let mut text = String::new();
+    let limit = crate::k8s_policy::MAX_TEXT as u64;
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(limit + 1)
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit + 1).read_to_string(&mut text))
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    if text.len() as u64 > limit {
+        bail!("{} is larger than 1 MiB", path.display());
+    }
+    Ok(text)
+}
+
 pub(super) async fn run(client: &Client, cmd: PolicyCmd) -> Result<()> {
     match cmd {
         PolicyCmd::Allow(a) => create(client, vec![allow_policy(a)?], false).await,
         PolicyCmd::Egress(a) => create(client, vec![egress_policy(a)?], false).await,
+        PolicyCmd::Apply { file } => {
+            let text = read_file(&file)?;
+            let policies = crate::k8s_policy::parse(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}", file.display()))?;
+            // Kubernetes names are unique in a namespace; vswitch's in the
+            // host: NETWORK.NAME, as `kubectl -n NETWORK` would say it.
+            let policies: Vec<Policy> = policies
+                .into_iter()
+                .map(|mut p| {
+                    if let Rule::Kubernetes(np) = &p.rule {
+                        p.name = format!("{}.{}", np.network, p.name);
+                    }
+                    p
+                })
+                .collect();
+            if policies.is_empty() {
+                bail!("{} holds no NetworkPolicy", file.display());
+            }
+            create(client, policies, true).await
+        }
         PolicyCmd::Ls { format } => {
             let list: Vec<PolicyInspect> = client.get("/v1/policies").await?;
             if format == Format::Json {
