@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 use crate::scenario::{
     Deployment, Endpoints, Env, Netns, Scenario, VswitchHost, A_IP, B_IP, MTU, SUBNET,
 };
+use crate::workload::Workload;
 use crate::Error;
 
 /// B's network in the routed scenario.
@@ -63,6 +64,12 @@ impl Scenario for VswitchPolicy {
             Mode::SameNetwork => "two `vswitch run` containers on one bridge network",
             Mode::Routed => "the same two on two bridge networks, with `vswitch policy allow --from A's --to B's` (routed by the gateways, judged per flow)",
         }
+    }
+
+    fn workloads(&self) -> Vec<Workload> {
+        let mut w = Workload::all();
+        w.push(Workload::Redis);
+        w
     }
 
     fn setup(&self, env: &Env) -> Result<Box<dyn Deployment>, Error> {

@@ -18,6 +18,11 @@ pub const IPERF_PORT: u16 = 5201;
 /// The connection-rate echo server's port; the publish group publishes it.
 pub const ECHO_PORT: u16 = 5202;
 const SOCKPERF_PORT: u16 = 11111;
+/// redis-server's port in B (redis workload).
+const REDIS_PORT: u16 = 6379;
+/// redis-benchmark's clients at once and requests per test.
+const REDIS_CLIENTS: u32 = 50;
+const REDIS_REQUESTS_PER_SECOND_OF_RUN: u32 = 20_000;
 /// The 64-byte packet-rate receiver's UDP port.
 pub const PPS_PORT: u16 = 5203;
 const PING_COUNT: u32 = 200;
@@ -120,6 +125,20 @@ pub const METRICS: &[Metric] = &[
         decimals: 2,
     },
     Metric {
+        key: "redis_set_rps",
+        label: "redis SET requests/s (redis-benchmark, 50 clients)",
+        unit: "req/s",
+        better: Better::Higher,
+        decimals: 0,
+    },
+    Metric {
+        key: "redis_get_rps",
+        label: "redis GET requests/s (redis-benchmark, 50 clients)",
+        unit: "req/s",
+        better: Better::Higher,
+        decimals: 0,
+    },
+    Metric {
         key: "tcp_up_gbps",
         label: "TCP upload, 1 stream (iperf3)",
         unit: "Gbit/s",
@@ -152,6 +171,8 @@ pub enum Workload {
     /// 64-byte frames (UDP, 18 bytes of payload) from A to B as fast as
     /// they go, `sendmmsg`/`recvmmsg` (netbench's own ends, see `pps.rs`).
     PacketRate,
+    /// redis-benchmark SET and GET from A against a redis-server in B.
+    Redis,
 }
 
 /// What one workload measured.
@@ -175,6 +196,7 @@ impl Workload {
             Workload::ConnectRate,
             Workload::TcpDownload,
             Workload::TcpUpload,
+            Workload::Redis,
         ]);
         v
     }
@@ -201,6 +223,7 @@ impl Workload {
             Workload::TcpUpload => "iperf3 TCP upload".into(),
             Workload::TcpStreamLoopback => "iperf3 TCP -P 1 via loopback".into(),
             Workload::PacketRate => "UDP 64-byte flood".into(),
+            Workload::Redis => "redis-benchmark SET/GET".into(),
         }
     }
 
@@ -213,6 +236,7 @@ impl Workload {
             Workload::ConnectRate => "netbench",
             Workload::TcpDownload | Workload::TcpUpload | Workload::TcpStreamLoopback => "iperf3",
             Workload::PacketRate => "netbench",
+            Workload::Redis => "redis-benchmark",
         }
     }
 
@@ -228,6 +252,7 @@ impl Workload {
             Workload::TcpUpload => &["tcp_up_gbps"],
             Workload::TcpStreamLoopback => &["tcp_lo_gbps"],
             Workload::PacketRate => &["udp64_kpps"],
+            Workload::Redis => &["redis_set_rps", "redis_get_rps"],
         }
     }
 
@@ -421,6 +446,61 @@ impl Workload {
                         "p99_rtt_us": r.p99_us,
                         "max_rtt_us": r.max_us,
                         "observations": r.observations,
+                    }),
+                })
+            }
+            Workload::Redis => {
+                let port = REDIS_PORT.to_string();
+                let mut server = sh.spawn(
+                    &in_ns(
+                        &ep.b_ns,
+                        &[
+                            "redis-server",
+                            "--port",
+                            &port,
+                            "--bind",
+                            &ep.server_ip.to_string(),
+                            "--protected-mode",
+                            "no",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                        ],
+                    ),
+                    &format!("redis-server-{}", ep.b_ns),
+                )?;
+                wait_listening(&mut server, "redis-server", REDIS_PORT, SERVER_START)?;
+                let requests = (REDIS_REQUESTS_PER_SECOND_OF_RUN * duration).to_string();
+                let out = sh.ok(
+                    &in_ns(
+                        &ep.a_ns,
+                        &[
+                            "redis-benchmark",
+                            "-h",
+                            &b_ip,
+                            "-p",
+                            &port,
+                            "-c",
+                            &REDIS_CLIENTS.to_string(),
+                            "-n",
+                            &requests,
+                            "-t",
+                            "set,get",
+                            "--csv",
+                        ],
+                    ),
+                    limit,
+                )?;
+                let r = parse_redis_benchmark(&out)?;
+                Ok(Measured {
+                    note: None,
+                    values: vec![("redis_set_rps", r.0), ("redis_get_rps", r.1)],
+                    detail: json!({
+                        "set_rps": r.0,
+                        "get_rps": r.1,
+                        "clients": REDIS_CLIENTS,
+                        "requests": requests,
                     }),
                 })
             }
@@ -842,5 +922,35 @@ rtt min/avg/max/mdev = 0.050/0.352/1.200/0.490 ms
                 .sum::<usize>(),
             METRICS.len()
         );
+    }
+}
+
+/// Requests per second of SET and GET from `redis-benchmark --csv`
+/// (`"SET","33613.45",...` lines after a header).
+fn parse_redis_benchmark(out: &str) -> Result<(f64, f64), Error> {
+    let rps = |test: &str| {
+        out.lines()
+            .filter_map(|l| {
+                let mut cols = l.split(',').map(|c| c.trim_matches('"'));
+                (cols.next()? == test).then(|| cols.next()?.parse::<f64>().ok())?
+            })
+            .next()
+            .ok_or_else(|| Error::Parse {
+                tool: "redis-benchmark",
+                what: format!("no {test} line in: {out}"),
+            })
+    };
+    Ok((rps("SET")?, rps("GET")?))
+}
+
+#[cfg(test)]
+mod redis_tests {
+    use super::*;
+
+    #[test]
+    fn redis_benchmark_csv_is_read() {
+        let out = "\"test\",\"rps\",\"avg_latency_ms\"\n\"SET\",\"33613.45\",\"0.408\"\n\"GET\",\"35587.19\",\"0.394\"\n";
+        assert_eq!(parse_redis_benchmark(out).unwrap(), (33613.45, 35587.19));
+        assert!(parse_redis_benchmark("\"SET\",\"1\"").is_err());
     }
 }
