@@ -64,6 +64,18 @@ fuzz_target!(|data: &[u8]| {
                     Some(Request::Events(*q))
                 );
             }
+            Request::PolicyCreate(c) => {
+                // Every policy that decodes is whole and named once.
+                assert!(!c.policies.is_empty());
+                let mut names = std::collections::BTreeSet::new();
+                for p in &c.policies {
+                    assert!(p.check().is_ok());
+                    assert!(names.insert(p.name.clone()));
+                }
+            }
+            Request::PolicyInspect(n) | Request::PolicyRemove(n) => {
+                assert!(switch::policy::spec::check_name(n).is_ok())
+            }
             _ => {}
         }
     }
