@@ -125,6 +125,7 @@ fuzz_target!(|input: &[u8]| {
                             mac: [2, 0x42, 0, 0, 0, n],
                             ipv4: Some(Ipv4Addr::new(10, 0, 0, n)),
                             ipv6: None,
+                            labels: [("app".into(), format!("a{}", n % 3))].into(),
                         };
                         gossip
                             .publish_endpoint(&format!("e{n}"), record, now)

@@ -147,6 +147,8 @@ pub struct PublishedEndpoint {
     pub ipv4: Option<Ipv4Addr>,
     /// IPv6 address.
     pub ipv6: Option<Ipv6Addr>,
+    /// The container's labels, which other hosts' policies select by.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One replicated change.
@@ -594,10 +596,7 @@ impl Directory {
         key: &str,
         record: PublishedEndpoint,
     ) -> Result<Delta, DirectoryError> {
-        let local = &self.origins[&self.local];
-        if !local.entries.contains_key(key) && local.entries.len() >= MAX_ENDPOINTS_PER_ORIGIN {
-            return Err(DirectoryError::Full(MAX_ENDPOINTS_PER_ORIGIN, "endpoints"));
-        }
+        self.endpoint_room(key)?;
         let delta = Delta::Endpoint {
             origin: self.local.clone(),
             generation: self.generation,
@@ -608,6 +607,33 @@ impl Directory {
         check_len(&delta, "the endpoint record")?;
         self.seq += 1;
         Ok(delta)
+    }
+
+    /// Whether this host's endpoint `key` could be published as `record`:
+    /// the table has room for it and its change fits in a gossip packet.
+    /// Changes nothing.
+    pub fn endpoint_check(
+        &self,
+        key: &str,
+        record: &PublishedEndpoint,
+    ) -> Result<(), DirectoryError> {
+        self.endpoint_room(key)?;
+        let delta = Delta::Endpoint {
+            origin: self.local.clone(),
+            generation: u64::MAX,
+            seq: u64::MAX,
+            key: key.to_owned(),
+            record: Some(record.clone()),
+        };
+        check_len(&delta, "the endpoint record")
+    }
+
+    fn endpoint_room(&self, key: &str) -> Result<(), DirectoryError> {
+        let local = &self.origins[&self.local];
+        if !local.entries.contains_key(key) && local.entries.len() >= MAX_ENDPOINTS_PER_ORIGIN {
+            return Err(DirectoryError::Full(MAX_ENDPOINTS_PER_ORIGIN, "endpoints"));
+        }
+        Ok(())
     }
 
     /// The change that withdraws this host's endpoint `key`, if published.
@@ -1324,6 +1350,7 @@ mod tests {
             mac: [0x02, 0x42, 0, 0, 0, last],
             ipv4: Some(Ipv4Addr::new(10, 10, 0, last)),
             ipv6: None,
+            labels: [("app".to_owned(), name.to_owned())].into(),
         }
     }
 
@@ -1536,6 +1563,34 @@ mod tests {
             d.endpoint_upsert("e", r),
             Err(DirectoryError::TooLarge { .. })
         ));
+        // Labels count too.
+        let mut r = record("n", "x", 1);
+        r.labels = (0..40)
+            .map(|i| (format!("label-key-{i}"), format!("value-{i}")))
+            .collect();
+        assert!(matches!(
+            d.endpoint_upsert("e", r.clone()),
+            Err(DirectoryError::TooLarge { .. })
+        ));
+        // Checking says so before anything is set up, and a refused
+        // record takes no sequence number.
+        let mut big = record("n", "x", 1);
+        big.labels = r.labels;
+        assert!(d.endpoint_check("e", &big).is_err());
+        assert!(d.endpoint_check("e", &record("n", "x", 1)).is_ok());
+        let ok = d.endpoint_upsert("e", record("n", "x", 1)).unwrap();
+        assert!(matches!(ok, Delta::Endpoint { seq: 1, .. }));
+    }
+
+    #[test]
+    fn remote_labels_are_published_with_the_endpoint() {
+        let mut a = Directory::new("a", 1, t0());
+        let mut b = Directory::new("b", 1, t0());
+        b.member_alive("a", 1);
+        let delta = a.endpoint_upsert("e1", record("n", "db", 3)).unwrap();
+        assert_eq!(b.apply(delta, false), Applied::New);
+        let labels = &b.endpoint("a", "e1").unwrap().labels;
+        assert_eq!(labels.get("app").map(String::as_str), Some("db"));
     }
 
     #[test]

@@ -1629,6 +1629,7 @@ mod tests {
             mac: [0x02, 0x42, 0, 0, 0, i],
             ipv4: Some(Ipv4Addr::new(10, 9, 0, i)),
             ipv6: None,
+            labels: [("role".to_owned(), format!("r{i}"))].into(),
         }
     }
 

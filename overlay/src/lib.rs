@@ -38,7 +38,8 @@ pub mod tunnel;
 pub mod vxlan;
 
 pub use directory::{
-    Directory, DirectoryEvent, IpamConfig, NetVersion, NetworkSpec, PublishedEndpoint,
+    Directory, DirectoryError, DirectoryEvent, IpamConfig, NetVersion, NetworkSpec,
+    PublishedEndpoint,
 };
 pub use gossip::{
     Gossip, GossipConfig, GossipEvent, GossipStats, MemberInfo, MemberMeta, MemberState,

@@ -21,7 +21,7 @@ use switch::{MacAddr, NetworkId};
 
 use super::{
     internal, now_rfc3339, random_id, random_u64, ApiError, ClusterSettings, Controller,
-    NetworkRecord,
+    EndpointRecord, NetworkRecord,
 };
 use crate::api::{self, Driver, SubnetSpec};
 use crate::daemon::gossip::GossipThread;
@@ -430,6 +430,54 @@ impl Controller {
         Ok(())
     }
 
+    /// What this host publishes of its endpoint `ep` on overlay `network`.
+    fn published_endpoint(
+        &self,
+        network: &NetworkRecord,
+        ep: &EndpointRecord,
+    ) -> overlay::PublishedEndpoint {
+        overlay::PublishedEndpoint {
+            network: network.id.clone(),
+            container: ep.container.clone(),
+            aliases: ep.aliases.clone(),
+            mac: ep.mac,
+            ipv4: ep.ipv4.map(|a| a.addr()),
+            ipv6: ep.ipv6.map(|a| a.addr()),
+            // Other hosts' policies select it by them.
+            labels: self
+                .containers
+                .get(&ep.container)
+                .map(|c| c.labels.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Refuses, before anything is set up, an endpoint of overlay
+    /// `network` whose record the cluster directory could not carry.
+    pub(super) fn check_publishable(
+        &self,
+        network: &str,
+        ep: &EndpointRecord,
+    ) -> Result<(), ApiError> {
+        let (Some(cluster), Some(net)) = (&self.gossip, self.networks.get(network)) else {
+            return Ok(());
+        };
+        let record = self.published_endpoint(&net.record, ep);
+        let checked = cluster.with(|g, _| g.directory().endpoint_check(&ep.id, &record));
+        match checked {
+            Ok(()) => Ok(()),
+            Err(overlay::DirectoryError::TooLarge { len, .. }) => Err(ApiError::bad(format!(
+                "container `{}` on overlay `{network}` would be published as {len} bytes, and at most {} fit in a gossip packet; give it fewer or shorter labels and aliases",
+                ep.container,
+                overlay::directory::MAX_DELTA_LEN
+            ))),
+            Err(e) => Err(ApiError::conflict(format!(
+                "container `{}` cannot be published on overlay `{network}`: {e}",
+                ep.container
+            ))),
+        }
+    }
+
     /// Publishes a local endpoint of an overlay network.
     pub(super) fn publish_local_endpoint(&mut self, network: &str, container: &str) {
         let (Some(cluster), Some(net)) = (&self.gossip, self.networks.get(network)) else {
@@ -438,14 +486,7 @@ impl Controller {
         let Some(ep) = net.endpoints.get(container) else {
             return;
         };
-        let record = overlay::PublishedEndpoint {
-            network: net.record.id.clone(),
-            container: container.to_string(),
-            aliases: ep.record.aliases.clone(),
-            mac: ep.record.mac,
-            ipv4: ep.record.ipv4.map(|a| a.addr()),
-            ipv6: ep.record.ipv6.map(|a| a.addr()),
-        };
+        let record = self.published_endpoint(&net.record, &ep.record);
         let key = ep.record.id.clone();
         if let Err(e) = cluster.with(|g, now| g.publish_endpoint(&key, record, now)) {
             tracing::warn!(container, network, error = %e, "publishing endpoint");

@@ -348,7 +348,8 @@ impl Controller {
                 endpoints.push(EndpointInput {
                     network: id,
                     container: r.container.clone(),
-                    labels: BTreeMap::new(),
+                    // As its host published them.
+                    labels: r.labels.clone(),
                     mac: MacAddr(r.mac),
                     ips,
                 });
