@@ -560,6 +560,9 @@ impl Controller {
                     self.resync_overlay(&name);
                 }
             }
+            GossipEvent::Directory(
+                D::PolicyUpsert { name, .. } | D::PolicyRemoved { name, .. },
+            ) => tracing::debug!(policy = %name, "cluster-wide policies are not applied yet"),
         }
     }
 
