@@ -118,8 +118,8 @@ impl Controller {
             .collect()
     }
 
-    /// After a restart: publish this host's endpoints again and rejoin the
-    /// peers it knew.
+    /// After a restart: publish this host's endpoints and cluster-wide
+    /// policies again and rejoin the peers it knew.
     pub(super) fn rejoin_cluster(&mut self) {
         if self.gossip.is_none() {
             return;
@@ -131,6 +131,7 @@ impl Controller {
                 self.publish_local_endpoint(name, &c);
             }
         }
+        self.publish_cluster_policies();
         let peers: Vec<String> = match self.store.peers() {
             Ok(p) => p.iter().map(SocketAddr::to_string).collect(),
             Err(e) => {
@@ -560,9 +561,12 @@ impl Controller {
                     self.resync_overlay(&name);
                 }
             }
-            GossipEvent::Directory(
-                D::PolicyUpsert { name, .. } | D::PolicyRemoved { name, .. },
-            ) => tracing::debug!(policy = %name, "cluster-wide policies are not applied yet"),
+            GossipEvent::Directory(D::PolicyUpsert {
+                name,
+                version,
+                bytes,
+            }) => self.apply_cluster_policy(&name, version, &bytes),
+            GossipEvent::Directory(D::PolicyRemoved { name }) => self.remove_cluster_policy(&name),
         }
     }
 
