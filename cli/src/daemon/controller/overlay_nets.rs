@@ -8,6 +8,12 @@
 //! computes what the datapath should hold for a network from it and applies
 //! the difference, so any event (a member up or down, an endpoint published
 //! or withdrawn, a network created elsewhere) is handled the same way.
+//!
+//! A host has a tunnel port on a network for each other host with
+//! endpoints there, and for each host with endpoints on an overlay the
+//! policies route into this one (or back): what such a host's gateway
+//! routes arrives on this network's VNI, and only a tunnel port's host is
+//! admitted. Broadcasts of the network reach those hosts too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -559,6 +565,10 @@ impl Controller {
             | GossipEvent::Directory(D::EndpointRemoved { record, .. }) => {
                 if let Some(name) = self.network_name_by_id(&record.network) {
                     self.resync_overlay(&name);
+                    // Its host may route from this network into others.
+                    for other in self.routed_with(&name) {
+                        self.resync_overlay(&other);
+                    }
                 }
             }
             GossipEvent::Directory(D::PolicyUpsert {
@@ -609,7 +619,7 @@ impl Controller {
             .map(|n| n.record.name.clone())
     }
 
-    fn resync_all_overlays(&mut self) {
+    pub(super) fn resync_all_overlays(&mut self) {
         let names = self.overlay_names();
         for n in names {
             self.resync_overlay(&n);
@@ -631,23 +641,35 @@ impl Controller {
         let id = net.record.id.clone();
         let encrypted = super::is_encrypted(&net.record.options).unwrap_or(true);
         let local = self.config.node_name.clone();
+        // The overlays whose containers the policies route into this one.
+        let routed: Vec<String> = self
+            .routed_with(name)
+            .iter()
+            .filter_map(|n| Some(self.networks.get(n)?.record.id.clone()))
+            .collect();
         // What should be: remote endpoints of live hosts, and where each
-        // host's tunnel ends.
-        let (want, tunnels) = cluster.with(|g, _| {
-            let want: BTreeMap<(String, String), overlay::PublishedEndpoint> = {
-                let dir = g.directory();
-                dir.endpoints_on(&id)
-                    .filter(|e| e.host != local)
-                    .map(|e| ((e.host.to_string(), e.key.to_string()), e.record.clone()))
-                    .collect()
-            };
+        // host's tunnel ends; hosts that route frames into this network
+        // have a tunnel port on it too, or what they send is not admitted.
+        let (want, routers, tunnels) = cluster.with(|g, _| {
+            let dir = g.directory();
+            let want: BTreeMap<(String, String), overlay::PublishedEndpoint> = dir
+                .endpoints_on(&id)
+                .filter(|e| e.host != local)
+                .map(|e| ((e.host.to_string(), e.key.to_string()), e.record.clone()))
+                .collect();
+            let routers: BTreeSet<String> = routed
+                .iter()
+                .flat_map(|other| dir.endpoints_on(other).map(|e| e.host.to_string()))
+                .filter(|h| *h != local)
+                .collect();
+            drop(dir);
             let tunnels: BTreeMap<String, MemberTunnel> = g
                 .members()
                 .into_iter()
                 .filter(|m| !m.local && m.state != overlay::MemberState::Down)
                 .map(|m| (m.meta.name.clone(), MemberTunnel::of(&m.meta)))
                 .collect();
-            (want, tunnels)
+            (want, routers, tunnels)
         });
         tracing::debug!(
             network = name,
@@ -659,8 +681,12 @@ impl Controller {
             .into_iter()
             .filter(|((host, _), _)| tunnels.contains_key(host))
             .collect();
-        let want_hosts: BTreeMap<String, MemberTunnel> =
-            want.keys().map(|(h, _)| (h.clone(), tunnels[h])).collect();
+        let want_hosts: BTreeMap<String, MemberTunnel> = want
+            .keys()
+            .map(|(h, _)| h)
+            .chain(routers.iter().filter(|h| tunnels.contains_key(*h)))
+            .map(|h| (h.clone(), tunnels[h]))
+            .collect();
 
         let net = self.networks.get_mut(name).expect("checked");
         // Endpoints that went away (or changed).

@@ -23,7 +23,7 @@
 //! meanwhile wins and comes back here through anti-entropy. A policy naming
 //! a network of this host alone stays here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -52,6 +52,10 @@ pub(super) struct Policies {
     /// network of this host alone, or clashing with a policy of this host
     /// alone.
     pub(super) refused: u64,
+    /// Pairs of overlays (by name, both ways round) between which the
+    /// table in force routes something: a host with containers on one may
+    /// send frames into the other, so it gets a tunnel port there.
+    routes: BTreeSet<(String, String)>,
 }
 
 impl Policies {
@@ -538,9 +542,49 @@ impl Controller {
                 net.publish_zone();
             }
         }
+        let routes = self.overlay_routes(&table);
         self.policies.table = table;
         self.policies.inputs = Some((networks, endpoints));
         self.policies.stale = false;
+        if routes != self.policies.routes {
+            self.policies.routes = routes;
+            self.resync_all_overlays();
+        }
+    }
+
+    /// The pairs of overlays between which `table` routes something, both
+    /// ways round (replies are routed back).
+    fn overlay_routes(&self, table: &PolicyTable) -> BTreeSet<(String, String)> {
+        let overlay = |id: switch::NetworkId| {
+            self.networks
+                .values()
+                .find(|n| n.id == Some(id) && n.record.driver == Driver::Overlay)
+                .map(|n| n.record.name.clone())
+        };
+        let mut routes = BTreeSet::new();
+        for (from, eps) in table.reachable() {
+            let Some(from) = overlay(from) else { continue };
+            let to: BTreeSet<switch::NetworkId> = eps
+                .iter()
+                .filter_map(|ep| Some(table.endpoint(*ep)?.network))
+                .collect();
+            for to in to.into_iter().filter_map(overlay) {
+                routes.insert((to.clone(), from.clone()));
+                routes.insert((from.clone(), to));
+            }
+        }
+        routes
+    }
+
+    /// The overlays from which the policies route frames into overlay
+    /// `network` (or back).
+    pub(super) fn routed_with(&self, network: &str) -> Vec<String> {
+        self.policies
+            .routes
+            .iter()
+            .filter(|(a, _)| a == network)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
     /// The policy table's inputs: every switched network, every endpoint
