@@ -865,6 +865,10 @@ pub struct PolicyInspect {
     /// that is not there waits for it).
     #[serde(rename = "Active")]
     pub active: bool,
+    /// `global` for a policy every host of the cluster holds (it names
+    /// only overlays), `local` for one of this host alone.
+    #[serde(rename = "Scope", default)]
+    pub scope: String,
     /// The rule itself.
     #[serde(rename = "Rule")]
     pub rule: switch::policy::Rule,

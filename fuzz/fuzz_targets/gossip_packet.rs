@@ -9,8 +9,9 @@
 //!   exactly when the bytes do not open with the key;
 //! - every datagram `Gossip` sends is at most `max_datagram` bytes and
 //!   opens with the key;
-//! - the directory's networks have distinct VNIs, and `members()` lists the
-//!   local host once.
+//! - the directory's networks have distinct VNIs, its policies are at
+//!   most `MAX_POLICIES`, each named, not empty and small enough to be
+//!   sent again, and `members()` lists the local host once.
 //!
 //! Input: records, each starting with an op byte; its low 2 bits select
 //! the operation and bits 2..4 the sender address:
@@ -21,6 +22,11 @@
 //! | 1 | plaintext, sealed with the cluster key | length (u16 LE), bytes |
 //! | 2 | advance the clock and `handle_timeout` | milliseconds (u16 LE) |
 //! | 3 | a local change | selector byte |
+//!
+//! A local change's selector byte: its low 2 bits pick publishing an
+//! endpoint, withdrawing one, publishing a network, or the rest, which
+//! its bits 2..4 pick: joining, leaving, publishing a policy, removing
+//! one (the bits above pick the name).
 //!
 //! The local member is `fuzz0` at 127.0.0.1:7946 with boot generation 1,
 //! the same identity as in the seed corpus (made by driving three real
@@ -33,7 +39,10 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use overlay::key::NonceSequence;
-use overlay::{ClusterKey, Gossip, GossipConfig, MemberMeta, NetworkSpec, PublishedEndpoint};
+use overlay::directory::{Delta, MAX_DELTA_LEN, MAX_POLICIES};
+use overlay::{
+    ClusterKey, Gossip, GossipConfig, MemberMeta, NetVersion, NetworkSpec, PublishedEndpoint,
+};
 
 const MAX_DATAGRAM: usize = 1400;
 
@@ -125,6 +134,7 @@ fuzz_target!(|input: &[u8]| {
                             mac: [2, 0x42, 0, 0, 0, n],
                             ipv4: Some(Ipv4Addr::new(10, 0, 0, n)),
                             ipv6: None,
+                            labels: [("app".into(), format!("a{}", n % 3))].into(),
                         };
                         gossip
                             .publish_endpoint(&format!("e{n}"), record, now)
@@ -149,10 +159,16 @@ fuzz_target!(|input: &[u8]| {
                         gossip.publish_network(spec, now).expect("small spec");
                     }
                     _ => {
-                        if n % 2 == 0 {
-                            gossip.join(meta(1).gossip_addr, now);
-                        } else {
-                            gossip.leave(now);
+                        let name = format!("p{}", (n >> 2) % 4);
+                        match n % 4 {
+                            0 => gossip.join(meta(1).gossip_addr, now),
+                            1 => gossip.leave(now),
+                            2 => gossip
+                                .publish_policy(&name, vec![n; usize::from(n) + 1], now)
+                                .expect("small policy"),
+                            _ => {
+                                gossip.remove_policy(&name, now);
+                            }
                         }
                     }
                 }
@@ -172,6 +188,18 @@ fuzz_target!(|input: &[u8]| {
             let unique: HashSet<_> = vnis.iter().collect();
             assert_eq!(vnis.len(), unique.len());
             let _ = dir.endpoints().count();
+            let mut policies = 0;
+            for p in dir.policies() {
+                policies += 1;
+                assert!(!p.name.is_empty() && !p.bytes.is_empty());
+                let again = Delta::Policy {
+                    name: p.name.to_owned(),
+                    version: NetVersion::clone(p.version),
+                    policy: Some(p.bytes.to_vec()),
+                };
+                assert!(again.encode().len() <= MAX_DELTA_LEN);
+            }
+            assert!(policies <= MAX_POLICIES);
         }
         let members = gossip.members();
         assert_eq!(members.iter().filter(|m| m.local).count(), 1);

@@ -1,5 +1,6 @@
-//! The cluster directory: overlay networks and the endpoints every host
-//! publishes, replicated by gossip without a key-value store.
+//! The cluster directory: overlay networks, the endpoints every host
+//! publishes and the cluster-wide policies, replicated by gossip without a
+//! key-value store.
 //!
 //! # What is replicated, and how versions work
 //!
@@ -18,13 +19,18 @@
 //!   Records of an older generation are dropped as soon as a newer
 //!   generation of the origin is seen: a restarted host republishes what it
 //!   still has.
+//! - **Policies** are global like networks: keyed by name, versioned by a
+//!   [`NetVersion`], the last writer winning, removal a tombstone. Their
+//!   content is opaque here (the daemon encodes and checks it); the
+//!   directory only bounds its size and number.
 //!
 //! Changes travel as [`Delta`]s in foca's custom broadcasts (see
 //! [`crate::gossip`]). A periodic anti-entropy exchange repairs what the
 //! broadcasts missed: a host sends a random member a digest (per origin:
 //! generation, highest sequence and a checksum of its live entries; for the
-//! networks: a checksum of all versions), and the peer answers with the
-//! records the sender lacks and its own digest, so both sides converge.
+//! networks and for the policies: a checksum of all versions), and the peer
+//! answers with the records the sender lacks and its own digest, so both
+//! sides converge.
 //!
 //! # Visibility
 //!
@@ -64,6 +70,8 @@ pub const MAX_NETWORKS: usize = 4096;
 pub const MAX_ENDPOINTS_PER_ORIGIN: usize = 8192;
 /// Origins (hosts) the directory holds at most.
 pub const MAX_ORIGINS: usize = 4096;
+/// Policies (live and tombstones) the directory holds at most.
+pub const MAX_POLICIES: usize = 4096;
 
 /// What a directory operation can refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,13 +87,14 @@ pub enum DirectoryError {
     /// A table is full.
     #[error("the cluster directory already holds {0} {1}; remove some first")]
     Full(usize, &'static str),
-    /// The spec's name is empty.
-    #[error("a network needs a name")]
-    NoName,
+    /// The name of a network or policy is empty.
+    #[error("a {0} needs a name")]
+    NoName(&'static str),
 }
 
-/// A network's version: a Lamport clock and the host that made the change.
-/// Ordered by clock, then by origin name, so all hosts agree.
+/// The version of a network or a policy: a Lamport clock and the host that
+/// made the change. Ordered by clock, then by origin name, so all hosts
+/// agree.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NetVersion {
     /// Lamport clock.
@@ -147,6 +156,8 @@ pub struct PublishedEndpoint {
     pub ipv4: Option<Ipv4Addr>,
     /// IPv6 address.
     pub ipv6: Option<Ipv6Addr>,
+    /// The container's labels, which other hosts' policies select by.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One replicated change.
@@ -176,6 +187,16 @@ pub enum Delta {
         /// The record, or `None` for a tombstone.
         record: Option<PublishedEndpoint>,
     },
+    /// A cluster-wide policy created, changed (`policy` is `Some`) or
+    /// removed (`None`).
+    Policy {
+        /// The policy's name (the key).
+        name: String,
+        /// This change's version.
+        version: NetVersion,
+        /// The policy as the daemon encodes it, or `None` for a tombstone.
+        policy: Option<Vec<u8>>,
+    },
 }
 
 impl Delta {
@@ -203,6 +224,10 @@ impl Delta {
                 key: key.clone(),
                 version: (*generation, *seq),
             },
+            Delta::Policy { name, version, .. } => DeltaKey::Policy {
+                name: name.clone(),
+                version: version.clone(),
+            },
         }
     }
 }
@@ -219,6 +244,10 @@ pub(crate) enum DeltaKey {
         origin: String,
         key: String,
         version: (u64, u64),
+    },
+    Policy {
+        name: String,
+        version: NetVersion,
     },
 }
 
@@ -244,6 +273,13 @@ impl foca::Invalidates for DeltaKey {
                     version: v2,
                 },
             ) => origin == o2 && key == k2 && version >= v2,
+            (
+                DeltaKey::Policy { name, version },
+                DeltaKey::Policy {
+                    name: n2,
+                    version: v2,
+                },
+            ) => name == n2 && version >= v2,
             _ => false,
         }
     }
@@ -284,6 +320,21 @@ pub enum DirectoryEvent {
         /// The record it had, so the daemon need not keep its own copy.
         record: PublishedEndpoint,
     },
+    /// A policy has a new version (new, or changed).
+    PolicyUpsert {
+        /// Its name.
+        name: String,
+        /// The version.
+        version: NetVersion,
+        /// The policy as the daemon that made it encoded it: decode and
+        /// check it before use, it may come from any member.
+        bytes: Vec<u8>,
+    },
+    /// A policy was removed.
+    PolicyRemoved {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// A live network as the directory holds it.
@@ -295,6 +346,17 @@ pub struct NetworkView<'a> {
     pub vni: Vni,
     /// The version of its latest change.
     pub version: &'a NetVersion,
+}
+
+/// A live policy as the directory holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyView<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The version of its latest change.
+    pub version: &'a NetVersion,
+    /// The policy, encoded.
+    pub bytes: &'a [u8],
 }
 
 /// A visible endpoint.
@@ -335,6 +397,13 @@ struct NetEntry {
     version: NetVersion,
     created: NetVersion,
     spec: Option<NetworkSpec>,
+    removed_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct PolicyEntry {
+    version: NetVersion,
+    policy: Option<Vec<u8>>,
     removed_at: Option<Instant>,
 }
 
@@ -391,9 +460,11 @@ pub(crate) struct OriginSummary {
     pub checksum: u64,
 }
 
-/// The network part of a digest.
+/// The part of a digest that sums up a last-writer-wins table (the
+/// networks, the policies): how many entries, live or not, the highest
+/// clock, and a checksum of every entry's name, version and liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct NetSummary {
+pub(crate) struct TableSummary {
     pub count: u32,
     pub max_clock: u64,
     pub checksum: u64,
@@ -407,7 +478,9 @@ pub(crate) struct DigestHead {
     pub reply: bool,
     pub first: String,
     pub last: Option<String>,
-    pub networks: Option<NetSummary>,
+    pub networks: Option<TableSummary>,
+    /// Like `networks`, for the policies; in the first chunk only.
+    pub policies: Option<TableSummary>,
 }
 
 /// The replicated cluster state held by one host.
@@ -421,6 +494,9 @@ pub struct Directory {
     networks: BTreeMap<String, NetEntry>,
     net_tomb_floor: Option<NetVersion>,
     vnis: BTreeMap<String, Vni>,
+    policies: BTreeMap<String, PolicyEntry>,
+    /// Like `net_tomb_floor`, for the policies.
+    policy_tomb_floor: Option<NetVersion>,
     origins: BTreeMap<String, Origin>,
     events: VecDeque<DirectoryEvent>,
     stats: DirectoryStats,
@@ -443,6 +519,8 @@ impl Directory {
             networks: BTreeMap::new(),
             net_tomb_floor: None,
             vnis: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            policy_tomb_floor: None,
             origins,
             events: VecDeque::new(),
             stats: DirectoryStats::default(),
@@ -544,13 +622,27 @@ impl Directory {
         self.origins.get(host).is_some_and(|o| o.visible)
     }
 
+    /// Live policies, by name.
+    pub fn policies(&self) -> impl Iterator<Item = PolicyView<'_>> {
+        self.policies
+            .iter()
+            .filter_map(|(name, e)| policy_view(name, e))
+    }
+
+    /// A live policy by name.
+    pub fn policy(&self, name: &str) -> Option<PolicyView<'_>> {
+        self.policies
+            .get_key_value(name)
+            .and_then(|(name, e)| policy_view(name, e))
+    }
+
     // ---- local changes -----------------------------------------------
 
     /// The change that creates or updates network `spec` (not yet applied:
     /// apply it with [`Directory::apply`], or through gossip).
     pub fn network_upsert(&mut self, spec: NetworkSpec) -> Result<Delta, DirectoryError> {
         if spec.name.is_empty() {
-            return Err(DirectoryError::NoName);
+            return Err(DirectoryError::NoName("network"));
         }
         let version = self.tick();
         let created = match self.networks.get(&spec.name) {
@@ -588,16 +680,78 @@ impl Directory {
         })
     }
 
+    /// Whether policy `name` encoded as `bytes` could be published: it has
+    /// a name, the table has room for it, and its change fits in a gossip
+    /// packet. Changes nothing.
+    pub fn policy_check(&self, name: &str, bytes: &[u8]) -> Result<(), DirectoryError> {
+        if name.is_empty() {
+            return Err(DirectoryError::NoName("policy"));
+        }
+        if !self.policies.contains_key(name) && self.policies.len() >= MAX_POLICIES {
+            return Err(DirectoryError::Full(MAX_POLICIES, "policies"));
+        }
+        // The largest version this host could give it.
+        let delta = Delta::Policy {
+            name: name.to_owned(),
+            version: NetVersion {
+                clock: u64::MAX,
+                origin: self.local.clone(),
+            },
+            policy: Some(bytes.to_vec()),
+        };
+        check_len(&delta, "the policy")
+    }
+
+    /// The change that creates or replaces policy `name`, encoded as
+    /// `bytes` (not yet applied: apply it with [`Directory::apply`], or
+    /// through gossip).
+    pub fn policy_upsert(&mut self, name: &str, bytes: Vec<u8>) -> Result<Delta, DirectoryError> {
+        self.policy_check(name, &bytes)?;
+        Ok(Delta::Policy {
+            name: name.to_owned(),
+            version: self.tick(),
+            policy: Some(bytes),
+        })
+    }
+
+    /// The change that removes policy `name`, if it is live.
+    pub fn policy_remove(&mut self, name: &str) -> Option<Delta> {
+        self.policies.get(name)?.policy.as_ref()?;
+        Some(Delta::Policy {
+            name: name.to_owned(),
+            version: self.tick(),
+            policy: None,
+        })
+    }
+
+    /// A change to policy `name` made earlier at `version` (by this host or
+    /// another), as the daemon kept it: offered again after a restart, it
+    /// wins or loses against what the cluster holds by its version.
+    pub fn policy_restore(
+        &mut self,
+        name: &str,
+        version: NetVersion,
+        policy: Option<Vec<u8>>,
+    ) -> Result<Delta, DirectoryError> {
+        if name.is_empty() {
+            return Err(DirectoryError::NoName("policy"));
+        }
+        let delta = Delta::Policy {
+            name: name.to_owned(),
+            version,
+            policy,
+        };
+        check_len(&delta, "the policy")?;
+        Ok(delta)
+    }
+
     /// The change that publishes this host's endpoint `key`.
     pub fn endpoint_upsert(
         &mut self,
         key: &str,
         record: PublishedEndpoint,
     ) -> Result<Delta, DirectoryError> {
-        let local = &self.origins[&self.local];
-        if !local.entries.contains_key(key) && local.entries.len() >= MAX_ENDPOINTS_PER_ORIGIN {
-            return Err(DirectoryError::Full(MAX_ENDPOINTS_PER_ORIGIN, "endpoints"));
-        }
+        self.endpoint_room(key)?;
         let delta = Delta::Endpoint {
             origin: self.local.clone(),
             generation: self.generation,
@@ -608,6 +762,33 @@ impl Directory {
         check_len(&delta, "the endpoint record")?;
         self.seq += 1;
         Ok(delta)
+    }
+
+    /// Whether this host's endpoint `key` could be published as `record`:
+    /// the table has room for it and its change fits in a gossip packet.
+    /// Changes nothing.
+    pub fn endpoint_check(
+        &self,
+        key: &str,
+        record: &PublishedEndpoint,
+    ) -> Result<(), DirectoryError> {
+        self.endpoint_room(key)?;
+        let delta = Delta::Endpoint {
+            origin: self.local.clone(),
+            generation: u64::MAX,
+            seq: u64::MAX,
+            key: key.to_owned(),
+            record: Some(record.clone()),
+        };
+        check_len(&delta, "the endpoint record")
+    }
+
+    fn endpoint_room(&self, key: &str) -> Result<(), DirectoryError> {
+        let local = &self.origins[&self.local];
+        if !local.entries.contains_key(key) && local.entries.len() >= MAX_ENDPOINTS_PER_ORIGIN {
+            return Err(DirectoryError::Full(MAX_ENDPOINTS_PER_ORIGIN, "endpoints"));
+        }
+        Ok(())
     }
 
     /// The change that withdraws this host's endpoint `key`, if published.
@@ -660,6 +841,12 @@ impl Directory {
                     self.apply_endpoint(origin, generation, seq, key, record)
                 }
             }
+            Delta::Policy { .. } if encoded_len(&delta) > MAX_DELTA_LEN => Applied::Rejected,
+            Delta::Policy {
+                name,
+                version,
+                policy,
+            } => self.apply_policy(name, version, policy),
         };
         match result {
             Applied::New => self.stats.applied += 1,
@@ -686,7 +873,54 @@ impl Directory {
             } => self.origins.get(origin).is_some_and(|o| {
                 o.generation == *generation && o.entries.get(key).is_some_and(|e| e.seq == *seq)
             }),
+            Delta::Policy { name, version, .. } => self
+                .policies
+                .get(name)
+                .is_some_and(|e| &e.version == version),
         }
+    }
+
+    fn apply_policy(
+        &mut self,
+        name: String,
+        version: NetVersion,
+        policy: Option<Vec<u8>>,
+    ) -> Applied {
+        // Nothing the daemon could have published: no name, or no bytes.
+        if name.is_empty() || policy.as_ref().is_some_and(Vec::is_empty) {
+            return Applied::Rejected;
+        }
+        self.clock = self.clock.max(version.clock);
+        let old = self.policies.get(&name);
+        match old {
+            Some(old) if old.version >= version => return Applied::Stale,
+            None if policy.is_none() && self.policy_tomb_floor.as_ref() >= Some(&version) => {
+                return Applied::Stale;
+            }
+            None if self.policies.len() >= MAX_POLICIES => return Applied::Rejected,
+            _ => {}
+        }
+        let was_live = old.is_some_and(|o| o.policy.is_some());
+        let event = match &policy {
+            Some(bytes) => Some(DirectoryEvent::PolicyUpsert {
+                name: name.clone(),
+                version: version.clone(),
+                bytes: bytes.clone(),
+            }),
+            None if was_live => Some(DirectoryEvent::PolicyRemoved { name: name.clone() }),
+            None => None,
+        };
+        let removed_at = policy.is_none().then_some(self.now);
+        self.policies.insert(
+            name,
+            PolicyEntry {
+                version,
+                policy,
+                removed_at,
+            },
+        );
+        self.events.extend(event);
+        Applied::New
     }
 
     fn apply_network(
@@ -935,6 +1169,18 @@ impl Directory {
             }
         });
         self.net_tomb_floor = floor;
+        let mut floor = self.policy_tomb_floor.take();
+        self.policies.retain(|_, e| {
+            if expired(e.removed_at) {
+                if floor.as_ref() < Some(&e.version) {
+                    floor = Some(e.version.clone());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        self.policy_tomb_floor = floor;
         let local = self.local.clone();
         self.origins.retain(|name, o| {
             let forgotten = o
@@ -958,18 +1204,20 @@ impl Directory {
 
     // ---- anti-entropy ------------------------------------------------
 
-    fn net_summary(&self) -> NetSummary {
-        let mut checksum = 0u64;
-        let mut max_clock = 0;
-        for (name, e) in &self.networks {
-            checksum = checksum.wrapping_add(net_hash(name, &e.version, e.spec.is_some()));
-            max_clock = max_clock.max(e.version.clock);
-        }
-        NetSummary {
-            count: u32::try_from(self.networks.len()).unwrap_or(u32::MAX),
-            max_clock,
-            checksum,
-        }
+    fn net_summary(&self) -> TableSummary {
+        table_summary(
+            self.networks
+                .iter()
+                .map(|(name, e)| (name, &e.version, e.spec.is_some())),
+        )
+    }
+
+    fn policy_summary(&self) -> TableSummary {
+        table_summary(
+            self.policies
+                .iter()
+                .map(|(name, e)| (name, &e.version, e.policy.is_some())),
+        )
     }
 
     /// This directory's digest, cut into chunks of at most `budget` bytes
@@ -982,6 +1230,7 @@ impl Directory {
             first: String::new(),
             last: None,
             networks: Some(self.net_summary()),
+            policies: Some(self.policy_summary()),
         };
         let mut items: Vec<Vec<u8>> = Vec::new();
         let mut size = 1 + encoded_len(&head) + 64;
@@ -994,6 +1243,7 @@ impl Directory {
                 head.first = name.clone();
                 head.last = None;
                 head.networks = None;
+                head.policies = None;
                 items.clear();
                 size = 1 + encoded_len(&head) + 64;
             }
@@ -1034,6 +1284,22 @@ impl Directory {
                         version: e.version.clone(),
                         created: e.created.clone(),
                         spec: e.spec.clone(),
+                    };
+                    if !out.push(&delta) {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(policies) = &head.policies {
+            if *policies != self.policy_summary() {
+                let n = self.policies.len();
+                let skip = if n == 0 { 0 } else { rng.random_range(0..n) };
+                for (name, e) in self.policies.iter().cycle().skip(skip).take(n) {
+                    let delta = Delta::Policy {
+                        name: name.clone(),
+                        version: e.version.clone(),
+                        policy: e.policy.clone(),
                     };
                     if !out.push(&delta) {
                         break;
@@ -1108,6 +1374,7 @@ impl Directory {
                 &'a Option<NetworkSpec>,
             )>,
             vnis: BTreeMap<&'a String, Vni>,
+            policies: Vec<(&'a String, &'a NetVersion, &'a Option<Vec<u8>>)>,
             origins: Vec<OriginDump<'a>>,
         }
         let dump = Dump {
@@ -1117,6 +1384,11 @@ impl Directory {
                 .map(|(n, e)| (n, &e.version, &e.created, &e.spec))
                 .collect(),
             vnis: self.vnis.iter().map(|(n, v)| (n, *v)).collect(),
+            policies: self
+                .policies
+                .iter()
+                .map(|(n, e)| (n, &e.version, &e.policy))
+                .collect(),
             origins: self
                 .origins
                 .iter()
@@ -1184,6 +1456,33 @@ fn hash64(parts: &[&[u8]]) -> u64 {
 
 fn entry_hash(key: &str, seq: u64) -> u64 {
     hash64(&[key.as_bytes(), &seq.to_le_bytes()])
+}
+
+/// The summary of a last-writer-wins table from its entries' names,
+/// versions and liveness.
+fn table_summary<'a>(
+    entries: impl ExactSizeIterator<Item = (&'a String, &'a NetVersion, bool)>,
+) -> TableSummary {
+    let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    let mut checksum = 0u64;
+    let mut max_clock = 0;
+    for (name, version, live) in entries {
+        checksum = checksum.wrapping_add(net_hash(name, version, live));
+        max_clock = max_clock.max(version.clock);
+    }
+    TableSummary {
+        count,
+        max_clock,
+        checksum,
+    }
+}
+
+fn policy_view<'a>(name: &'a str, e: &'a PolicyEntry) -> Option<PolicyView<'a>> {
+    Some(PolicyView {
+        name,
+        version: &e.version,
+        bytes: e.policy.as_deref()?,
+    })
 }
 
 fn net_hash(name: &str, version: &NetVersion, live: bool) -> u64 {
@@ -1324,7 +1623,23 @@ mod tests {
             mac: [0x02, 0x42, 0, 0, 0, last],
             ipv4: Some(Ipv4Addr::new(10, 10, 0, last)),
             ipv6: None,
+            labels: [("app".to_owned(), name.to_owned())].into(),
         }
+    }
+
+    fn pol(name: &str, clock: u64, origin: &str, bytes: Option<&[u8]>) -> Delta {
+        Delta::Policy {
+            name: name.into(),
+            version: NetVersion {
+                clock,
+                origin: origin.into(),
+            },
+            policy: bytes.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn policy_bytes(d: &Directory, name: &str) -> Option<Vec<u8>> {
+        d.policy(name).map(|p| p.bytes.to_vec())
     }
 
     fn ep(
@@ -1536,6 +1851,195 @@ mod tests {
             d.endpoint_upsert("e", r),
             Err(DirectoryError::TooLarge { .. })
         ));
+        // Labels count too.
+        let mut r = record("n", "x", 1);
+        r.labels = (0..40)
+            .map(|i| (format!("label-key-{i}"), format!("value-{i}")))
+            .collect();
+        assert!(matches!(
+            d.endpoint_upsert("e", r.clone()),
+            Err(DirectoryError::TooLarge { .. })
+        ));
+        // Checking says so before anything is set up, and a refused
+        // record takes no sequence number.
+        let mut big = record("n", "x", 1);
+        big.labels = r.labels;
+        assert!(d.endpoint_check("e", &big).is_err());
+        assert!(d.endpoint_check("e", &record("n", "x", 1)).is_ok());
+        let ok = d.endpoint_upsert("e", record("n", "x", 1)).unwrap();
+        assert!(matches!(ok, Delta::Endpoint { seq: 1, .. }));
+    }
+
+    #[test]
+    fn remote_labels_are_published_with_the_endpoint() {
+        let mut a = Directory::new("a", 1, t0());
+        let mut b = Directory::new("b", 1, t0());
+        b.member_alive("a", 1);
+        let delta = a.endpoint_upsert("e1", record("n", "db", 3)).unwrap();
+        assert_eq!(b.apply(delta, false), Applied::New);
+        let labels = &b.endpoint("a", "e1").unwrap().labels;
+        assert_eq!(labels.get("app").map(String::as_str), Some("db"));
+    }
+
+    #[test]
+    fn policies_last_writer_wins() {
+        let now = t0();
+        let mut a = Directory::new("a", 0, now);
+        let mut b = Directory::new("b", 0, now);
+        let v1 = a.policy_upsert("web-db", b"one".to_vec()).unwrap();
+        assert_eq!(a.apply(v1.clone(), true), Applied::New);
+        assert_eq!(b.apply(v1.clone(), false), Applied::New);
+        assert_eq!(b.apply(v1.clone(), false), Applied::Stale);
+        assert_eq!(policy_bytes(&b, "web-db").as_deref(), Some(&b"one"[..]));
+        // b replaces it: its clock has moved past a's change.
+        let v2 = b.policy_upsert("web-db", b"two".to_vec()).unwrap();
+        b.apply(v2.clone(), true);
+        assert_eq!(a.apply(v2.clone(), false), Applied::New);
+        assert_eq!(policy_bytes(&a, "web-db").as_deref(), Some(&b"two"[..]));
+        // The older change arriving late does nothing.
+        assert_eq!(a.apply(v1, false), Applied::Stale);
+        assert_eq!(policy_bytes(&a, "web-db").as_deref(), Some(&b"two"[..]));
+        let ev = events(&mut a);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(matches!(
+            &ev[1],
+            DirectoryEvent::PolicyUpsert { name, version, bytes }
+                if name == "web-db" && version.origin == "b" && bytes == b"two"
+        ));
+        // Concurrent changes at the same clock: the larger origin wins on
+        // both sides.
+        let mut c = Directory::new("c", 0, now);
+        let mut d = Directory::new("d", 0, now);
+        let dc = c.policy_upsert("p", b"c".to_vec()).unwrap();
+        let dd = d.policy_upsert("p", b"d".to_vec()).unwrap();
+        c.apply(dc.clone(), true);
+        d.apply(dd.clone(), true);
+        c.apply(dd, false);
+        d.apply(dc, false);
+        assert_eq!(policy_bytes(&c, "p").as_deref(), Some(&b"d"[..]));
+        assert_eq!(c.canonical_state(), d.canonical_state());
+    }
+
+    #[test]
+    fn policy_removal_is_a_tombstone_until_collected() {
+        let now = t0();
+        let mut a = Directory::new("a", 0, now);
+        let mut b = Directory::new("b", 0, now);
+        let create = a.policy_upsert("p", b"allow".to_vec()).unwrap();
+        a.apply(create.clone(), true);
+        let rm = a.policy_remove("p").unwrap();
+        a.apply(rm.clone(), true);
+        assert!(a.policy("p").is_none());
+        assert!(a.policy_remove("p").is_none());
+        assert!(matches!(
+            &events(&mut a)[..],
+            [DirectoryEvent::PolicyUpsert { .. }, DirectoryEvent::PolicyRemoved { name }] if name == "p"
+        ));
+        // b hears of the removal first: the creation is older and stays out.
+        assert_eq!(b.apply(rm.clone(), false), Applied::New);
+        assert_eq!(b.apply(create.clone(), false), Applied::Stale);
+        assert!(b.policy("p").is_none());
+        // A tombstone of something never seen tells the daemon nothing.
+        assert!(events(&mut b).is_empty());
+
+        // Collected after the TTL; the old tombstone cannot come back...
+        let ttl = Duration::from_secs(60);
+        a.collect_garbage(now + ttl, ttl, Duration::from_secs(3600));
+        assert!(!a.policies.contains_key("p"));
+        assert_eq!(a.apply(rm, false), Applied::Stale);
+        assert!(!a.policies.contains_key("p"));
+        // ...and a re-creation after it wins.
+        let again = b.policy_upsert("p", b"again".to_vec()).unwrap();
+        assert_eq!(a.apply(again, false), Applied::New);
+        assert_eq!(policy_bytes(&a, "p").as_deref(), Some(&b"again"[..]));
+    }
+
+    #[test]
+    fn malformed_and_oversized_policies_are_refused_and_counted() {
+        let mut d = Directory::new("a", 0, t0());
+        assert_eq!(
+            d.policy_upsert("", b"x".to_vec()),
+            Err(DirectoryError::NoName("policy"))
+        );
+        assert!(matches!(
+            d.policy_upsert("big", vec![7; MAX_DELTA_LEN]),
+            Err(DirectoryError::TooLarge { .. })
+        ));
+        assert!(d.policy_check("fits", &[7; 600]).is_ok());
+        // What a forged message could carry: no name, empty content, more
+        // than a gossip packet holds.
+        for forged in [
+            pol("", 5, "b", Some(b"x")),
+            pol("p", 5, "b", Some(b"")),
+            pol("p", 5, "b", Some(&[1; MAX_DELTA_LEN])),
+        ] {
+            assert_eq!(d.apply(forged, false), Applied::Rejected);
+        }
+        assert_eq!(d.stats().rejected, 3);
+        assert_eq!(d.policies().count(), 0);
+        assert!(events(&mut d).is_empty());
+        // Restoring a change checks the same.
+        assert!(d
+            .policy_restore(
+                "p",
+                NetVersion {
+                    clock: 1,
+                    origin: "a".into()
+                },
+                Some(vec![0; MAX_DELTA_LEN])
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn the_policy_table_is_bounded() {
+        let mut d = Directory::new("a", 0, t0());
+        for i in 0..MAX_POLICIES {
+            let delta = pol(&format!("p{i}"), 1, "b", Some(b"x"));
+            assert_eq!(d.apply(delta, false), Applied::New);
+        }
+        assert_eq!(
+            d.policy_upsert("one-more", b"x".to_vec()),
+            Err(DirectoryError::Full(MAX_POLICIES, "policies"))
+        );
+        assert_eq!(
+            d.apply(pol("one-more", 9, "b", Some(b"x")), false),
+            Applied::Rejected
+        );
+        // Replacing one that is held still works.
+        assert!(d.policy_upsert("p1", b"y".to_vec()).is_ok());
+        assert_eq!(d.apply(pol("p1", 9, "b", Some(b"y")), false), Applied::New);
+    }
+
+    #[test]
+    fn a_late_host_gets_every_policy_and_tombstone_through_sync() {
+        let now = t0();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut a = Directory::new("a", 0, now);
+        for i in 0..40 {
+            let d = a
+                .policy_upsert(&format!("p{i}"), format!("rule {i}").into_bytes())
+                .unwrap();
+            a.apply(d, true);
+        }
+        for i in 0..5 {
+            let d = a.policy_remove(&format!("p{i}")).unwrap();
+            a.apply(d, true);
+        }
+        let mut late = Directory::new("late", 0, now);
+        // Its digest says it holds no policy: a answers with all of them
+        // (in several chunks), tombstones included.
+        sync(&mut late, &mut a, &mut rng);
+        assert_eq!(late.policies().count(), 35);
+        assert_eq!(late.canonical_state(), a.canonical_state());
+        let ev = events(&mut late);
+        assert_eq!(ev.len(), 35, "only live policies are announced");
+        // A change only one side made is repaired the other way too.
+        let d = late.policy_upsert("p7", b"changed".to_vec()).unwrap();
+        late.apply(d, true);
+        sync(&mut a, &mut late, &mut rng);
+        assert_eq!(policy_bytes(&a, "p7").as_deref(), Some(&b"changed"[..]));
+        assert_eq!(late.canonical_state(), a.canonical_state());
     }
 
     #[test]
@@ -1666,24 +2170,51 @@ mod tests {
 
     // ---- properties --------------------------------------------------
 
+    fn arb_origin() -> impl Strategy<Value = &'static str> + Clone {
+        prop::sample::select(vec!["b", "c", "d"])
+    }
+
     fn arb_delta() -> impl Strategy<Value = Delta> {
-        let origin = prop::sample::select(vec!["b", "c", "d"]);
+        let origin = arb_origin();
         let key = prop::sample::select(vec!["e1", "e2", "e3"]);
-        let ep = (origin.clone(), 1u64..3, 1u64..6, key, any::<Option<u8>>()).prop_map(
-            |(o, g, s, k, r)| Delta::Endpoint {
-                origin: o.into(),
-                generation: g,
-                seq: s,
-                key: k.into(),
+        let ep =
+            (origin, 1u64..3, 1u64..6, key, any::<Option<u8>>()).prop_map(|(o, g, s, k, r)| {
+                Delta::Endpoint {
+                    origin: o.into(),
+                    generation: g,
+                    seq: s,
+                    key: k.into(),
+                    // The content is a function of the version, as it is when
+                    // an origin makes each change once.
+                    record: r.map(|_| record("n", &format!("{o}{g}{s}{k}"), (g * 10 + s) as u8)),
+                }
+            });
+        prop_oneof![ep, arb_lww_delta()]
+    }
+
+    /// Changes to the last-writer-wins tables: networks and policies.
+    fn arb_lww_delta() -> impl Strategy<Value = Delta> {
+        let policy = (
+            prop::sample::select(vec!["p1", "p2", "p3"]),
+            1u64..6,
+            arb_origin(),
+            any::<bool>(),
+        )
+            .prop_map(|(n, clock, o, live)| {
                 // The content is a function of the version, as it is when
-                // an origin makes each change once.
-                record: r.map(|_| record("n", &format!("{o}{g}{s}{k}"), (g * 10 + s) as u8)),
-            },
-        );
+                // a host makes each change once.
+                pol(
+                    n,
+                    clock,
+                    o,
+                    live.then(|| format!("{n}-{clock}-{o}").into_bytes())
+                        .as_deref(),
+                )
+            });
         let net = (
             prop::sample::select(vec!["n1", "n2"]),
             1u64..6,
-            origin,
+            arb_origin(),
             any::<bool>(),
             prop::option::of(0u32..4),
         )
@@ -1701,7 +2232,7 @@ mod tests {
                     spec: live.then_some(s),
                 }
             });
-        prop_oneof![ep, net]
+        prop_oneof![net, policy]
     }
 
     /// For each item, the change with the highest version (ties: the
@@ -1765,6 +2296,11 @@ mod tests {
                                 prop_assert_ne!(two.network(name).map(|n| n.spec.id.clone()), Some(s.id.clone()));
                             }
                         }
+                        Delta::Policy { name, policy, .. } => {
+                            if let Some(p) = policy {
+                                prop_assert_ne!(policy_bytes(&two, name), Some(p.clone()));
+                            }
+                        }
                     }
                 }
             }
@@ -1783,6 +2319,41 @@ mod tests {
             prop_assert_eq!(vnis.len(), unique.len());
         }
 
+        /// (Endpoints are left out: their tombstones are not summed up in
+        /// a digest, so one only a single host holds stays there, which
+        /// changes nothing visible.)
+        #[test]
+        fn anti_entropy_converges_from_any_split(
+            deltas in prop::collection::vec(arb_lww_delta(), 1..40),
+            split in any::<u64>(),
+            seed in any::<u64>(),
+        ) {
+            let deltas = dedup_by_version(&deltas);
+            let now = Instant::now();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut a = Directory::new("a", 0, now);
+            let mut z = Directory::new("z", 0, now);
+            // Each host heard some of the changes, both some, or neither.
+            for (i, d) in deltas.iter().enumerate() {
+                match (split >> (2 * (i % 32))) & 3 {
+                    0 => { a.apply(d.clone(), false); }
+                    1 => { z.apply(d.clone(), false); }
+                    2 => { a.apply(d.clone(), false); z.apply(d.clone(), false); }
+                    _ => {}
+                }
+            }
+            let mut whole = Directory::new("w", 0, now);
+            for (i, d) in deltas.iter().enumerate() {
+                if (split >> (2 * (i % 32))) & 3 != 3 {
+                    whole.apply(d.clone(), false);
+                }
+            }
+            sync(&mut a, &mut z, &mut rng);
+            sync(&mut z, &mut a, &mut rng);
+            prop_assert_eq!(a.canonical_state(), z.canonical_state());
+            prop_assert_eq!(a.canonical_state(), whole.canonical_state());
+        }
+
         #[test]
         fn events_replay_to_the_visible_state(
             deltas in prop::collection::vec(arb_delta(), 1..40),
@@ -1794,6 +2365,7 @@ mod tests {
             for h in hosts { d.member_alive(h, 0); }
             let mut shown: BTreeMap<(String, String), PublishedEndpoint> = BTreeMap::new();
             let mut nets: BTreeMap<String, (String, Vni)> = BTreeMap::new();
+            let mut policies: BTreeMap<String, (NetVersion, Vec<u8>)> = BTreeMap::new();
             let mut downs = downs.into_iter();
             for (i, delta) in deltas.into_iter().enumerate() {
                 d.apply(delta, false);
@@ -1808,6 +2380,14 @@ mod tests {
                         DirectoryEvent::EndpointRemoved { host, key, .. } => { prop_assert!(shown.remove(&(host, key)).is_some()); }
                         DirectoryEvent::NetworkUpsert { spec, vni } => { nets.insert(spec.name.clone(), (spec.id.clone(), vni)); }
                         DirectoryEvent::NetworkRemoved { name, .. } => { prop_assert!(nets.remove(&name).is_some()); }
+                        DirectoryEvent::PolicyUpsert { name, version, bytes } => {
+                            // Each event is a newer version than the last.
+                            if let Some((old, _)) = policies.get(&name) {
+                                prop_assert!(*old < version);
+                            }
+                            policies.insert(name, (version, bytes));
+                        }
+                        DirectoryEvent::PolicyRemoved { name } => { prop_assert!(policies.remove(&name).is_some()); }
                     }
                 }
             }
@@ -1815,6 +2395,8 @@ mod tests {
             prop_assert_eq!(shown, actual);
             let actual_nets: BTreeMap<String, (String, Vni)> = d.networks().map(|n| (n.spec.name.clone(), (n.spec.id.clone(), n.vni))).collect();
             prop_assert_eq!(nets, actual_nets);
+            let actual_policies: BTreeMap<String, (NetVersion, Vec<u8>)> = d.policies().map(|p| (p.name.to_owned(), (p.version.clone(), p.bytes.to_vec()))).collect();
+            prop_assert_eq!(policies, actual_policies);
         }
     }
 }

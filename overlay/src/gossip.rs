@@ -59,7 +59,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::directory::{
-    self, Delta, DeltaKey, Directory, DirectoryEvent, DirectoryStats, NetworkSpec,
+    self, Delta, DeltaKey, Directory, DirectoryEvent, DirectoryStats, NetVersion, NetworkSpec,
     PublishedEndpoint,
 };
 use crate::key::{ClusterKey, NonceSequence, SEAL_OVERHEAD};
@@ -1229,6 +1229,54 @@ impl Gossip {
         }
     }
 
+    /// Creates or replaces a cluster-wide policy everywhere. `bytes` is
+    /// the policy as the daemon encodes it; each member's daemon decodes
+    /// and checks it ([`DirectoryEvent::PolicyUpsert`]).
+    pub fn publish_policy(
+        &mut self,
+        name: &str,
+        bytes: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), OverlayError> {
+        self.advance(now);
+        let delta = lock(&self.shared).dir.policy_upsert(name, bytes)?;
+        self.broadcast(delta);
+        Ok(())
+    }
+
+    /// Removes a cluster-wide policy everywhere; false if it does not
+    /// exist.
+    pub fn remove_policy(&mut self, name: &str, now: Instant) -> bool {
+        self.advance(now);
+        let delta = lock(&self.shared).dir.policy_remove(name);
+        match delta {
+            Some(delta) => {
+                self.broadcast(delta);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Offers again a change to a policy made earlier at `version` (this
+    /// host's daemon kept it across a restart): held and spread only if it
+    /// is newer than what the cluster holds, which otherwise comes back
+    /// here through anti-entropy.
+    pub fn republish_policy(
+        &mut self,
+        name: &str,
+        version: NetVersion,
+        bytes: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Result<(), OverlayError> {
+        self.advance(now);
+        let delta = lock(&self.shared)
+            .dir
+            .policy_restore(name, version, bytes)?;
+        self.broadcast(delta);
+        Ok(())
+    }
+
     /// Publishes (or updates) one of this host's endpoints.
     pub fn publish_endpoint(
         &mut self,
@@ -1629,6 +1677,7 @@ mod tests {
             mac: [0x02, 0x42, 0, 0, 0, i],
             ipv4: Some(Ipv4Addr::new(10, 9, 0, i)),
             ipv6: None,
+            labels: [("role".to_owned(), format!("r{i}"))].into(),
         }
     }
 
@@ -1763,6 +1812,143 @@ mod tests {
     }
 
     use crate::vxlan::Vni;
+
+    fn policy_of(sim: &Sim, i: usize, name: &str) -> Option<Vec<u8>> {
+        sim.member(i)
+            .directory()
+            .policy(name)
+            .map(|p| p.bytes.to_vec())
+    }
+
+    #[rstest::rstest]
+    fn policies_spread_and_removals_win(#[values(1, 2, 3, 4, 5)] seed: u64) {
+        let (mut sim, log) = cluster(3, 0.02, seed);
+        sim.with_member(0, |g, now| g.publish_policy("web-db", b"v1".to_vec(), now))
+            .unwrap();
+        sim.run_until_true(Duration::from_secs(5), |sim| {
+            (0..3).all(|i| policy_of(sim, i, "web-db").as_deref() == Some(b"v1"))
+        })
+        .expect("policy did not spread");
+        assert!(log.borrow().iter().any(|(n, _, e)| *n == 2
+            && matches!(e, GossipEvent::Directory(DirectoryEvent::PolicyUpsert { name, bytes, .. }) if name == "web-db" && bytes == b"v1")));
+        // Replaced on one member, removed on another: the removal is the
+        // last change everywhere.
+        sim.with_member(1, |g, now| g.publish_policy("web-db", b"v2".to_vec(), now))
+            .unwrap();
+        sim.run_until_true(Duration::from_secs(5), |sim| {
+            (0..3).all(|i| policy_of(sim, i, "web-db").as_deref() == Some(b"v2"))
+        })
+        .expect("replacement did not spread");
+        assert!(sim.with_member(2, |g, now| g.remove_policy("web-db", now)));
+        sim.run_until_true(Duration::from_secs(5), |sim| {
+            (0..3).all(|i| policy_of(sim, i, "web-db").is_none())
+        })
+        .expect("removal did not spread");
+        assert!(!sim.with_member(0, |g, now| g.remove_policy("web-db", now)));
+        assert!(log.borrow().iter().any(|(n, _, e)| *n == 0
+            && matches!(e, GossipEvent::Directory(DirectoryEvent::PolicyRemoved { name }) if name == "web-db")));
+        // Too large for a gossip packet: refused before anything is sent.
+        let big = sim.with_member(0, |g, now| g.publish_policy("big", vec![1; 2000], now));
+        assert!(matches!(
+            big,
+            Err(OverlayError::Directory(
+                directory::DirectoryError::TooLarge { .. }
+            ))
+        ));
+    }
+
+    /// A member that was down while policies changed gets them through
+    /// anti-entropy when it is back; what it still had from before and
+    /// offers again at its old version loses to the newer removal.
+    #[rstest::rstest]
+    fn a_host_back_from_down_converges_on_the_policies(#[values(1, 2, 3, 4, 5)] seed: u64) {
+        let (mut sim, _log) = cluster(3, 0.01, seed);
+        sim.with_member(0, |g, now| g.publish_policy("old", b"old".to_vec(), now))
+            .unwrap();
+        sim.run_until_true(Duration::from_secs(5), |sim| {
+            policy_of(sim, 2, "old").is_some()
+        })
+        .expect("policy did not spread");
+        let kept = sim
+            .member(2)
+            .directory()
+            .policy("old")
+            .map(|p| p.version.clone())
+            .unwrap();
+        sim.kill(2);
+        sim.run_for(Duration::from_secs(1));
+        assert!(sim.with_member(1, |g, now| g.remove_policy("old", now)));
+        sim.with_member(0, |g, now| g.publish_policy("new", b"new".to_vec(), now))
+            .unwrap();
+        sim.run_for(Duration::from_secs(2));
+        sim.restart(2, meta(2), cluster_key(), GossipConfig::lan(3, 2), 77)
+            .unwrap();
+        sim.with_member(2, |g, now| {
+            g.republish_policy("old", kept, Some(b"old".to_vec()), now)
+        })
+        .unwrap();
+        assert!(policy_of(&sim, 2, "old").is_some(), "held until it hears");
+        sim.with_member(2, |g, now| g.join(meta(0).gossip_addr, now));
+        let took = sim
+            .run_until_true(Duration::from_secs(30), |sim| {
+                (0..3).all(|i| {
+                    policy_of(sim, i, "old").is_none()
+                        && policy_of(sim, i, "new").as_deref() == Some(b"new")
+                })
+            })
+            .expect("the restarted member did not converge");
+        // One anti-entropy round or two (every 5 s).
+        assert!(took < Duration::from_secs(20), "{took:?}");
+        let states: Vec<Vec<u8>> = (0..3)
+            .map(|i| sim.member(i).directory().canonical_state())
+            .collect();
+        assert!(states.iter().all(|s| *s == states[0]));
+    }
+
+    #[test]
+    fn forged_policy_records_are_rejected_and_counted() {
+        let now = Instant::now();
+        let key = ClusterKey::from_material(b"k");
+        let mut g = Gossip::new(meta(1), key.clone(), GossipConfig::lan(3, 1), 1, now).unwrap();
+        let from = meta(2).gossip_addr;
+        let mut nonces = NonceSequence::new(9, b"test");
+        let version = NetVersion {
+            clock: 9,
+            origin: "host2".into(),
+        };
+        // Authentic (a member's key) but nothing a daemon publishes: no
+        // name, empty content.
+        for (name, bytes) in [("", b"x".to_vec()), ("p", Vec::new())] {
+            let forged = Delta::Policy {
+                name: name.into(),
+                version: version.clone(),
+                policy: Some(bytes),
+            };
+            let mut plain = vec![TAG_RECORDS];
+            plain.extend(forged.encode());
+            let mut buf = [0u8; 256];
+            let n = key.seal(&mut nonces, &plain, &mut buf).unwrap();
+            g.handle_datagram(from, &buf[..n], now);
+        }
+        // Cut short: a policy delta whose bytes end early.
+        let mut plain = vec![TAG_RECORDS];
+        let mut whole = Delta::Policy {
+            name: "p".into(),
+            version,
+            policy: Some(b"rule".to_vec()),
+        }
+        .encode();
+        whole.truncate(whole.len() - 2);
+        plain.extend(whole);
+        let mut buf = [0u8; 256];
+        let n = key.seal(&mut nonces, &plain, &mut buf).unwrap();
+        g.handle_datagram(from, &buf[..n], now);
+        let s = g.stats();
+        assert_eq!(s.directory.rejected, 2, "{s:?}");
+        assert_eq!(s.decode_failures, 1, "{s:?}");
+        assert_eq!(g.directory().policies().count(), 0);
+        assert!(g.poll_event().is_none());
+    }
 
     #[rstest::rstest]
     fn a_host_without_the_key_cannot_join_or_inject(#[values(1, 2, 3, 4, 5)] seed: u64) {

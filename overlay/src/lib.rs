@@ -22,8 +22,10 @@
 //!   directory's changes in foca's custom broadcasts, with a periodic
 //!   anti-entropy exchange.
 //! - [`directory`]: the replicated state: overlay networks (global, with a
-//!   cluster-unique VNI each) and the endpoints every host publishes, with
-//!   versions and tombstones so that no late message brings back old state.
+//!   cluster-unique VNI each), the endpoints every host publishes (with
+//!   their containers' labels) and the cluster-wide policies (opaque bytes
+//!   by name), with versions and tombstones so that no late message brings
+//!   back old state.
 //! - [`sim`]: a deterministic simulated network (seeded loss and delay, a
 //!   simulated clock) of many [`Gossip`] members, for tests and for
 //!   measuring convergence.
@@ -38,7 +40,8 @@ pub mod tunnel;
 pub mod vxlan;
 
 pub use directory::{
-    Directory, DirectoryEvent, IpamConfig, NetVersion, NetworkSpec, PublishedEndpoint,
+    Directory, DirectoryError, DirectoryEvent, IpamConfig, NetVersion, NetworkSpec, PolicyView,
+    PublishedEndpoint,
 };
 pub use gossip::{
     Gossip, GossipConfig, GossipEvent, GossipStats, MemberInfo, MemberMeta, MemberState,

@@ -607,6 +607,7 @@ pub fn run_scenario(s: &Scenario) -> ScenarioReport {
         mac: [0x02, 0x42, 10, 0, 0, 2],
         ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, 2)),
         ipv6: None,
+        labels: std::collections::BTreeMap::new(),
     };
     let _ = sim.with_member(victim, |g, now| g.publish_endpoint("ep", record, now));
     sim.run_until_true(s.limit, |_| tracker.borrow().known_count >= n);

@@ -9,7 +9,8 @@
 //! since they keep their labels, format 2 since they keep the state of
 //! `vswitch run`'s process ([`ProcessState`]); format 1 and 2 records are
 //! read and rewritten as 3 at their next change. Policies are a table of
-//! their own, written whole per request.
+//! their own, written whole per request; format 2 since they keep the
+//! cluster directory's version of a cluster-wide one (format 1 is read).
 //!
 //! Releases up to 89781ca kept published ports in JSON files of their own
 //! (`published/CONTAINER@NETWORK.json`) and the cluster peers in
@@ -406,6 +407,44 @@ pub struct PolicyRecord {
     pub policy: switch::policy::Policy,
     /// RFC 3339.
     pub created: String,
+    /// For a cluster-wide policy (one naming only overlays), the version
+    /// of the cluster directory's change it is, offered again at that
+    /// version after a restart; `None` for a policy of this host alone.
+    pub cluster: Option<overlay::NetVersion>,
+}
+
+/// A policy as format 1 stored it (before cluster-wide policies).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PolicyRecordV1 {
+    policy: switch::policy::Policy,
+    created: String,
+}
+
+/// The format of policy records: 2 since they keep their cluster version;
+/// 1 ([`PolicyRecordV1`]) is read as a policy of this host alone.
+const POLICY_FORMAT: u8 = 2;
+
+fn encode_policy(p: &PolicyRecord) -> Vec<u8> {
+    let mut out = encode(p);
+    out[0] = POLICY_FORMAT;
+    out
+}
+
+fn decode_policy(key: &str, bytes: &[u8]) -> Result<PolicyRecord, StateError> {
+    match bytes.split_first() {
+        Some((&POLICY_FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StateError::Corrupt {
+                table: "policies",
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        _ => decode::<PolicyRecordV1>("policies", key, bytes).map(|v| PolicyRecord {
+            policy: v.policy,
+            created: v.created,
+            cluster: None,
+        }),
+    }
 }
 
 /// One container's attachment to one network.
@@ -794,7 +833,13 @@ impl Store {
     /// Every policy.
     pub fn load_policies(&self) -> Result<Vec<PolicyRecord>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        self.load_table(&txn, POLICIES, "policies")
+        let t = txn.open_table(POLICIES).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            out.push(decode_policy(k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     /// Stores policies and deletes others, in one transaction: a set of
@@ -803,7 +848,7 @@ impl Store {
         self.write(|txn| {
             let mut t = txn.open_table(POLICIES)?;
             for p in put {
-                t.insert(p.policy.name.as_str(), encode(p).as_slice())?;
+                t.insert(p.policy.name.as_str(), encode_policy(p).as_slice())?;
             }
             for name in delete {
                 t.remove(*name)?;
@@ -1444,15 +1489,35 @@ mod tests {
                 },
             },
             created: "2026-12-08T00:00:00Z".into(),
+            cluster: None,
+        };
+        let clustered = PolicyRecord {
+            cluster: Some(overlay::NetVersion {
+                clock: 1_765_000_000_123,
+                origin: "h1".into(),
+            }),
+            ..allow("d")
         };
         {
             let s = Store::open(&dir).unwrap();
             s.put_policies(&[allow("a"), allow("b")], &[]).unwrap();
-            s.put_policies(&[allow("c")], &["a"]).unwrap();
+            s.put_policies(&[allow("c"), clustered.clone()], &["a"])
+                .unwrap();
+            // What the release before cluster-wide policies wrote: format 1.
+            let old = PolicyRecordV1 {
+                policy: allow("e").policy,
+                created: allow("e").created,
+            };
+            s.write(|txn| {
+                txn.open_table(POLICIES)?
+                    .insert("e", encode(&old).as_slice())?;
+                Ok(())
+            })
+            .unwrap();
         }
         let s = Store::open(&dir).unwrap();
         let got = s.load_policies().unwrap();
-        assert_eq!(got, vec![allow("b"), allow("c")]);
+        assert_eq!(got, vec![allow("b"), allow("c"), clustered, allow("e")]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -337,6 +337,9 @@ impl Controller {
             gateway6: if default_route { gw6 } else { None },
             aliases: req.aliases.clone(),
         };
+        if kind == Driver::Overlay {
+            self.check_publishable(network, &record)?;
+        }
         let iface = iface_config(&self.networks[network], &record);
         Ok(Plan {
             network: network.to_string(),

@@ -8,6 +8,12 @@
 //! computes what the datapath should hold for a network from it and applies
 //! the difference, so any event (a member up or down, an endpoint published
 //! or withdrawn, a network created elsewhere) is handled the same way.
+//!
+//! A host has a tunnel port on a network for each other host with
+//! endpoints there, and for each host with endpoints on an overlay the
+//! policies route into this one (or back): what such a host's gateway
+//! routes arrives on this network's VNI, and only a tunnel port's host is
+//! admitted. Broadcasts of the network reach those hosts too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +27,7 @@ use switch::{MacAddr, NetworkId};
 
 use super::{
     internal, now_rfc3339, random_id, random_u64, ApiError, ClusterSettings, Controller,
-    NetworkRecord,
+    EndpointRecord, NetworkRecord,
 };
 use crate::api::{self, Driver, SubnetSpec};
 use crate::daemon::gossip::GossipThread;
@@ -118,8 +124,8 @@ impl Controller {
             .collect()
     }
 
-    /// After a restart: publish this host's endpoints again and rejoin the
-    /// peers it knew.
+    /// After a restart: publish this host's endpoints and cluster-wide
+    /// policies again and rejoin the peers it knew.
     pub(super) fn rejoin_cluster(&mut self) {
         if self.gossip.is_none() {
             return;
@@ -131,6 +137,7 @@ impl Controller {
                 self.publish_local_endpoint(name, &c);
             }
         }
+        self.publish_cluster_policies();
         let peers: Vec<String> = match self.store.peers() {
             Ok(p) => p.iter().map(SocketAddr::to_string).collect(),
             Err(e) => {
@@ -430,6 +437,54 @@ impl Controller {
         Ok(())
     }
 
+    /// What this host publishes of its endpoint `ep` on overlay `network`.
+    fn published_endpoint(
+        &self,
+        network: &NetworkRecord,
+        ep: &EndpointRecord,
+    ) -> overlay::PublishedEndpoint {
+        overlay::PublishedEndpoint {
+            network: network.id.clone(),
+            container: ep.container.clone(),
+            aliases: ep.aliases.clone(),
+            mac: ep.mac,
+            ipv4: ep.ipv4.map(|a| a.addr()),
+            ipv6: ep.ipv6.map(|a| a.addr()),
+            // Other hosts' policies select it by them.
+            labels: self
+                .containers
+                .get(&ep.container)
+                .map(|c| c.labels.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Refuses, before anything is set up, an endpoint of overlay
+    /// `network` whose record the cluster directory could not carry.
+    pub(super) fn check_publishable(
+        &self,
+        network: &str,
+        ep: &EndpointRecord,
+    ) -> Result<(), ApiError> {
+        let (Some(cluster), Some(net)) = (&self.gossip, self.networks.get(network)) else {
+            return Ok(());
+        };
+        let record = self.published_endpoint(&net.record, ep);
+        let checked = cluster.with(|g, _| g.directory().endpoint_check(&ep.id, &record));
+        match checked {
+            Ok(()) => Ok(()),
+            Err(overlay::DirectoryError::TooLarge { len, .. }) => Err(ApiError::bad(format!(
+                "container `{}` on overlay `{network}` would be published as {len} bytes, and at most {} fit in a gossip packet; give it fewer or shorter labels and aliases",
+                ep.container,
+                overlay::directory::MAX_DELTA_LEN
+            ))),
+            Err(e) => Err(ApiError::conflict(format!(
+                "container `{}` cannot be published on overlay `{network}`: {e}",
+                ep.container
+            ))),
+        }
+    }
+
     /// Publishes a local endpoint of an overlay network.
     pub(super) fn publish_local_endpoint(&mut self, network: &str, container: &str) {
         let (Some(cluster), Some(net)) = (&self.gossip, self.networks.get(network)) else {
@@ -438,14 +493,7 @@ impl Controller {
         let Some(ep) = net.endpoints.get(container) else {
             return;
         };
-        let record = overlay::PublishedEndpoint {
-            network: net.record.id.clone(),
-            container: container.to_string(),
-            aliases: ep.record.aliases.clone(),
-            mac: ep.record.mac,
-            ipv4: ep.record.ipv4.map(|a| a.addr()),
-            ipv6: ep.record.ipv6.map(|a| a.addr()),
-        };
+        let record = self.published_endpoint(&net.record, &ep.record);
         let key = ep.record.id.clone();
         if let Err(e) = cluster.with(|g, now| g.publish_endpoint(&key, record, now)) {
             tracing::warn!(container, network, error = %e, "publishing endpoint");
@@ -517,8 +565,18 @@ impl Controller {
             | GossipEvent::Directory(D::EndpointRemoved { record, .. }) => {
                 if let Some(name) = self.network_name_by_id(&record.network) {
                     self.resync_overlay(&name);
+                    // Its host may route from this network into others.
+                    for other in self.routed_with(&name) {
+                        self.resync_overlay(&other);
+                    }
                 }
             }
+            GossipEvent::Directory(D::PolicyUpsert {
+                name,
+                version,
+                bytes,
+            }) => self.apply_cluster_policy(&name, version, &bytes),
+            GossipEvent::Directory(D::PolicyRemoved { name }) => self.remove_cluster_policy(&name),
         }
     }
 
@@ -561,7 +619,7 @@ impl Controller {
             .map(|n| n.record.name.clone())
     }
 
-    fn resync_all_overlays(&mut self) {
+    pub(super) fn resync_all_overlays(&mut self) {
         let names = self.overlay_names();
         for n in names {
             self.resync_overlay(&n);
@@ -583,23 +641,35 @@ impl Controller {
         let id = net.record.id.clone();
         let encrypted = super::is_encrypted(&net.record.options).unwrap_or(true);
         let local = self.config.node_name.clone();
+        // The overlays whose containers the policies route into this one.
+        let routed: Vec<String> = self
+            .routed_with(name)
+            .iter()
+            .filter_map(|n| Some(self.networks.get(n)?.record.id.clone()))
+            .collect();
         // What should be: remote endpoints of live hosts, and where each
-        // host's tunnel ends.
-        let (want, tunnels) = cluster.with(|g, _| {
-            let want: BTreeMap<(String, String), overlay::PublishedEndpoint> = {
-                let dir = g.directory();
-                dir.endpoints_on(&id)
-                    .filter(|e| e.host != local)
-                    .map(|e| ((e.host.to_string(), e.key.to_string()), e.record.clone()))
-                    .collect()
-            };
+        // host's tunnel ends; hosts that route frames into this network
+        // have a tunnel port on it too, or what they send is not admitted.
+        let (want, routers, tunnels) = cluster.with(|g, _| {
+            let dir = g.directory();
+            let want: BTreeMap<(String, String), overlay::PublishedEndpoint> = dir
+                .endpoints_on(&id)
+                .filter(|e| e.host != local)
+                .map(|e| ((e.host.to_string(), e.key.to_string()), e.record.clone()))
+                .collect();
+            let routers: BTreeSet<String> = routed
+                .iter()
+                .flat_map(|other| dir.endpoints_on(other).map(|e| e.host.to_string()))
+                .filter(|h| *h != local)
+                .collect();
+            drop(dir);
             let tunnels: BTreeMap<String, MemberTunnel> = g
                 .members()
                 .into_iter()
                 .filter(|m| !m.local && m.state != overlay::MemberState::Down)
                 .map(|m| (m.meta.name.clone(), MemberTunnel::of(&m.meta)))
                 .collect();
-            (want, tunnels)
+            (want, routers, tunnels)
         });
         tracing::debug!(
             network = name,
@@ -611,8 +681,12 @@ impl Controller {
             .into_iter()
             .filter(|((host, _), _)| tunnels.contains_key(host))
             .collect();
-        let want_hosts: BTreeMap<String, MemberTunnel> =
-            want.keys().map(|(h, _)| (h.clone(), tunnels[h])).collect();
+        let want_hosts: BTreeMap<String, MemberTunnel> = want
+            .keys()
+            .map(|(h, _)| h)
+            .chain(routers.iter().filter(|h| tunnels.contains_key(*h)))
+            .map(|h| (h.clone(), tunnels[h]))
+            .collect();
 
         let net = self.networks.get_mut(name).expect("checked");
         // Endpoints that went away (or changed).

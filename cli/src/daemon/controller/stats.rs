@@ -62,6 +62,7 @@ impl Controller {
                     ("AuthFailures", g.auth_failures),
                     ("DecodeFailures", g.decode_failures),
                     ("ProtocolErrors", g.protocol_errors),
+                    ("PoliciesRefused", self.policies.refused),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
