@@ -99,11 +99,14 @@ fn trace_agrees_with_ping_on_one_host() {
     let r = agree(&h, &a, "10.236.1.1");
     assert_eq!(r["Verdict"]["Action"], "delivered", "{r:#}");
 
-    // Different networks: by address the frame goes to the gateway, whose
-    // host has no route there; by name it does not even resolve.
+    // Different networks: by address the frame goes to the gateway, which
+    // routes nothing there without a policy; by name it does not even
+    // resolve.
     let r = agree(&h, &a, &ip_c);
     assert_eq!(r["Verdict"]["Action"], "dropped", "{r:#}");
-    assert_eq!(r["Verdict"]["Reason"], "no_route", "{r:#}");
+    assert_eq!(r["Verdict"]["Reason"], "policy_denied", "{r:#}");
+    assert_eq!(r["Verdict"]["Policy"], "default-deny", "{r:#}");
+    assert_eq!(step(&r, "policy")["Ok"], false, "{r:#}");
     assert!(
         step(&r, "isolation")["Detail"]
             .as_str()

@@ -521,7 +521,7 @@ impl Controller {
             t.ok(
                 "isolation",
                 format!(
-                    "{dst} is {whose} on network {}, which {from} is not on: networks are isolated, no frame crosses from {} to {}; `vswitch network connect {} {from}` would join them",
+                    "{dst} is {whose} on network {}, which {from} is not on: networks are isolated, no frame crosses from {} to {} unless a policy allows it; `vswitch network connect {} {from}` would join them",
                     n.record.name, net.record.name, n.record.name, n.record.name
                 ),
             );
