@@ -23,6 +23,7 @@ fn the_demo_tours_and_cleans_up() {
         "Verdict: delivered to db-",
         "Every check passed.",
         "2 frames captured, 0 dropped",
+        "web-to-cache",
         "done: no namespace, device or file of the demo is left",
     ] {
         assert!(

@@ -4,8 +4,8 @@
 //! nothing it does can reach beyond this machine), makes a network, runs
 //! two containers, pings one from the other by name, resolves names through
 //! the embedded DNS, shows `inspect`, `ps`, a `trace`, a `doctor`, a `capture` of a
-//! ping and `stats`, then removes everything,
-//! also when a step fails.
+//! ping, a policy that lets one network reach a container of another, and
+//! `stats`, then removes everything, also when a step fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +22,7 @@ struct Demo {
     socket: PathBuf,
     daemon: Option<Child>,
     containers: Vec<String>,
-    network: Option<String>,
+    networks: Vec<String>,
 }
 
 impl Demo {
@@ -114,7 +114,7 @@ impl Drop for Demo {
         for c in std::mem::take(&mut self.containers) {
             let _ = self.vswitch(&["rm", &c]);
         }
-        if let Some(n) = self.network.take() {
+        for n in std::mem::take(&mut self.networks) {
             let _ = self.vswitch(&["network", "rm", &n]);
         }
         if let Some(mut d) = self.daemon.take() {
@@ -173,7 +173,7 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
         dir,
         daemon: None,
         containers: Vec::new(),
-        network: None,
+        networks: Vec::new(),
     };
     println!(
         "# a private vswitchd in namespace {} (nothing leaves this machine)",
@@ -207,7 +207,7 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
     let (a, b) = (format!("web-{tag}"), format!("db-{tag}"));
     println!("\n# a network, with a subnet chosen by IPAM");
     demo.vswitch(&["network", "create", "--ipv6", &net])?;
-    demo.network = Some(net.clone());
+    demo.networks.push(net.clone());
     demo.vswitch(&["network", "ls"])?;
 
     println!("\n# two containers: each is a network namespace with a TAP the daemon holds");
@@ -234,6 +234,44 @@ fn tour(vswitchd: Option<PathBuf>) -> Result<()> {
     demo.vswitch(&["doctor", &a, &b])?;
     println!("\n# the frames of one ping, as the switch sees them at {a}'s port");
     demo.capture_ping(&a, &b)?;
+    println!("\n# another network: nothing crosses to it unless a policy says so");
+    let back = format!("demo{tag}b");
+    let cache = format!("cache-{tag}");
+    demo.vswitch(&["network", "create", &back])?;
+    demo.networks.push(back.clone());
+    demo.run_sleeper(&cache, &back, &["--label", "app=cache"])?;
+    let inspect: serde_json::Value =
+        serde_json::from_str(&demo.vswitch(&["inspect", &cache])?).unwrap_or_default();
+    let Some(cache_ip) = inspect[0]["Networks"][&back]["IPAddress"].as_str() else {
+        bail!("`vswitch inspect {cache}` shows no address on {back}");
+    };
+    let cache_ip = cache_ip.to_string();
+    if demo.in_container(&a, &["ping", "-4", "-c", "1", "-W", "1", &cache_ip])? {
+        bail!("{a} reached {cache} on another network without a policy");
+    }
+    demo.vswitch(&[
+        "policy",
+        "allow",
+        "--from",
+        &net,
+        "--to",
+        &format!("{back}/label=app=cache"),
+        "--name",
+        "web-to-cache",
+    ])?;
+    println!("\n# routed by the gateways now, and {cache}'s name resolves on {net}");
+    if !demo.in_container(&a, &["ping", "-4", "-c", "2", "-i", "0.2", &cache])? {
+        bail!("ping from {a} to {cache} through the policy failed");
+    }
+    let web: serde_json::Value =
+        serde_json::from_str(&demo.vswitch(&["inspect", &a])?).unwrap_or_default();
+    let Some(web_ip) = web[0]["Networks"][&net]["IPAddress"].as_str() else {
+        bail!("`vswitch inspect {a}` shows no address on {net}");
+    };
+    if demo.in_container(&cache, &["ping", "-4", "-c", "1", "-W", "1", web_ip])? {
+        bail!("{cache} reached {a}: the policy lets only {net} open connections");
+    }
+    demo.vswitch(&["policy", "ls"])?;
     println!("\n# per-port counters");
     demo.vswitch(&["stats"])?;
     println!("\nthe tour worked.");

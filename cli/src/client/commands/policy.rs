@@ -204,13 +204,13 @@ pub(super) async fn run(client: &Client, cmd: PolicyCmd) -> Result<()> {
                 cols: &[
                     Col::Left(28),
                     Col::Left(14),
+                    Col::Left(7),
                     Col::Right(8),
-                    Col::Left(2),
                     Col::Rest,
                 ],
                 sep: "  ",
             };
-            POLICIES.print(&[&"NAME", &"KIND", &"DENIED", &"", &"RULE"]);
+            POLICIES.print(&[&"NAME", &"KIND", &"SCOPE", &"DENIED", &"RULE"]);
             for p in &list {
                 let waiting = if p.active {
                     ""
@@ -220,8 +220,8 @@ pub(super) async fn run(client: &Client, cmd: PolicyCmd) -> Result<()> {
                 POLICIES.print(&[
                     &p.name,
                     &p.kind,
+                    &p.scope,
                     &p.denied,
-                    &"",
                     &format!("{}{waiting}", p.summary),
                 ]);
             }
