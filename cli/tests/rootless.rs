@@ -569,6 +569,37 @@ fn rootless_containers_switch_resolve_publish_and_reach_the_world() {
     let o = h.exec_in(&a, &["ping", "-c", "2", "-W", "2", "198.51.100.2"]);
     assert!(o.status.success(), "egress ping: {}", stdout(&o));
 
+    // Policies as the user: a second network is reached only once a policy
+    // allows it (routed by the gateways), and an egress rule keeps one
+    // world address out.
+    let other = h.network("ro", &["--subnet", "10.241.1.0/24"]);
+    let c = h.run("c", &other);
+    let c_ip = h.ip_of(&c, &other);
+    let o = h.exec_in(&a, &["ping", "-c", "1", "-W", "1", &c_ip]);
+    assert!(!o.status.success(), "crossed without a policy");
+    h.vs_ok(&["policy", "allow", "--from", &net, "--to", &other]);
+    let o = h.exec_in(&a, &["ping", "-c", "2", "-W", "2", &c_ip]);
+    assert!(
+        o.status.success(),
+        "a -> c through the policy: {}",
+        stdout(&o)
+    );
+    h.vs_ok(&["policy", "egress", &net, "deny", "198.51.100.2/32"]);
+    let o = h.exec_in(
+        &a,
+        &[
+            "socat",
+            "-T2",
+            "-",
+            "TCP:198.51.100.2:8080,connect-timeout=2",
+        ],
+    );
+    assert!(
+        !o.status.success() || stdout(&o).trim().is_empty(),
+        "egress denied, yet a reached the world: {}",
+        stdout(&o)
+    );
+
     // `vswitch rm` as the user ends the process and removes the namespace.
     h.vs_ok(&["rm", &b]);
     assert!(!h.runtime_dir().join("netns").join(&b).exists());
