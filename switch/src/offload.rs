@@ -431,8 +431,9 @@ fn pseudo_header(frame: &[u8], l: &Layers, len: usize) -> u32 {
 /// Fills in the checksum a `NEEDS_CSUM` frame left partial, in place, as
 /// Linux's `skb_checksum_help` does: the sum over `csum_start..` (the field
 /// holds the pseudo-header sum) is complemented into the field at
-/// `csum_start + csum_offset`, 0 written as 0xffff. A no-op for a frame
-/// without `NEEDS_CSUM`.
+/// `csum_start + csum_offset`, a UDP checksum of 0 written as 0xffff (TCP's
+/// stays 0, as the segmenter writes it). A no-op for a frame without
+/// `NEEDS_CSUM`.
 pub fn complete_checksum(hdr: &VnetHdr, frame: &mut [u8]) -> Result<(), OffloadError> {
     if !hdr.needs_csum() {
         return Ok(());
@@ -443,7 +444,10 @@ pub fn complete_checksum(hdr: &VnetHdr, frame: &mut [u8]) -> Result<(), OffloadE
         return Err(OffloadError::Inconsistent);
     }
     let sum = checksum(&frame[start..], 0);
-    put16(frame, field, if sum == 0 { 0xffff } else { sum });
+    // UDP's 0 means "no checksum": a sum of 0 goes as 0xffff there, as
+    // the segmenter writes it; TCP keeps 0.
+    let udp = usize::from(hdr.csum_offset) == UDP_CSUM;
+    put16(frame, field, if sum == 0 && udp { 0xffff } else { sum });
     Ok(())
 }
 
