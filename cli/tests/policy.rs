@@ -10,39 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A TCP connection from `ns` to `ip:port` that gets the server's line
-/// (the echo servers answer with the peer's address), within 2 s.
-fn connect(ns: &str, ip: &str, port: u16) -> (bool, String) {
-    let o = ns_exec(
-        ns,
-        &[
-            "socat",
-            "-T2",
-            "-",
-            &format!("TCP:{ip}:{port},connect-timeout=2"),
-        ],
-    );
-    let out = stdout(&o);
-    (o.status.success() && !out.trim().is_empty(), out)
-}
-
-/// Retries [`connect`] for up to 10 s (a policy is in force once the
-/// command returns, but the container's first ARP for its gateway may
-/// take a moment).
-fn connects(ns: &str, ip: &str, port: u16) -> (bool, String) {
-    until_ok_with(Duration::from_secs(10), || {
-        ns_exec(
-            ns,
-            &[
-                "socat",
-                "-T2",
-                "-",
-                &format!("TCP:{ip}:{port},connect-timeout=2"),
-            ],
-        )
-    })
-}
-
 /// `vswitch trace ... --format json`, whatever its exit status (1 when
 /// the frame would be dropped).
 fn trace(h: &Host, args: &[&str]) -> serde_json::Value {
@@ -77,7 +44,7 @@ fn front_reaches_the_allowed_port_of_db_on_another_network_and_nothing_else() {
     let _web = peer_echo_tcp(&web, 8080);
 
     // Nothing crosses before a policy says so.
-    let (ok, out) = connect(&web, &db_ip, 6379);
+    let (ok, out) = tcp_exchange(&web, &db_ip, 6379);
     assert!(!ok, "crossed without a policy: {out}");
     assert!(
         resolves(&web, "10.240.1.1", &db).is_none(),
@@ -99,7 +66,7 @@ fn front_reaches_the_allowed_port_of_db_on_another_network_and_nothing_else() {
     assert_eq!(name.trim(), "web-db");
 
     // Routed by the gateways, the server sees the client's own address.
-    let (ok, out) = connects(&web, &db_ip, 6379);
+    let (ok, out) = tcp_exchange_within(&web, &db_ip, 6379);
     assert!(ok, "the allowed port: {out}\n{}", tail(&h.log(), 30));
     assert!(out.contains(&format!("peer={web_ip}")), "{out}");
     // db's name resolves in front now; cache's does not.
@@ -112,10 +79,10 @@ fn front_reaches_the_allowed_port_of_db_on_another_network_and_nothing_else() {
     // Another port of db, another container of back, and db opening a
     // connection of its own to web: all dropped, counted.
     let before = denied(&h, "default-deny");
-    assert!(!connect(&web, &db_ip, 2222).0, "db:2222 reached");
-    assert!(!connect(&web, &cache_ip, 6379).0, "cache reached");
+    assert!(!tcp_exchange(&web, &db_ip, 2222).0, "db:2222 reached");
+    assert!(!tcp_exchange(&web, &cache_ip, 6379).0, "cache reached");
     assert!(
-        !connect(&db, &web_ip, 8080).0,
+        !tcp_exchange(&db, &web_ip, 8080).0,
         "db opened a connection to web"
     );
     assert!(denied(&h, "default-deny") > before);
@@ -153,13 +120,16 @@ fn front_reaches_the_allowed_port_of_db_on_another_network_and_nothing_else() {
 
     // After a restart the policy is still in force.
     h.restart();
-    let (ok, out) = connects(&web, &db_ip, 6379);
+    let (ok, out) = tcp_exchange_within(&web, &db_ip, 6379);
     assert!(ok, "after a restart: {out}\n{}", tail(&h.log(), 30));
-    assert!(!connect(&web, &db_ip, 2222).0);
+    assert!(!tcp_exchange(&web, &db_ip, 2222).0);
 
     // Removed: nothing crosses again.
     h.vs_ok(&["policy", "rm", "web-db"]);
-    assert!(!connect(&web, &db_ip, 6379).0, "crossed after policy rm");
+    assert!(
+        !tcp_exchange(&web, &db_ip, 6379).0,
+        "crossed after policy rm"
+    );
     assert!(resolves(&web, "10.240.1.1", &db).is_none());
 }
 
@@ -185,7 +155,7 @@ fn an_isolated_network_passes_only_the_allowed_pair() {
     for n in [&a, &b, &c] {
         assert!(ping_until(n, "10.240.3.1", Duration::from_secs(5)).is_some());
     }
-    assert!(!connect(&a, &b_ip, 80).0, "isolated, yet a reached b");
+    assert!(!tcp_exchange(&a, &b_ip, 80).0, "isolated, yet a reached b");
     let o = ns_exec(&a, &["ping", "-c", "1", "-W", "1", &c_ip]);
     assert!(!o.status.success(), "isolated, yet a pinged c");
 
@@ -199,12 +169,12 @@ fn an_isolated_network_passes_only_the_allowed_pair() {
         "--port",
         "80",
     ]);
-    let (ok, out) = connects(&a, &b_ip, 80);
+    let (ok, out) = tcp_exchange_within(&a, &b_ip, 80);
     assert!(ok, "the allowed pair: {out}");
     assert!(out.contains(&format!("peer={a_ip}")), "{out}");
-    assert!(!connect(&a, &c_ip, 80).0, "a reached c");
-    assert!(!connect(&c, &b_ip, 80).0, "c reached b");
-    assert!(!connect(&b, &a_ip, 80).0, "b opened a connection to a");
+    assert!(!tcp_exchange(&a, &c_ip, 80).0, "a reached c");
+    assert!(!tcp_exchange(&c, &b_ip, 80).0, "c reached b");
+    assert!(!tcp_exchange(&b, &a_ip, 80).0, "b opened a connection to a");
     assert!(denied(&h, "isolate") > 0);
 }
 
@@ -222,13 +192,19 @@ fn egress_deny_blocks_one_world_address_and_not_another() {
     let _srv = peer_echo_tcp(&world.name, 8080);
     let net = h.network("n", &["--subnet", "10.240.4.0/24"]);
     let c = h.run("c", &net, &[]);
-    let (ok, out) = connects(&c, "198.51.100.3", 8080);
+    let (ok, out) = tcp_exchange_within(&c, "198.51.100.3", 8080);
     assert!(ok, "egress before any rule: {out}\n{}", tail(&h.log(), 20));
 
     let name = h.vs_ok(&["policy", "egress", &net, "deny", "198.51.100.3/32"]);
     let name = name.trim().to_string();
-    assert!(!connect(&c, "198.51.100.3", 8080).0, "the denied address");
-    assert!(connects(&c, "198.51.100.4", 8080).0, "another address");
+    assert!(
+        !tcp_exchange(&c, "198.51.100.3", 8080).0,
+        "the denied address"
+    );
+    assert!(
+        tcp_exchange_within(&c, "198.51.100.4", 8080).0,
+        "another address"
+    );
     // A longer prefix allows one port back inside a denied block.
     h.vs_ok(&["policy", "egress", &net, "deny", "198.51.100.0/24"]);
     h.vs_ok(&[
@@ -240,8 +216,8 @@ fn egress_deny_blocks_one_world_address_and_not_another() {
         "--port",
         "8080",
     ]);
-    assert!(connects(&c, "198.51.100.4", 8080).0);
-    assert!(!connect(&c, "198.51.100.2", 8080).0);
+    assert!(tcp_exchange_within(&c, "198.51.100.4", 8080).0);
+    assert!(!tcp_exchange(&c, "198.51.100.2", 8080).0);
     assert!(denied(&h, &name) > 0, "{}", h.vs_ok(&["stats", "--json"]));
     let t = trace(
         &h,
@@ -329,7 +305,7 @@ fn a_networkpolicy_file_is_applied_whole_with_kubernetes_semantics() {
     let _ssh = peer_echo_tcp(&db, 2222);
     let _cache = peer_echo_tcp(&cache, 80);
     // Inside back, before any policy, cache reaches every port of db.
-    assert!(connects(&cache, &db_ip, 2222).0);
+    assert!(tcp_exchange_within(&cache, &db_ip, 2222).0);
 
     let yaml = format!(
         "apiVersion: networking.k8s.io/v1
@@ -364,21 +340,27 @@ spec:
     assert_eq!(out.trim(), format!("{back}.db-ingress"));
 
     // db takes 6379 from cache and from web across networks; nothing else.
-    assert!(connects(&cache, &db_ip, 6379).0, "cache -> db:6379");
     assert!(
-        !connect(&cache, &db_ip, 2222).0,
+        tcp_exchange_within(&cache, &db_ip, 6379).0,
+        "cache -> db:6379"
+    );
+    assert!(
+        !tcp_exchange(&cache, &db_ip, 2222).0,
         "cache -> db:2222, not in the policy"
     );
     assert!(
-        connects(&web, &db_ip, 6379).0,
+        tcp_exchange_within(&web, &db_ip, 6379).0,
         "web -> db:6379 by namespace selector"
     );
     assert!(
-        !connect(&admin, &db_ip, 6379).0,
+        !tcp_exchange(&admin, &db_ip, 6379).0,
         "admin is not selected by the rule"
     );
     // cache is not selected: db still reaches it.
-    assert!(connects(&db, &cache_ip, 80).0, "db -> cache, not isolated");
+    assert!(
+        tcp_exchange_within(&db, &cache_ip, 80).0,
+        "db -> cache, not isolated"
+    );
     assert!(denied(&h, &format!("{back}.db-ingress")) > 0);
 
     // A file with one bad document changes nothing.
@@ -395,5 +377,8 @@ spec:
     std::fs::write(&file.0, &yaml).unwrap();
     h.vs_ok(&["policy", "apply", "-f", &file.0.display().to_string()]);
     h.vs_ok(&["policy", "rm", &format!("{back}.db-ingress")]);
-    assert!(connects(&cache, &db_ip, 2222).0, "after policy rm");
+    assert!(
+        tcp_exchange_within(&cache, &db_ip, 2222).0,
+        "after policy rm"
+    );
 }

@@ -13,38 +13,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A TCP connection from `ns` to `ip:port` that gets the server's line
-/// (the echo servers answer with the peer's address), within 2 s.
-fn connect(ns: &str, ip: &str, port: u16) -> (bool, String) {
-    let o = ns_exec(
-        ns,
-        &[
-            "socat",
-            "-T2",
-            "-",
-            &format!("TCP:{ip}:{port},connect-timeout=2"),
-        ],
-    );
-    let out = stdout(&o);
-    (o.status.success() && !out.trim().is_empty(), out)
-}
-
-/// Retries [`connect`] for up to 10 s (the first ARP for the gateway, or
-/// for a remote endpoint, may take a moment).
-fn connects(ns: &str, ip: &str, port: u16) -> (bool, String) {
-    until_ok_with(Duration::from_secs(10), || {
-        ns_exec(
-            ns,
-            &[
-                "socat",
-                "-T2",
-                "-",
-                &format!("TCP:{ip}:{port},connect-timeout=2"),
-            ],
-        )
-    })
-}
-
 /// An overlay made on `h1` (`--driver overlay` and `flags`), once `h2`
 /// has it too.
 fn overlay(h1: &Host, h2: &Host, prefix: &str, flags: &[&str]) -> String {
@@ -106,7 +74,7 @@ fn a_policy_made_on_one_host_is_in_force_on_both_and_removed_from_the_other() {
     );
 
     // Nothing crosses before a policy says so.
-    let (ok, out) = connect(&web, &db_ip, 6379);
+    let (ok, out) = tcp_exchange(&web, &db_ip, 6379);
     assert!(!ok, "crossed without a policy: {out}");
 
     h1.vs_ok(&[
@@ -134,7 +102,7 @@ fn a_policy_made_on_one_host_is_in_force_on_both_and_removed_from_the_other() {
     // web's host routes it from front into back (db's labels came with
     // its endpoint), db's host judges it again as it comes out of the
     // tunnel, and the server sees web's own address.
-    let (ok, out) = connects(&web, &db_ip, 6379);
+    let (ok, out) = tcp_exchange_within(&web, &db_ip, 6379);
     assert!(
         ok,
         "the allowed port: {out}\n{}\n{}",
@@ -144,9 +112,9 @@ fn a_policy_made_on_one_host_is_in_force_on_both_and_removed_from_the_other() {
     assert!(out.contains(&format!("peer={web_ip}")), "{out}");
     assert!(routed(&h2) > 0, "{}", h2.vs_ok(&["stats", "--json"]));
     // Another port of db, and db opening a connection of its own to web.
-    assert!(!connect(&web, &db_ip, 2222).0, "db:2222 reached");
+    assert!(!tcp_exchange(&web, &db_ip, 2222).0, "db:2222 reached");
     assert!(
-        !connect(&db, &web_ip, 8080).0,
+        !tcp_exchange(&db, &web_ip, 8080).0,
         "db opened a connection to web"
     );
 
@@ -164,7 +132,7 @@ fn a_policy_made_on_one_host_is_in_force_on_both_and_removed_from_the_other() {
     );
     let web2 = h2.run("web2", &front, &[]);
     let web2_ip = h2.ip_of(&web2, &front);
-    let (ok, out) = connects(&web2, &db_ip, 6379);
+    let (ok, out) = tcp_exchange_within(&web2, &db_ip, 6379);
     assert!(ok, "a client that came after the policy: {out}");
     assert!(out.contains(&format!("peer={web2_ip}")), "{out}");
 
@@ -173,7 +141,7 @@ fn a_policy_made_on_one_host_is_in_force_on_both_and_removed_from_the_other() {
     wait_for("the removal on h1", Duration::from_secs(5), || {
         !policies(&h1).contains_key("web-db")
     });
-    let (ok, out) = connect(&web2, &db_ip, 6379);
+    let (ok, out) = tcp_exchange(&web2, &db_ip, 6379);
     assert!(!ok, "crossed after policy rm: {out}");
     // Nothing refused: what both hosts send is well formed.
     for h in [&h1, &h2] {
@@ -210,7 +178,7 @@ fn labels_of_containers_on_the_other_host_come_from_the_directory() {
         "the gateway answers in an isolated network"
     );
     assert!(
-        !connect(&client, &b_ip, 80).0,
+        !tcp_exchange(&client, &b_ip, 80).0,
         "isolated, yet client reached b"
     );
 
@@ -231,7 +199,7 @@ fn labels_of_containers_on_the_other_host_come_from_the_directory() {
     wait_for("the policy on h2", Duration::from_secs(5), || {
         policies(&h2).contains_key("client-b")
     });
-    let (ok, out) = connects(&client, &b_ip, 80);
+    let (ok, out) = tcp_exchange_within(&client, &b_ip, 80);
     assert!(
         ok,
         "the labelled client: {out}\n{}\n{}",
@@ -240,7 +208,7 @@ fn labels_of_containers_on_the_other_host_come_from_the_directory() {
     );
     assert!(out.contains(&format!("peer={client_ip}")), "{out}");
     assert!(
-        !connect(&other, &b_ip, 80).0,
+        !tcp_exchange(&other, &b_ip, 80).0,
         "a container without the label"
     );
     let denied = h1.vs_json(&["stats", "--json"])["PolicyDenied"]["isolate"]

@@ -881,3 +881,36 @@ pub fn output_within(
         stderr,
     }
 }
+
+/// A TCP connection from `ns` to `ip:port` that gets the server's line
+/// (the echo servers of [`peer_echo_tcp`] answer with the peer's
+/// address), within 2 s: (connected and answered, what was read).
+pub fn tcp_exchange(ns: &str, ip: &str, port: u16) -> (bool, String) {
+    let o = ns_exec(
+        ns,
+        &tcp_exchange_argv(ip, port)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let out = stdout(&o);
+    (o.status.success() && !out.trim().is_empty(), out)
+}
+
+/// [`tcp_exchange`] retried for up to 10 s (a container's first ARP for
+/// its gateway, or for a remote endpoint, may take a moment).
+pub fn tcp_exchange_within(ns: &str, ip: &str, port: u16) -> (bool, String) {
+    let argv = tcp_exchange_argv(ip, port);
+    until_ok_with(Duration::from_secs(10), || {
+        ns_exec(ns, &argv.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+}
+
+fn tcp_exchange_argv(ip: &str, port: u16) -> Vec<String> {
+    vec![
+        "socat".into(),
+        "-T2".into(),
+        "-".into(),
+        format!("TCP:{ip}:{port},connect-timeout=2"),
+    ]
+}
