@@ -123,9 +123,18 @@ fn containers_talk_by_name_and_alias_and_removal_leaves_nothing() {
     require_root!();
     let d = DockerOnVswitch::start(&[]);
     let net = d.network("dkw", &["--subnet", "10.210.0.0/24"]);
-    let web = d
-        .docker
-        .run("web", &["--network", &net, "--network-alias", "www"], WEB);
+    let web = d.docker.run(
+        "web",
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "www",
+            "--label",
+            "app=web",
+        ],
+        WEB,
+    );
     d.wait_named(&net, &web);
 
     let out = d.client(
@@ -154,6 +163,8 @@ fn containers_talk_by_name_and_alias_and_removal_leaves_nothing() {
     let ep = &inspect[0]["Networks"][net.as_str()];
     let ip = ep["IPAddress"].as_str().unwrap().to_string();
     assert!(ip.starts_with("10.210.0."), "{inspect}");
+    // Docker's labels, which policies select by.
+    assert_eq!(inspect[0]["Labels"]["app"], "web", "{inspect}");
     assert!(
         ep["Aliases"].as_array().unwrap().iter().any(|a| a == "www"),
         "{inspect}"

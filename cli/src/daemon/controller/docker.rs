@@ -289,12 +289,14 @@ impl ControlPlane {
     pub fn docker_named(
         &self,
         endpoint: &str,
-        name: &str,
-        aliases: Vec<String>,
+        names: crate::daemon::docker::DockerNames,
     ) -> Result<(), ApiError> {
         let found = {
             let mut c = self.lock()?;
-            c.docker_named(endpoint, name, aliases)?;
+            c.docker_named(endpoint, &names.name, names.aliases)?;
+            c.docker_labelled(endpoint, names.labels)?;
+            // Its name and labels may be what a policy selects.
+            c.sync_policies();
             c.docker_endpoint_place(endpoint)
         };
         let Some((network, container, netns, mac)) = found else {
@@ -442,6 +444,37 @@ impl Controller {
         }
         aliases.dedup();
         self.set_aliases(&network, &container, aliases)
+    }
+
+    /// Gives a joined endpoint's container the labels Docker gave it
+    /// (`docker run --label`); labels vswitch cannot keep (too many, too
+    /// long) are logged and left out.
+    fn docker_labelled(
+        &mut self,
+        endpoint: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let Some(container) = self
+            .docker
+            .endpoints
+            .get(endpoint)
+            .and_then(|ep| ep.container.clone())
+        else {
+            return Ok(());
+        };
+        if let Err(e) = switch::policy::spec::check_labels(&labels) {
+            tracing::warn!(%container, error = %e, "Docker's labels not taken");
+            return Ok(());
+        }
+        let Some(rec) = self.containers.get_mut(&container) else {
+            return Ok(());
+        };
+        if rec.labels == labels {
+            return Ok(());
+        }
+        rec.labels = labels;
+        let rec = rec.clone();
+        self.store.put_container(&rec).map_err(internal)
     }
 
     /// A joined endpoint's vswitch network, container, sandbox and MAC.

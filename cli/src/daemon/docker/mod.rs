@@ -10,6 +10,7 @@
 //! this plugin is answered 404, which Docker reads as "not implemented".
 
 pub mod names;
+pub use names::DockerNames;
 pub mod protocol;
 
 use std::convert::Infallible;

@@ -59,13 +59,13 @@ impl DockerApi {
         serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))
     }
 
-    /// The name and aliases of the container of `endpoint` on Docker's
-    /// network `network`, once Docker shows it.
+    /// The name, aliases and labels of the container of `endpoint` on
+    /// Docker's network `network`, once Docker shows it.
     pub async fn endpoint_names(
         &self,
         network: &str,
         endpoint: &str,
-    ) -> Result<Option<(String, Vec<String>)>, String> {
+    ) -> Result<Option<DockerNames>, String> {
         let net = self.get(&format!("/networks/{network}")).await?;
         let net_name = net["Name"].as_str().unwrap_or_default().to_string();
         let Some((id, entry)) = net["Containers"]
@@ -87,8 +87,31 @@ impl DockerApi {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Some((name.trim_start_matches('/').to_string(), aliases)))
+        let labels = container["Config"]["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(DockerNames {
+            name: name.trim_start_matches('/').to_string(),
+            aliases,
+            labels,
+        }))
     }
+}
+
+/// What Docker says of a joined endpoint's container.
+#[derive(Debug, Clone, Default)]
+pub struct DockerNames {
+    /// Its name (without Docker's leading `/`).
+    pub name: String,
+    /// Its aliases on the network.
+    pub aliases: Vec<String>,
+    /// Its labels (`docker run --label`), which policies select by.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Looks up the endpoint's container in Docker and gives its name and
@@ -113,13 +136,12 @@ pub async fn name_endpoint(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let Some((name, aliases)) = found else {
+    let Some(names) = found else {
         tracing::warn!(endpoint = %&endpoint[..12.min(endpoint.len())], error = ?last_error,
             "Docker did not tell the endpoint's container name; it keeps its sandbox's");
         return;
     };
-    let result =
-        tokio::task::spawn_blocking(move || ctrl.docker_named(&endpoint, &name, aliases)).await;
+    let result = tokio::task::spawn_blocking(move || ctrl.docker_named(&endpoint, names)).await;
     if let Ok(Err(e)) = result {
         tracing::warn!(error = %e, "naming a Docker endpoint");
     }
