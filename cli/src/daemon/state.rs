@@ -467,6 +467,15 @@ impl EndpointRecord {
     pub fn key(&self) -> String {
         endpoint_key(&self.container, &self.network)
     }
+
+    /// Its addresses, IPv4 first.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        self.ipv4
+            .map(|a| IpAddr::V4(a.addr()))
+            .into_iter()
+            .chain(self.ipv6.map(|a| IpAddr::V6(a.addr())))
+            .collect()
+    }
 }
 
 /// The key of an endpoint: `container/network`.

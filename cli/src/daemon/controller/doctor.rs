@@ -418,13 +418,7 @@ impl Controller {
         let ip = to.parse::<IpAddr>().ok();
         for n in self.networks.values().filter(|n| n.id.is_some()) {
             for e in n.endpoints.values() {
-                let addrs: Vec<IpAddr> = e
-                    .record
-                    .ipv4
-                    .map(|a| IpAddr::V4(a.addr()))
-                    .into_iter()
-                    .chain(e.record.ipv6.map(|a| IpAddr::V6(a.addr())))
-                    .collect();
+                let addrs = e.record.addrs();
                 let named = match ip {
                     Some(ip) => addrs.contains(&ip),
                     None => e.record.container == to || e.record.aliases.iter().any(|a| a == to),
@@ -449,12 +443,7 @@ impl Controller {
                 }
             }
             for ((host, _), r) in &n.remotes {
-                let addrs: Vec<IpAddr> = r
-                    .ipv4
-                    .map(IpAddr::V4)
-                    .into_iter()
-                    .chain(r.ipv6.map(IpAddr::V6))
-                    .collect();
+                let addrs = super::overlay_nets::ips_of(r);
                 let named = match ip {
                     Some(ip) => addrs.contains(&ip),
                     None => r.container == to || r.aliases.iter().any(|a| a == to),

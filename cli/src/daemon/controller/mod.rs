@@ -175,31 +175,30 @@ impl Network {
     /// Publishes this network's DNS records (local and, for overlays,
     /// remote endpoints) to the gateway.
     fn publish_zone(&self) {
-        let local = self.endpoints.values().map(|e| DnsEntry {
-            name: e.record.container.clone(),
-            aliases: e.record.aliases.clone(),
-            addrs: e
-                .record
-                .ipv4
-                .map(|n| IpAddr::V4(n.addr()))
-                .into_iter()
-                .chain(e.record.ipv6.map(|n| IpAddr::V6(n.addr())))
-                .collect(),
-        });
-        let remote = self.remotes.values().map(|r| DnsEntry {
-            name: r.container.clone(),
-            aliases: r.aliases.clone(),
-            addrs: r
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(r.ipv6.map(IpAddr::V6))
-                .collect(),
-        });
+        let local = self.endpoints.values().map(|e| local_dns_entry(&e.record));
+        let remote = self.remotes.values().map(remote_dns_entry);
         let extra = self.extra_dns.iter().cloned();
         self.zone.store(Arc::new(Zone::new(
             local.chain(remote).chain(extra).collect::<Vec<_>>(),
         )));
+    }
+}
+
+/// The DNS entry of an endpoint here.
+fn local_dns_entry(rec: &EndpointRecord) -> DnsEntry {
+    DnsEntry {
+        name: rec.container.clone(),
+        aliases: rec.aliases.clone(),
+        addrs: rec.addrs(),
+    }
+}
+
+/// The DNS entry of an endpoint on another host.
+fn remote_dns_entry(r: &overlay::PublishedEndpoint) -> DnsEntry {
+    DnsEntry {
+        name: r.container.clone(),
+        aliases: r.aliases.clone(),
+        addrs: overlay_nets::ips_of(r),
     }
 }
 

@@ -800,7 +800,8 @@ impl Controller {
     }
 }
 
-fn ips_of(r: &overlay::PublishedEndpoint) -> Vec<IpAddr> {
+/// A remote endpoint's addresses, IPv4 first.
+pub(super) fn ips_of(r: &overlay::PublishedEndpoint) -> Vec<IpAddr> {
     r.ipv4
         .map(IpAddr::V4)
         .into_iter()

@@ -24,7 +24,6 @@
 //! a network of this host alone stays here.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use overlay::NetVersion;
@@ -610,51 +609,31 @@ impl Controller {
                 gateway_mac: super::trace::gateway_mac(&n.record),
             });
             for e in n.endpoints.values() {
-                let ips: Vec<IpAddr> = e
-                    .record
-                    .ipv4
-                    .map(|a| IpAddr::V4(a.addr()))
-                    .into_iter()
-                    .chain(e.record.ipv6.map(|a| IpAddr::V6(a.addr())))
-                    .collect();
                 let labels = self
                     .containers
                     .get(&e.record.container)
                     .map(|c| c.labels.clone())
                     .unwrap_or_default();
-                dns.push(DnsEntry {
-                    name: e.record.container.clone(),
-                    aliases: e.record.aliases.clone(),
-                    addrs: ips.clone(),
-                });
+                let dns_entry = super::local_dns_entry(&e.record);
                 endpoints.push(EndpointInput {
                     network: id,
                     container: e.record.container.clone(),
                     labels,
                     mac: MacAddr(e.record.mac),
-                    ips,
+                    ips: dns_entry.addrs.clone(),
                 });
+                dns.push(dns_entry);
             }
             for r in n.remotes.values() {
-                let ips: Vec<IpAddr> = r
-                    .ipv4
-                    .map(IpAddr::V4)
-                    .into_iter()
-                    .chain(r.ipv6.map(IpAddr::V6))
-                    .collect();
-                dns.push(DnsEntry {
-                    name: r.container.clone(),
-                    aliases: r.aliases.clone(),
-                    addrs: ips.clone(),
-                });
+                let dns_entry = super::remote_dns_entry(r);
                 endpoints.push(EndpointInput {
                     network: id,
                     container: r.container.clone(),
-                    // As its host published them.
                     labels: r.labels.clone(),
                     mac: MacAddr(r.mac),
-                    ips,
+                    ips: dns_entry.addrs.clone(),
                 });
+                dns.push(dns_entry);
             }
         }
         (networks, endpoints, dns)

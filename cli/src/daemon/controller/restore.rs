@@ -105,12 +105,7 @@ impl Controller {
             .get_mut(&rec.network)
             .and_then(|n| n.alloc.as_mut())
         {
-            for ip in rec
-                .ipv4
-                .map(|a| IpAddr::V4(a.addr()))
-                .into_iter()
-                .chain(rec.ipv6.map(|a| IpAddr::V6(a.addr())))
-            {
+            for ip in rec.addrs() {
                 if let Err(e) = alloc.restore_address(ip) {
                     tracing::warn!(%ip, error = %e, "overlay address no longer owned here");
                 }

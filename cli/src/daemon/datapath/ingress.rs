@@ -196,8 +196,18 @@ impl Datapath {
                 let Some(&gateway) = gateways.get(&network) else {
                     return;
                 };
-                let routed = &mut route_buf[..frame.len()];
-                routed.copy_from_slice(frame);
+                let routed: &mut [u8] = match src {
+                    // The TAP's read buffer holds this frame alone until
+                    // the next read: rewritten where it is.
+                    Src::Buf => &mut buf[start..start + len],
+                    // The others are shared (the tunnel's receive
+                    // buffers, another worker's handoff): copied first.
+                    _ => {
+                        let r = &mut route_buf[..len];
+                        r.copy_from_slice(frame);
+                        r
+                    }
+                };
                 if !policy::route_in_place(routed, mac, gateway_mac) {
                     policy.ttl_expired += 1;
                     return;
