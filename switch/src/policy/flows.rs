@@ -258,12 +258,6 @@ impl Flows {
     pub fn stats(&self) -> FlowStats {
         self.stats
     }
-
-    /// Forgets every flow (the policies went).
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.next_sweep = None;
-    }
 }
 
 impl Flow {

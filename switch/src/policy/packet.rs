@@ -199,11 +199,6 @@ impl FlowPacket {
         }
         Some(pkt)
     }
-
-    /// Whether this TCP segment opens a connection (SYN without ACK).
-    pub fn is_syn(&self) -> bool {
-        self.proto == TCP && self.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +244,11 @@ mod tests {
             (p.proto, p.sport, p.dport, p.kind),
             (6, 40000, 6379, Kind::Flow)
         );
-        assert!(p.is_syn());
+        assert_eq!(
+            p.tcp_flags & (tcp::SYN | tcp::ACK),
+            tcp::SYN,
+            "a SYN without ACK"
+        );
         assert_eq!(f[p.ttl_at], 64);
         let echo = ipv4(1, [10, 0, 0, 2], [10, 1, 0, 3], &[8, 0, 0, 0, 0, 77, 0, 1]);
         let p = FlowPacket::parse(&eth(0x0800, &echo)).unwrap();
